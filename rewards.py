@@ -1,0 +1,159 @@
+"""Verifiable rewards of Video-STR (paper Sec. 4.2): R = R_format + R_ans + R_graph + R_l.
+
+    R_format  1 iff the completion is exactly <think>...</think> then <answer>...</answer> (white space between).
+    R_ans     by answer type: mc   1 iff the answer is exactly the right option letter ("A or B", "", "AB" score 0);
+                              num  mean relative accuracy, MRA (VSI-Bench):
+                                   MRA = 1/10 sum_{theta in 0.50, 0.55, ..., 0.95} 1[ |y_hat - y| / |y| <= 1 - theta ];
+                              iou  temporal IoU of [start, end] seconds, or box IoU of [x1, y1, x2, y2].
+    R_graph   R_n + R_e averaged over the k ground-truth frames (graph.graph_reward).
+    R_l       + bonus (0.2) when the answer is correct and lo <= n_tokens <= hi (320..512 in the paper).
+
+Each part has a weight (a setting), so the paper's ablations are one flag: weight 0 for graph is "w/o graph".
+Differences from the paper / peers: "correct" for R_l means R_ans >= 0.5 (an exact letter, a number within
+~25 %, an IoU >= 0.5); Video-R1 also requires that more than one completion of the group is correct, a group
+level rule this per-completion function leaves out. Graphs are read only from the text before the first
+<answer>, so a graph written in the answer earns nothing.
+
+Run: `python rewards.py` scores a few completions (good, hacked, malformed) and prints every part.
+"""
+import math
+import re
+
+import graph
+
+MRA_THRESHOLDS = [0.50 + 0.05 * k for k in range(10)]  # theta in 0.50, 0.55, ..., 0.95 (VSI-Bench)
+CORRECT = 0.5                                          # R_ans at or above this counts as "correct" for R_l
+DEFAULT_WEIGHTS = {"format": 1.0, "answer": 1.0, "graph": 1.0, "length": 1.0}
+
+_BODY = r"(?:(?!</?think>|</?answer>).)*"               # text with no think/answer tag inside
+FORMAT_RE = re.compile(rf"\s*<think>{_BODY}</think>\s*<answer>{_BODY}</answer>\s*", re.DOTALL)
+ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+NUMBER_RE = re.compile(r"([-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d{1,3})?|[-+]?\.\d+)"
+                       r"\s*(?:[A-Za-z%\u00b0]{1,12}\.?)?")
+LETTER_RE = re.compile(r"\(?([A-Za-z])\)?\.?")
+INTERVAL_RE = re.compile(r"\[?\s*([^\[\],]+?)\s*,\s*([^\[\],]+?)\s*(?:,\s*([^\[\],]+?)\s*,\s*([^\[\],]+?)\s*)?\]?")
+
+
+def format_reward(text):
+    """R_format: 1.0 iff the whole completion is <think>...</think><answer>...</answer>, else 0.0."""
+    return 1.0 if isinstance(text, str) and FORMAT_RE.fullmatch(text) else 0.0
+
+
+def extract_answer(text):
+    """The content of the last <answer>...</answer>, stripped, or None."""
+    if not isinstance(text, str):
+        return None
+    found = ANSWER_RE.findall(text)
+    return found[-1].strip() if found else None
+
+
+def parse_number(s):
+    """'3.5', '3,500', '3.5 m', '-2', '1e3' -> float; anything else (nan, inf, '3 or 4', '') -> None. No eval."""
+    if not isinstance(s, str) or len(s) > 64:
+        return None
+    m = NUMBER_RE.fullmatch(s.strip())
+    if not m:
+        return None
+    value = float(m.group(1).replace(",", ""))
+    return value if math.isfinite(value) else None
+
+
+def parse_interval(s):
+    """'[1.0, 2.5]' -> [1.0, 2.5]; '[x1, y1, x2, y2]' -> 4 floats; anything else -> None."""
+    if not isinstance(s, str) or len(s) > 200:
+        return None
+    m = INTERVAL_RE.fullmatch(s.strip())
+    if not m:
+        return None
+    values = [parse_number(g) for g in m.groups() if g is not None]
+    return None if any(v is None for v in values) else values
+
+
+def mra(pred, gt):
+    """Mean relative accuracy (VSI-Bench). With gt == 0 the relative error is undefined: the absolute error
+    |pred| is used in its place (so an exact 0 scores 1)."""
+    rel = abs(pred - gt) / (abs(gt) if gt != 0 else 1.0)
+    return sum(rel <= 1.0 - theta + 1e-9 for theta in MRA_THRESHOLDS) / len(MRA_THRESHOLDS)
+
+
+def interval_iou(a, b):
+    """Temporal IoU (V-STaR): max(0, min(e, e') - max(s, s')) / (max(e, e') - min(s, s')); 0 if s > e."""
+    (s0, e0), (s1, e1) = a, b
+    if s0 > e0 or s1 > e1:
+        return 0.0
+    union = max(e0, e1) - min(s0, s1)
+    if union <= 0:
+        return 1.0 if (s0, e0) == (s1, e1) else 0.0
+    return max(0.0, min(e0, e1) - max(s0, s1)) / union
+
+
+def box_iou(a, b):
+    """IoU of two boxes [x1, y1, x2, y2]; 0 for an inverted box."""
+    if a[2] < a[0] or a[3] < a[1] or b[2] < b[0] or b[3] < b[1]:
+        return 0.0
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else (1.0 if list(a) == list(b) else 0.0)
+
+
+def answer_reward(pred_text, gt, answer_type):
+    """R_ans in [0, 1] of an extracted answer string against the ground truth of its type."""
+    if not isinstance(pred_text, str):
+        return 0.0
+    if answer_type == "mc":
+        m = LETTER_RE.fullmatch(pred_text.strip())
+        return 1.0 if m and m.group(1).upper() == str(gt).strip().upper() else 0.0
+    if answer_type == "num":
+        value = parse_number(pred_text)
+        return 0.0 if value is None else mra(value, float(gt))
+    if answer_type == "iou":
+        values = parse_interval(pred_text)
+        if values is None or len(values) != len(gt):
+            return 0.0
+        return interval_iou(values, gt) if len(gt) == 2 else box_iou(values, gt)
+    raise ValueError(f"answer_type must be mc, num or iou, got {answer_type!r}")
+
+
+def length_reward(n_tokens, correct, lo=320, hi=512, bonus=0.2):
+    """R_l: bonus for a correct answer whose completion length lies in [lo, hi] tokens."""
+    return bonus if correct and lo <= n_tokens <= hi else 0.0
+
+
+def total_reward(completion, n_tokens, sample, weights=None, lo=320, hi=512, bonus=0.2):
+    """R = w_f R_format + w_a R_ans + w_g R_graph + w_l R_l for one completion of one dataset row.
+
+    sample: a dataset row (data.py): answer, answer_type, and optionally graphs (list of Graph dicts).
+    Returns (total, parts) with every part unweighted, plus the graph's node / edge halves.
+    """
+    w = {**DEFAULT_WEIGHTS, **(weights or {})}
+    r_format = format_reward(completion)
+    r_answer = answer_reward(extract_answer(completion), sample["answer"], sample["answer_type"])
+    gt_graphs = [graph.Graph.from_dict(g) for g in (sample.get("graphs") or [])]
+    reasoning = completion.split("<answer>", 1)[0] if isinstance(completion, str) else ""
+    r_graph, graph_parts = graph.graph_reward(graph.parse_graphs(reasoning), gt_graphs)
+    r_length = length_reward(n_tokens, r_answer >= CORRECT, lo, hi, bonus)
+    parts = {"format": r_format, "answer": r_answer, "graph": r_graph, "length": r_length,
+             "graph_node": graph_parts["node"], "graph_edge": graph_parts["edge"]}
+    total = sum(w[k] * parts[k] for k in DEFAULT_WEIGHTS)
+    return total, parts
+
+
+def demo():
+    gt_graph = graph.Graph(0, [graph.Node("red cube", (1.2, 0.4, 5.1)), graph.Node("blue ball", (-0.8, 0.4, 6.0))])
+    row = {"answer": "B", "answer_type": "mc", "graphs": [gt_graph.to_dict()]}
+    good = f"<think>{graph.to_text(gt_graph)} The ball is farther. </think><answer>B</answer>"
+    cases = {
+        "good": good,
+        "right letter, no graph": "<think>The ball is farther.</think><answer>B</answer>",
+        "hedged 'A or B'": "<think>...</think><answer>A or B</answer>",
+        "no tags": "B",
+        "truncated": good[: len(good) // 2],
+    }
+    for name, text in cases.items():
+        total, parts = total_reward(text, n_tokens=400, sample=row)
+        print(f"{name:24s} R={total:.3f}  " + "  ".join(f"{k}={v:.2f}" for k, v in parts.items()))
+    print("MRA of 3.3 vs 3.0:", mra(3.3, 3.0), "| tIoU [1,3] vs [2,4]:", round(interval_iou([1, 3], [2, 4]), 3))
+
+
+if __name__ == "__main__":
+    demo()
