@@ -24,8 +24,12 @@ T completion tokens (padded), P prompt tokens, V vocabulary.
 Run: `python grpo.py` prints a worked example of the loss; `python grpo.py bench` times the sampler.
 """
 import sys
+import tempfile
+import time
 
+import numpy as np
 import torch
+import torch.utils.checkpoint
 
 
 def group_advantages(rewards, G, scale=True, eps=1e-4):
@@ -116,6 +120,185 @@ def policy_loss(logp, old_logp, ref_logp, adv, mask, clip_eps=0.2, clip_eps_high
 # ----------------------------------------------------------------------------------------------
 # Sampling and log-probabilities by hand (issue C) go below this line.
 # ----------------------------------------------------------------------------------------------
+
+
+def prompt_positions(model, prompt_inputs):
+    """M-RoPE position ids of the prompts, computed explicitly (model.rope_positions: Qwen2.5-VL's reference
+    scheme), never from model.model.rope_deltas, which persists between calls. Returns (pos (3, B, P) long,
+    next_pos (B,) long): the first completion token of prompt b sits at next_pos[b] on all three axes, then +1
+    per token (text is 1-D)."""
+    import model as M  # here, not at the top: the loss half must import without transformers
+    return M.rope_positions(model.config, prompt_inputs["input_ids"], prompt_inputs["mm_token_type_ids"],
+                            prompt_inputs["attention_mask"], prompt_inputs["video_grid_thw"],
+                            prompt_inputs["second_per_grid_ts"])
+
+
+def prompt_embeds(model, prompt_inputs):
+    """Token embeddings of the prompts with the vision tower's output scattered into the video tokens.
+
+    The vision tower runs once per prompt (B), never once per completion. Returns (B, P, H)."""
+    ids = prompt_inputs["input_ids"]                                       # (B, P)
+    embeds = model.get_input_embeddings()(ids)                             # (B, P, H)
+    if prompt_inputs.get("pixel_values_videos") is not None:
+        feats = model.model.get_video_features(prompt_inputs["pixel_values_videos"], prompt_inputs["video_grid_thw"],
+                                               return_dict=True).pooler_output
+        feats = torch.cat(feats, 0).to(embeds.dtype)                       # (sum t*h*w/4, H)
+        mask = (ids == model.config.video_token_id).unsqueeze(-1)          # (B, P, 1)
+        embeds = embeds.masked_scatter(mask.to(embeds.device), feats)
+    return embeds
+
+
+def pick_tokens(logits, temperature, top_p, suppress, generator):
+    """Next token from logits (N, V): greedy when temperature == 0, else softmax(logits / temperature)
+    restricted to the smallest top-p nucleus. Suppressed ids get -inf first (never chosen)."""
+    logits = logits.float()
+    if suppress is not None:
+        logits = logits.index_fill(1, suppress, float("-inf"))
+    if temperature == 0:
+        return logits.argmax(-1)                                                   # (N,)
+    logits = logits / temperature
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)                # (N, V)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs >= top_p                                   # the nucleus already has p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))             # the top token always stays
+        logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)  # (N,)
+
+
+@torch.no_grad()
+def sample(model, prompt_inputs, G, max_new_tokens, temperature=1.0, top_p=1.0, eos_ids=(), suppress_ids=(),
+           generator=None, pad_id=None):
+    """G completions per prompt with a KV cache: prefill each prompt (video included) ONCE, repeat its cache
+    G times (rows i*G .. i*G+G-1 belong to prompt i), then one token per step for all N = B*G sequences.
+
+    prompt_inputs: make_inputs(...) of B left-padded prompts. temperature 0 = greedy. A sequence stops at its
+    first token in eos_ids (that token is kept and masked 1); later positions hold pad_id with mask 0.
+    suppress_ids (e.g. the vision placeholder tokens) are never sampled.
+    Returns completion_ids (N, T) long, mask (N, T) long, logp (N, T) float32 where
+      logp[n, t] = log softmax(logits)[token] of the RAW model (temperature 1, no top-p, no suppression),
+    i.e. log pi_theta(o_t | q, o_<t), exactly what token_logprobs() computes by teacher forcing; it is NOT
+    the log-probability under the temperature / top-p sampling distribution.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"grpo.sample: max_new_tokens must be >= 1, got {max_new_tokens}")
+    was_training = model.training
+    model.eval()                                                           # no LoRA dropout while sampling
+    try:
+        return _sample(model, prompt_inputs, G, max_new_tokens, temperature, top_p, eos_ids, suppress_ids,
+                       generator, pad_id)
+    finally:
+        model.train(was_training)
+
+
+def _sample(model, prompt_inputs, G, max_new_tokens, temperature, top_p, eos_ids, suppress_ids, generator, pad_id):
+    """The decoding loop of sample() (model already in eval mode, no grad)."""
+    device = prompt_inputs["input_ids"].device
+    if pad_id is None:
+        pad_id = model.generation_config.pad_token_id
+        pad_id = pad_id if pad_id is not None else (model.config.text_config.pad_token_id or 0)
+    attn = prompt_inputs["attention_mask"]                                 # (B, P)
+    pos, next_pos = prompt_positions(model, prompt_inputs)                 # (3, B, P), (B,)
+    out = model(inputs_embeds=prompt_embeds(model, prompt_inputs), attention_mask=attn, position_ids=pos,
+                use_cache=True, logits_to_keep=1)                          # prefill B prompts once
+    cache = out.cache
+    cache.batch_repeat_interleave(G)                                       # (B, ...) -> (N, ...)
+    logits = out.logits[:, -1].repeat_interleave(G, 0)                     # (N, V)
+    attn = attn.repeat_interleave(G, 0)                                    # (N, P)
+    next_pos = next_pos.repeat_interleave(G, 0)                            # (N,)
+    N = logits.shape[0]
+    eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
+    suppress = torch.tensor(sorted(set(suppress_ids)), dtype=torch.long, device=device) if suppress_ids else None
+    done = torch.zeros(N, dtype=torch.bool, device=device)                 # (N,)
+    ids, masks, logps = [], [], []
+    for t in range(max_new_tokens):
+        tok = pick_tokens(logits, temperature, top_p, suppress, generator)  # (N,)
+        tok = tok.masked_fill(done, pad_id)
+        logps.append(torch.log_softmax(logits.float(), -1).gather(1, tok[:, None]).squeeze(1))  # (N,)
+        ids.append(tok)
+        masks.append(~done)
+        done = done | torch.isin(tok, eos)
+        if bool(done.all()) or t == max_new_tokens - 1:
+            break
+        attn = torch.cat([attn, attn.new_ones(N, 1)], 1)                   # (N, P + t + 1)
+        step_pos = (next_pos + t).view(1, N, 1).expand(3, N, 1)            # (3, N, 1) text: same on all axes
+        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=step_pos, cache=cache, use_cache=True)
+        cache, logits = out.cache, out.logits[:, -1]                       # (N, V)
+    mask = torch.stack(masks, 1).long()                                    # (N, T)
+    logp = torch.where(mask.bool(), torch.stack(logps, 1), 0.0)            # (N, T)
+    return torch.stack(ids, 1), mask, logp
+
+
+def _chunk_logprobs(lm_head, hidden, ids):
+    """log softmax(lm_head(hidden))[ids] for one chunk: hidden (n, T, H), ids (n, T) -> (n, T) float32."""
+    logits = lm_head(hidden).float()                                       # (n, T, V)
+    return torch.log_softmax(logits, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+
+
+def token_logprobs(model, prompt_inputs, completion_ids, mask, chunk_tokens=4096):
+    """log pi_theta(o_t | q, o_<t) of every completion token by teacher forcing, with gradient. (N, T).
+
+    Same multimodal positions as sample(): prompt M-RoPE positions from the grid and frame times, completion
+    token t of prompt b at next_pos[b] + t. The vision tower runs once per prompt; the language model runs
+    on N = B*G full sequences (prompt b repeated for its G rows). Logits exist only at completion positions
+    and only for `chunk_tokens` tokens at a time: each chunk's lm_head + log-softmax is checkpointed, so
+    backward never holds more than one chunk of (tokens x V) float32 (V = 152k for Qwen). 0 where mask is 0.
+    """
+    B, P = prompt_inputs["input_ids"].shape
+    N, T = completion_ids.shape
+    G = N // B
+    pos, next_pos = prompt_positions(model, prompt_inputs)                 # (3, B, P), (B,)
+    embeds = prompt_embeds(model, prompt_inputs).repeat_interleave(G, 0)   # (N, P, H)
+    embeds = torch.cat([embeds, model.get_input_embeddings()(completion_ids)], 1)  # (N, P+T, H)
+    steps = torch.arange(T, device=pos.device)
+    comp_pos = (next_pos.repeat_interleave(G, 0)[:, None] + steps).unsqueeze(0).expand(3, N, T)  # (3, N, T)
+    pos = torch.cat([pos.repeat_interleave(G, 1), comp_pos], 2)            # (3, N, P+T)
+    attn = torch.cat([prompt_inputs["attention_mask"].repeat_interleave(G, 0),
+                      torch.ones_like(completion_ids)], 1)                 # (N, P+T)
+    hidden = model.model(inputs_embeds=embeds, attention_mask=attn, position_ids=pos,
+                         use_cache=False).last_hidden_state               # (N, P+T, H)
+    hidden = hidden[:, P - 1:P + T - 1]                                    # (N, T, H): state before token t
+    rows = max(1, chunk_tokens // max(T, 1))
+    out = []
+    for s in range(0, N, rows):
+        h, ids = hidden[s:s + rows], completion_ids[s:s + rows]
+        if torch.is_grad_enabled() and h.requires_grad:
+            out.append(torch.utils.checkpoint.checkpoint(_chunk_logprobs, model.lm_head, h, ids, use_reentrant=False))
+        else:
+            out.append(_chunk_logprobs(model.lm_head, h, ids))
+    return torch.where(mask.bool().to(hidden.device), torch.cat(out, 0), 0.0)  # (N, T)
+
+
+def bench(G=8, lengths=(64, 256), frames=16, size=56, repeats=5):
+    """Tokens/s of sample() vs model.generate() on the tiny model, same settings (1 prompt, G completions,
+    temperature 1, top-p 1, vision tokens suppressed, no EOS so both produce every token). Best of `repeats`."""
+    import model as M
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as d:
+        m, tok = M.load(M.build_tiny(d, M.demo_texts()), dtype=torch.float32, device="cpu")
+    m.eval()
+    rng = np.random.default_rng(0)
+    video = (rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8), np.arange(frames) / 2.0)
+    row = {"id": "bench", "question": "How far is the red cube?", "answer_type": "num", "answer": 1.0}
+    inputs = M.make_inputs(tok, m.config, [row], [video], size * size, size * size)
+    suppress = tok.convert_tokens_to_ids(M.VISION_TOKENS)
+    print(f"tiny Qwen2.5-VL {M.count_params(m):,} params, {frames} frames {size}x{size}, prompt "
+          f"{inputs['input_ids'].shape[1]} tokens, G={G}, torch threads {torch.get_num_threads()}")
+    for T in lengths:
+        t_ours, t_gen = float("inf"), float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            ids, mask, _ = sample(m, inputs, G, T, temperature=1.0, top_p=1.0, eos_ids=(), suppress_ids=suppress)
+            t_ours = min(t_ours, time.perf_counter() - t0)
+            n_ours = int(mask.sum())
+            t0 = time.perf_counter()
+            out = m.generate(**inputs, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=T,
+                             min_new_tokens=T, num_return_sequences=G, suppress_tokens=suppress,
+                             pad_token_id=tok.pad_token_id)
+            t_gen = min(t_gen, time.perf_counter() - t0)
+            n_gen = (out.shape[1] - inputs["input_ids"].shape[1]) * G
+        print(f"T={T:4d}: sample {n_ours / t_ours:8.0f} tok/s ({t_ours:.3f} s)   generate {n_gen / t_gen:8.0f} tok/s "
+              f"({t_gen:.3f} s)   ratio {(n_ours / t_ours) / (n_gen / t_gen):.2f}x")
 
 
 def demo():

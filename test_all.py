@@ -5,8 +5,12 @@ exits non-zero on a failure; `python test_all.py NAME` runs the tests whose name
 `pytest test_all.py`. Tests use tiny inputs worked out by hand, plus one end-to-end smoke run and
 one learning check; nothing downloads anything.
 """
+import atexit
+import functools
+import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -19,6 +23,7 @@ import torch
 
 import graph
 import grpo
+import model as M
 import rewards
 
 
@@ -306,6 +311,283 @@ def test_import_is_light():
     code = "import sys, grpo, rewards, graph; print(sorted(m for m in ('transformers', 'av', 'matplotlib') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+# ---------------------------------------------------------------------------- model.py and grpo's sampler
+
+@functools.lru_cache(maxsize=None)
+def _tiny_dir():
+    d = tempfile.mkdtemp(prefix="tiny_qwen_")
+    atexit.register(shutil.rmtree, d, ignore_errors=True)
+    return M.build_tiny(d, M.demo_texts())
+
+
+def _tiny(dtype=torch.float32):
+    torch.manual_seed(0)
+    m, tok = M.load(_tiny_dir(), dtype=dtype, device="cpu")
+    return m.eval(), tok
+
+
+_ROWS = [{"id": "t0", "question": "Which object is closest to the red cube?", "answer_type": "mc", "answer": "B",
+          "options": ["blue ball", "green cone", "yellow cylinder"]},
+         {"id": "t1", "question": "How far?", "answer_type": "num", "answer": 2.0}]
+
+
+def _video(seed, n=8, size=56, fps=2.0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), np.arange(n) / fps
+
+
+def _inputs(tok, m, rows=_ROWS):
+    return M.make_inputs(tok, m.config, rows, [_video(i) for i in range(len(rows))])
+
+
+# ------------------------------------------------------------------------------------- build / load / prompt
+
+
+def test_tiny_builds_offline_and_save_load_gives_equal_logits():
+    m, tok = _tiny()
+    assert 300_000 < M.count_params(m) < 800_000
+    for t in M.SPECIAL_TOKENS + M.REASONING_TOKENS:
+        assert len(tok(t, add_special_tokens=False)["input_ids"]) == 1, t
+    text = ("<think><graph t=31> red cube (1.2,-0.4,5.1) | a-b d=2.25 a=107 </graph> ünïcode 😀</think>"
+            "<answer>B</answer>")
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == text                                       # exact round trip
+    digits = tok("x=12345", add_special_tokens=False)["input_ids"]
+    assert [tok.decode([i]) for i in digits][-5:] == list("12345")       # one token per digit
+    inputs = _inputs(tok, m)
+    with torch.no_grad():
+        a = m(**inputs).logits
+    with tempfile.TemporaryDirectory() as d:
+        m.save_pretrained(d)
+        tok.save_pretrained(d)
+        m2, tok2 = M.load(d, dtype=torch.float32, device="cpu")
+        with torch.no_grad():
+            b = m2.eval()(**inputs).logits
+    assert torch.equal(a, b)
+    assert tok2(text, add_special_tokens=False)["input_ids"] == ids
+
+
+def test_load_missing_folder_fails_fast_and_clearly():
+    t0 = time.time()
+    try:
+        M.load(os.path.join(tempfile.gettempdir(), "no_such_model_dir_xyz"))
+    except FileNotFoundError as e:
+        assert "no checkpoint folder" in str(e) and "--model" in str(e)
+    else:
+        raise AssertionError("load of a missing folder did not raise")
+    assert time.time() - t0 < 5
+
+
+def test_prompt_and_inputs_layout():
+    m, tok = _tiny()
+    p = M.build_prompt(_ROWS[0])
+    assert p.count("<|video_pad|>") == 1 and p.endswith("<|im_start|>assistant\n")
+    assert "(A) blue ball\n(B) green cone\n(C) yellow cylinder" in p and "<graph t=FRAME>" in p
+    assert "letter" in p and "number" in M.build_prompt(_ROWS[1])
+    assert "[start, end]" in M.build_prompt({"question": "When?", "answer_type": "iou", "answer": [1, 2],
+                                             "time_window": [0, 8]})
+    inputs = _inputs(tok, m)
+    ids, am, tt = inputs["input_ids"], inputs["attention_mask"], inputs["mm_token_type_ids"]
+    vid = m.config.video_token_id
+    assert torch.equal(tt, (ids == vid).int() * 2)
+    n_video = inputs["video_grid_thw"].prod(-1) // 4                    # t*h*w / merge^2
+    assert torch.equal((ids == vid).sum(1), n_video)
+    assert am[1, 0] == 0 and am[0].all() and am[1, -1] == 1             # left padding of the shorter prompt
+    assert (ids[1][am[1] == 0] == tok.pad_token_id).all()
+    assert torch.allclose(inputs["second_per_grid_ts"], torch.tensor([1.0, 1.0]))  # 2 frames / 2 fps
+
+
+def test_preprocessing_matches_official_golden_fixture():
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+    g = np.load(M.GOLDEN_PATH, allow_pickle=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(str(g["tokenizer_json"])),
+                                  pad_token="<|endoftext|>", eos_token="<|im_end|>")
+    tok.padding_side = "left"
+    rows = json.loads(str(g["rows_json"]))
+    videos = [(g["frames0"], g["times0"]), (g["frames1"], g["times1"])]
+    ours = M.make_inputs(tok, M.tiny_config(tok), rows, videos, int(g["min_pixels"]), int(g["max_pixels"]))
+    for k in ("input_ids", "attention_mask", "mm_token_type_ids", "video_grid_thw"):
+        assert np.array_equal(ours[k].numpy(), g[k]), k
+    assert np.allclose(ours["second_per_grid_ts"].numpy(), g["second_per_grid_ts"], rtol=1e-6)
+    px, ref = ours["pixel_values_videos"].numpy(), g["pixel_values_videos"]
+    assert px.shape == ref.shape
+    one_step = 1.0 / 255.0 / min(M.CLIP_STD)                             # one uint8 step after normalisation
+    assert np.abs(px - ref).max() <= one_step + 1e-5, np.abs(px - ref).max()
+
+
+def test_temporal_positions_follow_frame_times():
+    m, tok = _tiny()
+    tps = m.config.vision_config.tokens_per_second
+    for fps in (2.0, 4.0, 1.0, 3.0):
+        frames, times = _video(0, n=8, fps=fps)
+        times = times + 3.0                                             # a clip that starts at 3 s
+        inputs = M.make_inputs(tok, m.config, [_ROWS[1]], [(frames, times)])
+        pos, next_pos = grpo.prompt_positions(m, inputs)                # (3, 1, P), (1,)
+        is_vid = inputs["input_ids"][0] == m.config.video_token_id
+        t_pos = pos[0, 0][is_vid].view(4, -1)                          # (t grids, 4 tokens each)
+        assert (t_pos == t_pos[:, :1]).all()
+        expect = torch.tensor([int(tps * (times[2 * k] - times[0]) + 1e-6) for k in range(4)])  # tps * dt
+        assert torch.equal(t_pos[:, 0] - t_pos[0, 0], expect), (fps, t_pos[:, 0])
+        hw = pos[1:, 0][:, is_vid].view(2, 4, 4)                        # height/width: 2x2 merged grid
+        assert torch.equal(hw[0, 0] - hw[0, 0, 0], torch.tensor([0, 0, 1, 1]))
+        assert torch.equal(hw[1, 0] - hw[1, 0, 0], torch.tensor([0, 1, 0, 1]))
+        after = int(is_vid.nonzero()[-1]) + 1                           # first text token after the video
+        assert (pos[:, 0, after] == pos[:, 0, is_vid].max() + 1).all()  # Qwen's reference: max + 1
+        assert next_pos[0] == pos[:, 0].max() + 1
+    # a one-grid video (2 frames): no temporal extent, so transformers' own get_rope_index agrees with ours
+    inputs = M.make_inputs(tok, m.config, _ROWS, [_video(0, n=2), _video(1, n=2)])
+    theirs, _ = m.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
+                                       video_grid_thw=inputs["video_grid_thw"],
+                                       second_per_grid_ts=inputs["second_per_grid_ts"],
+                                       attention_mask=inputs["attention_mask"])
+    assert torch.equal(grpo.prompt_positions(m, inputs)[0], theirs)
+
+
+# ------------------------------------------------------------------------------------- sampling
+
+
+def _generate_with_our_positions(m, inputs, **kwargs):
+    """model.generate with transformers' get_rope_index replaced by model.rope_positions (Qwen's reference
+    M-RoPE; transformers 5.24 differs for text after a video), so both decoders see the same positions."""
+    def rope_index(input_ids, mm_token_type_ids=None, video_grid_thw=None, second_per_grid_ts=None,
+                   attention_mask=None, **_):
+        pos, next_pos = M.rope_positions(m.config, input_ids, mm_token_type_ids, attention_mask, video_grid_thw,
+                                         second_per_grid_ts)
+        return pos, (next_pos - attention_mask.sum(1)).unsqueeze(1)      # transformers' rope_deltas
+    m.model.get_rope_index = rope_index
+    try:
+        return m.generate(**inputs, **kwargs)
+    finally:
+        del m.model.get_rope_index
+
+
+def test_greedy_sample_equals_generate_with_eos_and_padding():
+    m, tok = _tiny()
+    inputs = _inputs(tok, m)                                             # 2 prompts of different lengths
+    sup = tok.convert_tokens_to_ids(M.VISION_TOKENS)
+    ids0, mask0, _ = grpo.sample(m, inputs, 2, 10, temperature=0, suppress_ids=sup)
+    assert torch.equal(ids0[0], ids0[1]) and torch.equal(ids0[2], ids0[3])  # greedy: G rows identical
+    eos = int(ids0[0, 4])                                                # a token seq 0 emits: a stop for it
+    ids, mask, _ = grpo.sample(m, inputs, 1, 10, temperature=0, eos_ids=[eos], suppress_ids=sup,
+                               pad_id=tok.pad_token_id)
+    gen = _generate_with_our_positions(m, inputs, do_sample=False, max_new_tokens=10, eos_token_id=[eos],
+                                       suppress_tokens=sup, pad_token_id=tok.pad_token_id)
+    gen = gen[:, inputs["input_ids"].shape[1]:]
+    assert torch.equal(ids, gen[:, :ids.shape[1]]), (ids, gen)
+    for n in range(ids.shape[0]):
+        stop = (ids[n] == eos).nonzero()
+        length = int(stop[0]) + 1 if len(stop) else ids.shape[1]
+        assert mask[n, :length].all() and not mask[n, length:].any()    # EOS kept, padding after
+        assert (ids[n, length:] == tok.pad_token_id).all()
+    assert not mask[0].all()
+
+
+def test_sampled_logprobs_equal_token_logprobs():
+    m, tok = _tiny()
+    inputs = _inputs(tok, m)
+    sup = tok.convert_tokens_to_ids(M.VISION_TOKENS)
+    for temp, top_p in ((1.0, 1.0), (0.7, 0.9)):                         # logp is the raw model's either way
+        g = torch.Generator().manual_seed(1)
+        ids, mask, logp = grpo.sample(m, inputs, 3, 12, temperature=temp, top_p=top_p, generator=g,
+                                      eos_ids=[tok.convert_tokens_to_ids("<|im_end|>")], suppress_ids=sup)
+        ref = grpo.token_logprobs(m, inputs, ids, mask, chunk_tokens=20)
+        assert ids.shape == (6, 12) and torch.isfinite(logp).all()
+        assert torch.allclose(logp, ref, atol=1e-5), (logp - ref).abs().max()
+
+
+def test_suppressed_ids_never_sampled():
+    m, tok = _tiny()
+    inputs = _inputs(tok, m)
+    sup = tok.convert_tokens_to_ids(M.VISION_TOKENS)
+    bias = torch.zeros(m.config.text_config.vocab_size)
+    bias[sup] = 8.0                                                      # make vision tokens the favourites
+    h = m.lm_head.register_forward_hook(lambda mod, args, out: out + bias)
+    try:
+        ids, _, _ = grpo.sample(m, inputs, 4, 8, generator=torch.Generator().manual_seed(0))
+        assert torch.isin(ids, torch.tensor(sup)).any()                  # control: they would be sampled
+        for temp in (1.0, 0):
+            ids, _, _ = grpo.sample(m, inputs, 4, 8, temperature=temp, suppress_ids=sup,
+                                    generator=torch.Generator().manual_seed(0))
+            assert not torch.isin(ids, torch.tensor(sup)).any()
+    finally:
+        h.remove()
+
+
+# ------------------------------------------------------------------------------------- LoRA, checkpointing, bf16
+
+
+def _logits(m, inputs):
+    with torch.no_grad():
+        return m(**inputs).logits
+
+
+def test_lora_zero_init_adapters_off_grads_and_merge():
+    m, tok = _tiny()
+    inputs = _inputs(tok, m)
+    base = _logits(m, inputs)
+    assert M.add_lora(m, 0) is m and not M.lora_modules(m)              # rank 0 = full fine-tuning
+    M.add_lora(m, rank=4, alpha=8, dropout=0.0)
+    assert len(M.lora_modules(m)) == 7 * m.config.text_config.num_hidden_layers
+    assert torch.equal(_logits(m, inputs), base)                         # B = 0: unchanged
+    with torch.no_grad():
+        for mod in M.lora_modules(m):
+            mod.lora_B.normal_(0, 0.5)
+    tuned = _logits(m, inputs)
+    assert not torch.allclose(tuned, base, atol=1e-4)
+    with M.lora_disabled(m):
+        assert torch.equal(_logits(m, inputs), base)                     # reference = base, exactly
+    assert torch.equal(_logits(m, inputs), tuned)
+    m.train()
+    m(**inputs).logits.float().logsumexp(-1).mean().backward()
+    with_grad = {n for n, p in m.named_parameters() if p.grad is not None}
+    assert with_grad and all(".lora_" in n for n in with_grad)
+    assert all(mod.lora_B.grad.abs().sum() > 0 for mod in M.lora_modules(m))
+    assert set(M.lora_state_dict(m)) == {n for n, _ in m.named_parameters() if ".lora_" in n}
+    m.eval()
+    M.merge_lora(m)
+    assert not M.lora_modules(m)
+    assert torch.allclose(_logits(m, inputs), tuned, atol=1e-4)
+
+
+def test_checkpointing_gives_same_gradients():
+    m, tok = _tiny()
+    inputs = _inputs(tok, m)
+    ids, mask, _ = grpo.sample(m, inputs, 2, 6, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for on in (False, True):
+        M.set_checkpointing(m, on)
+        m.train()
+        m.zero_grad()
+        grpo.token_logprobs(m, inputs, ids, mask).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 50
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-4), n
+    M.set_checkpointing(m, False)
+
+
+def test_bf16_forward_close_to_fp32():
+    m32, tok = _tiny(torch.float32)
+    m16, _ = _tiny(torch.bfloat16)
+    inputs = _inputs(tok, m32)
+    p32 = _logits(m32, inputs).float().softmax(-1)
+    p16 = _logits(m16, inputs).float().softmax(-1)
+    am = inputs["attention_mask"].bool()
+    assert m16.lm_head.weight.dtype == torch.bfloat16
+    assert (p32 - p16).abs()[am].max() < 0.02
+
+
+def test_memory_estimate_7b():
+    cfg = M.qwen25_vl_7b_config()
+    full = M.estimate_memory(cfg, 0, 8, 1942, torch.bfloat16, 4096, 768)
+    lora = M.estimate_memory(cfg, 64, 8, 1942, torch.bfloat16, 4096, 768)
+    assert abs(full["params"] / 1e9 - 8.29) < 0.01                       # published size 8.29B
+    assert full["total_ckpt"] > 80 > lora["total_ckpt"]
+    assert lora["reference"] == 0 and full["reference"] == full["weights"]
+    assert full["activations_ckpt"] < full["activations_no_ckpt"]
 
 
 # ---------------------------------------------------------------------------- runner

@@ -1,0 +1,647 @@
+"""The policy: Qwen2.5-VL offline, video preprocessing by hand, prompts, LoRA by hand, memory estimate.
+
+Paper: Video-STR (arXiv 2510.10976) trains Qwen2.5-VL-7B-Instruct with GRPO (Sec. 4); videos are fed as 16
+frames for training (32 for inference) at max_pixels = 128*28*28 per frame, as in Video-R1 / SpaceR. The
+reasoning inside <think> writes an inter-object relation graph (graph.py), the answer goes inside <answer>.
+
+What is here:
+  * build_tiny(out_dir, texts): a tiny RANDOM Qwen2.5-VL (about 0.55M parameters) with a byte-level BPE
+    tokenizer trained locally on `texts`, saved with save_pretrained, so it loads exactly like a real
+    checkpoint with load(path). This is how this repo differs from the paper: the CPU default is this tiny
+    model trained from scratch, not the 7B model; the code path is the same for a real local checkpoint.
+  * preprocess_video: Qwen2.5-VL's video processor rewritten with torch only (the official one needs
+    torchvision): smart_resize to multiples of 28 within [min_pixels, max_pixels], bicubic resize,
+    CLIP normalisation, frame count padded to a multiple of temporal_patch_size, patchify in the official
+    order, video_grid_thw, and second_per_grid_ts = temporal_patch_size / fps with fps from the TRUE frame
+    times (Video-R1 and verl drop it; the default fps 24 then collapses the time axis of M-RoPE).
+    Parity with the official processor: fixtures/qwen_video_golden.npz, made by make_golden_fixture().
+  * build_prompt / make_inputs: chat template, instruction (graph grammar, answer per type), <|video_pad|>
+    expanded to t*h*w/merge^2 tokens, mm_token_type_ids (2 on video tokens: without it transformers silently
+    uses 1-D positions), left padding.
+  * rope_positions: the 3-D M-RoPE positions as Qwen's reference code computes them (temporal axis from the
+    frame times; text after a video continues at max + 1, where transformers 5.24 restarts it lower).
+  * LoRA by hand (add_lora, lora_disabled, merge_lora, lora_state_dict): the KL reference policy is the
+    base model with adapters switched off, so no second copy of the weights. lora rank 0 = full fine-tuning.
+  * estimate_memory: weights, gradients, AdamW state, reference model, activations with and without
+    checkpointing, for any config; `python model.py` prints it for Qwen2.5-VL-7B on one 80 GB GPU.
+
+Run: `python model.py [OUT_DIR]` builds the tiny model into OUT_DIR (default tiny_model/, git-ignored), prints
+its parameter count and the 7B memory table. Everything is offline (HF_HUB_OFFLINE=1 is set here).
+"""
+import contextlib
+import json
+import math
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: no hub retries
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast, Qwen2_5_VLConfig,
+                          Qwen2_5_VLForConditionalGeneration)
+
+# Qwen's special tokens (the real ids are 151643..151656; here they come first in the small vocabulary).
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                  "<|image_pad|>", "<|video_pad|>"]
+REASONING_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]  # added tokens (not special: decode keeps them)
+VIDEO_PAD, IMAGE_PAD = "<|video_pad|>", "<|image_pad|>"
+VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", IMAGE_PAD, VIDEO_PAD]  # never sampled (grpo.sample)
+# Qwen2's pre-tokenizer regex: \p{N} alone, so every digit is its own token.
+PRETOKENIZE_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                     r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+TRAIN_MAX_PIXELS = 128 * 28 * 28       # paper / Video-R1 training budget per frame
+TINY_MIN_PIXELS = TINY_MAX_PIXELS = 56 * 56  # tiny CPU default: every frame becomes 56x56 (2x2 merged tokens)
+SYSTEM_PROMPT = "You are a helpful assistant."
+# Qwen2.5-VL's chat template, reduced to what this repo uses (text + one video per user turn).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}{% if content['type'] == 'video' %}"
+    "<|vision_start|><|video_pad|><|vision_end|>{% elif content['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ content['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+# Default tiny size (~0.54M parameters with a ~600-token vocabulary): the learnability probe of
+# shared/REFERENCE.md learned depth and the MC answer in minutes at this size on 16 frames of 56x56.
+TINY = dict(vocab_size=640, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=192, rope_theta=1_000_000.0, max_position_embeddings=4096,
+            vision_hidden_size=64, vision_depth=2, vision_num_heads=4, vision_intermediate_size=192,
+            window_size=112, tokens_per_second=2)
+
+
+# ---------------------------------------------------------------------------------------- tokenizer
+
+
+def train_tokenizer(texts, vocab_size=TINY["vocab_size"]):
+    """Byte-level BPE trained on `texts` (Qwen2's pre-tokenizer: digits single tokens) + Qwen special tokens.
+
+    decode(encode(s)) == s for any string: all 256 bytes are in the initial alphabet, no normaliser.
+    """
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   unk_token=None, clean_up_tokenization_spaces=False,
+                                   additional_special_tokens=SPECIAL_TOKENS[1:], model_max_length=32768)
+    fast.add_tokens(REASONING_TOKENS)
+    fast.padding_side = "left"
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+# ---------------------------------------------------------------------------------------- config / build
+
+
+def mrope_section(head_dim):
+    """Split head_dim/2 rotary frequencies into (temporal, height, width) like Qwen's [16, 24, 24] of 64."""
+    half = head_dim // 2
+    t = half // 4
+    h = (half - t) // 2
+    return [t, h, half - t - h]
+
+
+def tiny_config(tokenizer, **overrides):
+    """A shrunken Qwen2_5_VLConfig whose special ids are those of `tokenizer` (sizes: TINY + overrides).
+
+    Facts checked here: mrope_section sums to head_dim/2; vision head_dim divisible by 4; vision
+    out_hidden_size = text hidden_size; window_size >= patch*merge = 28; tokens_per_second = 2 (Qwen2.5-VL).
+    """
+    unknown = set(overrides) - set(TINY)
+    if unknown:
+        raise ValueError(f"model.tiny_config: unknown size override(s) {sorted(unknown)}; known: {sorted(TINY)}")
+    s = {**TINY, **overrides}
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    head_dim = s["hidden_size"] // s["num_attention_heads"]
+    text = dict(vocab_size=len(tokenizer), hidden_size=s["hidden_size"], intermediate_size=s["intermediate_size"],
+                num_hidden_layers=s["num_hidden_layers"], num_attention_heads=s["num_attention_heads"],
+                num_key_value_heads=s["num_key_value_heads"], max_position_embeddings=s["max_position_embeddings"],
+                rope_parameters={"rope_type": "default", "rope_theta": s["rope_theta"],
+                                 "mrope_section": mrope_section(head_dim)},
+                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    depth = s["vision_depth"]
+    vision = dict(depth=depth, hidden_size=s["vision_hidden_size"], num_heads=s["vision_num_heads"],
+                  intermediate_size=s["vision_intermediate_size"], out_hidden_size=s["hidden_size"],
+                  window_size=s["window_size"], tokens_per_second=s["tokens_per_second"],
+                  fullatt_block_indexes=[depth - 1] if depth < 8 else list(range(7, depth, 8)))
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids[IMAGE_PAD],
+                            video_token_id=ids[VIDEO_PAD], vision_start_token_id=ids["<|vision_start|>"],
+                            vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
+
+
+def build_tiny(out_dir, texts, seed=0, **overrides):
+    """Train the tokenizer on `texts`, build a random tiny Qwen2.5-VL, save both to out_dir. Returns out_dir."""
+    tokenizer = train_tokenizer(texts, overrides.pop("vocab_size", TINY["vocab_size"]))
+    config = tiny_config(tokenizer, **overrides)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    im_end, eot = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    model.generation_config = GenerationConfig(eos_token_id=[im_end, eot], pad_token_id=eot, bos_token_id=eot,
+                                               do_sample=False)
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def best_dtype(device):
+    """bf16 on a GPU that supports it, else float32 (bf16 is slower than fp32 on this CPU, REFERENCE.md)."""
+    if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load(path, dtype=None, device=None):
+    """(model, tokenizer) from a local folder, tiny or real (e.g. a local copy of Qwen2.5-VL-7B-Instruct)."""
+    if not path or not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(
+            f"model.load: no checkpoint folder at {path!r} (needs config.json + *.safetensors + tokenizer). "
+            "Pass --model PATH to a local folder: `python model.py tiny_model` builds the tiny one; a real "
+            "Qwen2.5-VL-7B-Instruct must be copied there beforehand (nothing is downloaded here).")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or best_dtype(device)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tokenizer.padding_side = "left"
+    return model.to(device), tokenizer
+
+
+def count_params(model, trainable_only=False):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# ---------------------------------------------------------------------------------------- video
+
+
+def smart_resize(height, width, factor=28, min_pixels=56 * 56, max_pixels=TRAIN_MAX_PIXELS):
+    """(h, w) multiples of `factor`, h*w within [min_pixels, max_pixels], aspect ratio kept (Qwen2-VL)."""
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"model.smart_resize: aspect ratio of {height}x{width} is over 200")
+    h = round(height / factor) * factor
+    w = round(width / factor) * factor
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return h, w
+
+
+def sampled_fps(times):
+    """Frames per second of the sampled frames from their true times: (F - 1) / (t_last - t_first).
+
+    Equals the official VideoMetadata.sampled_fps (= F / duration) for frames sampled uniformly.
+    """
+    times = np.asarray(times, dtype=np.float64)
+    if len(times) < 2 or times[-1] <= times[0]:
+        return None
+    return float((len(times) - 1) / (times[-1] - times[0]))
+
+
+def preprocess_video(frames, times, min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS, patch_size=14,
+                     temporal_patch_size=2, merge_size=2):
+    """Qwen2VLVideoProcessor by hand. frames uint8 (F,H,W,3), times (F,) seconds.
+
+    Returns {"pixel_values_videos": (t*h*w, 3*tp*p*p) float32, "video_grid_thw": (1, 3) long,
+             "second_per_grid_ts": (1,) float32, "fps": float} with (t, h, w) the grid in patches.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"model.preprocess_video: frames must be uint8 (F,H,W,3), got {frames.dtype} {frames.shape}")
+    n_frames, height, width, _ = frames.shape
+    rh, rw = smart_resize(height, width, patch_size * merge_size, min_pixels, max_pixels)
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)   # (F, 3, H, W) uint8, CPU
+    if (rh, rw) != (height, width):
+        # as torchvision does on CPU: torch's native uint8 -> uint8 bicubic with antialias (PIL-like fixed point,
+        # bit-exact with the official processor; a float resize + round differs by up to 5 uint8 steps)
+        x = F.interpolate(x.contiguous(), size=(rh, rw), mode="bicubic", align_corners=False, antialias=True)
+    x = x.float()                                                             # (F, 3, rh, rw)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1) * 255.0
+    x = (x - mean) / std                            # x/255 rescale and CLIP normalisation, fused as upstream
+    if pad := -n_frames % temporal_patch_size:     # repeat the last frame
+        x = torch.cat([x, x[-1:].expand(pad, -1, -1, -1)], 0)
+    t, h, w = x.shape[0] // temporal_patch_size, rh // patch_size, rw // patch_size
+    m, p, tp = merge_size, patch_size, temporal_patch_size
+    x = x.view(t, tp, 3, h // m, m, p, w // m, m, p)              # (t, tp, C, h/m, m, p, w/m, m, p)
+    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)                     # (t, h/m, w/m, m, m, C, tp, p, p): official order
+    pixel_values = x.reshape(t * h * w, 3 * tp * p * p)          # (t*h*w, 1176) merge groups contiguous
+    fps = sampled_fps(times)
+    spg = temporal_patch_size / fps if fps else 1.0   # one frame: the time interval never multiplies anything
+    return {"pixel_values_videos": pixel_values, "video_grid_thw": torch.tensor([[t, h, w]]),
+            "second_per_grid_ts": torch.tensor([spg], dtype=torch.float32), "fps": fps}
+
+
+def rope_positions(config, input_ids, mm_token_type_ids, attention_mask, video_grid_thw, second_per_grid_ts):
+    """Qwen2.5-VL's 3-D M-RoPE position ids (t, h, w) of left-padded prompts, as Qwen's reference code (and
+    transformers <= 5.2, vLLM) computes them:
+      text token:  the same index on all three axes, continuing from max(all earlier positions) + 1;
+      video grid k, row i, column j (merged), starting at s:  (s + floor(k * second_per_grid * tokens_per_second),
+                   s + i, s + j)  -> the temporal axis follows the true frame times (2 positions per second).
+    transformers 5.24's get_rope_index restarts the text after a video at s + max(h, w) instead of max + 1, so
+    the question overlaps the video's temporal positions; a real checkpoint was trained with max + 1.
+    Returns pos (3, B, P) long (0 on padding) and next_pos (B,) = max + 1, where the completion starts.
+    """
+    merge = config.vision_config.spatial_merge_size
+    tps = config.vision_config.tokens_per_second
+    B, P = input_ids.shape
+    pos = torch.zeros(3, B, P, dtype=torch.long, device=input_ids.device)
+    next_pos = torch.zeros(B, dtype=torch.long, device=input_ids.device)
+    n_video = 0
+    for b in range(B):
+        keep = attention_mask[b].bool()
+        types = mm_token_type_ids[b][keep].tolist()
+        chunks, start, i = [], 0, 0
+        while i < len(types):
+            j = i
+            while j < len(types) and types[j] == types[i]:
+                j += 1
+            if types[i] == 0:                                                   # text run
+                chunks.append(torch.arange(j - i).view(1, -1).expand(3, -1) + start)
+            else:                                                               # one video
+                t, h, w = (int(x) for x in video_grid_thw[n_video])
+                h, w = h // merge, w // merge
+                if j - i != t * h * w:
+                    raise ValueError(f"model.rope_positions: row {b} has {j - i} video tokens, grid needs {t * h * w}")
+                tt = (torch.arange(t) * second_per_grid_ts[n_video].float().cpu() * tps).long()  # as Qwen: float32
+                grid = torch.stack(torch.meshgrid(tt, torch.arange(h), torch.arange(w), indexing="ij"))
+                chunks.append(grid.reshape(3, -1) + start)                      # (3, t*h*w)
+                n_video += 1
+            start = int(chunks[-1].max()) + 1
+            i = j
+        p = torch.cat(chunks, 1).to(pos.device)                                 # (3, real tokens)
+        pos[:, b, keep] = p
+        next_pos[b] = p.max() + 1
+    return pos, next_pos
+
+
+# ---------------------------------------------------------------------------------------- prompt
+
+
+GRAPH_INSTRUCTION = (
+    "Think inside <think> </think>. While thinking, write the objects of key frames as graph blocks "
+    "<graph t=FRAME> name (x,y,z); ... | a-b d=DIST a=ANGLE; ... </graph> with centres in metres in the camera "
+    "frame (x right, y down, z forward), distances in metres and angles in degrees. ")
+ANSWER_INSTRUCTION = {
+    "mc": "Then give only the option's letter inside <answer> </answer>, e.g. <answer>B</answer>.",
+    "num": "Then give only a number inside <answer> </answer>, e.g. <answer>2.4</answer>.",
+    "iou": "Then give the time interval in seconds as [start, end] inside <answer> </answer>, "
+           "e.g. <answer>[1.0, 2.5]</answer>.",
+    "box": "Then give the box as [x1, y1, x2, y2] inside <answer> </answer>, e.g. <answer>[10, 20, 50, 80]</answer>.",
+}
+
+
+def build_prompt(row):
+    """Chat-template text for one dataset row: system, user (video, question, options, instruction), assistant."""
+    kind = row.get("answer_type")
+    if kind not in ("mc", "num", "iou"):
+        raise ValueError(f"model.build_prompt: row {row.get('id')!r} field answer_type={kind!r} not mc/num/iou")
+    if kind == "iou" and isinstance(row.get("answer"), (list, tuple)) and len(row["answer"]) == 4:
+        kind = "box"
+    text = ""
+    if row.get("time_window"):
+        s, e = row["time_window"]
+        text += f"From {s:.1f} s to {e:.1f} s. "
+    text += row["question"].strip()
+    if row.get("options"):
+        letters = "ABCDEFGHIJ"
+        text += "\n" + "\n".join(f"({letters[i]}) {opt}" for i, opt in enumerate(row["options"]))
+    text += "\n" + GRAPH_INSTRUCTION + ANSWER_INSTRUCTION[kind]
+    return (f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
+            f"<|vision_start|>{VIDEO_PAD}<|vision_end|>{text}<|im_end|>\n<|im_start|>assistant\n")
+
+
+def make_inputs(tokenizer, config, rows, videos, min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS):
+    """Model inputs for B prompts (one video each), left-padded. videos: list of (frames (F,H,W,3), times (F,)).
+
+    Returns input_ids (B,P), attention_mask (B,P), mm_token_type_ids (B,P) (2 on video tokens), and
+    pixel_values_videos (sum of t*h*w, 1176), video_grid_thw (B,3), second_per_grid_ts (B,).
+    """
+    vc = config.vision_config
+    video_id = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
+    if video_id != config.video_token_id:
+        raise ValueError(f"model.make_inputs: tokenizer's {VIDEO_PAD} id {video_id} != config {config.video_token_id}")
+    seqs, pixels, grids, spgs = [], [], [], []
+    for row, (frames, times) in zip(rows, videos, strict=True):
+        v = preprocess_video(frames, times, min_pixels, max_pixels, vc.patch_size, vc.temporal_patch_size,
+                             vc.spatial_merge_size)
+        n_video = int(v["video_grid_thw"].prod()) // vc.spatial_merge_size ** 2    # merged tokens
+        ids = tokenizer(build_prompt(row), add_special_tokens=False)["input_ids"]
+        at = ids.index(video_id)
+        seqs.append(ids[:at] + [video_id] * n_video + ids[at + 1:])               # expand <|video_pad|>
+        pixels.append(v["pixel_values_videos"]); grids.append(v["video_grid_thw"]); spgs.append(v["second_per_grid_ts"])
+    width = max(len(s) for s in seqs)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs])        # (B, P) left padding
+    attention_mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
+    mm_token_type_ids = (input_ids == video_id).int() * 2                        # (B, P) text 0, video 2
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": mm_token_type_ids,
+            "pixel_values_videos": torch.cat(pixels), "video_grid_thw": torch.cat(grids),
+            "second_per_grid_ts": torch.cat(spgs)}
+
+
+def demo_texts():
+    """A small corpus for the tiny tokenizer: reference completions in the contract's format + prompts."""
+    rows = [
+        {"id": "d0", "question": "Which object is closest to the red cube?", "answer_type": "mc", "answer": "B",
+         "options": ["blue ball", "green cone", "yellow cylinder", "red cube"], "time_window": None},
+        {"id": "d1", "question": "How far apart are the blue ball and the green cone, in metres?",
+         "answer_type": "num", "answer": 2.4, "options": None, "time_window": None},
+        {"id": "d2", "question": "When does the yellow cylinder move?", "answer_type": "iou",
+         "answer": [1.0, 2.5], "options": None, "time_window": [0.0, 8.0]},
+    ]
+    completions = [
+        "<think><graph t=0> red cube (1.2,0.4,5.1); blue ball (-0.8,0.4,6.0) | red cube-blue ball d=2.2 a=21 "
+        "</graph> <graph t=31> red cube (0.9,0.4,4.7); blue ball (-1.1,0.4,5.6) | red cube-blue ball d=2.2 a=24 "
+        "</graph> The blue ball is nearest to the red cube. </think><answer>B</answer>",
+        "<think><graph t=3> blue ball (0.5,0.3,3.9); green cone (-1.7,0.3,4.8) | blue ball-green cone d=2.4 a=34 "
+        "</graph> The distance stays near 2.4 metres. </think><answer>2.4</answer>",
+        "<think><graph t=12> yellow cylinder (0.0,0.5,7.2); green cone (2.1,0.5,6.6) | yellow cylinder-green cone "
+        "d=2.2 a=17 </graph> It moves between 1.0 s and 2.5 s. </think><answer>[1.0, 2.5]</answer>",
+        "<think><graph t=7> green cone (-0.3,0.2,2.8); red cube (1.6,0.6,3.3); yellow cylinder (0.4,0.1,9.0) | "
+        "green cone-red cube d=2.0 a=38; green cone-yellow cylinder d=6.3 a=9; red cube-yellow cylinder d=5.8 a=25 "
+        "</graph> </think><answer>C</answer>",
+    ]
+    return [build_prompt(r) for r in rows] + completions
+
+
+# ---------------------------------------------------------------------------------------- training setup
+
+
+def set_checkpointing(model, on=True):
+    """Activation (gradient) checkpointing: `activation_checkpointing_enable` in transformers 5 (verified on
+    5.24), the older `gradient_checkpointing_enable` otherwise. Non-reentrant torch.utils.checkpoint."""
+    if on:
+        fn = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        fn({"use_reentrant": False})
+    else:
+        fn = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+        fn()
+    return model
+
+
+def freeze_vision(model):
+    """Freeze the vision tower (patch embedding, blocks and merger)."""
+    for p in model.model.visual.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+class LoRALinear(nn.Module):
+    """y = W x + b + (alpha / r) * B A dropout(x)  (Hu et al. 2021). A: (r, in) Kaiming, B: (out, r) zeros,
+    so a fresh adapter leaves the output unchanged. Adapters are float32 whatever the base dtype."""
+
+    def __init__(self, base: nn.Linear, rank, alpha, dropout=0.0):
+        super().__init__()
+        self.base, self.rank, self.scale = base, rank, alpha / rank
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=base.weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.enabled = True
+
+    def forward(self, x):
+        y = self.base(x)
+        if not self.enabled:
+            return y
+        a = self.dropout(x).to(self.lora_A.dtype) @ self.lora_A.t()   # (..., r)
+        return y + (a @ self.lora_B.t() * self.scale).to(y.dtype)     # (..., out)
+
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def add_lora(model, rank, alpha=None, dropout=0.0, targets=LORA_TARGETS):
+    """Wrap the language model's attention and MLP projections with LoRA and freeze every base weight.
+
+    rank 0 is a no-op (full fine-tuning). alpha defaults to 2 * rank. Returns the model.
+    """
+    if rank <= 0:
+        return model
+    alpha = 2 * rank if alpha is None else alpha
+    for p in model.parameters():
+        p.requires_grad_(False)
+    lm = model.model.language_model
+    for name, module in list(lm.named_modules()):
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in targets and isinstance(module, nn.Linear):
+            parent = lm.get_submodule(name.rsplit(".", 1)[0])
+            setattr(parent, leaf, LoRALinear(module, rank, alpha, dropout))
+    return model
+
+
+def lora_modules(model):
+    return [m for m in model.modules() if isinstance(m, LoRALinear)]
+
+
+@contextlib.contextmanager
+def lora_disabled(model):
+    """Inside this block the model is the base model (adapters off): the KL reference pi_ref, no copy."""
+    mods = lora_modules(model)
+    states = [m.enabled for m in mods]
+    for m in mods:
+        m.enabled = False
+    try:
+        yield model
+    finally:
+        for m, s in zip(mods, states):
+            m.enabled = s
+
+
+@torch.no_grad()
+def merge_lora(model):
+    """W <- W + (alpha/r) B A for every adapter, and put the plain nn.Linear back (for save_pretrained)."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear):
+            w = module.base.weight
+            w += (module.lora_B @ module.lora_A * module.scale).to(w.dtype)
+            parent_name, leaf = name.rsplit(".", 1)
+            setattr(model.get_submodule(parent_name), leaf, module.base)
+    return model
+
+
+def lora_state_dict(model):
+    """Only the adapter tensors, {name: tensor} (safetensors.torch.save_file-able)."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if ".lora_" in k}
+
+
+# ---------------------------------------------------------------------------------------- memory
+
+
+def qwen25_vl_7b_config():
+    """Qwen2.5-VL-7B-Instruct's published config.json, written out by hand (nothing is downloaded)."""
+    text = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000, rms_norm_eps=1e-6,
+                rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]},
+                bos_token_id=151643, eos_token_id=151645)
+    vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                  fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2)
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=151655, video_token_id=151656,
+                            vision_start_token_id=151652, vision_end_token_id=151653, tie_word_embeddings=False)
+
+
+def param_counts(config):
+    """(total, vision, lm_per_layer_linear_shapes) of a config, counted on the meta device (no memory)."""
+    with torch.device("meta"):
+        m = Qwen2_5_VLForConditionalGeneration(config)
+    total = sum(p.numel() for p in m.parameters())
+    vision = sum(p.numel() for p in m.model.visual.parameters())
+    shapes = [(mod.in_features, mod.out_features) for name, mod in m.model.language_model.named_modules()
+              if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in LORA_TARGETS]
+    return total, vision, shapes
+
+
+def estimate_memory(config, lora_rank, batch, seq_len, dtype=torch.bfloat16, vision_patches=0,
+                    completion_len=None, freeze_vision_tower=False):
+    """Training memory in GiB for `batch` sequences of `seq_len` tokens (rough, per GPU, no sharding).
+
+    weights    P * b                  (b = bytes of dtype; LoRA adapters in fp32 on top)
+    grads      trainable * b          (LoRA: fp32 adapters, 4 bytes)
+    optimizer  AdamW m, v in fp32 (8 bytes / trainable) + an fp32 master copy (4) when weights are not fp32
+    reference  P * b for full fine-tuning (a frozen copy for the KL); 0 with LoRA (adapters switched off)
+    activations per token per decoder layer ~ b * (6 H + 4 kv + 4 I) saved for backward (SDPA keeps no
+               T x T scores); with checkpointing only the layer input (b * H) plus one layer being recomputed.
+               The vision tower likewise over `vision_patches` patches (one pass per prompt).
+    logits     one chunk (one sequence of completion_len tokens) x V x (b + 4 + 4): bf16 logits, fp32 copy and
+               log-softmax, as grpo.token_logprobs computes them chunk by chunk under checkpointing.
+    """
+    gib = 1024 ** 3
+    b = torch.finfo(dtype).bits // 8
+    tc, vc = config.text_config, config.vision_config
+    total, vision, shapes = param_counts(config)
+    if lora_rank > 0:
+        trainable = sum(lora_rank * (i + o) for i, o in shapes)
+        weights = total * b + trainable * 4
+        grads, optimizer, reference = trainable * 4, trainable * 8, 0
+    else:
+        trainable = total - (vision if freeze_vision_tower else 0)
+        weights, grads = total * b, trainable * b
+        optimizer = trainable * (8 + (4 if b < 4 else 0))
+        reference = total * b
+    H, I, L = tc.hidden_size, tc.intermediate_size, tc.num_hidden_layers
+    kv = tc.num_key_value_heads * H // tc.num_attention_heads
+    tokens = batch * seq_len
+    per_tok_layer = b * (6 * H + 4 * kv + 4 * I)
+    v_per_patch_layer = b * (6 * vc.hidden_size + 4 * vc.intermediate_size)
+    act_full = tokens * L * per_tok_layer + vision_patches * vc.depth * v_per_patch_layer
+    act_ckpt = (tokens * (L * b * H + per_tok_layer)
+                + vision_patches * (vc.depth * b * vc.hidden_size + v_per_patch_layer))
+    logits = (completion_len or seq_len) * tc.vocab_size * (b + 8)
+    fixed = weights + grads + optimizer + reference + logits
+    out = {"params": total, "trainable": trainable, "weights": weights, "grads": grads, "optimizer": optimizer,
+           "reference": reference, "activations_no_ckpt": act_full, "activations_ckpt": act_ckpt, "logits": logits,
+           "total_no_ckpt": fixed + act_full, "total_ckpt": fixed + act_ckpt}
+    return {k: (v if k in ("params", "trainable") else v / gib) for k, v in out.items()}
+
+
+def memory_table(config=None, G=8, prompt_len=1174, completion_len=768, vision_patches=4096, gpu_gib=80.0,
+                 lora_ranks=(0, 64)):
+    """Text table: full fine-tuning vs LoRA for one GRPO step (G sequences of prompt + completion tokens).
+
+    Defaults: 16 frames at 128*28*28 -> grid (8, 16, 32)-ish = 4096 patches = 1024 video tokens + ~150 text.
+    """
+    config = config or qwen25_vl_7b_config()
+    rows = [(("full FT" if r == 0 else f"LoRA r={r}"),
+             estimate_memory(config, r, G, prompt_len + completion_len, torch.bfloat16, vision_patches, completion_len))
+            for r in lora_ranks]
+    keys = ["weights", "grads", "optimizer", "reference", "activations_no_ckpt", "activations_ckpt", "logits",
+            "total_no_ckpt", "total_ckpt"]
+    lines = [f"Qwen2.5-VL-7B-Instruct ({rows[0][1]['params'] / 1e9:.2f}B params), bf16, AdamW, one GPU of "
+             f"{gpu_gib:.0f} GiB, G={G} x ({prompt_len} prompt + {completion_len}) tokens, {vision_patches} patches",
+             f"{'GiB':22s}" + "".join(f"{name:>14s}" for name, _ in rows)]
+    lines += [f"{k:22s}" + "".join(f"{d[k]:14.1f}" for _, d in rows) for k in keys]
+    lines.append(f"{'trainable params':22s}" + "".join(f"{d['trainable'] / 1e6:13.1f}M" for _, d in rows))
+    lines.append(f"{'fits (with ckpt)':22s}" + "".join(f"{'yes' if d['total_ckpt'] < gpu_gib else 'no':>14s}"
+                                                     for _, d in rows))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- golden fixture
+
+GOLDEN_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "qwen_video_golden.npz")
+GOLDEN_COMMAND = ("python -m venv VENV && VENV/bin/pip install torch==2.14.1 torchvision==0.29.1 "
+                  "transformers==5.24.0 av numpy && VENV/bin/python model.py --golden")
+
+
+def golden_videos():
+    """Two small deterministic clips that need resizing (50x70 -> 56x56, 72x96 -> 28x56), odd and even F."""
+    rng = np.random.default_rng(0)
+    clips = []
+    for n, h, w, fps, step in ((5, 50, 70, 6.0, 2), (6, 72, 96, 4.0, 3)):
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (h + w)], -1)           # (H, W, 3)
+        frames = np.stack([base + 40 * k + rng.normal(0, 30, (h, w, 3)) for k in range(n)])  # (F, H, W, 3)
+        idx = np.arange(n) * step
+        clips.append((np.clip(frames, 0, 255).astype(np.uint8), idx / fps, idx, fps))
+    return clips
+
+
+def make_golden_fixture(out_path=GOLDEN_PATH):
+    """Run the OFFICIAL Qwen2_5_VLProcessor (Qwen2VLVideoProcessor inside) on golden_videos() and save what it
+    returns, for the parity test. Needs torchvision (a side environment: GOLDEN_COMMAND); not used otherwise."""
+    import importlib.util
+    if importlib.util.find_spec("torchvision") is None:
+        raise RuntimeError(f"make_golden_fixture needs torchvision; make a side environment: {GOLDEN_COMMAND}")
+    import torchvision
+    import transformers
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+    from transformers.video_utils import VideoMetadata
+
+    tok = train_tokenizer(demo_texts())
+    rows = [{"id": "g0", "question": "Which object is closest to the red cube?", "answer_type": "mc",
+             "options": ["blue ball", "green cone", "red cube"], "answer": "A"},
+            {"id": "g1", "question": "How far is the cone?", "answer_type": "num", "answer": 3.0}]
+    clips = golden_videos()
+    vp = Qwen2VLVideoProcessor(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS, cap_pixels_per_frame=False)
+    proc = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tok, video_processor=vp,
+                               chat_template=CHAT_TEMPLATE)
+    meta = [VideoMetadata(total_num_frames=int(idx[-1]) + int(idx[1] - idx[0]), fps=fps, frames_indices=idx.tolist())
+            for _, _, idx, fps in clips]
+    out = proc(text=[build_prompt(r) for r in rows], videos=[c[0] for c in clips], video_metadata=meta,
+               padding=True, return_tensors="pt")
+    info = (f"made by the official Qwen2_5_VLProcessor of transformers {transformers.__version__}, torch "
+            f"{torch.__version__}, torchvision {torchvision.__version__}; command: {GOLDEN_COMMAND}")
+    arrays = {"frames0": clips[0][0], "times0": clips[0][1], "frames1": clips[1][0], "times1": clips[1][1],
+              "min_pixels": np.array(TINY_MIN_PIXELS), "max_pixels": np.array(TINY_MAX_PIXELS),
+              "rows_json": np.array(json.dumps(rows)), "tokenizer_json": np.array(tok.backend_tokenizer.to_str()),
+              "info": np.array(info)}
+    for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values_videos", "video_grid_thw",
+              "second_per_grid_ts"):
+        arrays[k] = torch.as_tensor(out[k]).numpy()
+    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+    np.savez_compressed(out_path, **arrays)
+    print(info, "\nwrote", out_path, {k: v.shape for k, v in arrays.items()})
+
+
+# ---------------------------------------------------------------------------------------- main
+
+
+def main():
+    if "--golden" in sys.argv:
+        return make_golden_fixture()
+    out_dir = sys.argv[1] if len(sys.argv) > 1 else "tiny_model"
+    build_tiny(out_dir, demo_texts())
+    model, tok = load(out_dir, dtype=torch.float32, device="cpu")
+    print(f"tiny Qwen2.5-VL in {out_dir}/: {count_params(model):,} parameters "
+          f"(vision {count_params(model.model.visual):,}), vocabulary {len(tok)} tokens")
+    print(memory_table())
+
+
+if __name__ == "__main__":
+    main()
