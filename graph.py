@@ -92,8 +92,9 @@ def derive_edges(nodes):
 
 
 def _num(v, digits=1):
+    """Fixed decimals ("5.0", not "5"): one regular pattern is easier for a small model to write."""
     s = f"{v:.{digits}f}" if digits else f"{round(v):d}"
-    return "0" if s in ("-0", "-0.0") else s.rstrip("0").rstrip(".") if "." in s else s
+    return s[1:] if s.startswith("-") and float(s) == 0 else s
 
 
 def to_text(g):

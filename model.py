@@ -294,7 +294,7 @@ def rope_positions(config, input_ids, mm_token_type_ids, attention_mask, video_g
 
 
 GRAPH_INSTRUCTION = (
-    "Think inside <think> </think>. While thinking, write the objects of key frames as graph blocks "
+    "Think inside <think> </think>. While thinking, write the objects of {frames} as graph blocks "
     "<graph t=FRAME> name (x,y,z); ... | a-b d=DIST a=ANGLE; ... </graph> with centres in metres in the camera "
     "frame (x right, y down, z forward), distances in metres and angles in degrees. ")
 ANSWER_INSTRUCTION = {
@@ -321,7 +321,9 @@ def build_prompt(row):
     if row.get("options"):
         letters = "ABCDEFGHIJ"
         text += "\n" + "\n".join(f"({letters[i]}) {opt}" for i, opt in enumerate(row["options"]))
-    text += "\n" + GRAPH_INSTRUCTION + ANSWER_INSTRUCTION[kind]
+    frames = [g["frame"] for g in row.get("graphs") or []]     # the key frames the graph reward checks
+    which = "frames " + ", ".join(f"t={f}" for f in frames) if frames else "key frames"
+    text += "\n" + GRAPH_INSTRUCTION.format(frames=which) + ANSWER_INSTRUCTION[kind]
     return (f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
             f"<|vision_start|>{VIDEO_PAD}<|vision_end|>{text}<|im_end|>\n<|im_start|>assistant\n")
 

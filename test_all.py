@@ -6,7 +6,9 @@ exits non-zero on a failure; `python test_all.py NAME` runs the tests whose name
 one learning check; nothing downloads anything.
 """
 import atexit
+import contextlib
 import functools
+import io
 import json
 import math
 import os
@@ -15,12 +17,15 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import av
 import numpy as np
 import torch
 
+import data
 import graph
 import grpo
 import model as M
@@ -313,6 +318,449 @@ def test_import_is_light():
     assert out.strip() == "[]", out
 
 
+# ---------------------------------------------------------------------------- data.py
+# ---------------------------------------------------------------------------- helpers: stamped test videos
+
+def _stamp(i, H=48, W=64, noise=False):
+    """A frame whose 8 vertical bands spell i in binary (survives lossy coding); noise=True adds a noisy
+    strip at the top so that packets are large (the frame data, not the header, fills the file)."""
+    img = np.zeros((H, W, 3), np.uint8)
+    for b in range(8):
+        if (i >> b) & 1:
+            img[:, b * W // 8:(b + 1) * W // 8] = 255
+    if noise:
+        img[: H // 4] = np.random.default_rng(i).integers(0, 256, (H // 4, W, 3), dtype=np.uint8)
+    return img
+
+
+def _unstamp(frames):
+    """(F, H, W, 3) -> (F,) the numbers written by _stamp."""
+    W, mid = frames.shape[2], frames.shape[1] // 2
+    return sum((frames[:, mid, b * W // 8 + W // 16, 0] > 128).astype(int) << b for b in range(8))
+
+
+def _stamped_video(path, n, fps=25, times=None, gop=None, noise=False, **kw):
+    frames = np.stack([_stamp(i, noise=noise) for i in range(n)])
+    data.write_video(path, frames, fps=fps, times=times, gop=gop, **kw)
+    return path
+
+
+def _raises(exc, fn, *args, contains=(), **kw):
+    """Call fn; it must raise exc within 5 s and the message must contain every string of `contains`."""
+    t = time.time()
+    try:
+        fn(*args, **kw)
+    except exc as e:
+        assert time.time() - t < 5, "took too long"
+        for s in contains:
+            assert s in str(e), f"{s!r} not in {str(e)!r}"
+        return e
+    raise AssertionError(f"{fn.__name__} did not raise {exc.__name__}")
+
+
+# ---------------------------------------------------------------------------- read_frames
+
+def test_read_frames_counts_and_times():
+    with tempfile.TemporaryDirectory() as d:
+        for n in (3, 10, 33, 100):
+            p = _stamped_video(os.path.join(d, f"v{n}.mp4"), n, fps=25, gop=10)
+            for want in (16, 7, 32):
+                frames, times = data.read_frames(p, want)
+                F = max(2, min(want, n) - min(want, n) % 2)          # even, clamped to the frames that exist
+                idx = np.round(np.linspace(0, n - 1, F)).astype(int)
+                assert frames.shape == (F, 48, 64, 3) and frames.dtype == np.uint8
+                assert times.dtype == np.float64 and times.shape == (F,)
+                assert np.array_equal(_unstamp(frames), idx), (n, want, _unstamp(frames), idx)
+                assert np.allclose(times, idx / 25.0, atol=1e-3)
+
+
+def test_read_frames_fps_cap_and_window():
+    with tempfile.TemporaryDirectory() as d:
+        p = _stamped_video(os.path.join(d, "v.mp4"), 100, fps=25, gop=12)       # 4.0 s
+        for fps, F in ((2, 8), (1, 4), (0.3, 2), (100, 16)):
+            frames, times = data.read_frames(p, 16, fps=fps)
+            assert len(frames) == F, (fps, len(frames))
+        frames, times = data.read_frames(p, 16, start=1.0, end=2.0)     # frames 25..50: 26 in the window
+        idx = 25 + np.round(np.linspace(0, 25, 16)).astype(int)
+        assert np.array_equal(_unstamp(frames), idx)
+        assert times[0] >= 1.0 - 1e-6 and times[-1] <= 2.0 + 1e-6
+        frames, _ = data.read_frames(p, 16, fps=4, start=1.0, end=2.0)  # 4 fps x 1.04 s -> 4 frames
+        assert len(frames) == 4
+        _raises(data.VideoError, data.read_frames, p, 16, start=5.0, end=6.0, contains=(p, "window"))
+        _raises(data.VideoError, data.read_frames, p, 16, start=2.0, end=1.0, contains=(p,))
+
+
+def test_read_frames_variable_frame_rate():
+    with tempfile.TemporaryDirectory() as d:
+        ts = np.round(np.cumsum(np.r_[0, np.random.default_rng(0).uniform(0.01, 0.3, 39)]), 3)
+        p = _stamped_video(os.path.join(d, "vfr.mp4"), 40, times=ts)
+        frames, times = data.read_frames(p, 40)
+        assert np.array_equal(_unstamp(frames), np.arange(40))
+        assert np.allclose(times, ts, atol=1e-3)                        # true times, not index / fps
+        frames, times = data.read_frames(p, 8, start=ts[10], end=ts[30])
+        idx = _unstamp(frames)
+        assert np.allclose(times, ts[idx], atol=1e-3) and idx.min() >= 10 and idx.max() <= 30
+
+
+def test_read_frames_seek_and_forward_agree():
+    with tempfile.TemporaryDirectory() as d:
+        for gop in (5, 250):
+            p = _stamped_video(os.path.join(d, f"g{gop}.mp4"), 200, gop=gop)
+            old = data.SEEK_GAP
+            try:
+                results = []
+                for gap in (0, 10 ** 9):                                 # always seek / never seek
+                    data.SEEK_GAP = gap
+                    results.append(data.read_frames(p, 16))
+            finally:
+                data.SEEK_GAP = old
+            (fa, ta), (fb, tb) = results
+            assert np.array_equal(fa, fb) and np.array_equal(ta, tb)
+            assert np.array_equal(_unstamp(fa), np.round(np.linspace(0, 199, 16)).astype(int))
+
+
+def test_read_frames_odd_size_and_rotation():
+    with tempfile.TemporaryDirectory() as d:
+        odd = np.zeros((6, 37, 51, 3), np.uint8)
+        odd[:, :10, :10] = 255
+        p = os.path.join(d, "odd.mp4")
+        data.write_video(p, odd)
+        frames, _ = data.read_frames(p, 4)
+        assert frames.shape == (4, 37, 51, 3) and frames[0, 2, 2, 0] > 200 and frames[0, 30, 40, 0] < 50
+        img = np.zeros((10, 48, 64, 3), np.uint8)
+        img[:, :8, :8] = 255                                            # marker in the top-left corner
+        p = os.path.join(d, "rot.mp4")
+        data.write_video(p, img, rotation=90)                            # display: 90 deg counter-clockwise
+        frames, _ = data.read_frames(p, 2)
+        assert frames.shape == (2, 64, 48, 3)                            # H and W as displayed
+        assert frames[0, -4, 4, 0] > 200 and frames[0, 4, 4, 0] < 50     # top-left went to bottom-left
+        for rot in (0, 90):                                              # a mirror flag is refused, not ignored
+            p = os.path.join(d, f"flip{rot}.mp4")
+            with av.open(p, "w") as c:
+                s = c.add_stream("libx264", rate=8)
+                s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+                s.set_display_rotation(rot, hflip=True)
+                for frame in img[:2]:
+                    c.mux(s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+                c.mux(s.encode())
+            _raises(data.VideoError, data.read_frames, p, 2, contains=(p, "mirrored"))
+
+
+def test_read_frames_bad_inputs():
+    with tempfile.TemporaryDirectory() as d:
+        missing = os.path.join(d, "nope.mp4")
+        _raises(FileNotFoundError, data.read_frames, missing, contains=(missing,))
+        empty = os.path.join(d, "empty.mp4")
+        open(empty, "wb").close()
+        _raises(data.VideoError, data.read_frames, empty, contains=(empty, "empty"))
+        text = os.path.join(d, "text.mp4")
+        with open(text, "w") as f:
+            f.write("this is not a video\n" * 50)
+        _raises(data.VideoError, data.read_frames, text, contains=(text, "not a readable video"))
+        _raises(data.VideoError, data.read_frames, d, contains=(d, "folder"))
+        fifo = os.path.join(d, "pipe.mp4")
+        os.mkfifo(fifo)                                                  # opening it would block: refused
+        _raises(data.VideoError, data.read_frames, fifo, contains=(fifo, "regular file"))
+        audio = os.path.join(d, "audio.mp4")
+        with av.open(audio, "w") as c:                                   # an audio-only mp4
+            s = c.add_stream("aac", rate=16000)
+            for k in range(10):
+                fr = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+                fr.sample_rate, fr.pts = 16000, k * 1024
+                for pkt in s.encode(fr):
+                    c.mux(pkt)
+            for pkt in s.encode():
+                c.mux(pkt)
+        _raises(data.VideoError, data.read_frames, audio, contains=(audio, "no video stream", "audio"))
+        for ext, why in (("avi", "zero frames"), ("mp4", "no video stream")):   # mp4 drops an empty track
+            nothing = os.path.join(d, f"noframes.{ext}")
+            with av.open(nothing, "w") as c:                             # a video stream without frames
+                s = c.add_stream("libx264", rate=25)
+                s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+                c.start_encoding()
+            _raises(data.VideoError, data.read_frames, nothing, contains=(nothing, why))
+
+
+def test_read_frames_truncated():
+    with tempfile.TemporaryDirectory() as d:
+        p = _stamped_video(os.path.join(d, "full.mp4"), 100, gop=10, noise=True)  # index at the front (faststart)
+        blob = open(p, "rb").read()
+        half = os.path.join(d, "half.mp4")
+        open(half, "wb").write(blob[: len(blob) // 2])
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            frames, times = data.read_frames(half, 16)
+        assert any("truncated" in str(x.message) and half in str(x.message) for x in w)
+        assert 2 <= len(frames) <= 16 and len(frames) % 2 == 0 and times[-1] < 100 / 25
+        assert np.allclose(times, _unstamp(frames) / 25.0, atol=1e-3)   # the frames are the ones their times say
+        stub = os.path.join(d, "stub.mp4")
+        open(stub, "wb").write(blob[:2000])                              # header only: nothing decodes
+        _raises(data.VideoError, data.read_frames, stub, contains=(stub, "truncated"))
+        p2 = os.path.join(d, "tail_index.mp4")                           # index at the end: cut -> unreadable
+        with av.open(p2, "w") as c:
+            s = c.add_stream("libx264", rate=25)
+            s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+            for i in range(50):
+                for pkt in s.encode(av.VideoFrame.from_ndarray(_stamp(i), format="rgb24")):
+                    c.mux(pkt)
+            for pkt in s.encode():
+                c.mux(pkt)
+        cut = os.path.join(d, "tail_cut.mp4")
+        open(cut, "wb").write(open(p2, "rb").read()[: os.path.getsize(p2) // 2])
+        _raises(data.VideoError, data.read_frames, cut, contains=(cut, "truncated"))
+
+
+# ---------------------------------------------------------------------------- scenes, rendering, questions
+
+def _world(o, t):
+    """Independent re-implementation of an object's world centre."""
+    t0, t1 = o["move"] or (0, 0)
+    m = min(max(t, t0), t1) - t0
+    return np.array([o["pos"][0] + o["vel"][0] * m, o["pos"][1] + o["vel"][1] * m, o["height"] / 2])
+
+
+def _cam_axes(scene, t):
+    """Independent camera: right, down, forward axes and centre (yaw psi = rate x t, pitch down)."""
+    cam = scene["camera"]
+    psi, th = cam["yaw_rate"] * t, cam["pitch"]
+    right = np.array([math.cos(psi), -math.sin(psi), 0])
+    fwd = np.array([math.sin(psi) * math.cos(th), math.cos(psi) * math.cos(th), -math.sin(th)])
+    down = np.cross(fwd, right)
+    centre = np.array([cam["pos"][0] + cam["vel"][0] * t, cam["pos"][1] + cam["vel"][1] * t, cam["height"]])
+    return right, down, fwd, centre
+
+
+def _scenes(n, seed=0, **kw):
+    out = []
+    for i in range(n):
+        s = data.make_scene(np.random.default_rng([seed, i]), **kw)
+        s["id"] = i
+        out.append(s)
+    return out
+
+
+def test_scene_and_render():
+    s = data.make_scene(np.random.default_rng(5))
+    assert s == data.make_scene(np.random.default_rng(5))               # deterministic for a seed
+    assert 2 <= len(s["objects"]) <= 3 and any(o["move"] for o in s["objects"])
+    assert len({o["name"] for o in s["objects"]}) == len(s["objects"])
+    assert data.scene_ok(s)
+    assert abs(s["camera"]["yaw_rate"] * data.clip_end(s)) <= data.MAX_YAW + 1e-3
+    f0, f1 = data.render(s, 0.0), data.render(s, data.clip_end(s))
+    assert f0.shape == (112, 112, 3) and f0.dtype == np.uint8 and np.abs(f0.astype(int) - f1).mean() > 1
+    for o in s["objects"]:                                              # each object shows its colour at its centre
+        t = max(o["appear"], 0.0) + 0.01
+        u, v = data.project(s, data.to_camera(s, data.object_center(o, t), t))
+        img = data.render(s, t).astype(int)
+        col = np.array(data.COLOURS[o["colour"]])
+        assert np.abs(img[int(v), int(u)] - col).max() < 90 or np.abs(img[int(v), int(u)] - col * 0.75).max() < 60
+    big = _scenes(5, seed=3, n_objects=(5, 5))
+    assert all(len(b["objects"]) == 5 and data.scene_ok(b) for b in big)
+    t = time.perf_counter()
+    data.render_clip(s)
+    assert (time.perf_counter() - t) / 32 < 0.005                      # ms-scale (< 1 ms when the CPU is free)
+
+
+def test_graphs_match_scene():
+    for s in _scenes(20, seed=1):
+        keys = data.key_frames(s)
+        assert keys == [0, s["num_frames"] - 1]
+        rows = data.make_questions(s, np.random.default_rng(0))
+        for gd in rows[0]["graphs"]:
+            t = gd["frame"] / s["fps"]
+            right, down, fwd, c = _cam_axes(s, t)
+            live = {o["name"]: o for o in s["objects"] if t >= o["appear"]}
+            assert {n["category"] for n in gd["nodes"]} == set(live)
+            for n in gd["nodes"]:
+                p = _world(live[n["category"]], t) - c
+                assert np.allclose(n["center"], [p @ right, p @ down, p @ fwd], atol=0.05 + 1e-9)
+            g = graph.Graph.from_dict(gd)
+            dist, _ = graph.edge_features([n.center for n in g.nodes])
+            names = [n.category for n in g.nodes]
+            for i in range(len(names)):
+                for j in range(len(names)):
+                    true = np.linalg.norm(_world(live[names[i]], t) - _world(live[names[j]], t))
+                    assert abs(dist[i, j] - true) <= 0.18                 # rounding of the centres only
+        parsed = graph.parse_graphs(rows[0]["reasoning"])
+        assert [p.to_dict() for p in parsed] == [graph.Graph.from_dict(g).to_dict() for g in rows[0]["graphs"]]
+
+
+def _names_in(text, scene):
+    return sorted((text.index(o["name"]), o) for o in scene["objects"] if o["name"] in text)
+
+
+def _expected(row, s):
+    """The answer of a row recomputed from the scene dict with this file's own geometry."""
+    T, task, q = (s["num_frames"] - 1) / s["fps"], row["task"], row["question"]
+    t = T if "end of the video" in q else 0.0
+    named = [o for _, o in _names_in(q, s)]
+    opts = row["options"]
+    if task == "object_count":
+        return float(len(s["objects"]))
+    if task == "object_size":
+        return named[0]["height"]
+    if task == "abs_distance":
+        return round(float(np.linalg.norm(_world(named[0], t) - _world(named[1], t))), 1)
+    if task == "closest_object":
+        x = named[0]
+        live = [o for o in s["objects"] if o is not x and t >= o["appear"]]
+        best = min(live, key=lambda o: np.linalg.norm(_world(o, t) - _world(x, t)))
+        return data.LETTERS[opts.index(best["name"])]
+    if task == "relative_direction":
+        b, a = (o for o in named) if q.index(named[0]["name"]) < q.index(named[1]["name"]) else named[::-1]
+        right, _, fwd, _ = _cam_axes(s, t)
+        d = _world(b, t) - _world(a, t)
+        text = f"{'left' if d @ right < 0 else 'right'} and {'nearer' if d @ fwd < 0 else 'farther'}"
+        return data.LETTERS[opts.index(text)]
+    if task == "displacement":
+        return round(float(np.linalg.norm(_world(named[0], T) - _world(named[0], 0))), 1)
+    if task == "average_speed":
+        o = named[0]
+        return round(math.hypot(*o["vel"]) * (min(T, o["move"][1]) - o["move"][0]) / T, 2)
+    if task == "motion_direction":
+        right, _, fwd, _ = _cam_axes(s, 0.0)
+        fwd = np.array([fwd[0], fwd[1], 0]) / math.hypot(fwd[0], fwd[1])
+        v = np.array([*named[0]["vel"], 0])
+        x, z = v @ right, v @ fwd
+        return data.LETTERS[opts.index(("left" if x < 0 else "right") if abs(x) > abs(z)
+                                       else ("toward the camera" if z < 0 else "away from the camera"))]
+    if task == "appearance_order":
+        order = ", ".join(o["name"] for o in sorted(s["objects"], key=lambda o: o["appear"]))
+        return data.LETTERS[opts.index(order)]
+    if task == "when_moving":
+        return [round(x, 1) for x in named[0]["move"]]
+    raise AssertionError(task)
+
+
+def test_answers_recomputed_from_scene():
+    seen = set()
+    for s in _scenes(80, seed=2):
+        for row in data.make_questions(s, np.random.default_rng(s["id"])):
+            exp = _expected(row, s)
+            if row["answer_type"] == "num":
+                assert abs(row["answer"] - exp) <= 0.011, (row, exp)
+            else:
+                assert row["answer"] == exp, (row["question"], row["options"], row["answer"], exp)
+            if row["answer_type"] == "mc":
+                assert len(set(row["options"])) == len(row["options"])  # distinct options
+            ans_text = row["reasoning"].split("<answer>")[1].split("</answer>")[0]
+            if row["answer_type"] == "mc":
+                assert ans_text == row["answer"]
+            elif row["answer_type"] == "num":
+                assert abs(float(ans_text) - row["answer"]) < 1e-9
+            else:
+                assert json.loads(ans_text) == row["answer"]
+            seen.add(row["task"])
+    assert seen == set(data.TASKS)
+
+
+def test_mc_letter_balance():
+    counts = {}
+    for s in _scenes(150, seed=4, n_objects=(3, 3)):
+        for row in data.make_questions(s, np.random.default_rng([s["id"], 1])):
+            if row["answer_type"] == "mc" and len(row["options"]) == 4:
+                counts[row["answer"]] = counts.get(row["answer"], 0) + 1
+    total = sum(counts.values())
+    assert total >= 300 and set(counts) == set("ABCD")
+    for letter, c in counts.items():
+        assert abs(c / total - 0.25) < 0.06, counts                     # ~4.5 sigma band at n >= 300
+
+
+def test_make_dataset_deterministic_and_split_by_scene():
+    with tempfile.TemporaryDirectory() as d:
+        a, b, c = (os.path.join(d, x) for x in "abc")
+        data.make_dataset(a, 6, seed=7, questions=3, sheet=False, log=None)
+        data.make_dataset(b, 6, seed=7, questions=3, sheet=False, log=None)
+        data.make_dataset(c, 6, seed=8, questions=3, sheet=False, log=None)
+        for split in ("train", "val", "test"):
+            ja, jb = (open(os.path.join(x, f"{split}.jsonl"), "rb").read() for x in (a, b))
+            assert ja == jb
+        assert open(os.path.join(a, "train.jsonl"), "rb").read() != open(os.path.join(c, "train.jsonl"), "rb").read()
+        videos = {}
+        for split in ("train", "val", "test"):
+            for row in data.load_rows(os.path.join(a, f"{split}.jsonl")):
+                videos.setdefault(row["video"], set()).add(split)
+                assert os.path.isabs(row["video"]) and os.path.exists(row["video"])
+        assert len(videos) == 6 and all(len(v) == 1 for v in videos.values())   # no scene in two splits
+        frames, times = data.read_frames(sorted(videos)[0], 16)
+        assert frames.shape == (16, 112, 112, 3)
+        assert np.allclose(times, np.round(np.linspace(0, 31, 16)) / 8.0, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------- load_rows
+
+_GOOD_ROW = {"id": "x-1", "video": "videos/a.mp4", "question": "Which?", "options": ["red cube", "blue ball"],
+        "answer": "B", "answer_type": "mc", "task": "closest_object", "time_window": None,
+        "graphs": [{"frame": 0, "nodes": [{"category": "red cube", "center": [0.1, 0.2, 3.0]}]}],
+        "reasoning": "<think>x</think><answer>B</answer>"}
+
+
+def test_load_rows_validates_and_names_file_line_field():
+    bad_rows = [
+        ({"question": None}, "question"), ({"answer_type": "box"}, "answer_type"), ({"answer": "E"}, "answer"),
+        ({"options": ["only one"], "answer": "A"}, "options"), ({"answer_type": "num", "options": None,
+                                                                 "answer": "abc"}, "answer"),
+        ({"answer_type": "iou", "options": None, "answer": [3.0, 1.0]}, "answer"),
+        ({"time_window": [2.0, 1.0]}, "time_window"),
+        ({"graphs": [{"frame": 0, "nodes": [{"category": "a"}]}]}, "graphs"),
+        ({"video": ""}, "video"),
+    ]
+    with tempfile.TemporaryDirectory() as d:
+        for k, (patch, field) in enumerate(bad_rows):
+            p = os.path.join(d, f"bad{k}.jsonl")
+            with open(p, "w") as f:
+                f.write(json.dumps(_GOOD_ROW) + "\n\n" + json.dumps({**_GOOD_ROW, **patch}) + "\n")
+            _raises(ValueError, data.load_rows, p, contains=(f"{p}:3", f"'{field}'"))
+        p = os.path.join(d, "mixed.jsonl")
+        with open(p, "w") as f:
+            f.write(json.dumps(_GOOD_ROW) + "\n{not json\n" + json.dumps({**_GOOD_ROW, "answer": "Z"}) + "\n" +
+                    json.dumps({**_GOOD_ROW, "answer_type": "num", "options": None, "answer": 2.5,
+                                "video": "/abs/v.mp4"}) + "\n")
+        _raises(ValueError, data.load_rows, p, contains=(f"{p}:2", "json"))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rows = data.load_rows(p, skip_bad=True)
+        assert len(rows) == 2 and "skipped 2" in out.getvalue()
+        assert rows[0]["video"] == os.path.join(d, "videos", "a.mp4") and rows[1]["video"] == "/abs/v.mp4"
+        assert rows[0]["graphs"] == _GOOD_ROW["graphs"] and rows[1]["answer"] == 2.5
+
+
+def test_load_rows_video_r1_format():
+    items = [
+        {"problem_id": 1, "problem": "What appears?", "data_type": "video", "problem_type": "multiple choice",
+         "options": ["A. a notification", "B. a command", "C. a warning", "D. a weather update"],
+         "solution": "<answer>C</answer>", "path": "./LLaVA/v1.mp4", "data_source": "LLaVA-Video-178K"},
+        {"problem_id": 2, "problem": "How many chairs?", "data_type": "video", "problem_type": "numerical",
+         "options": [], "solution": "<answer>4</answer>", "path": "v2.mp4"},
+        {"problem_id": 3, "problem": "How far?", "data_type": "video", "problem_type": "regression",
+         "options": [], "solution": "<answer>2.75</answer>", "path": "v3.mp4",
+         "process": "<think>about three steps</think>"},
+        {"problem_id": 4, "problem": "Read it", "data_type": "video", "problem_type": "OCR", "options": [],
+         "solution": "<answer>abc</answer>", "path": "v4.mp4"},
+        {"problem_id": 5, "problem": "Which?", "data_type": "image", "problem_type": "multiple choice",
+         "options": ["A. x", "B. y"], "solution": "<answer>A</answer>", "path": "i.jpg"},
+        {"problem_id": 6, "problem": "How many?", "data_type": "video", "problem_type": "numerical",
+         "options": [], "solution": "<answer>many</answer>", "path": "v6.mp4"},
+    ]
+    with tempfile.TemporaryDirectory() as d:
+        p = os.path.join(d, "r1.json")
+        json.dump(items, open(p, "w"))
+        _raises(ValueError, data.load_rows, p, contains=(p, "item 4", "problem_type"))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rows = data.load_rows(p, skip_bad=True)
+        assert "skipped 3" in out.getvalue()
+        mc, num, reg = rows
+        assert mc["options"] == ["a notification", "a command", "a warning", "a weather update"]
+        assert mc["answer"] == "C" and mc["answer_type"] == "mc" and mc["video"] == os.path.join(d, "LLaVA", "v1.mp4")
+        assert num["answer"] == 4.0 and num["answer_type"] == "num" and num["options"] is None
+        assert reg["answer"] == 2.75 and reg["reasoning"] == "<think>about three steps</think><answer>2.75</answer>"
+        pl = os.path.join(d, "r1.jsonl")                                 # the same items as JSONL lines
+        with open(pl, "w") as f:
+            f.write("\n".join(json.dumps(x) for x in items[:3]))
+        assert [r["answer"] for r in data.load_rows(pl)] == ["C", 4.0, 2.75]
+
+
 # ---------------------------------------------------------------------------- model.py and grpo's sampler
 
 @functools.lru_cache(maxsize=None)
@@ -588,6 +1036,63 @@ def test_memory_estimate_7b():
     assert full["total_ckpt"] > 80 > lora["total_ckpt"]
     assert lora["reference"] == 0 and full["reference"] == full["weights"]
     assert full["activations_ckpt"] < full["activations_no_ckpt"]
+
+
+# ---------------------------------------------------------------------------- train.py: the whole loop
+
+def _weights(path):
+    from safetensors.torch import load_file
+    return load_file(os.path.join(path, "model.safetensors"))
+
+
+def test_train_loop_smoke_checkpoint_and_exact_resume():
+    """A few warm-up and GRPO steps end to end: finite losses, weights change, checkpoints are written, and a run
+    resumed from a mid-GRPO checkpoint ends with the same weights as the uninterrupted run."""
+    import train
+
+    def varied_reward(completion, n_tokens, sample, *args, **kwargs):
+        """A stand-in reward with variance inside every group (a few random steps never earn the real one)."""
+        r = len(completion) / 10.0
+        return r, {"format": 0.0, "answer": r, "graph": 0.0, "length": 0.0, "graph_node": 0.0, "graph_edge": 0.0}
+
+    real_reward, train.rewards.total_reward = train.rewards.total_reward, varied_reward
+    try:
+        _train_smoke(train)
+    finally:
+        train.rewards.total_reward = real_reward
+
+
+def _train_smoke(train):
+    with tempfile.TemporaryDirectory() as tmp:
+        args = ["--out", tmp, "--data", os.path.join(tmp, "data"), "--model", os.path.join(tmp, "tiny"),
+                "--data_scenes", "10", "--sft_steps", "3", "--grpo_steps", "2", "--sft_batch", "2", "--batch", "2",
+                "--micro_batch", "1", "--G", "2", "--max_new_tokens", "12", "--eval_every", "2", "--eval_n", "2",
+                "--test_n", "2", "--ckpt_every", "1", "--keep_ckpts", "10", "--sft_lr", "3e-3", "--lr", "1e-3"]
+        train.main(args + ["--name", "a"])
+        run = os.path.join(tmp, "a")
+        with open(os.path.join(run, "metrics.jsonl")) as fh:
+            recs = [json.loads(line) for line in fh]
+        assert [r["step"] for r in recs if r["phase"] == "sft"] == [1, 2, 3]
+        assert [r["step"] for r in recs if r["phase"] == "grpo"] == [4, 5]
+        assert all(math.isfinite(r["loss"]) for r in recs if r["phase"] == "sft")
+        assert all(math.isfinite(r["kl"]) and math.isfinite(r["reward"]) for r in recs if r["phase"] == "grpo")
+        init, warm, final = (_weights(p) for p in (os.path.join(tmp, "tiny"), os.path.join(run, "warmup"),
+                                                     os.path.join(run, "final")))
+        assert any(not torch.equal(init[k], warm[k]) for k in init)          # the warm-up moved the policy
+        assert any(not torch.equal(warm[k], final[k]) for k in warm)         # so did GRPO
+        assert sorted(d for d in os.listdir(run) if d.startswith("ckpt-"))[-1] == "ckpt-0000005"
+        for f in ("config.json", "results.md", "curves.png", "samples.jsonl"):
+            assert os.path.exists(os.path.join(run, f)), f
+        # an interrupted copy: only the checkpoints up to GRPO step 1 survive, no final export
+        copy = os.path.join(tmp, "b")
+        shutil.copytree(run, copy)
+        for d in os.listdir(copy):
+            if d in ("final", "ckpt-0000005") or d.startswith("test_"):
+                shutil.rmtree(os.path.join(copy, d)) if os.path.isdir(os.path.join(copy, d)) else \
+                    os.remove(os.path.join(copy, d))
+        train.main(["--out", tmp, "--name", "b", "--resume"])
+        resumed = _weights(os.path.join(copy, "final"))
+        assert all(torch.allclose(final[k], resumed[k], atol=1e-6) for k in final)
 
 
 # ---------------------------------------------------------------------------- runner

@@ -1,0 +1,1213 @@
+"""Video frames, a synthetic STV-style spatio-temporal video QA set with ground-truth graphs, and row loading.
+
+Paper: Video-STR (arXiv 2510.10976) Sec. 3 builds STV-205k from TAO, KITTI and ScanNet: static spatial questions
+(object count, absolute distance, closest object, relative direction, object size) and dynamic temporal ones
+(displacement, speed, direction of motion, appearance order, when something happens), answered by multiple
+choice, a number, or an interval; object 3D centres give the ground-truth relation graph at k key frames.
+Training samples 16 frames per video, inference 32 (Qwen2.5-VL, as Video-R1 / SpaceR do).
+
+How this differs: none of that data can be downloaded here, so this file renders its own small scenes (coloured
+cubes, balls, cones and cylinders on a gridded ground, a camera 1.6 m high that moves and yaws) with a numpy
+pinhole renderer, and writes the questions, answers, graphs and a reference reasoning from the scene's exact
+geometry. Real data in the same row format (or Video-R1's JSON format) loads with `load_rows`.
+
+Frame sampling (`read_frames`) follows Qwen's utilities: F even, F <= fps x duration when fps is given, indices
+round(linspace(0, N-1, F)) over the N frames of the [start, end] window. It indexes the packets once (demux, no
+decoding) to get every frame's true presentation time (variable frame rates are exact) and the keyframes, then
+decodes only what is needed: it seeks to a keyframe when that skips more than SEEK_GAP frames, else decodes on.
+
+Letters in shape comments: F frames, H height, W width, N objects (or frames of a whole video), K points.
+
+Run:
+  python data.py                                   # a few clips in a temp folder, their questions and reasoning
+  python data.py make --out data/synth --n 2000 --seed 0 [--max-objects 5] [--questions 4]
+  python data.py bench                             # read_frames(16) vs decoding every frame of a 2-min video
+
+`--n` counts scenes (= videos); each scene gets `--questions` questions of different tasks, split by scene into
+train / val / test (80/10/10). Files: videos/000123.mp4, train.jsonl, val.jsonl, test.jsonl, scenes.jsonl (the
+scene parameters), contact_sheet.png. Default clip: 32 frames at 8 fps (4 s), 112 x 112, 2-3 objects; ground-truth
+graphs at k = 2 key frames (first and last). `--n 2000` takes ~2 min and ~60 MB on 2 CPU cores (from --n 200).
+
+Row format (one JSON object per line; `video` relative to the JSONL's folder; `options` are texts, the letter
+is the position; `answer`: letter for mc, float for num, [start, end] seconds for iou; `graphs` at the key
+frames, camera-frame centres x right, y down, z forward in metres; `reasoning` the reference completion).
+A full example row (scene 88 of seed 0; the yellow cylinder and blue cone appear during the clip):
+  {"id": "synth-000088-01", "video": "videos/000088.mp4",
+   "question": "Which object is closest to the blue cone at the end of the video?",
+   "options": ["yellow cylinder", "yellow ball", "blue ball", "red ball"], "answer": "D",
+   "answer_type": "mc", "task": "closest_object", "time_window": null,
+   "graphs": [{"frame": 0, "nodes": [{"category": "red ball", "center": [-0.3, -0.2, 3.8]}]},
+              {"frame": 31, "nodes": [{"category": "red ball", "center": [-1.0, 0.1, 3.1]},
+                                      {"category": "yellow cylinder", "center": [-1.0, -0.9, 6.4]},
+                                      {"category": "blue cone", "center": [0.9, 0.0, 3.8]}]}],
+   "reasoning": "<think><graph t=0> red ball (-0.3,-0.2,3.8) </graph> <graph t=31> red ball (-1,0.1,3.1);
+     yellow cylinder (-1,-0.9,6.4); blue cone (0.9,0,3.8) | red ball-yellow cylinder d=3.4 a=13; red ball-blue
+     cone d=2 a=31; yellow cylinder-blue cone d=3.3 a=24 </graph> The red ball is closest, 2.0 m.
+     </think><answer>D</answer>"}
+  (one line in the file). num rows: "options": null, "answer": 2.4; iou rows: "answer": [1.0, 3.5].
+Tasks (TASKS): object_count, abs_distance, object_size (num); closest_object, relative_direction (mc) -- static;
+displacement, average_speed (num), motion_direction, appearance_order (mc), when_moving (iou) -- dynamic.
+MC answers are uniformly distributed over the letters; closest-object options are padded with objects of
+the same vocabulary that are not in the scene. Also read: Video-R1 JSON / JSONL (path, problem, options
+"A. ...", problem_type multiple choice / numerical / regression, solution "<answer>..</answer>").
+"""
+import json
+import math
+import os
+import sys
+import tempfile
+import textwrap
+import time
+import timeit
+import warnings
+from fractions import Fraction
+from functools import lru_cache
+
+import av
+import numpy as np
+
+import graph
+
+CLIP_FRAMES, CLIP_FPS, CLIP_SIZE = 32, 8, 112   # default synthetic clip: 32 frames at 8 fps (4 s), 112 x 112
+TRAIN_FRAMES = 16                               # frames the model is given in training (paper: 16 train, 32 test)
+KEY_FRAMES = 2                                  # k graphs per row: first and last frame of the clip
+SEEK_GAP = 12                                   # seek when a keyframe lets us skip more than this many frames
+HFOV = math.radians(60.0)                       # horizontal field of view of the synthetic camera
+CAM_HEIGHT, CAM_PITCH, MAX_YAW = 1.6, 0.30, 0.35  # metres, radians down, radians of yaw over a clip
+LETTERS = "ABCDEFGHIJ"
+
+
+# ============================================================================ reading frames
+
+class VideoError(ValueError):
+    """A video that cannot be read as asked; the message names the file and the cause."""
+
+
+def sample_indices(times, num_frames=16, fps=None, start=None, end=None, path="video"):
+    """Qwen-style uniform sampling over presentation times.
+
+    times: (N,) seconds, increasing. Window: frames with start <= t <= end. F = num_frames, capped at
+    floor(fps x window duration) when fps is given, clamped to the frames in the window, rounded down to even
+    (>= 2). Returns idx (F,) int into times: round(linspace(0, M-1, F)) over the M window frames.
+    """
+    times = np.asarray(times, dtype=np.float64)                          # (N,)
+    lo = -np.inf if start is None else float(start)
+    hi = np.inf if end is None else float(end)
+    if lo > hi:
+        raise VideoError(f"{path}: window start {lo} s is after end {hi} s")
+    window = np.flatnonzero((times >= lo - 1e-9) & (times <= hi + 1e-9))  # (M,)
+    if len(window) < 2:
+        raise VideoError(f"{path}: {len(window)} frame(s) in the window [{start}, {end}] s of a "
+                         f"{len(times)}-frame video; at least 2 are needed")
+    n = int(num_frames)
+    if fps is not None:
+        step = (times[-1] - times[0]) / max(len(times) - 1, 1) or 1.0     # mean frame interval (VFR safe)
+        duration = times[window[-1]] - times[window[0]] + step
+        n = min(n, int(math.floor(float(fps) * duration + 1e-9)))
+    n = min(n, len(window))
+    n = max(2, n - n % 2)                                                # even, at least 2
+    pick = np.round(np.linspace(0, len(window) - 1, n)).astype(np.int64)  # (F,)
+    return window[pick]
+
+
+def _open_video(path):
+    """av container and its first video stream, or a VideoError / FileNotFoundError naming the cause."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise VideoError(f"{path}: is a folder, not a video file")
+    if not os.path.isfile(path):                                         # a pipe or device could block forever
+        raise VideoError(f"{path}: not a regular file")
+    if os.path.getsize(path) == 0:
+        raise VideoError(f"{path}: empty file (0 bytes)")
+    try:
+        container = av.open(path, metadata_errors="ignore")
+    except av.error.FFmpegError as e:
+        raise VideoError(f"{path}: not a readable video (not a video, or truncated before its index): "
+                         f"{e.strerror or e}") from None
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        container.close()
+        raise VideoError(f"{path}: no video stream (streams: {', '.join(kinds)})")
+    vs = container.streams.video[0]
+    vs.thread_type = "AUTO"                                              # frame + slice threads
+    return container, vs
+
+
+def _packet_index(container, vs, path):
+    """Demux every packet once (no decoding): pts (N,) int sorted, keyframe (N,) bool, truncated flag."""
+    pts, key, truncated, dropped = [], [], False, 0
+    try:
+        for pkt in container.demux(vs):
+            if pkt.size == 0 or pkt.is_discard:
+                dropped += pkt.size > 0                                  # edit-list cuts count as present
+                continue
+            if pkt.is_corrupt:                                           # partial packet at a cut-off end
+                truncated = True
+                continue
+            t = pkt.pts if pkt.pts is not None else pkt.dts
+            if t is not None:
+                pts.append(int(t))
+                key.append(bool(pkt.is_keyframe))
+    except av.error.FFmpegError:
+        truncated = True                                                 # demuxer gave up: data ends early
+    truncated = truncated or len(pts) + dropped < (vs.frames or 0)       # header promises more than is there
+    if not pts:
+        raise VideoError(f"{path}: video stream has zero frames" +
+                         (f" readable (truncated: the header lists {vs.frames})" if truncated else ""))
+    pts, key = np.array(pts, dtype=np.int64), np.array(key)
+    order = np.argsort(pts, kind="stable")                               # decode order -> presentation order
+    pts, key = pts[order], key[order]
+    keep = np.concatenate([[True], np.diff(pts) > 0])                    # drop duplicate timestamps
+    return pts[keep], key[keep], truncated
+
+
+def _frames_from(container, vs, start_pts=None):
+    """Decoded frames from a keyframe (seek) or the current position; skips packets that fail to decode."""
+    if start_pts is not None:
+        container.seek(int(start_pts), stream=vs, backward=True, any_frame=False)
+    for pkt in container.demux(vs):
+        if pkt.is_corrupt:
+            continue
+        try:
+            yield from pkt.decode()                                      # size-0 packet at the end flushes
+        except av.error.FFmpegError:
+            continue                                                     # a damaged packet: its frame is lost
+
+
+def _to_rgb(frame, path):
+    """(H, W, 3) uint8 in display orientation: the display matrix's rotation applied, a mirror refused."""
+    img = frame.to_ndarray(format="rgb24")                               # (H, W, 3)
+    for sd in frame.side_data:
+        if str(sd.type).endswith("DISPLAYMATRIX"):
+            m = np.frombuffer(bytes(sd), dtype=np.int32).astype(np.int64)  # 3x3, 16.16 fixed point
+            if m[0] * m[4] - m[1] * m[3] < 0:                            # negative determinant: a mirror
+                raise VideoError(f"{path}: mirrored display matrix (flip metadata) is not supported")
+    rot = frame.rotation
+    if rot:
+        img = np.ascontiguousarray(np.rot90(img, k=int(round(rot / 90.0)) % 4))  # counter-clockwise
+    return img
+
+
+def _decode_at(container, vs, pts, key, want, path):
+    """Frames at positions `want` (sorted, into pts): {position: (H, W, 3) uint8}; a frame that does not
+    decode is missing. Seeks to the keyframe before a wanted frame when that skips more than SEEK_GAP frames,
+    else decodes forward; a seek that lands past the frame retries once from the start. Bounded work."""
+    pos_of = {int(p): i for i, p in enumerate(pts)}
+    key_pos = np.flatnonzero(key)                                        # (K,) keyframe positions
+    wanted, out = set(want), {}
+    st = {"frames": None, "cur": -1, "floor": 0, "first": None, "budget": 3 * len(pts) + 64}
+
+    def restart(k):                                                      # seek to the keyframe at position k
+        st.update(frames=_frames_from(container, vs, pts[k]), cur=k - 1, floor=k, first=None)
+
+    def run_to(w):                                                       # decode until position >= w
+        for fr in st["frames"]:
+            st["budget"] -= 1
+            if st["budget"] < 0:
+                raise VideoError(f"{path}: decoder does not reach frame {w} (inconsistent timestamps)")
+            i = pos_of.get(fr.pts if fr.pts is not None else fr.dts, -1)
+            if i < st["floor"]:
+                continue                                                 # before the seek point (open GOP)
+            st["cur"], st["first"] = i, i if st["first"] is None else st["first"]
+            if i in wanted and i not in out:
+                out[i] = _to_rgb(fr, path)
+            if i >= w:
+                return
+        st["frames"] = None                                              # stream ended
+
+    for w in want:
+        if w in out:
+            continue
+        before = key_pos[key_pos <= w]
+        k = int(before[-1]) if len(before) else 0
+        if st["frames"] is None or k - st["cur"] > SEEK_GAP or w <= st["cur"]:
+            restart(k)
+        run_to(w)
+        if w not in out and k > 0 and st["first"] is not None and st["first"] > w:   # the seek overshot
+            restart(0)
+            run_to(w)
+    return out
+
+
+def read_frames(path, num_frames=16, fps=None, start=None, end=None):
+    """Sample frames of a video: (frames uint8 (F, H, W, 3), times float64 (F,) seconds = pts x time_base).
+
+    F is even (see sample_indices). Rotation metadata is applied (H, W as displayed); odd sizes are kept.
+    Raises FileNotFoundError or VideoError (a ValueError) naming the file and the cause. A truncated file
+    warns and returns the frames of its readable part (if at least 2), else raises.
+    """
+    container, vs = _open_video(path)
+    try:
+        pts, key, truncated = _packet_index(container, vs, path)
+        tb = float(vs.time_base)
+        times = pts * tb                                                 # (N,) seconds, true presentation times
+        idx = sample_indices(times, num_frames, fps, start, end, path)   # (F,)
+        got = _decode_at(container, vs, pts, key, sorted(set(idx.tolist())), path)
+    finally:
+        container.close()
+    keep = [i for i in idx if i in got]
+    if len(keep) < len(idx):
+        truncated = True
+        keep = keep[: len(keep) - len(keep) % 2]
+    if truncated:
+        if len(keep) < 2:
+            raise VideoError(f"{path}: truncated or damaged, only {len(keep)} of the wanted frames decode")
+        warnings.warn(f"{path}: truncated or damaged ({len(pts)} of {vs.frames or '?'} frames readable); "
+                      f"returning {len(keep)} frames of the readable part", stacklevel=2)
+    shapes = {got[i].shape for i in keep}
+    if len(shapes) > 1:
+        raise VideoError(f"{path}: frame size changes inside the video {sorted(shapes)}")
+    frames = np.stack([got[i] for i in keep])                           # (F, H, W, 3)
+    return frames, times[np.array(keep, dtype=np.int64)]
+
+
+def write_video(path, frames, fps=CLIP_FPS, times=None, codec="libx264", gop=None, rotation=None,
+                crf=23, preset="veryfast"):
+    """Write frames (F, H, W, 3) uint8 to an mp4 (index at the front). times (F,) seconds give a variable
+    frame rate; rotation (degrees counter-clockwise) writes a display matrix. libx264 needs even H and W
+    (yuv420p); odd sizes are written as yuv444p."""
+    frames = np.asarray(frames, dtype=np.uint8)                         # (F, H, W, 3)
+    _, H, W, _ = frames.shape
+    tb = Fraction(1, 1000) if times is not None else Fraction(1, int(fps))
+    with av.open(os.fspath(path), "w", options={"movflags": "+faststart"}) as c:
+        s = c.add_stream(codec, rate=int(fps))
+        s.width, s.height = W, H
+        s.pix_fmt = "yuv420p" if (H % 2 == 0 and W % 2 == 0) or codec != "libx264" else "yuv444p"
+        s.codec_context.time_base = tb
+        if gop:
+            s.codec_context.gop_size = int(gop)
+        if codec == "libx264":
+            s.codec_context.options = {"crf": str(crf), "preset": preset, "threads": "1",
+                                       **({"x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
+                                          if gop else {})}
+        if rotation:
+            s.set_display_rotation(rotation)
+        for i, img in enumerate(frames):
+            fr = av.VideoFrame.from_ndarray(img, format="rgb24")
+            fr.pts = int(round(times[i] * 1000)) if times is not None else i
+            fr.time_base = tb
+            for pkt in s.encode(fr):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+
+
+# ============================================================================ synthetic scenes
+
+COLOURS = {"red": (215, 45, 40), "blue": (45, 85, 225), "green": (40, 165, 65), "yellow": (235, 200, 35)}
+SHAPES = ("cube", "ball", "cone", "cylinder")
+SIZES = np.round(np.arange(0.6, 1.21, 0.1), 1)      # footprint widths, metres (multiples of 0.1: exact answers)
+HEIGHTS = np.round(np.arange(0.6, 1.41, 0.1), 1)    # heights of cones and cylinders
+SPEEDS = np.round(np.arange(0.4, 1.01, 0.1), 1)     # m/s of moving objects
+
+
+def clip_end(scene):
+    """Time of the last frame, (num_frames - 1) / fps: "the end of the video" in questions and motions."""
+    return (scene["num_frames"] - 1) / scene["fps"]
+
+
+def frame_times(scene):
+    """(N,) presentation time of every frame of the clip, seconds."""
+    return np.arange(scene["num_frames"]) / scene["fps"]
+
+
+def object_center(obj, t):
+    """World centre (3,) at time t: ground position + velocity x time moved so far, z = height / 2.
+    World frame: X right and Y forward as the camera starts, Z up, metres."""
+    t0, t1 = obj["move"] or (0.0, 0.0)
+    moved = min(max(t, t0), t1) - t0                                      # seconds of motion before t
+    return np.array([obj["pos"][0] + obj["vel"][0] * moved, obj["pos"][1] + obj["vel"][1] * moved,
+                     obj["height"] / 2.0])
+
+
+def present(obj, t):
+    """An object exists from its appearance time on."""
+    return t >= obj["appear"] - 1e-9
+
+
+def camera_pose(scene, t):
+    """(R (3, 3), c (3,)): rows of R are the camera's x right, y down, z forward axes in world coordinates;
+    c its centre. Yaw psi(t) turns right for psi > 0, pitch looks down."""
+    cam = scene["camera"]
+    psi, th = cam["yaw_rate"] * t, cam["pitch"]
+    fwd = np.array([math.sin(psi) * math.cos(th), math.cos(psi) * math.cos(th), -math.sin(th)])
+    right = np.array([math.cos(psi), -math.sin(psi), 0.0])
+    down = np.cross(fwd, right)
+    c = np.array([cam["pos"][0] + cam["vel"][0] * t, cam["pos"][1] + cam["vel"][1] * t, cam["height"]])
+    return np.stack([right, down, fwd]), c
+
+
+def to_camera(scene, p, t):
+    """World points p (..., 3) -> camera frame (..., 3) at time t: x right, y down, z forward."""
+    R, c = camera_pose(scene, t)
+    return (np.asarray(p, dtype=np.float64) - c) @ R.T
+
+
+def project(scene, pc):
+    """Camera-frame points (..., 3) -> pixel coordinates (..., 2) (u right, v down; pixel centres at +0.5)."""
+    H, W = scene["size"]
+    f = scene["focal"]
+    z = np.maximum(pc[..., 2], 1e-3)
+    return np.stack([f * pc[..., 0] / z + W / 2.0, f * pc[..., 1] / z + H / 2.0], axis=-1)
+
+
+def _new_object(rng, name, T):
+    """An object of the given name with its size and (half the time) a motion interval, not yet placed:
+    moving objects move for the whole clip [0, T] (T = time of the last frame) or >= 1 s on a 0.5 s grid."""
+    shape = name.split()[1]
+    w = float(rng.choice(SIZES))
+    o = {"name": name, "shape": shape, "colour": name.split()[0], "width": w,
+         "height": w if shape in ("cube", "ball") else float(rng.choice(HEIGHTS)),
+         "pos": [0.0, 0.0], "yaw": round(float(rng.uniform(0, math.pi / 2)), 3), "vel": [0.0, 0.0],
+         "move": None, "appear": 0.0}
+    if rng.random() < 0.5:
+        if rng.random() < 0.5:
+            o["move"] = [0.0, T]
+        else:
+            t0 = float(rng.choice(np.arange(0.0, T - 1.0 + 1e-9, 0.5)))
+            o["move"] = [t0, float(rng.choice(np.arange(t0 + 1.0, T + 1e-9, 0.5)))]
+    return o
+
+
+def _names(rng, n):
+    """n unique "colour shape" names; colours distinct while n <= 4, else n distinct pairs of the 16."""
+    if n <= len(COLOURS):
+        return [f"{c} {rng.choice(SHAPES)}" for c in rng.permutation(list(COLOURS))[:n]]
+    pairs = [f"{c} {s}" for c in COLOURS for s in SHAPES]
+    return [pairs[i] for i in rng.permutation(len(pairs))[:n]]
+
+
+def _stagger(rng, objs, T):
+    """Objects pop in one after the other: one at 0 s, the others at distinct times on a 0.5 s grid <= 2.5 s.
+    A moving object starts moving at the earliest when it appears."""
+    times = [0.0] + sorted(rng.choice(np.arange(0.5, 2.51, 0.5), len(objs) - 1, replace=False).tolist())
+    for i, t in zip(rng.permutation(len(objs)), times):
+        o = objs[i]
+        o["appear"] = float(t)
+        if o["move"] and o["move"][0] < t:
+            o["move"] = [float(t), float(min(T, max(o["move"][1], t + 1.0)))]
+
+
+def _place(rng, o, scene, depth=(3.0, 7.0), margin=0.12):
+    """Put o on the ground inside the view cone that all frames share (bearing within the half field of view
+    minus half the clip's yaw and a margin, 3-7 m from the camera's mid-clip position); a moving object
+    gets a speed of 0.4-1.0 m/s in a random heading."""
+    T = clip_end(scene)
+    cam = scene["camera"]
+    yaw_total = cam["yaw_rate"] * T
+    half = HFOV / 2 - abs(yaw_total) / 2 - margin                        # radians of usable bearing
+    bearing = yaw_total / 2 + rng.uniform(-half, half)
+    r = rng.uniform(*depth)
+    mid = np.array(cam["pos"]) + np.array(cam["vel"]) * T / 2
+    o["pos"] = [round(float(mid[0] + r * math.sin(bearing)), 3), round(float(mid[1] + r * math.cos(bearing)), 3)]
+    if o["move"]:
+        speed, heading = rng.uniform(0.4, 1.0), rng.uniform(0, 2 * math.pi)
+        o["vel"] = [round(speed * math.cos(heading), 3), round(speed * math.sin(heading), 3)]
+
+
+def _poses(scene):
+    """Camera pose at every frame: R (F, 3, 3), c (F, 3)."""
+    R, c = zip(*(camera_pose(scene, t) for t in frame_times(scene)))
+    return np.array(R), np.array(c)
+
+
+def _track(scene, o, poses):
+    """World centres (F, 3), camera-frame centres (F, 3), pixel centres (F, 2), presence (F,) of o."""
+    ts = frame_times(scene)                                              # (F,)
+    t0, t1 = o["move"] or (0.0, 0.0)
+    moved = np.clip(ts, t0, t1) - t0                                     # (F,) seconds moved so far
+    cw = np.column_stack([o["pos"][0] + o["vel"][0] * moved, o["pos"][1] + o["vel"][1] * moved,
+                          np.full(len(ts), o["height"] / 2)])           # (F, 3)
+    pc = np.einsum("fij,fj->fi", poses[0], cw - poses[1])               # (F, 3)
+    return cw, pc, project(scene, pc), ts >= o["appear"] - 1e-9
+
+
+def _fits(scene, o, others, poses=None):
+    """At every frame where o is present: in front (z >= 1.5 m) and inside the image with a margin; against
+    each other present object: footprints >= 0.3 m apart, and the image centres apart by >= 0.8 x the sum
+    of the apparent radii (no object hidden behind another)."""
+    H, W = scene["size"]
+    poses = poses or _poses(scene)
+    cw, pc, uv, live = _track(scene, o, poses)
+    z, u, v = pc[live, 2], uv[live, 0], uv[live, 1]
+    if (z < 1.5).any() or (u < 0.08 * W).any() or (u > 0.92 * W).any() or (v > 0.92 * H).any():
+        return False
+    for q in others:
+        cw2, pc2, uv2, live2 = _track(scene, q, poses)
+        both = live & live2
+        gap = np.linalg.norm(cw[both, :2] - cw2[both, :2], axis=1) - (o["width"] + q["width"]) / 2
+        r_px = scene["focal"] * (o["width"] / pc[both, 2] + q["width"] / pc2[both, 2]) / 2
+        if (gap < 0.3).any() or (np.linalg.norm(uv[both] - uv2[both], axis=1) < 0.8 * r_px).any():
+            return False
+    return True
+
+
+def scene_ok(scene):
+    """Every object fits (see _fits) against the objects before it."""
+    objs = scene["objects"]
+    return all(_fits(scene, o, objs[:i]) for i, o in enumerate(objs))
+
+
+def make_scene(rng, n_objects=(2, 3), size=CLIP_SIZE, num_frames=CLIP_FRAMES, fps=CLIP_FPS, stagger_p=0.3):
+    """A random scene (JSON-able dict) of n_objects = (min, max) objects, at least one moving; a camera 1.6 m
+    high, pitched down, driving slowly and yawing by up to MAX_YAW rad over the clip; with probability
+    stagger_p the objects appear one after the other. Objects are placed one at a time (deterministic)."""
+    T = (num_frames - 1) / fps                                           # time of the last frame
+    depth = (3.0, 7.0) if n_objects[1] <= 3 else (2.5, 9.0)
+    for _ in range(200):
+        n = int(rng.integers(n_objects[0], n_objects[1] + 1))
+        objs = [_new_object(rng, name, T) for name in _names(rng, n)]
+        if not any(o["move"] for o in objs):
+            objs[int(rng.integers(n))]["move"] = [0.0, T]
+        if n > 1 and rng.random() < stagger_p:
+            _stagger(rng, objs, T)
+        cam = {"height": CAM_HEIGHT, "pitch": round(float(rng.uniform(CAM_PITCH - 0.05, CAM_PITCH + 0.05)), 3),
+               "pos": [0.0, 0.0],
+               "vel": [round(float(rng.uniform(-0.2, 0.2)), 3), round(float(rng.uniform(0, 0.3)), 3)],
+               "yaw_rate": round(float(rng.uniform(-MAX_YAW, MAX_YAW)) / T, 4)}
+        scene = {"id": 0, "size": [size, size], "focal": round((size / 2.0) / math.tan(HFOV / 2.0), 3),
+                 "fps": fps, "num_frames": num_frames, "camera": cam, "objects": []}
+        poses = _poses(scene)
+        for o in objs:
+            for _ in range(60):
+                _place(rng, o, scene, depth)
+                if _fits(scene, o, scene["objects"], poses):
+                    scene["objects"].append(o)
+                    break
+            else:
+                break                                                    # no room: start a new scene
+        if len(scene["objects"]) == n:
+            return scene
+    raise RuntimeError("make_scene: no valid scene in 200 tries (settings too tight)")
+
+
+# ============================================================================ rendering (numpy only)
+
+SKY, GROUND, LINE, HAZE = (np.array(c, dtype=np.float64) for c in
+                           ((170, 200, 235), (128, 124, 112), (78, 76, 70), (180, 185, 190)))
+
+
+def _pack(rgb):
+    """Colours (..., 3) in 0..255 -> one uint32 each (bytes R, G, B, 0 in memory): a 2D canvas is faster."""
+    c = np.clip(np.asarray(rgb, dtype=np.float64), 0, 255).astype(np.uint32)
+    return c[..., 0] | (c[..., 1] << 8) | (c[..., 2] << 16)
+
+
+SHADOW = _pack(GROUND * 0.55)
+
+
+@lru_cache(maxsize=256)
+def _shade(colour, factor, add=0.0):
+    """Packed colour of a named object colour, scaled and brightened."""
+    return _pack(np.array(COLOURS[colour], dtype=np.float64) * factor + add)
+
+
+@lru_cache(maxsize=16)
+def _pixel_grid(H, W, focal):
+    """Ray slopes of pixel centres: xs (W,) = x/z, ys (H,) = y/z in the camera frame."""
+    return ((np.arange(W, dtype=np.float32) + 0.5 - W / 2) / focal,
+            (np.arange(H, dtype=np.float32) + 0.5 - H / 2) / focal)
+
+
+def _ground(scene, R, c):
+    """Packed (H, W) canvas: sky above the horizon, below it the ground plane with a 1 m grid fading into
+    haze. No camera roll, so all rays of a pixel row meet the ground at the same ray parameter s (= depth)."""
+    H, W = scene["size"]
+    xs, ys = _pixel_grid(H, W, float(scene["focal"]))
+    img = np.full((H, W), _pack(SKY), np.uint32)
+    dz = R[1, 2] * ys + R[2, 2]                                          # (H,) world z of each row's rays
+    rows = np.flatnonzero(dz < -1e-3)
+    if len(rows) == 0:
+        return img
+    s = (-c[2] / dz[rows]).astype(np.float32)[:, None]                   # (h, 1) ray parameter to the ground
+    gx = c[0] + s * (R[0, 0] * xs + (R[1, 0] * ys[rows] + R[2, 0])[:, None])   # (h, W) ground X
+    gy = c[1] + s * (R[0, 1] * xs + (R[1, 1] * ys[rows] + R[2, 1])[:, None])   # (h, W) ground Y
+    off = np.minimum(np.abs(gx - np.rint(gx)), np.abs(gy - np.rint(gy)))      # (h, W) metres to a line
+    fade = np.clip(s / 30.0, 0.0, 1.0)                                   # (h, 1) haze
+    base = GROUND * (1 - fade) + HAZE * fade                             # (h, 3)
+    line = LINE + (base - LINE) * np.clip((s - 6.0) / 8.0, 0.0, 1.0)     # (h, 3) the grid fades out far away
+    img[rows] = np.where(off < 0.02 + 0.004 * s, _pack(line)[:, None], _pack(base)[:, None])
+    return img
+
+
+def _fill_edges(img, a, b, colour):
+    """Paint the convex region outlined by the segments a -> b ((E, 2) pixels each) on a packed (H, W)
+    canvas: each pixel row is filled between the leftmost and rightmost crossing of any segment (scanline).
+    For a convex solid, passing every edge of its projected outline needs no convex hull."""
+    H, W = img.shape
+    lo_v, hi_v = np.minimum(a, b).min(0), np.maximum(a, b).max(0)       # (2,) bounding box (u, v)
+    v0, v1 = max(int(lo_v[1]), 0), min(int(np.ceil(hi_v[1])), H)
+    u0, u1 = max(int(lo_v[0]), 0), min(int(np.ceil(hi_v[0])), W)
+    if v0 >= v1 or u0 >= u1:
+        return
+    v = np.arange(v0, v1, dtype=np.float64)[:, None] + 0.5               # (h, 1) row centres
+    dv = b[:, 1] - a[:, 1]                                               # (E,)
+    frac = (v - a[:, 1]) / np.where(dv == 0, 1e-12, dv)                  # (h, E) where the row cuts each edge
+    ucut = a[:, 0] + frac * (b[:, 0] - a[:, 0])                          # (h, E)
+    cuts = (frac >= 0) & (frac <= 1)
+    lo = np.where(cuts, ucut, np.inf).min(1, keepdims=True)              # (h, 1)
+    hi = np.where(cuts, ucut, -np.inf).max(1, keepdims=True)
+    u = np.arange(u0, u1, dtype=np.float64) + 0.5                        # (w,)
+    img[v0:v1, u0:u1][(u >= lo) & (u <= hi)] = colour
+
+
+@lru_cache(maxsize=32)
+def _next(k):
+    """Index of the next vertex around a k-gon: [1, 2, ..., k-1, 0]."""
+    return np.r_[1:k, 0]
+
+
+def _fill_poly(img, poly, colour):
+    """A convex polygon (M, 2) with vertices in order (either direction)."""
+    _fill_edges(img, poly, poly[_next(len(poly))], colour)
+
+
+def _disk(img, centre, r, colour):
+    """Paint a filled circle (pixel centre within r of centre) on a packed (H, W) canvas."""
+    H, W = img.shape
+    v0, v1 = max(int(centre[1] - r), 0), min(int(centre[1] + r) + 1, H)
+    u0, u1 = max(int(centre[0] - r), 0), min(int(centre[0] + r) + 1, W)
+    if v0 >= v1 or u0 >= u1:
+        return
+    v = np.arange(v0, v1)[:, None] + 0.5 - centre[1]                     # (h, 1)
+    u = np.arange(u0, u1) + 0.5 - centre[0]                              # (w,)
+    img[v0:v1, u0:u1][v * v + u * u <= r * r] = colour
+
+
+@lru_cache(maxsize=32)
+def _unit_ring(k):
+    """cos and sin of k evenly spaced angles: (k,) each."""
+    ang = np.arange(k) * (2 * np.pi / k)
+    return np.cos(ang), np.sin(ang)
+
+
+def _ring(centre, radius, z, k=10, phase=0.0):
+    """k points (k, 3) of a horizontal circle (or regular polygon) at height z around a world centre."""
+    cos, sin = _unit_ring(k)
+    if phase:
+        cos, sin = cos * math.cos(phase) - sin * math.sin(phase), sin * math.cos(phase) + cos * math.sin(phase)
+    out = np.empty((k, 3))
+    out[:, 0], out[:, 1], out[:, 2] = centre[0] + radius * cos, centre[1] + radius * sin, z
+    return out
+
+
+def _draw_object(img, scene, o, p, R, c):
+    """Painter's step for one object at world centre p: shaded silhouette, then its lighter top."""
+    w, h = o["width"] / 2, o["height"]
+    proj = lambda pw: project(scene, (pw - c) @ R.T)                     # (K, 3) world -> (K, 2) pixels
+    if o["shape"] == "ball":
+        pc = (p - c) @ R.T
+        uv, r = project(scene, pc), scene["focal"] * w / pc[2]
+        _disk(img, uv, r, _shade(o["colour"], 0.8))
+        _disk(img, uv - 0.3 * r, 0.45 * r, _shade(o["colour"], 1.15, 30.0))   # highlight
+        return
+    cube = o["shape"] == "cube"
+    k, phase, rad = (4, o["yaw"], w * math.sqrt(2)) if cube else (10, 0.0, w)
+    nxt = _next(k)
+    bottom = proj(_ring(p, rad, 0.0, k, phase))                          # (k, 2)
+    if o["shape"] == "cone":
+        apex = np.repeat(proj(np.array([[p[0], p[1], h]])), k, axis=0)  # (k, 2)
+        _fill_edges(img, np.vstack([bottom, bottom]), np.vstack([bottom[nxt], apex]), _shade(o["colour"], 0.9))
+        return
+    top = proj(_ring(p, rad, h, k, phase))                               # (k, 2)
+    edges_a = np.vstack([bottom, top, bottom])                           # bottom, top and vertical edges
+    edges_b = np.vstack([bottom[nxt], top[nxt], top])
+    _fill_edges(img, edges_a, edges_b, _shade(o["colour"], 0.75))
+    _fill_poly(img, top, _shade(o["colour"], 1.0))
+
+
+def render(scene, t):
+    """Frame at time t: (H, W, 3) uint8. Ground and sky, contact shadows, then objects far to near."""
+    R, c = camera_pose(scene, t)
+    img = _ground(scene, R, c)                                           # (H, W) packed uint32
+    live = [o for o in scene["objects"] if present(o, t)]
+    centres = np.array([object_center(o, t) for o in live]).reshape(-1, 3)    # (N, 3) world
+    shadow = SHADOW
+    for o, p in zip(live, centres):
+        _fill_poly(img, project(scene, (_ring(p, o["width"] * 0.6, 0.0, 8) - c) @ R.T), shadow)
+    depth = (centres - c) @ R[2]                                         # (N,) camera z
+    for i in np.argsort(-depth, kind="stable"):
+        _draw_object(img, scene, live[i], centres[i], R, c)
+    H, W = img.shape
+    return img.view(np.uint8).reshape(-1).take(_rgb_index(H, W)).reshape(H, W, 3)   # drop the 4th byte
+
+
+@lru_cache(maxsize=8)
+def _rgb_index(H, W):
+    """Byte offsets of R, G, B of every pixel of a packed canvas: (H*W*3,)."""
+    return (np.arange(H * W)[:, None] * 4 + np.arange(3)).reshape(-1)
+
+
+def render_clip(scene):
+    """All frames of the clip: (F, H, W, 3) uint8."""
+    return np.stack([render(scene, t) for t in frame_times(scene)])
+
+
+# ============================================================================ questions, graphs, reasoning
+
+DIRECTIONS = ("left and nearer", "left and farther", "right and nearer", "right and farther")
+MOTIONS = ("left", "right", "toward the camera", "away from the camera")
+
+
+def key_frames(scene, k=KEY_FRAMES, train_frames=TRAIN_FRAMES):
+    """k source-frame indices among the frames the model is given (16 sampled as read_frames does):
+    for k = 2 the first and the last frame of the clip."""
+    given = sample_indices(frame_times(scene), min(train_frames, scene["num_frames"]))   # (16,)
+    return [int(given[i]) for i in np.round(np.linspace(0, len(given) - 1, k)).astype(int)]
+
+
+def gt_graph(scene, frame):
+    """graph.Graph of the objects present at a frame: camera-frame centres (x right, y down, z forward)
+    rounded to 0.1 m as the model writes them, left to right."""
+    t = frame / scene["fps"]
+    nodes = [graph.Node(o["name"], tuple(round(float(x), 1) + 0.0 for x in to_camera(scene, object_center(o, t), t)))
+             for o in scene["objects"] if present(o, t)]
+    return graph.Graph(int(frame), sorted(nodes, key=lambda n: n.center[0]))
+
+
+def _fmt(x, digits=1):
+    """A number as the answer text: fixed decimals ("2.0"), an integer without them ("3")."""
+    return str(int(round(x))) if digits == 0 else f"{x:.{digits}f}"
+
+
+def _mc(rng, correct, distractors, k=4):
+    """Options (texts) with the correct one at a uniformly random position among min(k, 1 + len) options."""
+    n = min(k, 1 + len(distractors))
+    pos = int(rng.integers(n))
+    others = [distractors[i] for i in rng.permutation(len(distractors))[: n - 1]]
+    return others[:pos] + [correct] + others[pos:], LETTERS[pos]
+
+
+def _when(scene, frame):
+    return "at the start of the video" if frame == 0 else "at the end of the video"
+
+
+def _live(scene, frame):
+    t = frame / scene["fps"]
+    return [o for o in scene["objects"] if present(o, t)]
+
+
+def _dist(scene, a, b, frame):
+    """|c_a - c_b| in metres at a frame (world and camera frames agree)."""
+    t = frame / scene["fps"]
+    return float(np.linalg.norm(object_center(a, t) - object_center(b, t)))
+
+
+def _absent(scene):
+    names = {o["name"] for o in scene["objects"]}
+    return [f"{c} {s}" for c in COLOURS for s in SHAPES if f"{c} {s}" not in names]
+
+
+def q_object_count(scene, rng, keys):
+    n = len(scene["objects"])
+    return dict(question="How many objects appear in the video?", options=None, answer=float(n),
+                answer_type="num", text=_fmt(n, 0), sentence=f"I count {n} objects.")
+
+
+def q_abs_distance(scene, rng, keys):
+    frames = [f for f in keys if len(_live(scene, f)) >= 2]
+    if not frames:
+        return None
+    f = frames[int(rng.integers(len(frames)))]
+    live = _live(scene, f)
+    a, b = [live[i] for i in rng.permutation(len(live))[:2]]
+    d = round(_dist(scene, a, b, f), 1)
+    when = f" {_when(scene, f)}" if a["move"] or b["move"] else ""
+    return dict(question=f"What is the distance between the {a['name']} and the {b['name']}{when}, "
+                         f"in metres (centre to centre)?", options=None, answer=d, answer_type="num",
+                text=_fmt(d), sentence=f"The {a['name']} and the {b['name']} are {_fmt(d)} m apart.")
+
+
+def q_closest_object(scene, rng, keys):
+    """Needs >= 3 present objects and a clear winner (0.3 m ahead of the runner-up); 4 options, padded with
+    objects of the same vocabulary that are not in the scene."""
+    for f in [keys[i] for i in rng.permutation(len(keys))]:
+        live = _live(scene, f)
+        for x in [live[i] for i in rng.permutation(len(live))] if len(live) >= 3 else []:
+            others = sorted((_dist(scene, x, o, f), o["name"]) for o in live if o is not x)
+            if others[1][0] - others[0][0] >= 0.3:
+                pad = _absent(scene)
+                opts, letter = _mc(rng, others[0][1], [n for _, n in others[1:]] +
+                                   [pad[i] for i in rng.permutation(len(pad))[: max(0, 4 - len(others))]])
+                moving = any(o["move"] for o in live)
+                when = f" {_when(scene, f)}" if moving else ""
+                return dict(question=f"Which object is closest to the {x['name']}{when}?", options=opts,
+                            answer=letter, answer_type="mc", text=letter,
+                            sentence=f"The {others[0][1]} is closest, {_fmt(others[0][0])} m.")
+    return None
+
+
+def q_relative_direction(scene, rng, keys):
+    """B relative to A in the camera frame of a key frame: left/right (x) and nearer/farther (z), each
+    component at least 0.4 m so the answer is unambiguous."""
+    for f in [keys[i] for i in rng.permutation(len(keys))]:
+        live = _live(scene, f)
+        t = f / scene["fps"]
+        for i, j in [(i, j) for i in rng.permutation(len(live)) for j in rng.permutation(len(live)) if i != j]:
+            a, b = live[i], live[j]
+            dx, _, dz = to_camera(scene, object_center(b, t), t) - to_camera(scene, object_center(a, t), t)
+            if abs(dx) >= 0.4 and abs(dz) >= 0.4:
+                ans = f"{'left' if dx < 0 else 'right'} and {'nearer' if dz < 0 else 'farther'}"
+                opts, letter = _mc(rng, ans, [d for d in DIRECTIONS if d != ans])
+                return dict(question=f"Seen from the camera {_when(scene, f)}, where is the {b['name']} "
+                                     f"relative to the {a['name']}?", options=opts, answer=letter,
+                            answer_type="mc", text=letter, sentence=f"The {b['name']} is {ans}.")
+    return None
+
+
+def q_object_size(scene, rng, keys):
+    o = scene["objects"][int(rng.integers(len(scene["objects"])))]
+    h = round(o["height"], 1)
+    return dict(question=f"How tall is the {o['name']}, in metres?", options=None, answer=h,
+                answer_type="num", text=_fmt(h), sentence=f"The {o['name']} is {_fmt(h)} m tall.")
+
+
+def _movers(scene, rng, from_start=False):
+    """Moving objects in random order (only those present from the first frame if from_start)."""
+    objs = [o for o in scene["objects"] if o["move"] and (o["appear"] == 0 or not from_start)]
+    return [objs[i] for i in rng.permutation(len(objs))]
+
+
+def _path(o, t0, t1):
+    """Distance travelled between t0 and t1 (constant speed inside the move interval)."""
+    m0, m1 = o["move"] or (0.0, 0.0)
+    return float(np.hypot(*o["vel"])) * max(0.0, min(t1, m1) - max(t0, m0))
+
+
+def q_displacement(scene, rng, keys):
+    """Straight-line displacement between the first and last frame (>= 0.5 m: MRA needs gt > 0)."""
+    T = clip_end(scene)
+    for o in _movers(scene, rng, from_start=True):
+        d = round(float(np.linalg.norm(object_center(o, T) - object_center(o, 0.0))), 1)
+        if d >= 0.5:
+            return dict(question=f"How far is the {o['name']} at the end of the video from where it was at "
+                                 f"the start, in metres?", options=None, answer=d, answer_type="num",
+                        text=_fmt(d), sentence=f"The {o['name']} moved {_fmt(d)} m.")
+    return None
+
+
+def q_average_speed(scene, rng, keys):
+    """Path length over [0, T] / T, T = time of the last frame; two decimals (speeds are small)."""
+    T = clip_end(scene)
+    for o in _movers(scene, rng, from_start=True):
+        path = _path(o, 0.0, T)
+        v = round(path / T, 2)
+        if v >= 0.1:
+            return dict(question=f"What is the average speed of the {o['name']} over the whole video, in metres "
+                                 f"per second?", options=None, answer=v, answer_type="num", text=_fmt(v, 2),
+                        sentence=f"It covers {_fmt(path)} m in {_fmt(T)} s.")
+    return None
+
+
+def q_motion_direction(scene, rng, keys):
+    """Direction of the motion in the camera's horizontal axes at the first frame; the dominant component
+    must be at least twice the other."""
+    R, _ = camera_pose(scene, 0.0)
+    right, fwd = R[0], np.array([R[2][0], R[2][1], 0.0]) / np.hypot(R[2][0], R[2][1])
+    for o in _movers(scene, rng):
+        step = np.array([o["vel"][0], o["vel"][1], 0.0])
+        x, z = float(step @ right), float(step @ fwd)
+        if max(abs(x), abs(z)) >= 2 * min(abs(x), abs(z)):
+            ans = (MOTIONS[0] if x < 0 else MOTIONS[1]) if abs(x) > abs(z) else (MOTIONS[2] if z < 0 else MOTIONS[3])
+            opts, letter = _mc(rng, ans, [m for m in MOTIONS if m != ans])
+            return dict(question=f"Seen from the camera, in which direction does the {o['name']} move?",
+                        options=opts, answer=letter, answer_type="mc", text=letter,
+                        sentence=f"The {o['name']} moves {ans}.")
+    return None
+
+
+def q_appearance_order(scene, rng, keys):
+    """Scenes whose objects appear one after the other; options are orders (the right one + up to 3 others)."""
+    objs = sorted(scene["objects"], key=lambda o: o["appear"])
+    times = [o["appear"] for o in objs]
+    if len(objs) < 2 or len(set(times)) < len(times):
+        return None
+    right = [o["name"] for o in objs]
+    wrong = set()
+    while len(wrong) < min(3, math.factorial(len(objs)) - 1):
+        perm = [right[i] for i in rng.permutation(len(right))]
+        if perm != right:
+            wrong.add(", ".join(perm))
+    opts, letter = _mc(rng, ", ".join(right), sorted(wrong))
+    return dict(question="In which order do the objects first appear in the video?", options=opts, answer=letter,
+                answer_type="mc", text=letter,
+                sentence="They appear at " + ", ".join(f"{_fmt(t)} s" for t in times) + ".")
+
+
+def q_when_moving(scene, rng, keys):
+    for o in _movers(scene, rng):
+        s, e = (round(float(x), 1) for x in o["move"])
+        return dict(question=f"During which interval is the {o['name']} moving? Answer [start, end] in seconds.",
+                    options=None, answer=[s, e], answer_type="iou", text=f"[{_fmt(s)}, {_fmt(e)}]",
+                    sentence=f"The {o['name']} moves from {_fmt(s)} s to {_fmt(e)} s.")
+    return None
+
+
+TASKS = {"object_count": q_object_count, "abs_distance": q_abs_distance, "closest_object": q_closest_object,
+         "relative_direction": q_relative_direction, "object_size": q_object_size,
+         "displacement": q_displacement, "average_speed": q_average_speed,
+         "motion_direction": q_motion_direction, "appearance_order": q_appearance_order,
+         "when_moving": q_when_moving}
+
+
+TASK_WEIGHTS = {"closest_object": 4.0, "appearance_order": 4.0, "motion_direction": 1.5, "displacement": 1.3}
+
+
+def reasoning_text(graphs, sentence, answer_text):
+    """'<think>' + graph blocks + one sentence + '</think><answer>..</answer>': the reference completion."""
+    blocks = " ".join(graph.to_text(g) for g in graphs)
+    return f"<think>{blocks} {sentence} </think><answer>{answer_text}</answer>"
+
+
+def make_questions(scene, rng, tasks=None, k=KEY_FRAMES):
+    """One row per task that applies to the scene (contract row format), in a random order that puts tasks
+    which apply to few scenes first more often (TASK_WEIGHTS: keeping the first rows of each scene gives a
+    balanced task mix); ids and video path come from scene["id"]. Graphs at k key frames, shared by the rows."""
+    keys = key_frames(scene, k)
+    graphs = [gt_graph(scene, f) for f in keys]
+    sid, rows, names = int(scene["id"]), [], list(tasks or TASKS)
+    order = np.argsort(-rng.random(len(names)) ** (1.0 / np.array([TASK_WEIGHTS.get(n, 1.0) for n in names])))
+    for name in [names[i] for i in order]:                               # weighted sampling without replacement
+        q = TASKS[name](scene, rng, keys)
+        if q is None:
+            continue
+        rows.append({"id": f"synth-{sid:06d}-{len(rows):02d}", "video": f"videos/{sid:06d}.mp4",
+                     "question": q["question"], "options": q["options"], "answer": q["answer"],
+                     "answer_type": q["answer_type"], "task": name, "time_window": None,
+                     "graphs": [g.to_dict() for g in graphs],
+                     "reasoning": reasoning_text(graphs, q["sentence"], q["text"])})
+    return rows
+
+
+# ============================================================================ the dataset on disk
+
+def split_of(n, seed, fractions=(0.8, 0.1, 0.1)):
+    """Scene index -> "train" / "val" / "test": a seeded permutation cut at the fractions (split by scene)."""
+    order = np.random.default_rng([seed, 999]).permutation(n)
+    cuts = np.round(np.cumsum(fractions)[:-1] * n).astype(int)
+    names = np.empty(n, dtype=object)
+    for name, part in zip(("train", "val", "test"), np.split(order, cuts)):
+        names[part] = name
+    return names
+
+
+def make_dataset(out_dir, n, seed=0, questions=4, n_objects=(2, 3), size=CLIP_SIZE, num_frames=CLIP_FRAMES,
+                 fps=CLIP_FPS, sheet=True, log=print):
+    """Write n scenes: videos/NNNNNN.mp4, up to `questions` rows per scene (distinct tasks) into
+    train/val/test.jsonl (split by scene), scenes.jsonl (the scene parameters) and contact_sheet.png.
+    Scene i uses rng = default_rng([seed, i]): the JSONL files are byte-identical for a seed."""
+    os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
+    splits = split_of(n, seed)
+    files = {s: open(os.path.join(out_dir, f"{s}.jsonl"), "w") for s in ("train", "val", "test")}
+    counts, t_start, shown = {s: 0 for s in files}, time.time(), []
+    with open(os.path.join(out_dir, "scenes.jsonl"), "w") as scenes_file:
+        for i in range(n):
+            rng = np.random.default_rng([seed, i])
+            scene = make_scene(rng, n_objects, size, num_frames, fps)
+            scene["id"] = i
+            rows = make_questions(scene, rng)[:questions]
+            clip = render_clip(scene)                                    # (F, H, W, 3)
+            write_video(os.path.join(out_dir, "videos", f"{i:06d}.mp4"), clip, fps)
+            scenes_file.write(json.dumps(scene) + "\n")
+            for r in rows:
+                files[splits[i]].write(json.dumps(r) + "\n")
+            counts[splits[i]] += len(rows)
+            if len(shown) < 4:
+                shown.append((clip, rows))
+            if log and (i + 1 == n or (i + 1) % max(1, n // 20) == 0):
+                el = time.time() - t_start
+                log(f"\rscenes {i + 1}/{n}  rows {sum(counts.values())}  {el:.0f}s elapsed, "
+                    f"~{el / (i + 1) * (n - i - 1):.0f}s left", end="" if i + 1 < n else "\n", flush=True)
+    for f in files.values():
+        f.close()
+    if sheet:
+        contact_sheet(shown, os.path.join(out_dir, "contact_sheet.png"))
+    return counts
+
+
+def contact_sheet(shown, path, n_frames=4):
+    """A PNG: one row per clip (n_frames evenly spaced frames), its first two questions and answers below."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(shown), n_frames, figsize=(2.2 * n_frames, 3.0 * len(shown)), squeeze=False)
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.97, bottom=0.08, wspace=0.05, hspace=0.6)
+    for r, (clip, rows) in enumerate(shown):
+        for c, i in enumerate(np.round(np.linspace(0, len(clip) - 1, n_frames)).astype(int)):
+            axes[r, c].imshow(clip[i])
+            axes[r, c].set_title(f"frame {i}", fontsize=8)
+            axes[r, c].axis("off")
+        lines = []
+        for row in rows[:2]:
+            opts = "  ".join(f"{LETTERS[k]}. {o}" for k, o in enumerate(row["options"] or []))
+            lines += textwrap.wrap(f"Q: {row['question']}  {opts}  ->  {row['answer']}", 110)
+        axes[r, 0].text(0, -0.06, "\n".join(lines), transform=axes[r, 0].transAxes, fontsize=7, va="top")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# ============================================================================ loading rows
+
+ANSWER_TYPES = ("mc", "num", "iou")
+VIDEO_R1_TYPES = {"multiple choice": "mc", "numerical": "num", "regression": "num"}
+
+
+class BadRow(ValueError):
+    """A row that does not validate: carries the field name."""
+
+    def __init__(self, field, why):
+        super().__init__(f"field '{field}': {why}")
+        self.field = field
+
+
+def _is_num(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_answer(row):
+    at, ans, opts = row["answer_type"], row["answer"], row["options"]
+    if at == "mc":
+        if not (isinstance(opts, list) and 2 <= len(opts) <= len(LETTERS)
+                and all(isinstance(o, str) and o.strip() for o in opts)):
+            raise BadRow("options", "mc needs a list of 2-10 non-empty option texts")
+        if not (isinstance(ans, str) and ans in LETTERS[: len(opts)]):
+            raise BadRow("answer", f"mc answer must be one letter A-{LETTERS[len(opts) - 1]}, got {ans!r}")
+    elif at == "num":
+        if not _is_num(ans):
+            raise BadRow("answer", f"num answer must be a finite number, got {ans!r}")
+    elif not (isinstance(ans, list) and len(ans) in (2, 4) and all(_is_num(a) for a in ans)
+              and ans[0] <= ans[len(ans) // 2] and ans[1] <= ans[-1]):
+        raise BadRow("answer", f"iou answer must be [start, end] or [x1, y1, x2, y2] in order, got {ans!r}")
+
+
+def _check_graphs(graphs):
+    if not isinstance(graphs, list):
+        raise BadRow("graphs", "must be a list of {frame, nodes} or null")
+    for g in graphs:
+        if not (isinstance(g, dict) and isinstance(g.get("frame"), int) and g["frame"] >= 0
+                and isinstance(g.get("nodes"), list)):
+            raise BadRow("graphs", f"each graph needs an int frame >= 0 and a node list, got {str(g)[:60]}")
+        for n in g["nodes"]:
+            if not (isinstance(n, dict) and isinstance(n.get("category"), str) and isinstance(n.get("center"), list)
+                    and len(n["center"]) == 3 and all(_is_num(c) for c in n["center"])):
+                raise BadRow("graphs", f"bad node {str(n)[:60]}")
+
+
+def validate_row(row, folder):
+    """Our row format: checks every field, fills defaults, makes `video` absolute. Returns the row."""
+    if not isinstance(row, dict):
+        raise BadRow("row", "not a JSON object")
+    for field in ("video", "question"):
+        if not (isinstance(row.get(field), str) and row[field].strip()):
+            raise BadRow(field, "missing or not a non-empty string")
+    if row.get("answer_type") not in ANSWER_TYPES:
+        raise BadRow("answer_type", f"must be one of {ANSWER_TYPES}, got {row.get('answer_type')!r}")
+    if "answer" not in row:
+        raise BadRow("answer", "missing")
+    row.setdefault("options", None)
+    if row["answer_type"] != "mc" and row["options"] not in (None, []):
+        raise BadRow("options", f"{row['answer_type']} rows take no options")
+    _check_answer(row)
+    tw = row.setdefault("time_window", None)
+    if tw is not None and not (isinstance(tw, list) and len(tw) == 2 and all(_is_num(x) for x in tw) and tw[0] < tw[1]):
+        raise BadRow("time_window", f"must be [start, end] seconds with start < end, or null; got {tw!r}")
+    if row.setdefault("graphs", None) is not None:
+        _check_graphs(row["graphs"])
+    for field in ("task", "reasoning", "id"):
+        if row.get(field) is not None and not isinstance(row[field], str):
+            raise BadRow(field, "must be a string")
+    row.setdefault("task", "unknown")
+    row.setdefault("reasoning", None)
+    row["video"] = os.path.normpath(os.path.join(folder, os.path.expanduser(row["video"])))
+    return row
+
+
+def _answer_tag(text):
+    """Content of the first <answer>...</answer> (or the whole text when there is no tag), stripped."""
+    s = str(text)
+    i, j = s.find("<answer>"), s.find("</answer>")
+    return (s[i + 8: j] if 0 <= i < j else s).strip()
+
+
+def from_video_r1(item):
+    """Video-R1 item (problem, options ["A. ...", ...], problem_type, solution "<answer>B</answer>", path)
+    -> our row. multiple choice -> mc (prefixes stripped), numerical / regression -> num; other types
+    (OCR, free-form, ...) and image rows are bad rows."""
+    if item.get("data_type", "video") != "video":
+        raise BadRow("data_type", f"only video rows are supported, got {item.get('data_type')!r}")
+    ptype = item.get("problem_type")
+    if ptype not in VIDEO_R1_TYPES:
+        raise BadRow("problem_type", f"unsupported {ptype!r} (supported: {', '.join(VIDEO_R1_TYPES)})")
+    at, ans = VIDEO_R1_TYPES[ptype], _answer_tag(item.get("solution", ""))
+    options = None
+    if at == "mc":
+        options = []
+        for k, o in enumerate(item.get("options") or []):
+            o = str(o).strip()
+            if len(o) >= 2 and o[0] == LETTERS[k % len(LETTERS)] and o[1] in ".):":
+                o = o[2:].strip()                                        # "A. text" -> "text"
+            options.append(o)
+        ans = ans.strip("().: ")[:1].upper()
+    else:
+        try:
+            ans = float(ans.replace(",", ""))
+        except ValueError:
+            raise BadRow("solution", f"no number in {item.get('solution')!r}") from None
+    if not isinstance(item.get("path"), str):
+        raise BadRow("path", "missing video path")
+    process = item.get("process")
+    return {"id": str(item.get("problem_id", "")) or None, "video": item["path"], "question": item.get("problem"),
+            "options": options, "answer": ans, "answer_type": at,
+            "task": str(item.get("data_source") or ptype), "time_window": None, "graphs": None,
+            "reasoning": f"{process.strip()}<answer>{ans if at == 'mc' else _answer_tag(item['solution'])}</answer>"
+            if isinstance(process, str) and process.strip() else None}
+
+
+def _records(path):
+    """(line number, parsed object or the JSON error) of a JSONL file, or (item number, object) of a JSON list."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        return list(enumerate(items, 1)), "item"
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                out.append((n, json.loads(line)))
+            except json.JSONDecodeError as e:
+                out.append((n, BadRow("json", f"not valid JSON ({e.msg})")))
+    return out, "line"
+
+
+def load_rows(path, skip_bad=False):
+    """Rows of a JSONL file in our format, or of a Video-R1 JSON / JSONL file, validated.
+
+    Relative video paths resolve against the file's folder (made absolute). A bad row raises ValueError
+    "FILE:LINE: field 'F': why"; with skip_bad=True it is skipped, and the count is printed."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    folder = os.path.dirname(os.path.abspath(path))
+    records, unit = _records(path)
+    rows, bad, first = [], 0, None
+    for n, rec in records:
+        try:
+            if isinstance(rec, BadRow):
+                raise rec
+            if isinstance(rec, dict) and "problem" in rec and "question" not in rec:
+                rec = from_video_r1(rec)
+            row = validate_row(rec, folder)
+            row["id"] = row.get("id") or f"{os.path.basename(path)}:{n}"
+            rows.append(row)
+        except BadRow as e:
+            msg = f"{path}:{n}: {e}" if unit == "line" else f"{path}: item {n}: {e}"
+            if not skip_bad:
+                raise ValueError(msg) from None
+            bad, first = bad + 1, first or msg
+    if bad:
+        print(f"load_rows: skipped {bad} bad row(s) of {len(records)} in {path} (first: {first})")
+    return rows
+
+
+# ============================================================================ bench and command line
+
+def _bench_video(path, seconds=120, fps=30, size=(360, 640), gop=30):
+    """A long test video (made once, cached): a textured panorama panning by 2 px per frame."""
+    if os.path.exists(path):
+        return path
+    H, W = size
+    rng = np.random.default_rng(0)
+    coarse = rng.integers(0, 256, (H // 8 + 1, (W + 2 * fps * seconds) // 8 + 2, 3), dtype=np.uint8)
+    pano = np.repeat(np.repeat(coarse, 8, 0), 8, 1)[:H]                   # (H, W', 3) blocky texture
+    frames = (pano[:, 2 * i: 2 * i + W] for i in range(fps * seconds))  # (H, W, 3) each, lazily
+    tmp = path + ".part.mp4"
+    with av.open(tmp, "w", options={"movflags": "+faststart"}) as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        s.codec_context.options = {"preset": "ultrafast", "crf": "28",
+                                   "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
+        for img in frames:
+            for pkt in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    os.replace(tmp, path)
+    return path
+
+
+def decode_all(path, num_frames=16):
+    """Baseline: decode every frame in order (threaded), keep the uniformly sampled ones."""
+    with av.open(path) as c:
+        vs = c.streams.video[0]
+        vs.thread_type = "AUTO"
+        frames = [f for f in c.decode(vs)]
+        idx = np.round(np.linspace(0, len(frames) - 1, num_frames)).astype(int)
+        return np.stack([frames[i].to_ndarray(format="rgb24") for i in idx])
+
+
+def bench(folder=None):
+    """Time read_frames(16) vs decoding every frame, on a 2-minute 640x360 30 fps video with keyframes every
+    1 s (a typical GOP) and every 10 s (a long GOP); also the synthetic renderer per frame."""
+    folder = folder or os.path.join(tempfile.gettempdir(), "videostr_bench")
+    os.makedirs(folder, exist_ok=True)
+    for gop in (30, 300):
+        t = time.time()
+        path = _bench_video(os.path.join(folder, f"pan_120s_640x360_gop{gop}.mp4"), gop=gop)
+        made = time.time() - t
+        t = time.time()
+        frames, times = read_frames(path, 16)
+        t_read = time.time() - t
+        t = time.time()
+        ref = decode_all(path, 16)
+        t_all = time.time() - t
+        same = np.array_equal(frames, ref)
+        print(f"GOP {gop:3d} ({os.path.getsize(path) / 1e6:.1f} MB{', made in %.0f s' % made if made > 1 else ''}): "
+              f"read_frames(16) {t_read:.3f} s | decode all 3600 frames {t_all:.3f} s | "
+              f"{t_all / t_read:.1f}x faster | same frames: {same} | times {times[0]:.2f}..{times[-1]:.2f} s")
+    scene = make_scene(np.random.default_rng(0))
+    best = min(timeit.repeat(lambda: render_clip(scene), number=1, repeat=10))   # least disturbed run
+    print(f"render: {best / scene['num_frames'] * 1000:.2f} ms per {scene['size'][1]}x{scene['size'][0]} frame "
+          f"({len(scene['objects'])} objects, best of 10 clips)")
+
+
+def demo():
+    """A few scenes into a temp folder: their questions and reference reasoning, and one video read back."""
+    out = tempfile.mkdtemp(prefix="videostr_demo_")
+    make_dataset(out, 3, seed=0, sheet=True, log=None)
+    rows = load_rows(os.path.join(out, "train.jsonl")) + load_rows(os.path.join(out, "val.jsonl"))
+    for r in rows[:6]:
+        opts = "  " + " ".join(f"{LETTERS[k]}. {o}" for k, o in enumerate(r["options"])) if r["options"] else ""
+        print(f"[{r['task']}] {r['question']}{opts}\n  answer {r['answer']}\n  {r['reasoning']}\n")
+    frames, times = read_frames(rows[0]["video"], 16)
+    print(f"read_frames({os.path.basename(rows[0]['video'])}, 16): frames {frames.shape} {frames.dtype}, "
+          f"times {np.round(times, 3).tolist()}")
+    print(f"files in {out} (contact_sheet.png shows the clips). Usage:\n" + __doc__.split("Run:")[1].split("`--n`")[0])
+
+
+def main(argv):
+    if not argv:
+        return demo()
+    if argv[0] == "bench":
+        return bench()
+    if argv[0] == "make":
+        opts = {"--out": "data/synth", "--n": "2000", "--seed": "0", "--questions": "4", "--max-objects": "3"}
+        for k, v in zip(argv[1::2], argv[2::2]):
+            if k not in opts:
+                sys.exit(f"unknown option {k}; options: {' '.join(opts)}")
+            opts[k] = v
+        t = time.time()
+        counts = make_dataset(opts["--out"], int(opts["--n"]), int(opts["--seed"]), int(opts["--questions"]),
+                              (2, int(opts["--max-objects"])))
+        print(f"rows {counts} in {time.time() - t:.0f} s -> {opts['--out']}")
+        return None
+    sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,718 @@
+"""Video-STR training: a supervised warm-up, then GRPO with the graph reward (paper Sec. 4), on one device.
+
+What one GRPO step does (DeepSeekMath's GRPO, as the paper uses it):
+  1. B prompts (video + question); grpo.sample draws G completions each, no grad       -> N = B*G sequences
+  2. rewards.total_reward scores each: R = R_format + R_ans + R_graph + R_l (a weight per part: --w_graph 0 is
+     the paper's "without graph reasoning" ablation)
+  3. grpo.group_advantages: A_i = (r_i - mean(r)) / (std(r) + eps) within each prompt's group        (Eq. 3)
+  4. reference log-probs: the start policy (LoRA adapters switched off, or a frozen copy for full fine-tuning)
+  5. grpo.policy_loss: the clipped surrogate minus beta * k3 KL; mu inner epochs reuse the sampling log-probs
+  6. clip the gradient norm, AdamW, cosine schedule with warm-up.
+Before GRPO, --sft_steps of teacher-forced cross-entropy on the reference reasoning (graph blocks + a sentence +
+answer) teach the tiny random model the output format; `--grpo_steps 0` is the paper's SFT baseline alone.
+
+Presets: `--preset tiny` (default: a ~0.6M-parameter Qwen2.5-VL built locally, synthetic videos, 2 CPU cores,
+minutes) and `--preset paper` (Qwen2.5-VL-7B from `--model PATH`, G=8, beta=0.04, 16 frames at 128*28*28 pixels,
+lr 1e-6, 768 new tokens, length window 320-512 with bonus 0.2, LoRA so it fits one 80 GB GPU).
+Differences from the paper: the data is synthetic (data.py), the tiny model starts from random weights and so
+needs the warm-up; everything else is the paper's recipe with smaller numbers.
+
+Run: `python train.py` (everything, ~20 min on 2 cores), `python train.py --resume` after an interruption,
+`python train.py --preset paper --model /path/to/Qwen2.5-VL-7B-Instruct --data /path/to/rows`.
+Outputs in runs/NAME/: config.json, metrics.jsonl, samples.jsonl, curves.png, ckpt-*/, warmup/, final/.
+Letters: B prompts, G completions per prompt, N = B*G, T completion tokens, P prompt tokens.
+"""
+import argparse
+import contextlib
+import copy
+import functools
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub: a missing local folder fails in seconds, not minutes
+
+import numpy as np
+import torch
+import transformers
+
+import data
+import grpo
+import model as qwen
+import rewards
+
+
+@dataclass
+class Config:
+    # run
+    preset: str = "tiny"            # tiny (CPU, synthetic, minutes) | paper (7B from --model, one GPU)
+    name: str = "default"           # outputs go to OUT/NAME
+    out: str = "runs"               # folder of all runs
+    seed: int = 0                   # seeds data order, sampling and init of new weights
+    device: str = "auto"            # auto (cuda if present) | cpu | cuda
+    dtype: str = "auto"             # auto (bf16 on cuda, fp32 on cpu: faster here) | bf16 | fp32
+    threads: int = 2                # torch CPU threads
+    resume: bool = False            # continue runs/NAME from its last checkpoint (its config.json wins)
+    # data
+    data: str = "data/synth"        # folder with train.jsonl / val.jsonl / test.jsonl (made here if missing)
+    data_scenes: int = 600          # scenes to render when the synthetic set is made
+    frames: int = 16                # frames per video (paper: 16 for training)
+    min_pixels: int = 56 * 56       # per-frame pixel budget of Qwen2.5-VL's smart_resize
+    max_pixels: int = 56 * 56
+    # model
+    model: str = "tiny_model"       # local folder of a Qwen2.5-VL checkpoint (built here if it is the tiny one)
+    lora_rank: int = 0              # 0 = full fine-tuning
+    lora_alpha: float = 16.0        # LoRA scale alpha / rank
+    lora_dropout: float = 0.0
+    freeze_vision: bool = False     # keep the vision tower fixed
+    grad_ckpt: bool = False         # gradient checkpointing (on for the paper preset)
+    # supervised warm-up
+    sft_steps: int = 1500           # teacher-forced steps on the reference reasoning
+    sft_batch: int = 16
+    sft_lr: float = 3e-3
+    # GRPO
+    grpo_steps: int = 150
+    batch: int = 4                  # B prompts per step
+    micro_batch: int = 4            # prompts per forward/backward (gradient accumulation over B / micro_batch)
+    G: int = 8                      # completions per prompt (paper: 8)
+    max_new_tokens: int = 240       # completion budget T (the synthetic reference reasoning is 90-220 tokens)
+    temperature: float = 1.0        # sampling temperature (paper / Video-R1: 1.0)
+    top_p: float = 1.0
+    lr: float = 2e-4                # GRPO learning rate (paper: 1e-6 for the 7B)
+    warmup: int = 10                # linear warm-up steps of each phase, then cosine to 10 %
+    weight_decay: float = 0.0
+    beta: float = 0.04              # KL weight (paper: 0.04); 0 skips the reference model
+    clip_eps: float = 0.2           # PPO clip range [1 - eps, 1 + eps_high]
+    clip_eps_high: float = 0.2      # DAPO clip-higher uses 0.28
+    agg: str = "seq"                # loss aggregation: seq (GRPO) | token (DAPO) | const (Dr. GRPO)
+    scale_adv: bool = True          # divide advantages by the group std (False: Dr. GRPO)
+    mu: int = 1                     # inner epochs per batch of samples (1: on-policy)
+    grad_clip: float = 1.0
+    # rewards (weights of R_format, R_ans, R_graph, R_l, and the length window)
+    w_format: float = 1.0
+    w_answer: float = 1.0
+    w_graph: float = 1.0
+    w_length: float = 1.0
+    len_lo: int = 80                # R_l window in tokens (paper: 320..512 of 768; the tiny reasoning is shorter)
+    len_hi: int = 230
+    len_bonus: float = 0.2
+    # logging, evaluation, checkpoints
+    eval_every: int = 50            # held-out evaluation every N steps (both phases)
+    eval_n: int = 96                # val questions per evaluation during training
+    test_n: int = 300               # test questions of the final before/after table
+    ckpt_every: int = 100
+    keep_ckpts: int = 2
+    sample_every: int = 25          # write a few completions to samples.jsonl every N GRPO steps
+    plot_every: int = 25
+
+
+PRESETS = {
+    "tiny": {},
+    "paper": dict(model="", data="", frames=16, min_pixels=16 * 28 * 28, max_pixels=128 * 28 * 28,
+                  lora_rank=64, lora_alpha=128.0, grad_ckpt=True, sft_steps=0, grpo_steps=1000, batch=1,
+                  micro_batch=1, G=8, max_new_tokens=768, temperature=1.0, lr=1e-6, beta=0.04, len_lo=320,
+                  len_hi=512, len_bonus=0.2, eval_every=100, eval_n=200, ckpt_every=100, threads=8),
+}
+
+
+def parse_config(argv=None):
+    """Config defaults <- preset <- command-line flags (one flag per field)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    for f in dataclasses.fields(Config):
+        if f.type is bool or isinstance(f.default, bool):
+            p.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+        else:
+            p.add_argument(f"--{f.name}", type=type(f.default), default=argparse.SUPPRESS)
+    given = vars(p.parse_args(argv))
+    preset = given.get("preset", Config.preset)
+    if preset not in PRESETS:
+        p.error(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    cfg = Config(**{**PRESETS[preset], **given})
+    if cfg.resume:   # the saved config wins, so a resumed run is the same run
+        saved = os.path.join(cfg.out, cfg.name, "config.json")
+        if os.path.exists(saved):
+            with open(saved) as fh:
+                cfg = Config(**{**json.load(fh), "resume": True, "name": cfg.name, "out": cfg.out})
+    if not cfg.model or not cfg.data:
+        p.error("--preset paper needs --model PATH (a local Qwen2.5-VL folder) and --data FOLDER_OR_JSONL")
+    return cfg
+
+
+def pick_device(cfg):
+    """(device, dtype): CUDA with bf16 when present; on CPU fp32, which measured faster than bf16 here."""
+    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else (
+        "cpu" if cfg.device == "auto" else cfg.device)
+    if cfg.dtype == "auto":
+        dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    else:
+        dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[cfg.dtype]
+    return torch.device(device), dtype
+
+
+def lr_at(step, total, peak, warmup):
+    """Linear warm-up for `warmup` steps, then cosine decay from peak to 10 % of peak at `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+def batch_indices(n_rows, step, batch, seed):
+    """Rows of a step: a fresh permutation every epoch, a pure function of the step (so resuming is exact)."""
+    first = step * batch
+    out = []
+    while len(out) < batch:
+        epoch, pos = divmod(first + len(out), n_rows)
+        perm = np.random.default_rng([seed, epoch]).permutation(n_rows)
+        out.extend(perm[pos:pos + batch - len(out)].tolist())
+    return out
+
+
+def ensure_data(cfg):
+    """The synthetic set is made on first use; a user's own folder must already exist."""
+    if os.path.exists(os.path.join(cfg.data, "train.jsonl")) or os.path.isfile(cfg.data):
+        return
+    if cfg.preset != "tiny":
+        raise SystemExit(f"no data at {cfg.data!r}: pass --data with train.jsonl / val.jsonl / test.jsonl")
+    print(f"making the synthetic data set in {cfg.data} ({cfg.data_scenes} scenes) ...")
+    data.make_dataset(cfg.data, cfg.data_scenes, seed=cfg.seed)
+
+
+def load_split(cfg, split):
+    path = cfg.data if os.path.isfile(cfg.data) else os.path.join(cfg.data, f"{split}.jsonl")
+    return data.load_rows(path, skip_bad=True)
+
+
+def ensure_model(cfg, train_rows):
+    """The tiny model (and its tokenizer, trained on this data's text) is built on first use."""
+    if os.path.exists(os.path.join(cfg.model, "config.json")):
+        return
+    if cfg.preset != "tiny":
+        raise SystemExit(f"no model at {cfg.model!r}: pass --model with a local Qwen2.5-VL folder")
+    texts = [qwen.build_prompt(r) + (r.get("reasoning") or "") for r in train_rows]
+    print(f"building the tiny Qwen2.5-VL in {cfg.model} ...")
+    torch.manual_seed(cfg.seed)
+    qwen.build_tiny(cfg.model, texts)
+
+
+@functools.lru_cache(maxsize=None)
+def load_video(path, num_frames, start=None, end=None):
+    """(frames (F, H, W, 3) uint8, times (F,) s) of one clip, decoded once per run."""
+    return data.read_frames(path, num_frames, start=start, end=end)
+
+
+def prompt_batch(cfg, tok, mdl, rows, device, dtype):
+    """Tokenised prompts with their videos for B rows, on the device (model.make_inputs)."""
+    videos = [load_video(r["video"], cfg.frames, *(r.get("time_window") or (None, None))) for r in rows]
+    inputs = qwen.make_inputs(tok, mdl.config, rows, videos, cfg.min_pixels, cfg.max_pixels)
+    return {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) if torch.is_tensor(v) else v
+            for k, v in inputs.items()}
+
+
+def special_ids(tok):
+    """(eos ids, ids never to sample): <|im_end|> ends a turn; vision placeholders must never be generated."""
+    vocab = tok.get_vocab()
+    eos = [vocab[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab]
+    return eos, [vocab[t] for t in qwen.VISION_TOKENS if t in vocab]
+
+
+def completion_tensors(tok, texts, device):
+    """Reference completions -> ids (N, T) ending in <|im_end|>, mask (N, T), right-padded."""
+    eos, _ = special_ids(tok)
+    seqs = [tok(t, add_special_tokens=False)["input_ids"] + [eos[0]] for t in texts]
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), eos[0], dtype=torch.long)
+    mask = torch.zeros(len(seqs), T)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def decode(tok, ids, mask):
+    """Completion text of each sequence, without the closing <|im_end|>, and its token count (EOS included)."""
+    eos, _ = special_ids(tok)
+    texts, lengths = [], []
+    for seq, m in zip(ids.tolist(), mask.sum(1).long().tolist()):
+        body = seq[:m]
+        texts.append(tok.decode(body[:-1] if body and body[-1] in eos else body, skip_special_tokens=False))
+        lengths.append(m)
+    return texts, lengths
+
+
+def reward_weights(cfg):
+    return {"format": cfg.w_format, "answer": cfg.w_answer, "graph": cfg.w_graph, "length": cfg.w_length}
+
+
+def score(cfg, texts, lengths, rows, G):
+    """R_i and its named parts for N = B*G completions (row i // G for completion i)."""
+    totals, parts = [], []
+    for i, (text, n_tok) in enumerate(zip(texts, lengths)):
+        total, part = rewards.total_reward(text, n_tok, rows[i // G], reward_weights(cfg),
+                                           cfg.len_lo, cfg.len_hi, cfg.len_bonus)
+        totals.append(total)
+        parts.append(part)
+    return torch.tensor(totals), parts
+
+
+def sft_step(cfg, mdl, tok, rows, opt, device, dtype):
+    """One teacher-forced step: loss = -mean over completion tokens of log pi(reference token)."""
+    mdl.train()
+    inputs = prompt_batch(cfg, tok, mdl, rows, device, dtype)
+    ids, mask = completion_tensors(tok, [r["reasoning"] for r in rows], device)   # (B, T)
+    with autocast(device, dtype):
+        logp = grpo.token_logprobs(mdl, inputs, ids, mask)                          # (B, T)
+    loss = -(logp * mask).sum() / mask.sum()
+    check_finite(loss, "sft loss")
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable(mdl), cfg.grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return {"loss": loss.item(), "grad_norm": float(grad_norm), "tokens": int(mask.sum())}
+
+
+def rollout(cfg, mdl, tok, rows, device, dtype, generator):
+    """Sample G completions per prompt (no grad) and score them. Returns a dict for the update."""
+    eos, suppress = special_ids(tok)
+    inputs = prompt_batch(cfg, tok, mdl, rows, device, dtype)
+    mdl.eval()
+    t0 = time.time()
+    with torch.no_grad(), autocast(device, dtype):
+        ids, mask, sample_logp = grpo.sample(mdl, inputs, cfg.G, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                                             eos_ids=eos, suppress_ids=suppress, generator=generator)  # (N, T)
+    t1 = time.time()
+    texts, lengths = decode(tok, ids, mask)
+    reward, parts = score(cfg, texts, lengths, rows, cfg.G)                              # (N,)
+    adv = grpo.group_advantages(reward, cfg.G, scale=cfg.scale_adv)                      # (N,)
+    return {"inputs": inputs, "ids": ids, "mask": mask.float(), "old_logp": sample_logp.float(), "reward": reward,
+            "adv": adv.to(device), "parts": parts, "texts": texts, "lengths": lengths, "rows": rows,
+            "t_sample": t1 - t0, "t_score": time.time() - t1}
+
+
+def slice_rollout(ro, lo, hi, G):
+    """The prompts lo..hi-1 of a rollout and their completions (for gradient accumulation)."""
+    sub = {k: ro[k][lo * G:hi * G] for k in ("ids", "mask", "old_logp", "adv")}
+    return sub
+
+
+def grpo_update(cfg, mdl, ref_mdl, tok, ro, opt, device, dtype):
+    """mu epochs of the clipped GRPO loss over the rollout, accumulated over micro-batches of prompts."""
+    B, G = len(ro["rows"]), cfg.G
+    chunks = [(lo, min(B, lo + cfg.micro_batch)) for lo in range(0, B, cfg.micro_batch)]
+    n_tok_all = ro["mask"].sum()
+    stats_sum, n = {}, 0
+    for _ in range(cfg.mu):
+        mdl.train()
+        for lo, hi in chunks:
+            sub = slice_rollout(ro, lo, hi, G)
+            inputs = ro["inputs"] if (lo, hi) == (0, B) else prompt_batch(cfg, tok, mdl, ro["rows"][lo:hi], device, dtype)
+            ref_logp = None
+            if cfg.beta > 0:
+                with torch.no_grad(), autocast(device, dtype), reference(mdl, ref_mdl) as ref:
+                    ref_logp = grpo.token_logprobs(ref, inputs, sub["ids"], sub["mask"]).float()   # (n, T)
+            with autocast(device, dtype):
+                logp = grpo.token_logprobs(mdl, inputs, sub["ids"], sub["mask"]).float()          # (n, T)
+            loss, stats = grpo.policy_loss(logp, sub["old_logp"] if cfg.mu > 1 else None, ref_logp, sub["adv"],
+                                           sub["mask"], cfg.clip_eps, cfg.clip_eps_high, cfg.beta, cfg.agg,
+                                           const_len=cfg.max_new_tokens)
+            # weight of this chunk in the batch aggregate: sequences for seq/const, tokens for token
+            share = sub["mask"].sum() / n_tok_all if cfg.agg == "token" else (hi - lo) / B
+            check_finite(loss, "GRPO loss")
+            (loss * share).backward()
+            for k, v in stats.items():
+                stats_sum[k] = stats_sum.get(k, 0.0) + v
+            n += 1
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable(mdl), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    out = {k: v / n for k, v in stats_sum.items()}
+    out["grad_norm"] = float(grad_norm)
+    return out
+
+
+def reference(mdl, ref_mdl):
+    """Context giving the reference policy: a frozen copy (full fine-tuning) or the model with adapters off."""
+    return contextlib.nullcontext(ref_mdl) if ref_mdl is not None else _adapters_off(mdl)
+
+
+@contextlib.contextmanager
+def _adapters_off(mdl):
+    with qwen.lora_disabled(mdl):
+        yield mdl
+
+
+def autocast(device, dtype):
+    """bf16 autocast on CUDA; a no-op in fp32."""
+    if dtype == torch.bfloat16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def trainable(mdl):
+    return [p for p in mdl.parameters() if p.requires_grad]
+
+
+def check_finite(loss, what):
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{what} is {loss.item()}: stopping; the last checkpoint is intact "
+                                 f"(lower --lr or --sft_lr, or check the data), resume with --resume")
+
+
+def evaluate(cfg, mdl, tok, rows, device, dtype, batch=16):
+    """Greedy completions (temperature 0) on held-out rows; one dict of reward parts per row."""
+    eos, suppress = special_ids(tok)
+    mdl.eval()
+    results = []
+    for lo in range(0, len(rows), batch):
+        chunk = rows[lo:lo + batch]
+        inputs = prompt_batch(cfg, tok, mdl, chunk, device, dtype)
+        with torch.no_grad(), autocast(device, dtype):
+            ids, mask, _ = grpo.sample(mdl, inputs, 1, cfg.max_new_tokens, temperature=0.0,
+                                       eos_ids=eos, suppress_ids=suppress)                  # (b, T)
+        texts, lengths = decode(tok, ids, mask)
+        _, parts = score(cfg, texts, lengths, chunk, 1)
+        for row, part, text, n_tok in zip(chunk, parts, texts, lengths):
+            results.append({**part, "task": row["task"], "answer_type": row["answer_type"], "tokens": n_tok,
+                            "text": text})
+    return results
+
+
+def summarize(results):
+    """Means of the held-out parts, answer reward per answer type (mc accuracy, num MRA, iou IoU)."""
+    out = {k: float(np.mean([r[k] for r in results])) for k in ("answer", "graph", "graph_node", "graph_edge",
+                                                                 "format", "tokens")}
+    for kind in ("mc", "num", "iou"):
+        vals = [r["answer"] for r in results if r["answer_type"] == kind]
+        if vals:
+            out[f"answer_{kind}"] = float(np.mean(vals))
+    return out
+
+
+def bootstrap_ci(values, n_boot=2000, seed=0):
+    """95 % percentile bootstrap interval of the mean of `values` (resampling questions)."""
+    v = np.asarray(values, dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(v), size=(n_boot, len(v)))
+    means = v[idx].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def blind_baseline(train_rows, test_rows):
+    """Answers without the video: the majority letter (mc), the training mean (num) or mean interval (iou) per
+    task. Scored like the model, this is the bar the warm-up must clear to show it uses the video."""
+    results = []
+    for row in test_rows:
+        same = [r["answer"] for r in train_rows if r["task"] == row["task"]]
+        if row["answer_type"] == "mc":
+            guess = max(set(same), key=same.count) if same else "A"
+        elif row["answer_type"] == "num":
+            guess = f"{np.mean(same):.2f}" if same else "0"
+        else:
+            guess = "[" + ", ".join(f"{x:.2f}" for x in np.mean(same, axis=0)) + "]" if same else "[0, 0]"
+        results.append({"answer": rewards.answer_reward(guess, row["answer"], row["answer_type"]),
+                        "answer_type": row["answer_type"]})
+    return results
+
+
+def metric_values(results, key):
+    """Per-question values of one metric: a reward part, or "answer_mc" = R_ans of the mc questions only."""
+    if key.startswith("answer_"):
+        return [r["answer"] for r in results if r["answer_type"] == key[len("answer_"):]]
+    return [r[key] for r in results if key in r]
+
+
+def mean_ci(values, signed=False):
+    if not values:
+        return "-"
+    lo, hi = bootstrap_ci(values)
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(np.mean(values))} [{f.format(lo)}, {f.format(hi)}]"
+
+
+def comparison_table(columns, keys=("answer", "answer_mc", "answer_num", "answer_iou", "graph", "format")):
+    """Markdown table, one column per model state: mean [95 % bootstrap CI] over the same held-out questions.
+    The last column is the paired difference of the last two states, with its own interval."""
+    names = list(columns)
+    lines = ["| held-out metric | " + " | ".join(names) + f" | {names[-1]} - {names[-2]} |",
+             "|---" * (len(names) + 2) + "|"]
+    for key in keys:
+        before, after = metric_values(columns[names[-2]], key), metric_values(columns[names[-1]], key)
+        diff = [y - x for x, y in zip(before, after)] if len(before) == len(after) else []
+        lines.append(f"| {key} | " + " | ".join(mean_ci(metric_values(columns[n], key)) for n in names)
+                     + f" | {mean_ci(diff, signed=True)} |")
+    return "\n".join(lines)
+
+
+def save_checkpoint(run_dir, step, mdl, opt, keep):
+    """ckpt-STEP/: trainable weights (safetensors), optimizer, RNG; written to a temporary folder and renamed
+    into place, so a kill at any moment leaves the previous checkpoint intact. The last `keep` are kept."""
+    from safetensors.torch import save_file
+    final = os.path.join(run_dir, f"ckpt-{step:07d}")
+    tmp = os.path.join(run_dir, f".tmp-ckpt-{step:07d}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    save_file({n: p.detach().to("cpu").contiguous() for n, p in mdl.named_parameters() if p.requires_grad},
+              os.path.join(tmp, "trainable.safetensors"))
+    torch.save({"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "step": step},
+               os.path.join(tmp, "state.pt"))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in sorted(d for d in os.listdir(run_dir) if d.startswith("ckpt-"))[:-keep]:
+        shutil.rmtree(os.path.join(run_dir, old))
+
+
+def latest_checkpoint(run_dir):
+    found = sorted(d for d in os.listdir(run_dir) if d.startswith("ckpt-")) if os.path.isdir(run_dir) else []
+    return os.path.join(run_dir, found[-1]) if found else None
+
+
+def restore_checkpoint(path, mdl, opt):
+    """Weights, optimizer and RNG from ckpt-STEP/ (weights_only loading); returns the step to continue from."""
+    from safetensors.torch import load_file
+    weights = load_file(os.path.join(path, "trainable.safetensors"))
+    own = {n for n, p in mdl.named_parameters() if p.requires_grad}
+    if set(weights) != own:
+        raise RuntimeError(f"{path}: its weights do not match this model's trainable parameters "
+                           f"({len(set(weights) ^ own)} names differ); was it made with other --lora_rank / "
+                           f"--freeze_vision settings?")
+    mdl.load_state_dict(weights, strict=False)
+    state = torch.load(os.path.join(path, "state.pt"), weights_only=True)
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"])
+
+
+def export(mdl, tok, path):
+    """A plain Hugging Face folder (LoRA merged) that model.load / eval.py read; written atomically."""
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    qwen.merge_lora(mdl)
+    mdl.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def log(run_dir, record, line):
+    """One print line per step and the same numbers appended to metrics.jsonl."""
+    print(line, flush=True)
+    with open(os.path.join(run_dir, "metrics.jsonl"), "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def plot_curves(run_dir):
+    """curves.png from metrics.jsonl: training reward parts, held-out rewards, KL / clip, completion length."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
+        recs = [json.loads(line) for line in fh if line.strip()]
+    grpo_recs = [r for r in recs if r["phase"] == "grpo"]
+    evals = [r for r in recs if r["phase"] == "eval"]
+    sft = [r for r in recs if r["phase"] == "sft"]
+    fig, ax = plt.subplots(2, 2, figsize=(12, 8))
+    for key in ("reward", "r_format", "r_answer", "r_graph", "r_length"):
+        ax[0, 0].plot([r["step"] for r in grpo_recs], [r[key] for r in grpo_recs], label=key)
+    ax[0, 0].set_title("GRPO: training reward and its parts (mean of N samples)")
+    for key in ("answer", "graph", "format"):
+        ax[0, 1].plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=f"held-out {key}")
+    if sft:
+        ax[0, 1].axvline(sft[-1]["step"], color="gray", ls=":", label="end of warm-up")
+    ax[0, 1].set_title("held-out (greedy) rewards")
+    ax[1, 0].plot([r["step"] for r in grpo_recs], [r["kl"] for r in grpo_recs], label="KL (k3)")
+    ax[1, 0].plot([r["step"] for r in grpo_recs], [r["clip_frac"] for r in grpo_recs], label="clip fraction")
+    ax[1, 0].plot([r["step"] for r in grpo_recs], [r["zero_var"] for r in grpo_recs], label="zero-variance groups")
+    ax[1, 0].set_title("GRPO diagnostics")
+    ax[1, 1].plot([r["step"] for r in grpo_recs], [r["length"] for r in grpo_recs], label="completion tokens")
+    ax[1, 1].plot([r["step"] for r in sft], [r["loss"] * 10 for r in sft], label="warm-up loss x10", alpha=0.6)
+    ax[1, 1].set_title("length (GRPO) and warm-up loss")
+    for a in ax.flat:
+        a.set_xlabel("step")
+        a.legend(fontsize=8)
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(run_dir, "curves.png"), dpi=90)
+    plt.close(fig)
+
+
+def load_policy(cfg, path, device, dtype):
+    """The policy (LoRA added when lora_rank > 0) and its tokenizer, from a local checkpoint folder."""
+    mdl, tok = qwen.load(path, dtype=dtype, device=device)
+    if cfg.freeze_vision:
+        qwen.freeze_vision(mdl)
+    if cfg.lora_rank > 0:
+        qwen.add_lora(mdl, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
+    if cfg.grad_ckpt:
+        qwen.set_checkpointing(mdl, True)
+    return mdl, tok
+
+
+def optimizer(mdl, lr, cfg):
+    return torch.optim.AdamW(trainable(mdl), lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+
+
+def held_out(cfg, mdl, tok, rows, run_dir, step, device, dtype, tag):
+    """Quick held-out evaluation, printed and logged with phase "eval"."""
+    t0 = time.time()
+    summary = summarize(evaluate(cfg, mdl, tok, rows, device, dtype))
+    log(run_dir, {"phase": "eval", "step": step, "tag": tag, **summary},
+        f"eval {tag:>10s} step {step:5d} | answer {summary['answer']:.3f} graph {summary['graph']:.3f} "
+        f"format {summary['format']:.3f} | " + " ".join(f"{k} {v:.3f}" for k, v in summary.items()
+                                                         if k.startswith("answer_")) + f" | {time.time() - t0:.0f}s")
+
+
+def run_warmup(cfg, run_dir, train_rows, val_rows, step, device, dtype):
+    """Supervised warm-up on the reference reasoning, steps [step, sft_steps); exports runs/NAME/warmup."""
+    mdl, tok = load_policy(cfg, cfg.model, device, dtype)
+    opt = optimizer(mdl, cfg.sft_lr, cfg)
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt:
+        step = restore_checkpoint(ckpt, mdl, opt)
+    usable = [r for r in train_rows if r.get("reasoning")]
+    if not usable:
+        raise SystemExit("the warm-up needs rows with a reference `reasoning`; use --sft_steps 0 for data without")
+    while step < cfg.sft_steps:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg.sft_steps, cfg.sft_lr, cfg.warmup)
+        t0 = time.time()
+        out = sft_step(cfg, mdl, tok, [usable[i] for i in batch_indices(len(usable), step, cfg.sft_batch, cfg.seed)],
+                       opt, device, dtype)
+        step += 1
+        dt = time.time() - t0
+        log(run_dir, {"phase": "sft", "step": step, "lr": opt.param_groups[0]["lr"], "seconds": dt, **out},
+            f"sft  step {step:5d}/{cfg.sft_steps} loss {out['loss']:.4f} grad {out['grad_norm']:.2f} "
+            f"lr {opt.param_groups[0]['lr']:.1e} | {dt:.2f}s {out['tokens'] / dt:.0f} tok/s")
+        if step % cfg.ckpt_every == 0 or step == cfg.sft_steps:
+            save_checkpoint(run_dir, step, mdl, opt, cfg.keep_ckpts)
+        if step % cfg.eval_every == 0 and step < cfg.sft_steps:
+            held_out(cfg, mdl, tok, val_rows, run_dir, step, device, dtype, "warm-up")
+            plot_curves(run_dir)
+    export(mdl, tok, os.path.join(run_dir, "warmup"))
+    return step
+
+
+def run_grpo(cfg, run_dir, train_rows, val_rows, step, device, dtype):
+    """GRPO steps [step, sft_steps + grpo_steps) from the warm-up policy; exports runs/NAME/final."""
+    start = os.path.join(run_dir, "warmup") if cfg.sft_steps > 0 else cfg.model
+    mdl, tok = load_policy(cfg, start, device, dtype)
+    ref_mdl = None
+    if cfg.beta > 0 and cfg.lora_rank == 0:       # full fine-tuning: the reference is a frozen copy
+        ref_mdl = copy.deepcopy(mdl).eval().requires_grad_(False)
+    opt = optimizer(mdl, cfg.lr, cfg)
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt and int(ckpt.rsplit("-", 1)[1]) > cfg.sft_steps:
+        step = restore_checkpoint(ckpt, mdl, opt)
+    total = cfg.sft_steps + cfg.grpo_steps
+    while step < total:
+        k = step - cfg.sft_steps                   # GRPO step index
+        for group in opt.param_groups:
+            group["lr"] = lr_at(k, cfg.grpo_steps, cfg.lr, cfg.warmup)
+        rows = [train_rows[i] for i in batch_indices(len(train_rows), k, cfg.batch, cfg.seed + 1)]
+        generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + step)
+        ro = rollout(cfg, mdl, tok, rows, device, dtype, generator)
+        t0 = time.time()
+        stats = grpo_update(cfg, mdl, ref_mdl, tok, ro, opt, device, dtype)
+        t_update = time.time() - t0
+        step += 1
+        log_grpo_step(cfg, run_dir, step, ro, stats, t_update, opt.param_groups[0]["lr"])
+        if (k + 1) % cfg.sample_every == 0 or k == 0:
+            write_samples(run_dir, step, ro)
+        if step % cfg.ckpt_every == 0 or step == total:
+            save_checkpoint(run_dir, step, mdl, opt, cfg.keep_ckpts)
+        if step % cfg.eval_every == 0 and step < total:
+            held_out(cfg, mdl, tok, val_rows, run_dir, step, device, dtype, "grpo")
+        if (k + 1) % cfg.plot_every == 0:
+            plot_curves(run_dir)
+    export(mdl, tok, os.path.join(run_dir, "final"))
+    return step
+
+
+def log_grpo_step(cfg, run_dir, step, ro, stats, t_update, lr):
+    """The per-step line: reward and parts, accuracy by answer type, KL, clipping, length, zero-variance groups,
+    seconds per stage and sampling throughput."""
+    parts, G = ro["parts"], cfg.G
+    mean = {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
+    acc = {f"acc_{t}": float(np.mean([p["answer"] for i, p in enumerate(parts) if ro["rows"][i // G]["answer_type"] == t]))
+           for t in ("mc", "num", "iou") if any(r["answer_type"] == t for r in ro["rows"])}
+    zero_var = float((ro["reward"].view(-1, G).std(dim=1) < 1e-6).float().mean())
+    n_tok = int(ro["mask"].sum())
+    rec = {"phase": "grpo", "step": step, "reward": float(ro["reward"].mean()),
+           **{f"r_{k}": v for k, v in mean.items()}, **acc, **stats, "length": n_tok / len(parts),
+           "zero_var": zero_var, "t_sample": ro["t_sample"], "t_score": ro["t_score"], "t_update": t_update,
+           "tok_per_s": n_tok / max(ro["t_sample"], 1e-9), "lr": lr}
+    log(run_dir, rec,
+        f"grpo step {step:5d} | R {rec['reward']:.3f} (fmt {mean['format']:.2f} ans {mean['answer']:.2f} "
+        f"graph {mean['graph']:.2f} len {mean['length']:.2f}) | " + " ".join(f"{k} {v:.2f}" for k, v in acc.items())
+        + f" | kl {stats['kl']:.4f} clip {stats['clip_frac']:.3f} tokens {rec['length']:.0f} zero_var {zero_var:.2f}"
+        f" | s sample {ro['t_sample']:.1f} score {ro['t_score']:.2f} update {t_update:.1f} "
+        f"| {rec['tok_per_s']:.0f} tok/s")
+
+
+def write_samples(run_dir, step, ro, n=4):
+    """A few completions with their rewards, to read (samples.jsonl)."""
+    with open(os.path.join(run_dir, "samples.jsonl"), "a") as fh:
+        for i in range(min(n, len(ro["texts"]))):
+            row = ro["rows"][i // (len(ro["texts"]) // len(ro["rows"]))]
+            fh.write(json.dumps({"step": step, "question": row["question"], "answer": row["answer"],
+                                 "completion": ro["texts"][i], "reward": float(ro["reward"][i]),
+                                 "parts": ro["parts"][i], "advantage": float(ro["adv"][i])}) + "\n")
+
+
+def final_report(cfg, run_dir, train_rows, test_rows, device, dtype):
+    """The before/after table on the test split: blind baseline, after warm-up, after GRPO (results.md)."""
+    columns = {"blind": blind_baseline(train_rows, test_rows)}
+    states = [("after warm-up", os.path.join(run_dir, "warmup") if cfg.sft_steps > 0 else cfg.model),
+              ("after GRPO", os.path.join(run_dir, "final"))]
+    for tag, path in states:
+        if not os.path.isdir(path):
+            continue
+        cache = os.path.join(run_dir, f"test_{tag.split()[-1].lower()}.json")
+        if not os.path.exists(cache):
+            mdl, tok = qwen.load(path, dtype=dtype, device=device)
+            with open(cache, "w") as fh:
+                json.dump(evaluate(cfg, mdl, tok, test_rows, device, dtype), fh)
+        with open(cache) as fh:
+            columns[tag] = json.load(fh)
+    table = comparison_table(columns)
+    header = f"test split: {len(test_rows)} questions, seed {cfg.seed}, {time.strftime('%Y-%m-%d')}"
+    with open(os.path.join(run_dir, "results.md"), "w") as fh:
+        fh.write(header + "\n\n" + table + "\n")
+    print("\n" + header + "\n" + table)
+    plot_curves(run_dir)
+
+
+def main(argv=None):
+    cfg = parse_config(argv)
+    torch.set_num_threads(cfg.threads)
+    transformers.utils.logging.disable_progress_bar()
+    device, dtype = pick_device(cfg)
+    run_dir = os.path.join(cfg.out, cfg.name)
+    if os.path.isdir(run_dir) and os.listdir(run_dir) and not cfg.resume:
+        raise SystemExit(f"{run_dir} exists: --resume continues it, --name OTHER starts a new run")
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "config.json"), "w") as fh:
+        json.dump(dataclasses.asdict(cfg), fh, indent=1)
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    ensure_data(cfg)
+    train_rows, val_rows, test_rows = (load_split(cfg, s) for s in ("train", "val", "test"))
+    ensure_model(cfg, train_rows)
+    print(f"run {run_dir} | {device} {dtype} | {len(train_rows)} train / {len(val_rows)} val / "
+          f"{len(test_rows)} test rows | config in {run_dir}/config.json")
+    ckpt = latest_checkpoint(run_dir)
+    step = int(ckpt.rsplit("-", 1)[1]) if ckpt else 0
+    total = cfg.sft_steps + cfg.grpo_steps
+    val_rows, test_rows = val_rows[:cfg.eval_n], test_rows[:cfg.test_n]
+    if cfg.sft_steps > 0 and (step < cfg.sft_steps or not os.path.isdir(os.path.join(run_dir, "warmup"))):
+        step = run_warmup(cfg, run_dir, train_rows, val_rows, step, device, dtype)
+    if cfg.grpo_steps > 0 and (step < total or not os.path.isdir(os.path.join(run_dir, "final"))):
+        step = run_grpo(cfg, run_dir, train_rows, val_rows, step, device, dtype)
+    final_report(cfg, run_dir, train_rows, test_rows, device, dtype)
+    print(f"done: {step} steps in {(time.time() - t0) / 60:.1f} min; outputs in {run_dir}/")
+
+
+if __name__ == "__main__":
+    main()
