@@ -336,7 +336,31 @@ def camera_pose(scene, t):
     right = np.array([math.cos(psi), -math.sin(psi), 0.0])
     down = np.cross(fwd, right)
     c = np.array([cam["pos"][0] + cam["vel"][0] * t, cam["pos"][1] + cam["vel"][1] * t, cam["height"]])
-    return np.stack([right, down, fwd]), c
+    R = np.stack([right, down, fwd])
+    return offset_pose(R, c, cam["offset"]) if cam.get("offset") else (R, c)
+
+
+def rz(phi):
+    """World rotation about the vertical Z axis by phi radians."""
+    c, s = math.cos(phi), math.sin(phi)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def offset_pose(R, c, offset):
+    """(R', c') of a camera pose turned by offset = {"axis", "deg", "pivot"} (eval.py's rotation stress test):
+    yaw   R' = R Rz(phi), c' = c                         (turn about the vertical through the camera centre)
+    roll  R' = Rroll(phi) R, c' = c                      (turn about the optical axis: objects stay in view)
+    orbit R' = R Rz(phi), c' = p + Rz(-phi)(c - p)       (carry the camera round pivot p: d_ij kept, a_ij not)"""
+    phi = math.radians(offset["deg"])
+    if offset["axis"] == "yaw":
+        return R @ rz(phi), c
+    if offset["axis"] == "roll":
+        cs, sn = math.cos(phi), math.sin(phi)
+        return np.array([[cs, sn, 0.0], [-sn, cs, 0.0], [0.0, 0.0, 1.0]]) @ R, c
+    if offset["axis"] == "orbit":
+        p = np.asarray(offset["pivot"], dtype=np.float64)
+        return R @ rz(phi), p + rz(-phi) @ (c - p)
+    raise ValueError(f"rotation axis must be yaw, roll or orbit, got {offset['axis']!r}")
 
 
 def to_camera(scene, p, t):

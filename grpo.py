@@ -112,8 +112,9 @@ def policy_loss(logp, old_logp, ref_logp, adv, mask, clip_eps=0.2, clip_eps_high
             "kl": float((kl * m).sum() / n_tok) if kl is not None else 0.0,
             "clip_frac": float((clipped.to(m.dtype) * m).sum() / n_tok),
             "ratio_mean": float((ratio * m).sum() / n_tok),
-            "entropy": float((entropy * m).sum() / n_tok) if entropy is not None else float("nan"),
         }
+        if entropy is not None:
+            stats["entropy"] = float((entropy * m).sum() / n_tok)
     return loss, stats
 
 

@@ -294,15 +294,14 @@ def rope_positions(config, input_ids, mm_token_type_ids, attention_mask, video_g
 
 
 GRAPH_INSTRUCTION = (
-    "Think inside <think> </think>. While thinking, write the objects of {frames} as graph blocks "
-    "<graph t=FRAME> name (x,y,z); ... | a-b d=DIST a=ANGLE; ... </graph> with centres in metres in the camera "
-    "frame (x right, y down, z forward), distances in metres and angles in degrees. ")
+    "Think in <think> </think>, first writing for {frames} a graph <graph t=FRAME> name (x,y,z); ... | "
+    "name-name d=DIST a=ANGLE; ... </graph> (centres in metres in the camera frame: x right, y down, z forward; "
+    "d in metres, a in degrees). ")
 ANSWER_INSTRUCTION = {
-    "mc": "Then give only the option's letter inside <answer> </answer>, e.g. <answer>B</answer>.",
-    "num": "Then give only a number inside <answer> </answer>, e.g. <answer>2.4</answer>.",
-    "iou": "Then give the time interval in seconds as [start, end] inside <answer> </answer>, "
-           "e.g. <answer>[1.0, 2.5]</answer>.",
-    "box": "Then give the box as [x1, y1, x2, y2] inside <answer> </answer>, e.g. <answer>[10, 20, 50, 80]</answer>.",
+    "mc": "Then answer in <answer> </answer> with only the option's letter.",
+    "num": "Then answer in <answer> </answer> with only a number.",
+    "iou": "Then answer in <answer> </answer> with only [start, end] in seconds.",
+    "box": "Then answer in <answer> </answer> with only [x1, y1, x2, y2].",
 }
 
 
@@ -322,7 +321,7 @@ def build_prompt(row):
         letters = "ABCDEFGHIJ"
         text += "\n" + "\n".join(f"({letters[i]}) {opt}" for i, opt in enumerate(row["options"]))
     frames = [g["frame"] for g in row.get("graphs") or []]     # the key frames the graph reward checks
-    which = "frames " + ", ".join(f"t={f}" for f in frames) if frames else "key frames"
+    which = "frames " + ", ".join(f"t={f}" for f in frames) if frames else "a few key frames"
     text += "\n" + GRAPH_INSTRUCTION.format(frames=which) + ANSWER_INSTRUCTION[kind]
     return (f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
             f"<|vision_start|>{VIDEO_PAD}<|vision_end|>{text}<|im_end|>\n<|im_start|>assistant\n")
@@ -355,6 +354,30 @@ def make_inputs(tokenizer, config, rows, videos, min_pixels=TINY_MIN_PIXELS, max
     return {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": mm_token_type_ids,
             "pixel_values_videos": torch.cat(pixels), "video_grid_thw": torch.cat(grids),
             "second_per_grid_ts": torch.cat(spgs)}
+
+
+def to_device(inputs, device, dtype):
+    """make_inputs' tensors on the model's device; floating ones (pixels, seconds per grid) in its dtype."""
+    return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in inputs.items()}
+
+
+def special_ids(tokenizer):
+    """(eos ids, ids never sampled): <|im_end|> / <|endoftext|> end a turn; the vision placeholders must never be
+    generated (a random tiny model does sample them, and re-scoring such a sequence breaks)."""
+    vocab = tokenizer.get_vocab()
+    eos = [vocab[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab]
+    return eos, [vocab[t] for t in VISION_TOKENS if t in vocab]
+
+
+def decode_completions(tokenizer, ids, mask):
+    """Completion ids (N, T) / mask (N, T) -> (texts without the closing EOS, token counts with it)."""
+    eos, _ = special_ids(tokenizer)
+    texts, lengths = [], []
+    for seq, n in zip(ids.tolist(), mask.sum(1).long().tolist()):
+        body = seq[:n]
+        texts.append(tokenizer.decode(body[:-1] if body and body[-1] in eos else body, skip_special_tokens=False))
+        lengths.append(n)
+    return texts, lengths
 
 
 def demo_texts():

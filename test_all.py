@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 import data
+import eval as ev
 import graph
 import grpo
 import model as M
@@ -1036,6 +1037,303 @@ def test_memory_estimate_7b():
     assert full["total_ckpt"] > 80 > lora["total_ckpt"]
     assert lora["reference"] == 0 and full["reference"] == full["weights"]
     assert full["activations_ckpt"] < full["activations_no_ckpt"]
+
+
+# ---------------------------------------------------------------------------- eval.py
+
+def _write_tiny_video(path, n=4, size=32, fps=4):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    frames = np.stack([np.full((size, size, 3), (40 * k) % 256, dtype=np.uint8) for k in range(n)])
+    data.write_video(path, frames, fps=fps)
+
+
+# ---------------------------------------------------------------------------- metrics by hand
+
+def test_mc_vsi_rule():
+    # first token, lower-cased, trailing '.' removed, exact match
+    for pred, want in (("B", 1), ("b.", 1), ("B chair", 1), ("B.\nbecause", 1), ("(B)", 0), ("", 0), ("A", 0),
+                       ("BA", 0), (None, 0)):
+        assert ev.mc_accuracy(pred, "B") == want, pred
+    row = {"answer_type": "mc", "answer": "B"}
+    assert ev.score_completion("<think>x</think><answer>B.</answer>", row)["score"] == 1.0
+    assert ev.score_completion("B", row)["score"] == 1.0                  # no tags: the whole text is read
+    assert ev.score_completion("B", row)["format"] == 0.0
+    # the training reward is stricter: 'B chair' scores 0 there, 1 here
+    s = ev.score_completion("<answer>B chair</answer>", row)
+    assert s["score"] == 1.0 and s["train_reward"] == 0.0
+
+
+def test_mra_first_token():
+    # 2.2 vs 2.0: relative error 0.1 <= 1 - theta for theta 0.50..0.90 -> 9 of 10
+    assert close(ev.number_mra("2.2", 2.0), 0.9)
+    # 2.5 vs 2.0: 0.25 <= 1 - theta for theta 0.50..0.75 -> 6 of 10
+    assert close(ev.number_mra("2.5", 2.0), 0.6)
+    assert close(ev.number_mra("3.0 m", 3.0), 1.0)                      # first token read
+    assert close(ev.number_mra("4.", 4.0), 1.0)                         # trailing '.' removed
+    assert close(ev.number_mra("7", 2.0), 0.0)                          # 250 % off
+    for bad in ("3m", "about 3", "nan", "inf", "", "1e999", None):    # unparseable or non-finite -> 0
+        assert ev.number_mra(bad, 3.0) == 0.0, bad
+
+
+def test_tiou_and_recall_at_k():
+    m = ev.interval_metrics("[2.0, 3.0]", [2.0, 4.0])                   # 1 / 2
+    assert close(m["tIoU"], 0.5) and m["R@0.3"] == 1 and m["R@0.5"] == 1 and m["R@0.7"] == 0
+    m = ev.interval_metrics("[1, 3]", [2, 4])                           # overlap 1, union 3 -> 1/3
+    assert close(m["tIoU"], 1 / 3) and m["R@0.3"] == 1 and m["R@0.5"] == 0
+    assert ev.interval_metrics("[5, 6]", [2, 4])["tIoU"] == 0.0
+    assert ev.interval_metrics("soon", [2, 4])["tIoU"] == 0.0
+    assert ev.interval_metrics("[1, 2, 3, 4]", [2, 4])["tIoU"] == 0.0   # a box is not an interval
+    row = {"answer_type": "iou", "answer": [2.0, 4.0]}
+    s = ev.score_completion("<answer>[2.0, 4.0]</answer>", row)
+    assert s["score"] == 1.0 and s["R@0.7"] == 1.0
+
+
+def test_box_iou_and_viou():
+    assert close(ev.score_completion("<answer>[0, 0, 10, 10]</answer>",
+                                     {"answer_type": "iou", "answer": [0, 0, 10, 20]})["score"], 0.5)
+    gt = [{"frame": 3, "box": [0, 0, 10, 10]}, {"frame": 6, "box": [10, 10, 20, 20]}]
+    # frame 3 exact (1), frame 6 [10,10,20,30] vs [10,10,20,20]: 100 / 200 -> mean 0.75
+    assert close(ev.viou("3: [0, 0, 10, 10]; 6: [10, 10, 20, 30]", gt), 0.75)
+    assert close(ev.viou("3: [0, 0, 10, 10]", gt), 0.5)                 # frame 6 not predicted -> 0
+    assert close(ev.viou("3: [0,0,10,10]\n6: [10,10,20,20]\n9: [0,0,1,1]", gt), 1.0)  # extra frames ignored
+    assert close(ev.viou("[0, 0, 10, 10]", gt), 0.5)                    # a bare box is used for every frame
+    assert ev.viou("nothing", gt) == 0.0 and ev.viou("3: [0, 0, 10]", gt) == 0.0
+    assert ev.parse_frame_boxes("3: [1, 2, 3, 4]; 3: [5, 6, 7, 8]") == {3: [1.0, 2.0, 3.0, 4.0]}  # first wins
+
+
+def test_graph_rewards_where_rows_have_graphs():
+    g = graph.Graph(0, [graph.Node("red cube", (1.2, 0.4, 5.1)), graph.Node("blue ball", (-0.8, 0.4, 6.0))])
+    row = {"answer_type": "mc", "answer": "B", "graphs": [g.to_dict()]}
+    s = ev.score_completion(f"<think>{graph.to_text(g)}</think><answer>B</answer>", row)
+    assert s["node"] == 1.0 and s["edge"] > 0.95 and s["format"] == 1.0
+    s = ev.score_completion(f"<think>x</think><answer>B {graph.to_text(g)}</answer>", row)
+    assert s["node"] == 0.0                                             # a graph in the answer earns nothing
+    assert "node" not in ev.score_completion("B", {"answer_type": "mc", "answer": "B"})
+
+
+# ---------------------------------------------------------------------------- aggregates
+
+def test_bootstrap_interval():
+    rng = np.random.default_rng(1)
+    x = rng.random(50)
+    lo, hi = ev.bootstrap_mean_ci(x, seed=3)
+    assert lo < x.mean() < hi and hi - lo < 0.4
+    assert (lo, hi) == ev.bootstrap_mean_ci(x, seed=3)                  # deterministic for a seed
+    assert (lo, hi) != ev.bootstrap_mean_ci(x, seed=4)
+    assert ev.bootstrap_mean_ci([0.7] * 9) == (0.7, 0.7)                # no spread, no interval
+    lo, hi = ev.bootstrap_task_mean_ci({"a": x[:20], "b": x[20:]}, seed=3)
+    assert lo < ev.unweighted_task_mean({"a": x[:20].mean(), "b": x[20:].mean()}) < hi
+
+
+def test_unweighted_task_mean_vs_question_mean():
+    # task a: 4 questions all right, task b: 1 question wrong
+    rows = [{"task": "a", "answer_type": "mc"}] * 4 + [{"task": "b", "answer_type": "num"}]
+    scored = [{"score": 1.0, "format": 1.0}] * 4 + [{"score": 0.0, "format": 0.0}]
+    s = ev.summarize(rows, scored, n_boot=100)
+    assert close(s["overall_task"]["mean"], 0.5)                       # (1 + 0) / 2, _VSI_ROW-Bench
+    assert close(s["overall_q"]["mean"], 0.8)                          # 4 / 5, _STI_ROW-Bench
+    assert s["tasks"]["a"]["n"] == 4 and close(s["answer_types"]["num"]["mean"], 0.0)
+    assert close(s["metrics"]["format"]["mean"], 0.8)
+    # _VSI_ROW-Bench averages rel_direction easy/medium/hard into one task first: (mean(1, 0) + 1) / 2
+    assert close(ev.unweighted_task_mean({"dir_easy": 1.0, "dir_hard": 0.0, "count": 1.0}), 0.75)
+    table = ev.markdown_table({"m1": s, "m2": s})
+    assert "| overall: unweighted task mean (VSI) | 5 | 50.0 [" in table and "\n|---|---|---|---|\n" in table
+
+
+def test_report_writes_table_json_and_chart():
+    rows = [{"task": "a", "answer_type": "mc"}, {"task": "b", "answer_type": "mc"}]
+    s = ev.summarize(rows, [{"score": 1.0, "format": 1.0}, {"score": 0.0, "format": 1.0}], n_boot=50)
+    with tempfile.TemporaryDirectory() as d:
+        ev.report({"x": s, "y": s}, {"data": "f"}, d, dumps=[{"id": 1}])
+        saved = json.load(open(os.path.join(d, "results.json")))
+        assert saved["models"]["x"]["overall_task"]["mean"] == 0.5
+        assert os.path.getsize(os.path.join(d, "results.png")) > 1000
+        assert os.path.isfile(os.path.join(d, "dump.jsonl"))
+    assert ev.model_names(["runs/a/final", "runs/b/final", "c/big/"]) == ["a/final", "b/final", "big"]
+    assert ev.model_names(["x/tiny", "x/tiny"]) == ["tiny#1", "tiny#2"]
+
+
+# ---------------------------------------------------------------------------- adapters
+
+_VSI_ROW = [{"id": 7, "dataset": "scannet", "scene_name": "scene0011_00", "question_type": "object_rel_distance",
+        "question": "Which is closer to the sofa?", "options": ["A. chair", "B. table", "C. lamp", "D. bed"],
+        "ground_truth": "C"},
+       {"id": 8, "dataset": "arkitscenes", "scene_name": "41069025", "question_type": "object_abs_distance",
+        "question": "How far is the bed from the door (m)?", "options": None, "ground_truth": "2.3"}]
+_STI_ROW = {"Video": "videos/clip1.mp4", "ID": 12, "Candidates": json.dumps({"A": "1 m", "B": "2 m", "C": "3 m",
+       "D": "4 m", "E": "5 m"}), "time_start": 1.5, "time_end": 4.0, "Question": "How far did the car move?",
+       "Answer": "D", "Task": "Displacement & Path Length", "Scene": "outdoor"}
+_VSTAR_ROW = {"vid": "abc", "domain": "sports", "fps": 30.0, "width": 640, "height": 360, "frame_count": 300,
+         "question": "What is the man holding?", "answer": "a bat", "temporal_question": "When does he swing?",
+         "timestamps": [2.0, 5.5], "spatial_question": "Where is the bat?",
+         "bboxes": [{"timestamp": 2.0, "frame_index": 60, "xmin": 10, "ymin": 20, "xmax": 50, "ymax": 80},
+                    {"timestamp": 3.0, "frame_index": 90, "xmin": 12, "ymin": 22, "xmax": 52, "ymax": 82}]}
+R1 = {"problem_id": 3, "problem": "What happens first?", "data_type": "video", "problem_type": "multiple choice",
+      "options": ["A. jump", "B. run", "C. sit", "D. swim"], "solution": "<answer>B</answer>",
+      "path": "./VideoMME/v1.mp4", "data_source": "VideoMME"}
+
+
+def test_vsibench_adapter():
+    a, b = (ev.from_vsibench(r, "/root", f"f row {k}") for k, r in enumerate(_VSI_ROW))
+    assert a["video"] == "/root/scannet/scene0011_00.mp4" and a["answer_type"] == "mc" and a["answer"] == "C"
+    assert a["options"] == ["chair", "table", "lamp", "bed"] and a["task"] == "object_rel_distance"
+    assert a["id"] == "vsi-7" and a["time_window"] is None
+    assert b["answer_type"] == "num" and b["answer"] == 2.3 and b["options"] is None
+    assert b["video"] == "/root/arkitscenes/41069025.mp4"
+
+
+def test_stibench_adapter():
+    r = ev.from_stibench(_STI_ROW, "/data", "f row 0")
+    assert r["video"] == "/data/videos/clip1.mp4" and r["time_window"] == [1.5, 4.0]
+    assert r["options"] == ["1 m", "2 m", "3 m", "4 m", "5 m"] and r["answer"] == "D" and r["answer_type"] == "mc"
+    assert r["task"] == "Displacement & Path Length" and r["id"] == "sti-12"
+    assert ev.from_stibench({**_STI_ROW, "Candidates": {"A": "x", "B": "y"}, "Answer": "b"}, "/d", "w")["answer"] == "B"
+
+
+def test_vstar_adapter_when_and_where():
+    when, where = ev.from_vstar(_VSTAR_ROW, "/v", "f row 5")
+    assert when["video"] == where["video"] == "/v/abc.mp4"
+    assert when["answer"] == [2.0, 5.5] and when["answer_type"] == "iou" and when["task"] == "when"
+    assert where["answer_type"] == "boxes" and where["task"] == "where"
+    assert where["answer"] == [{"frame": 60, "box": [10, 20, 50, 80]}, {"frame": 90, "box": [12, 22, 52, 82]}]
+    assert "60, 90" in where["question"] and "FRAME: [x1, y1, x2, y2]" in where["question"]
+    assert len(ev.from_vstar({**_VSTAR_ROW, "bboxes": []}, "/v", "w")) == 1   # no boxes -> only the when row
+    assert ev.score_completion("<answer>60: [10, 20, 50, 80]</answer>", where)["score"] == 0.5
+    assert ev.prompt_row(where)["answer_type"] == "iou"                 # asked as a box question
+
+
+def test_videor1_adapter():
+    r = ev.from_videor1(R1, "/e", "f row 0")
+    assert r["video"] == "/e/VideoMME/v1.mp4" and r["answer"] == "B" and r["task"] == "VideoMME"
+    assert r["options"] == ["jump", "run", "sit", "swim"]
+    n = ev.from_videor1({**R1, "problem_type": "regression", "solution": "<answer>3.5</answer>", "options": []},
+                        "/e", "w")
+    assert n["answer_type"] == "num" and n["answer"] == 3.5
+
+
+def test_format_detection():
+    assert [ev.detect_format(r) for r in (_VSI_ROW[0], _STI_ROW, _VSTAR_ROW, R1)] == ["vsibench", "stibench", "vstar", "videor1"]
+    ours = {"id": "x", "video": "v.mp4", "question": "q", "options": None, "answer": 1.0, "answer_type": "num"}
+    assert ev.detect_format(ours) == "ours"
+    try:
+        ev.detect_format({"foo": 1}, "file.json row 0")
+        raise AssertionError("no error")
+    except ev.BadInput as e:
+        assert "file.json row 0" in str(e) and "foo" in str(e)
+
+
+def test_bad_rows_named_or_skipped_and_counted():
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "vsi.jsonl")
+        bad = {**_VSI_ROW[0], "ground_truth": "F"}                           # 4 options: F is not a letter of them
+        no_field = {k: v for k, v in _VSI_ROW[1].items() if k != "question"}
+        with open(path, "w") as f:
+            f.write("\n".join(json.dumps(r) for r in (_VSI_ROW[0], bad, no_field, _VSI_ROW[1])) + "\n{broken\n")
+        try:
+            ev.load_benchmark(path)
+            raise AssertionError("no error")
+        except ev.BadInput as e:
+            assert "vsi.jsonl row 1" in str(e) and "ground_truth" in str(e) and "--skip_bad" in str(e)
+        rows, fmt, skipped = ev.load_benchmark(path, skip_bad=True)
+        assert fmt == "vsibench" and len(rows) == 2 and skipped == 3
+        assert rows[0]["video"] == os.path.join(d, "scannet", "scene0011_00.mp4")   # root = the file's folder
+        try:
+            ev.from_vsibench(no_field, "/r", "vsi.jsonl row 2")
+        except ev.BadInput as e:
+            assert "row 2" in str(e) and "'question'" in str(e)
+
+
+def test_json_list_jsonl_and_parquet_message():
+    with tempfile.TemporaryDirectory() as d:
+        j = os.path.join(d, "sti.json")
+        json.dump([_STI_ROW, {**_STI_ROW, "ID": 13}], open(j, "w"))
+        rows, fmt, _ = ev.load_benchmark(j, video_root="/videos")
+        assert fmt == "stibench" and [r["id"] for r in rows] == ["sti-12", "sti-13"]
+        assert rows[0]["video"] == "/videos/videos/clip1.mp4"
+        jl = os.path.join(d, "vstar.jsonl")
+        open(jl, "w").write(json.dumps(_VSTAR_ROW) + "\n\n" + json.dumps({**_VSTAR_ROW, "bboxes": None}) + "\n")
+        rows, fmt, _ = ev.load_benchmark(jl)
+        assert fmt == "vstar" and [r["task"] for r in rows] == ["when", "where", "when"]
+        try:
+            import pandas  # noqa: F401
+        except ImportError:
+            pq = os.path.join(d, "qa.parquet")
+            open(pq, "wb").write(b"PAR1")
+            try:
+                ev.load_benchmark(pq)
+                raise AssertionError("no error")
+            except ev.BadInput as e:
+                assert "pandas" in str(e)
+
+
+def test_videos_checked_and_decoded():
+    with tempfile.TemporaryDirectory() as d:
+        _write_tiny_video(os.path.join(d, "VideoMME", "v1.mp4"))
+        path = os.path.join(d, "r1.json")
+        json.dump([R1, {**R1, "problem_id": 4, "path": "./VideoMME/missing.mp4"}], open(path, "w"))
+        rows, fmt, _ = ev.load_benchmark(path)
+        try:
+            ev.check_videos(rows, skip_bad=False)
+            raise AssertionError("no error")
+        except ev.BadInput as e:
+            assert "missing.mp4" in str(e)
+        kept, n_missing = ev.check_videos(rows, skip_bad=True)
+        assert len(kept) == 1 and n_missing == 1
+        frames, times = ev.read_video(kept[0], 2)
+        assert frames.shape[0] == 2 and frames.shape[-1] == 3 and len(times) == 2
+
+
+def test_end_to_end_tiny_model_two_columns():
+    import model
+    with tempfile.TemporaryDirectory() as d:
+        tiny = model.build_tiny(os.path.join(d, "tiny"), model.demo_texts())
+        _write_tiny_video(os.path.join(d, "videos", "clip1.mp4"), n=8, size=32)
+        json.dump([{**_STI_ROW, "ID": k, "time_start": 0.0, "time_end": 1.5} for k in range(3)],
+                  open(os.path.join(d, "qa.json"), "w"))
+        out = os.path.join(d, "out")
+        ev.main(["--model", tiny, "--model", tiny, "--data", os.path.join(d, "qa.json"), "--frames", "4",
+                 "--max_new_tokens", "4", "--batch", "2", "--dump", "2", "--out", out, "--n_boot", "50"])
+        res = json.load(open(os.path.join(out, "results.json")))
+        assert list(res["models"]) == ["tiny#1", "tiny#2"] and res["rows"] == 3 and res["format"] == "stibench"
+        # same weights, greedy decoding: identical scores in both columns
+        assert res["models"]["tiny#1"]["overall_q"] == res["models"]["tiny#2"]["overall_q"]
+        dumps = [json.loads(line) for line in open(os.path.join(out, "dump.jsonl"))]
+        assert len(dumps) == 4 and {"completion", "score", "format"} <= set(dumps[0])
+
+
+# ---------------------------------------------------------------------------- rotation stress test (no model)
+
+def test_offset_pose_keeps_edges_and_moves_coordinates():
+    R0, c0 = np.eye(3), np.array([0.0, 0.0, 1.6])
+    pts = np.array([[1.0, 5.0, 0.5], [-1.0, 6.0, 0.4], [0.5, 3.0, 0.6]])       # world (N, 3)
+    for axis in ("yaw", "roll", "orbit"):
+        R, c = data.offset_pose(R0, c0, {"axis": axis, "deg": 40.0, "pivot": [0.0, 5.0, 0.0]})
+        assert np.allclose(R @ R.T, np.eye(3)) and close(np.linalg.det(R), 1.0, 1e-9)
+        x0, x1 = (pts - c0) @ R0.T, (pts - c) @ R.T                            # camera frames
+        d0, a0 = graph.edge_features(x0)
+        d1, a1 = graph.edge_features(x1)
+        assert np.allclose(d0, d1)                                             # distances: always kept
+        assert np.abs(x1 - x0).max() > 0.5                                     # coordinates move
+        if axis != "orbit":                                                    # Theorem 1: about C, angles kept
+            assert np.allclose(a0, a1, atol=1e-4)
+    assert np.allclose(data.offset_pose(R0, c0, {"axis": "roll", "deg": 0.0})[0], R0)
+
+
+def test_rotated_scene_same_questions_invariant_edges():
+    scene = data.make_scene(np.random.default_rng([0, 3]))
+    scene["id"] = 3
+    with tempfile.TemporaryDirectory() as d:
+        by_angle = {a: ev.rotated_rows(scene, "roll", a, 0, os.path.join(d, str(a))) for a in (0.0, 90.0)}
+        by_angle = ev.common_questions(by_angle)
+        r0, r90 = by_angle[0.0], by_angle[90.0]
+        assert len(r0) == len(r90) >= 2 and [r["question"] for r in r0] == [r["question"] for r in r90]
+        change = ev.coordinate_change(r0, r90)
+        assert change["coord_change_m"] > 0.5                                  # camera-frame centres move
+        assert change["edge_d_change_m"] < 0.1 and change["edge_a_change_deg"] < 2.0   # edges: rounding only
+        assert r90[0]["visible"] == 1.0 and os.path.isfile(r90[0]["video"])
+        frames, _ = data.read_frames(r90[0]["video"], 2)
+        assert frames.shape[0] == 2
+    assert ev.scene_ids([{"id": "synth-000012-01"}, {"id": "synth-000003-00"}, {"id": "synth-000012-02"}]) == [3, 12]
 
 
 # ---------------------------------------------------------------------------- train.py: the whole loop

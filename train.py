@@ -41,6 +41,7 @@ import torch
 import transformers
 
 import data
+import eval as ev
 import grpo
 import model as qwen
 import rewards
@@ -208,21 +209,13 @@ def load_video(path, num_frames, start=None, end=None):
 def prompt_batch(cfg, tok, mdl, rows, device, dtype):
     """Tokenised prompts with their videos for B rows, on the device (model.make_inputs)."""
     videos = [load_video(r["video"], cfg.frames, *(r.get("time_window") or (None, None))) for r in rows]
-    inputs = qwen.make_inputs(tok, mdl.config, rows, videos, cfg.min_pixels, cfg.max_pixels)
-    return {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) if torch.is_tensor(v) else v
-            for k, v in inputs.items()}
-
-
-def special_ids(tok):
-    """(eos ids, ids never to sample): <|im_end|> ends a turn; vision placeholders must never be generated."""
-    vocab = tok.get_vocab()
-    eos = [vocab[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab]
-    return eos, [vocab[t] for t in qwen.VISION_TOKENS if t in vocab]
+    return qwen.to_device(qwen.make_inputs(tok, mdl.config, rows, videos, cfg.min_pixels, cfg.max_pixels),
+                          device, dtype)
 
 
 def completion_tensors(tok, texts, device):
     """Reference completions -> ids (N, T) ending in <|im_end|>, mask (N, T), right-padded."""
-    eos, _ = special_ids(tok)
+    eos, _ = qwen.special_ids(tok)
     seqs = [tok(t, add_special_tokens=False)["input_ids"] + [eos[0]] for t in texts]
     T = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), T), eos[0], dtype=torch.long)
@@ -231,17 +224,6 @@ def completion_tensors(tok, texts, device):
         ids[i, :len(s)] = torch.tensor(s)
         mask[i, :len(s)] = 1
     return ids.to(device), mask.to(device)
-
-
-def decode(tok, ids, mask):
-    """Completion text of each sequence, without the closing <|im_end|>, and its token count (EOS included)."""
-    eos, _ = special_ids(tok)
-    texts, lengths = [], []
-    for seq, m in zip(ids.tolist(), mask.sum(1).long().tolist()):
-        body = seq[:m]
-        texts.append(tok.decode(body[:-1] if body and body[-1] in eos else body, skip_special_tokens=False))
-        lengths.append(m)
-    return texts, lengths
 
 
 def reward_weights(cfg):
@@ -277,7 +259,7 @@ def sft_step(cfg, mdl, tok, rows, opt, device, dtype):
 
 def rollout(cfg, mdl, tok, rows, device, dtype, generator):
     """Sample G completions per prompt (no grad) and score them. Returns a dict for the update."""
-    eos, suppress = special_ids(tok)
+    eos, suppress = qwen.special_ids(tok)
     inputs = prompt_batch(cfg, tok, mdl, rows, device, dtype)
     mdl.eval()
     t0 = time.time()
@@ -285,7 +267,7 @@ def rollout(cfg, mdl, tok, rows, device, dtype, generator):
         ids, mask, sample_logp = grpo.sample(mdl, inputs, cfg.G, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
                                              eos_ids=eos, suppress_ids=suppress, generator=generator)  # (N, T)
     t1 = time.time()
-    texts, lengths = decode(tok, ids, mask)
+    texts, lengths = qwen.decode_completions(tok, ids, mask)
     reward, parts = score(cfg, texts, lengths, rows, cfg.G)                              # (N,)
     adv = grpo.group_advantages(reward, cfg.G, scale=cfg.scale_adv)                      # (N,)
     return {"inputs": inputs, "ids": ids, "mask": mask.float(), "old_logp": sample_logp.float(), "reward": reward,
@@ -293,35 +275,32 @@ def rollout(cfg, mdl, tok, rows, device, dtype, generator):
             "t_sample": t1 - t0, "t_score": time.time() - t1}
 
 
-def slice_rollout(ro, lo, hi, G):
-    """The prompts lo..hi-1 of a rollout and their completions (for gradient accumulation)."""
-    sub = {k: ro[k][lo * G:hi * G] for k in ("ids", "mask", "old_logp", "adv")}
-    return sub
-
-
 def grpo_update(cfg, mdl, ref_mdl, tok, ro, opt, device, dtype):
-    """mu epochs of the clipped GRPO loss over the rollout, accumulated over micro-batches of prompts."""
+    """mu epochs of the clipped GRPO loss over one rollout, gradients accumulated over micro-batches of prompts.
+
+    Each micro-batch's loss is weighted by its share of the batch aggregate (sequences for "seq" / "const",
+    tokens for "token"), so the accumulated gradient equals that of one big batch."""
     B, G = len(ro["rows"]), cfg.G
     chunks = [(lo, min(B, lo + cfg.micro_batch)) for lo in range(0, B, cfg.micro_batch)]
+    inputs = [ro["inputs"] if (lo, hi) == (0, B) else prompt_batch(cfg, tok, mdl, ro["rows"][lo:hi], device, dtype)
+              for lo, hi in chunks]
+    part = [{k: ro[k][lo * G:hi * G] for k in ("ids", "mask", "old_logp", "adv")} for lo, hi in chunks]
+    ref_logp = [None] * len(chunks)
+    if cfg.beta > 0:                                   # pi_ref log-probs, once per rollout: (n, T) per chunk
+        with torch.no_grad(), autocast(device, dtype), reference(mdl, ref_mdl) as ref:
+            ref_logp = [grpo.token_logprobs(ref, x, p["ids"], p["mask"]).float() for x, p in zip(inputs, part)]
     n_tok_all = ro["mask"].sum()
     stats_sum, n = {}, 0
     for _ in range(cfg.mu):
         mdl.train()
-        for lo, hi in chunks:
-            sub = slice_rollout(ro, lo, hi, G)
-            inputs = ro["inputs"] if (lo, hi) == (0, B) else prompt_batch(cfg, tok, mdl, ro["rows"][lo:hi], device, dtype)
-            ref_logp = None
-            if cfg.beta > 0:
-                with torch.no_grad(), autocast(device, dtype), reference(mdl, ref_mdl) as ref:
-                    ref_logp = grpo.token_logprobs(ref, inputs, sub["ids"], sub["mask"]).float()   # (n, T)
+        for (lo, hi), x, p, ref_lp in zip(chunks, inputs, part, ref_logp):
             with autocast(device, dtype):
-                logp = grpo.token_logprobs(mdl, inputs, sub["ids"], sub["mask"]).float()          # (n, T)
-            loss, stats = grpo.policy_loss(logp, sub["old_logp"] if cfg.mu > 1 else None, ref_logp, sub["adv"],
-                                           sub["mask"], cfg.clip_eps, cfg.clip_eps_high, cfg.beta, cfg.agg,
+                logp = grpo.token_logprobs(mdl, x, p["ids"], p["mask"]).float()                # (n, T)
+            loss, stats = grpo.policy_loss(logp, p["old_logp"] if cfg.mu > 1 else None, ref_lp, p["adv"],
+                                           p["mask"], cfg.clip_eps, cfg.clip_eps_high, cfg.beta, cfg.agg,
                                            const_len=cfg.max_new_tokens)
-            # weight of this chunk in the batch aggregate: sequences for seq/const, tokens for token
-            share = sub["mask"].sum() / n_tok_all if cfg.agg == "token" else (hi - lo) / B
             check_finite(loss, "GRPO loss")
+            share = p["mask"].sum() / n_tok_all if cfg.agg == "token" else (hi - lo) / B
             (loss * share).backward()
             for k, v in stats.items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + v
@@ -329,20 +308,12 @@ def grpo_update(cfg, mdl, ref_mdl, tok, ro, opt, device, dtype):
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable(mdl), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-    out = {k: v / n for k, v in stats_sum.items()}
-    out["grad_norm"] = float(grad_norm)
-    return out
+    return {**{k: v / n for k, v in stats_sum.items()}, "grad_norm": float(grad_norm)}
 
 
 def reference(mdl, ref_mdl):
-    """Context giving the reference policy: a frozen copy (full fine-tuning) or the model with adapters off."""
-    return contextlib.nullcontext(ref_mdl) if ref_mdl is not None else _adapters_off(mdl)
-
-
-@contextlib.contextmanager
-def _adapters_off(mdl):
-    with qwen.lora_disabled(mdl):
-        yield mdl
+    """Context giving pi_ref: a frozen copy (full fine-tuning) or the same model with its adapters off (LoRA)."""
+    return contextlib.nullcontext(ref_mdl) if ref_mdl is not None else qwen.lora_disabled(mdl)
 
 
 def autocast(device, dtype):
@@ -363,17 +334,15 @@ def check_finite(loss, what):
 
 
 def evaluate(cfg, mdl, tok, rows, device, dtype, batch=16):
-    """Greedy completions (temperature 0) on held-out rows; one dict of reward parts per row."""
-    eos, suppress = special_ids(tok)
+    """Greedy completions (eval.greedy_batch) on held-out rows, scored with the training reward's parts."""
     mdl.eval()
     results = []
     for lo in range(0, len(rows), batch):
         chunk = rows[lo:lo + batch]
-        inputs = prompt_batch(cfg, tok, mdl, chunk, device, dtype)
-        with torch.no_grad(), autocast(device, dtype):
-            ids, mask, _ = grpo.sample(mdl, inputs, 1, cfg.max_new_tokens, temperature=0.0,
-                                       eos_ids=eos, suppress_ids=suppress)                  # (b, T)
-        texts, lengths = decode(tok, ids, mask)
+        videos = [load_video(r["video"], cfg.frames, *(r.get("time_window") or (None, None))) for r in chunk]
+        with autocast(device, dtype):
+            texts = ev.greedy_batch(mdl, tok, chunk, videos, cfg)
+        lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts]
         _, parts = score(cfg, texts, lengths, chunk, 1)
         for row, part, text, n_tok in zip(chunk, parts, texts, lengths):
             results.append({**part, "task": row["task"], "answer_type": row["answer_type"], "tokens": n_tok,
@@ -390,14 +359,6 @@ def summarize(results):
         if vals:
             out[f"answer_{kind}"] = float(np.mean(vals))
     return out
-
-
-def bootstrap_ci(values, n_boot=2000, seed=0):
-    """95 % percentile bootstrap interval of the mean of `values` (resampling questions)."""
-    v = np.asarray(values, dtype=np.float64)
-    idx = np.random.default_rng(seed).integers(0, len(v), size=(n_boot, len(v)))
-    means = v[idx].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def blind_baseline(train_rows, test_rows):
@@ -427,7 +388,7 @@ def metric_values(results, key):
 def mean_ci(values, signed=False):
     if not values:
         return "-"
-    lo, hi = bootstrap_ci(values)
+    lo, hi = ev.bootstrap_mean_ci(values)
     f = "{:+.3f}" if signed else "{:.3f}"
     return f"{f.format(np.mean(values))} [{f.format(lo)}, {f.format(hi)}]"
 

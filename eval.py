@@ -1,0 +1,911 @@
+"""Evaluation of Video-STR checkpoints with each benchmark's own metric, side by side, plus a rotation stress test.
+
+Paper: Video-STR (arXiv 2510.10976) Sec. 5 reports STI-Bench, V-STaR, VSI-Bench, SPAR-Bench, Video-MME and
+TempCompass, inferring with 32 frames and greedy decoding. This file scores any number of checkpoints on one
+file of questions and prints one table with a column per model.
+
+Metrics (per question; `score` is the benchmark's headline metric for that question):
+    mc     accuracy, VSI-Bench rule: p = first white-space token of the answer, trailing '.' removed;
+           score = 1[p.lower() == gt_letter.lower()]                         ("B." and "B chair" count, "(B)" not)
+    num    MRA (VSI-Bench): p = float(first token, trailing '.' removed), unparseable or non-finite -> score 0;
+           MRA = 1/10 sum_{theta in 0.50, 0.55, ..., 0.95} 1[ |p - y| / |y| <= 1 - theta ]      (rewards.mra)
+    iou    time interval (V-STaR "when"): tIoU = max(0, min(e, e') - max(s, s')) / (max(e, e') - min(s, s'));
+           reported as mean tIoU and R@k = fraction of questions with tIoU >= k, k in 0.3, 0.5, 0.7.
+           One box [x1, y1, x2, y2]: box IoU.
+    boxes  (eval-only answer type, V-STaR "where") ground truth = boxes at given source-video frames; the answer
+           lists one box per frame as `FRAME: [x1, y1, x2, y2]` separated by ';' or new lines (pixels of the
+           original video, FRAME = source-video frame index, as in graph.py); a bare `[x1, y1, x2, y2]` is used
+           for every frame. vIoU = 1/|F| sum_{f in F} IoU(pred_f, gt_f), with IoU 0 for a frame not predicted;
+           m_vIoU = mean over questions.
+    format R_format of rewards.py; node / edge: R_n / R_e of graph.graph_reward where a row has graphs.
+The answer is the text inside the last <answer>...</answer>; a completion without the tags is read whole
+(the benchmarks' own prompts ask for a bare letter, so an untrained model is not scored 0 for lacking tags;
+the format rate shows the tags separately). This differs from the training reward, which needs the tags and
+reads mc with a strict single-letter rule (rewards.answer_reward; "B chair" scores 0 there); the training
+reward is kept per question in --dump for comparison.
+
+Aggregates, each with a seeded bootstrap 95% percentile interval (1000 resamples of the questions):
+    per task       mean score of the task's questions;     per answer type: the same over mc / num / iou / boxes
+    overall_task   VSI-Bench convention: unweighted mean over tasks, a task `X_easy/_medium/_hard` first averaged
+                   into `X` (VSI's rel_direction); bootstrap resamples within each task (stratified)
+    overall_q      STI-Bench convention: mean over all questions
+Inputs (`--format auto` detects from the first row's keys; JSON list or JSONL; parquet needs pandas):
+    ours      data.py rows (data.load_rows);   vsibench  dataset, scene_name, question_type, question, options,
+    ground_truth (video {video_root}/{dataset}/{scene_name}.mp4; the 4 numeric question types -> num);
+    stibench  Video, ID, Candidates (JSON A-E), time_start, time_end, Question, Answer, Task, Scene
+    (window -> time_window; model.build_prompt prefixes "From {ts} s to {te} s." as STI-Bench's prompt does);
+    vstar     vid, fps, width, height, question, answer, temporal_question, timestamps, spatial_question, bboxes
+    -> one "when" row (iou) per item and one "where" row (boxes) when bboxes are given (video {vid}.mp4);
+    videor1   path, problem, options, problem_type, solution (Video-R1's eval JSON: Video-MME, TempCompass).
+Differences from the papers: SPAR-Bench has no adapter (convert it to our JSONL); V-STaR's chained what -> when
+-> where dialogue is asked as independent single-turn questions and its open "what" answer (LLM-judged) is not
+scored; V-STaR and Video-R1 parse answers with an LLM or regexes of their own, here the rules above; the prompt is
+model.build_prompt's for every benchmark (not each benchmark's own wording; a "where" row is asked as a box
+question whose text asks for one box per frame); STI-Bench uses at most 30 frames (pass --frames 30).
+
+Rotation stress test (Theorem 1, Phi(RX, C) = Phi(X, C)): the synthetic test scenes (scenes.jsonl beside the
+rows) are re-rendered with the camera turned by each angle, the questions remade with a fixed rng (same question
+texts kept at every angle; answers and graphs from the turned camera), and the model scored at each angle.
+--axis yaw turns about the vertical through the camera centre (as asked; objects leave the 60 deg view beyond
+~20 deg, so the plot shows the share in view), roll about the optical axis (exact, objects stay in view), orbit
+carries the camera round the objects (a viewpoint change: d_ij kept, a_ij not). The plot puts the model's answer
+score and node / edge rewards next to the ground truth's change: camera-frame coordinates move, edges do not.
+
+Run: `python eval.py --model PATH [--model PATH2] --data FILE --frames 32` (table, results.json, results.png in
+--out); `python eval.py rotation --model PATH --angles 0 30 60 90 180 [--axis yaw|roll|orbit] [--scenes 20]`
+(rotation.png, rotation.json); `python eval.py demo` scores hand-written completions without a model.
+"""
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import time
+
+import numpy as np
+
+import graph
+import rewards
+
+R_AT = (0.3, 0.5, 0.7)              # V-STaR R1@k thresholds on tIoU
+N_BOOT = 1000                       # bootstrap resamples
+VSI_NUMERIC = ("object_counting", "object_abs_distance", "object_size_estimation", "room_size_estimation")
+LEVEL_RE = re.compile(r"_(easy|medium|hard)$")
+FRAME_BOX_RE = re.compile(r"(\d{1,7})\s*:\s*(\[[^\[\]]{1,160}\])")
+OPTION_PREFIX_RE = re.compile(r"^\s*\(?([A-Za-z])[.):]\s+")
+
+
+# ------------------------------------------------------------------------------------ answer rules
+
+def answer_text(completion):
+    """Text scored as the answer: inside the last <answer>...</answer>, else the whole completion, stripped."""
+    found = rewards.extract_answer(completion)
+    return found if found is not None else (completion or "").strip()
+
+
+def vsi_first_token(text):
+    """VSI-Bench's fuzzy_matching: first space-separated token, trailing '.' removed, stripped."""
+    return (text or "").strip().split(" ")[0].split("\n")[0].rstrip(".").strip()
+
+
+def mc_accuracy(pred_text, gt_letter):
+    """1[first token, lower-cased == gt letter lower-cased] (VSI-Bench exact_match after fuzzy_matching).
+    Differs from rewards.answer_reward (training), which accepts '(B)' but rejects 'B chair'."""
+    return 1.0 if vsi_first_token(pred_text).lower() == str(gt_letter).strip().lower() else 0.0
+
+
+def vsi_number(pred_text):
+    """float(first token) as VSI-Bench's to_float, or None (also for nan / inf). Differs from
+    rewards.parse_number (training), which reads the whole answer and allows '3,500' and units."""
+    token = vsi_first_token(pred_text)
+    if not token or len(token) > 32:
+        return None
+    try:
+        value = float(token)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def number_mra(pred_text, gt):
+    """MRA of the first token against gt (rewards.mra); unparseable -> 0."""
+    value = vsi_number(pred_text)
+    return 0.0 if value is None else float(rewards.mra(value, float(gt)))
+
+
+def interval_metrics(pred_text, gt):
+    """{'tIoU': tIoU, 'R@0.3': 1[tIoU >= 0.3], ...}; an unreadable interval has tIoU 0."""
+    values = rewards.parse_interval(pred_text)
+    tiou = rewards.interval_iou(values, gt) if values is not None and len(values) == 2 else 0.0
+    return {"tIoU": tiou, **{f"R@{k}": float(tiou >= k) for k in R_AT}}
+
+
+def parse_frame_boxes(text):
+    """'12: [1, 2, 30, 40]; 15: [...]' -> {12: [1, 2, 30, 40], 15: [...]} (first box of a frame wins).
+    A bare '[x1, y1, x2, y2]' -> {None: box} (used for every frame). Never raises."""
+    if not isinstance(text, str) or len(text) > 20000:
+        return {}
+    boxes = {}
+    for frame, inner in FRAME_BOX_RE.findall(text):
+        values = rewards.parse_interval(inner)
+        if values is not None and len(values) == 4:
+            boxes.setdefault(int(frame), values)
+    if not boxes:
+        values = rewards.parse_interval(text)
+        if values is not None and len(values) == 4:
+            boxes[None] = values
+    return boxes
+
+
+def viou(pred_text, gt_boxes):
+    """V-STaR vIoU: 1/|F| sum_f IoU(pred_f, gt_f) over the ground-truth frames F, 0 where not predicted.
+    gt_boxes: list of {"frame": int, "box": [x1, y1, x2, y2]}."""
+    if not gt_boxes:
+        return 0.0
+    pred = parse_frame_boxes(pred_text)
+    total = 0.0
+    for g in gt_boxes:
+        box = pred.get(int(g["frame"]), pred.get(None))
+        total += rewards.box_iou(box, g["box"]) if box is not None else 0.0
+    return total / len(gt_boxes)
+
+
+def score_completion(completion, row):
+    """All metrics of one completion for one row: {'score': headline metric, 'format', optional 'tIoU', 'R@k',
+    'node', 'edge', 'train_reward' (rewards.answer_reward, for --dump)}."""
+    ans = answer_text(completion)
+    kind, gt = row["answer_type"], row["answer"]
+    out = {"format": rewards.format_reward(completion)}
+    if kind == "mc":
+        out["score"] = mc_accuracy(ans, gt)
+    elif kind == "num":
+        out["score"] = number_mra(ans, gt)
+    elif kind == "iou" and len(gt) == 2:
+        out.update(interval_metrics(ans, gt))
+        out["score"] = out["tIoU"]
+    elif kind == "iou":
+        values = rewards.parse_interval(ans)
+        out["score"] = rewards.box_iou(values, gt) if values is not None and len(values) == 4 else 0.0
+    elif kind == "boxes":
+        out["score"] = viou(ans, gt)
+    else:
+        raise ValueError(f"row {row.get('id')}: answer_type must be mc, num, iou or boxes, got {kind!r}")
+    if kind != "boxes":
+        out["train_reward"] = rewards.answer_reward(rewards.extract_answer(completion), gt, kind)
+    if row.get("graphs"):
+        reasoning = completion.split("<answer>", 1)[0] if isinstance(completion, str) else ""
+        gt_graphs = [graph.Graph.from_dict(g) for g in row["graphs"]]
+        _, parts = graph.graph_reward(graph.parse_graphs(reasoning), gt_graphs)
+        out["node"], out["edge"] = parts["node"], parts["edge"]
+    return out
+
+
+# ------------------------------------------------------------------------------------ aggregates
+
+def bootstrap_mean_ci(values, n_boot=N_BOOT, seed=0, level=0.95):
+    """Percentile bootstrap interval of the mean: resample the n values with replacement n_boot times,
+    (lo, hi) = the (1-level)/2 and (1+level)/2 quantiles of the resampled means. Deterministic for a seed."""
+    x = np.asarray(values, dtype=np.float64)                      # (n,)
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = np.array([x[rng.integers(0, len(x), len(x))].mean() for _ in range(n_boot)])  # (n_boot,)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def task_family(task):
+    """VSI-Bench merges object_rel_direction_easy/_medium/_hard into object_rel_direction before the overall."""
+    return LEVEL_RE.sub("", task)
+
+
+def unweighted_task_mean(task_means):
+    """VSI-Bench overall: mean over task families of (mean over the family's tasks of the task mean)."""
+    families = {}
+    for task, m in task_means.items():
+        families.setdefault(task_family(task), []).append(m)
+    return float(np.mean([np.mean(v) for v in families.values()]))
+
+
+def bootstrap_task_mean_ci(scores_by_task, n_boot=N_BOOT, seed=0, level=0.95):
+    """Stratified bootstrap of unweighted_task_mean: each resample redraws every task's questions within
+    that task (task sizes fixed), then recomputes the task means and their unweighted mean."""
+    rng = np.random.default_rng(seed)
+    tasks = {t: np.asarray(v, dtype=np.float64) for t, v in scores_by_task.items() if len(v)}
+    if not tasks:
+        return float("nan"), float("nan")
+    stats = [unweighted_task_mean({t: x[rng.integers(0, len(x), len(x))].mean() for t, x in tasks.items()})
+             for _ in range(n_boot)]                                # (n_boot,)
+    lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def summary_stat(values, n_boot=N_BOOT, seed=0):
+    """{'mean', 'lo', 'hi', 'n'} of a list of per-question values."""
+    lo, hi = bootstrap_mean_ci(values, n_boot, seed)
+    return {"mean": float(np.mean(values)) if len(values) else float("nan"), "lo": lo, "hi": hi, "n": len(values)}
+
+
+def summarize(rows, scored, n_boot=N_BOOT, seed=0):
+    """Aggregates of one model. rows[i] (task, answer_type) with scored[i] (score_completion's dict) ->
+    {'overall_task', 'overall_q', 'tasks': {task: stat}, 'answer_types': {type: stat}, 'metrics': {name: stat}}."""
+    by_task, by_type, by_metric = {}, {}, {}
+    for row, s in zip(rows, scored):
+        by_task.setdefault(row["task"], []).append(s["score"])
+        by_type.setdefault(row["answer_type"], []).append(s["score"])
+        for name, v in s.items():
+            if name not in ("score", "train_reward"):
+                by_metric.setdefault(name, []).append(v)
+    all_scores = [s["score"] for s in scored]
+    tasks = {t: summary_stat(v, n_boot, seed) for t, v in sorted(by_task.items())}
+    lo, hi = bootstrap_task_mean_ci(by_task, n_boot, seed)
+    overall_task = {"mean": unweighted_task_mean({t: st["mean"] for t, st in tasks.items()}) if tasks else
+                    float("nan"), "lo": lo, "hi": hi, "n": len(all_scores)}
+    return {"overall_task": overall_task, "overall_q": summary_stat(all_scores, n_boot, seed), "tasks": tasks,
+            "answer_types": {t: summary_stat(v, n_boot, seed) for t, v in sorted(by_type.items())},
+            "metrics": {m: summary_stat(v, n_boot, seed) for m, v in sorted(by_metric.items())}}
+
+
+# ------------------------------------------------------------------------------------ benchmark adapters
+
+class BadInput(ValueError):
+    """An input file or row that cannot be read; the message names the file, the row and the field."""
+
+
+def need(rec, field, where):
+    if field not in rec or rec[field] is None:
+        raise BadInput(f"{where}: missing field {field!r} (has {sorted(rec)[:12]})")
+    return rec[field]
+
+
+def option_texts(options, where):
+    """['A. chair', 'B. table'] or ['(A) chair', ...] or ['chair', ...] -> ['chair', 'table'] (letter = position)."""
+    if not isinstance(options, (list, tuple)) or not options:
+        raise BadInput(f"{where}: field 'options' must be a non-empty list, got {options!r:.80}")
+    out = []
+    for k, opt in enumerate(options):
+        m = OPTION_PREFIX_RE.match(str(opt))
+        if m and m.group(1).upper() != chr(ord("A") + k):
+            raise BadInput(f"{where}: option {k} is labelled {m.group(1)!r}, expected {chr(ord('A') + k)!r}")
+        out.append(str(opt)[m.end():].strip() if m else str(opt).strip())
+    return out
+
+
+def letter(value, n_options, where, field):
+    """'B', 'b', 'B.', '(B)' -> 'B', checked against the number of options."""
+    s = str(value).strip().strip("().").upper()
+    if len(s) != 1 or not "A" <= s < chr(ord("A") + n_options):
+        raise BadInput(f"{where}: field {field!r} must be an option letter of {n_options} options, got {value!r:.40}")
+    return s
+
+
+def to_float(value, where, field):
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise BadInput(f"{where}: field {field!r} must be a number, got {value!r:.40}") from None
+    if not math.isfinite(x):
+        raise BadInput(f"{where}: field {field!r} is not finite ({value!r})")
+    return x
+
+
+def from_vsibench(rec, root, where):
+    """VSI-Bench row -> our row. Numeric question types -> num (MRA), the rest mc (options 'A. text')."""
+    qtype = str(need(rec, "question_type", where))
+    video = os.path.join(root, str(need(rec, "dataset", where)), f"{need(rec, 'scene_name', where)}.mp4")
+    row = {"id": f"vsi-{rec.get('id', where.rsplit(' ', 1)[-1])}", "video": video,
+           "question": str(need(rec, "question", where)), "task": qtype, "time_window": None, "graphs": None}
+    if qtype in VSI_NUMERIC:
+        return {**row, "options": None, "answer": to_float(need(rec, "ground_truth", where), where, "ground_truth"),
+                "answer_type": "num"}
+    options = option_texts(need(rec, "options", where), where)
+    return {**row, "options": options, "answer": letter(need(rec, "ground_truth", where), len(options), where,
+                                                        "ground_truth"), "answer_type": "mc"}
+
+
+def from_stibench(rec, root, where):
+    """STI-Bench row -> our row: 5-way mc, clip window [time_start, time_end] seconds -> time_window."""
+    cands = need(rec, "Candidates", where)
+    if isinstance(cands, str):
+        try:
+            cands = json.loads(cands)
+        except json.JSONDecodeError as e:
+            raise BadInput(f"{where}: field 'Candidates' is not JSON ({e})") from None
+    if not isinstance(cands, dict) or not cands:
+        raise BadInput(f"{where}: field 'Candidates' must be a JSON object of letter -> text")
+    keys = sorted(cands)
+    options = option_texts([f"{k}. {cands[k]}" for k in keys], where)
+    ts, te = (to_float(need(rec, f, where), where, f) for f in ("time_start", "time_end"))
+    if te < ts:
+        raise BadInput(f"{where}: time_end {te} < time_start {ts}")
+    return {"id": f"sti-{need(rec, 'ID', where)}", "video": os.path.join(root, str(need(rec, "Video", where))),
+            "question": str(need(rec, "Question", where)), "options": options,
+            "answer": letter(need(rec, "Answer", where), len(options), where, "Answer"), "answer_type": "mc",
+            "task": str(rec.get("Task") or "sti"), "scene": rec.get("Scene"), "time_window": [ts, te], "graphs": None}
+
+
+def where_question(rec, boxes):
+    """The V-STaR spatial question plus the answer form this file scores (module docstring, 'boxes')."""
+    frames = ", ".join(str(b["frame"]) for b in boxes)
+    size = f"{rec.get('width')}x{rec.get('height')}" if rec.get("width") else "original"
+    return (f"{rec.get('spatial_question') or rec.get('question')} Give one box per frame for frames {frames} "
+            f"(frame indices at {rec.get('fps')} fps) as 'FRAME: [x1, y1, x2, y2]' in pixels of the {size} video, "
+            f"separated by ';'.")
+
+
+def from_vstar(rec, root, where):
+    """V-STaR item -> [when row (iou on [s, e] seconds)] + [where row (boxes)] if bboxes are given."""
+    vid = str(need(rec, "vid", where))
+    video = os.path.join(root, f"{vid}.mp4")
+    base = {"video": video, "options": None, "time_window": None, "graphs": None, "domain": rec.get("domain")}
+    idx = where.rsplit(" ", 1)[-1]
+    ts = need(rec, "timestamps", where)
+    if not isinstance(ts, (list, tuple)) or len(ts) != 2:
+        raise BadInput(f"{where}: field 'timestamps' must be [start, end] seconds, got {ts!r:.60}")
+    s, e = (to_float(v, where, "timestamps") for v in ts)
+    rows = [{**base, "id": f"vstar-{idx}-when", "question": str(need(rec, "temporal_question", where)) +
+             " Answer with [start, end] in seconds.", "answer": [s, e], "answer_type": "iou", "task": "when"}]
+    boxes = []
+    for k, b in enumerate(rec.get("bboxes") or []):
+        if not isinstance(b, dict):
+            raise BadInput(f"{where}: bboxes[{k}] must be an object with frame_index, xmin, ymin, xmax, ymax")
+        box = [to_float(need(b, f, f"{where} bboxes[{k}]"), where, f"bboxes[{k}].{f}")
+               for f in ("xmin", "ymin", "xmax", "ymax")]
+        boxes.append({"frame": int(to_float(need(b, "frame_index", f"{where} bboxes[{k}]"), where, "frame_index")),
+                      "box": box})
+    if boxes:
+        rows.append({**base, "id": f"vstar-{idx}-where", "question": where_question(rec, boxes), "answer": boxes,
+                     "answer_type": "boxes", "task": "where"})
+    return rows
+
+
+VIDEOR1_TYPES = {"multiple choice": "mc", "numerical": "num", "regression": "num"}
+
+
+def from_videor1(rec, root, where):
+    """Video-R1 eval row -> our row. solution '<answer>B</answer>'; task = data_source (e.g. VideoMME)."""
+    ptype = str(need(rec, "problem_type", where))
+    if ptype not in VIDEOR1_TYPES:
+        raise BadInput(f"{where}: problem_type {ptype!r} is not scored here (only {sorted(VIDEOR1_TYPES)})")
+    sol = str(need(rec, "solution", where))
+    gt = rewards.extract_answer(sol) or sol.strip()
+    row = {"id": f"r1-{rec.get('problem_id', where.rsplit(' ', 1)[-1])}",
+           "video": os.path.normpath(os.path.join(root, str(need(rec, "path", where)))),
+           "question": str(need(rec, "problem", where)), "task": str(rec.get("data_source") or ptype),
+           "time_window": None, "graphs": None}
+    if VIDEOR1_TYPES[ptype] == "num":
+        return {**row, "options": None, "answer": to_float(gt, where, "solution"), "answer_type": "num"}
+    options = option_texts(need(rec, "options", where), where)
+    return {**row, "options": options, "answer": letter(gt, len(options), where, "solution"), "answer_type": "mc"}
+
+
+FORMAT_KEYS = {                        # a format is detected when the first row has all of its keys
+    "vsibench": ("dataset", "scene_name", "question_type", "ground_truth"),
+    "stibench": ("Video", "Candidates", "Question", "Answer"),
+    "vstar": ("vid", "timestamps", "temporal_question"),
+    "videor1": ("path", "problem", "problem_type", "solution"),
+    "ours": ("video", "question", "answer", "answer_type"),
+}
+ADAPTERS = {"vsibench": from_vsibench, "stibench": from_stibench, "vstar": from_vstar, "videor1": from_videor1}
+
+
+def detect_format(rec, where="row 0"):
+    """The first format of FORMAT_KEYS whose keys the record has, else a clear error."""
+    for name, keys in FORMAT_KEYS.items():
+        if isinstance(rec, dict) and all(k in rec for k in keys):
+            return name
+    keys = sorted(rec) if isinstance(rec, dict) else type(rec).__name__
+    raise BadInput(f"{where}: cannot detect the format from keys {keys}; "
+                 f"known formats need: " + "; ".join(f"{n}: {', '.join(k)}" for n, k in FORMAT_KEYS.items()))
+
+
+def read_records(path):
+    """Raw records of a .jsonl (one object per line), .json (a list of objects) or .parquet (needs pandas)."""
+    if path.endswith(".parquet"):
+        try:
+            import pandas
+        except ImportError:
+            raise BadInput(f"{path}: reading parquet needs pandas + pyarrow, which are not installed here; "
+                             "install them or export the rows to JSON/JSONL (same columns)") from None
+        return pandas.read_parquet(path).to_dict(orient="records")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.endswith(".jsonl") or not text.lstrip().startswith("["):
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    records.append(BadInput(f"{path} line {n}: not JSON ({e})"))
+        return records
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BadInput(f"{path}: not a JSON list ({e})") from None
+    if not isinstance(records, list):
+        raise BadInput(f"{path}: a .json file must hold a list of rows")
+    return records
+
+
+def load_benchmark(path, fmt="auto", video_root=None, skip_bad=False):
+    """Rows in our format (CONTRACT.md) from any supported file -> (rows, fmt, n_skipped).
+    A bad row raises a clear error naming the file, row and field, or is skipped and counted with skip_bad."""
+    records = read_records(path)
+    good = [r for r in records if not isinstance(r, BadInput)]
+    if not good:
+        raise BadInput(f"{path}: no readable rows" + (f" ({records[0]})" if records else ""))
+    if fmt == "auto":
+        fmt = detect_format(good[0], f"{path} first row")
+    if fmt == "ours":
+        import data
+        try:
+            rows = data.load_rows(path, skip_bad=skip_bad)
+        except ValueError as e:                                   # data.py names the file, line and field
+            raise BadInput(f"{e} (use --skip_bad to skip and count such rows)") from None
+        return rows, fmt, len(records) - len(rows)
+    root = video_root or os.path.dirname(os.path.abspath(path))
+    rows, skipped = [], 0
+    for k, rec in enumerate(records):
+        try:
+            if isinstance(rec, BadInput):
+                raise rec
+            if not isinstance(rec, dict):
+                raise BadInput(f"{path} row {k}: not an object")
+            out = ADAPTERS[fmt](rec, root, f"{path} row {k}")
+            rows.extend(out if isinstance(out, list) else [out])
+        except BadInput as e:
+            if not skip_bad:
+                raise BadInput(f"{e} (use --skip_bad to skip and count such rows)") from None
+            skipped += 1
+    return rows, fmt, skipped
+
+
+# ------------------------------------------------------------------------------------ report
+
+METRIC_LABELS = {"format": "format rate", "node": "graph node reward R_n", "edge": "graph edge reward R_e",
+                 "tIoU": "when: mean tIoU", **{f"R@{k}": f"when: R@{k}" for k in R_AT}}
+
+
+def table_lines(summaries):
+    """(label, key path) of every table row present in any model's summary, in display order."""
+    lines = [("overall: unweighted task mean (VSI)", ("overall_task",)),
+             ("overall: question mean (STI)", ("overall_q",))]
+    for section, prefix in (("tasks", "task"), ("answer_types", "type")):
+        names = sorted({k for s in summaries.values() for k in s[section]})
+        lines += [(f"{prefix}: {k}", (section, k)) for k in names]
+    order = ["format", "node", "edge", "tIoU"] + [f"R@{k}" for k in R_AT]
+    names = {k for s in summaries.values() for k in s["metrics"]}
+    return lines + [(METRIC_LABELS.get(k, k), ("metrics", k)) for k in sorted(names, key=lambda k: (
+        order.index(k) if k in order else len(order), k))]
+
+
+def cell(stat):
+    """'52.3 [48.1, 56.0]' (x100), or '-' when missing."""
+    if not stat or stat.get("n", 0) == 0 or stat["mean"] != stat["mean"]:
+        return "-"
+    return f"{100 * stat['mean']:.1f} [{100 * stat['lo']:.1f}, {100 * stat['hi']:.1f}]"
+
+
+def markdown_table(summaries):
+    """One markdown table: a row per aggregate, a column per model; values x100 with bootstrap 95% intervals."""
+    names = list(summaries)
+    out = ["| metric (x100, 95% CI) | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for label, path in table_lines(summaries):
+        stats = [s[path[0]] if len(path) == 1 else s[path[0]].get(path[1]) for s in summaries.values()]
+        n = max((st or {}).get("n", 0) for st in stats)
+        out.append(f"| {label} | {n} | " + " | ".join(cell(st) for st in stats) + " |")
+    return "\n".join(out)
+
+
+def plot_results(summaries, path, title=""):
+    """Bar chart: one group per task (and the two overalls), one colour per model, 95% intervals drawn."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    groups = [("overall (tasks)", ("overall_task",)), ("overall (questions)", ("overall_q",))]
+    groups += [(t, ("tasks", t)) for t in sorted({t for s in summaries.values() for t in s["tasks"]})]
+    width = 0.8 / max(1, len(summaries))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(groups) * max(1, len(summaries)) ** 0.5 + 2), 4.5))
+    for m, (name, s) in enumerate(summaries.items()):
+        stats = [s[p[0]] if len(p) == 1 else s[p[0]].get(p[1]) or {} for _, p in groups]
+        mean = np.array([100 * st.get("mean", np.nan) for st in stats])                  # (groups,)
+        err = np.array([[100 * (st.get("mean", np.nan) - st.get("lo", np.nan)) for st in stats],
+                        [100 * (st.get("hi", np.nan) - st.get("mean", np.nan)) for st in stats]])  # (2, groups)
+        x = np.arange(len(groups)) + (m - (len(summaries) - 1) / 2) * width
+        ax.bar(x, mean, width, yerr=np.nan_to_num(err), capsize=3, label=name)
+    ax.set_xticks(np.arange(len(groups)), [g for g, _ in groups], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("score x100 (95% bootstrap CI)")
+    ax.set_ylim(0, 105)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------ model layer (thin)
+
+def prompt_row(row):
+    """The row model.build_prompt sees: a 'boxes' row is asked as a box question (its question text already
+    says one box per frame)."""
+    return {**row, "answer_type": "iou", "answer": [0.0, 0.0, 0.0, 0.0]} if row["answer_type"] == "boxes" else row
+
+
+def read_video(row, frames):
+    """(frames (F,H,W,3) uint8, times (F,) s) of the row's clip (its time_window if any)."""
+    import data
+    start, end = row.get("time_window") or (None, None)
+    return data.read_frames(row["video"], frames, start=start, end=end)
+
+
+def greedy_batch(mdl, tokenizer, rows, videos, args):
+    """Greedy completions for one batch of B rows: model.make_inputs -> grpo.sample(G=1, temperature=0)."""
+    import torch
+    import grpo
+    import model as qwen
+    eos, suppress = qwen.special_ids(tokenizer)
+    inputs = qwen.make_inputs(tokenizer, mdl.config, [prompt_row(r) for r in rows], videos,
+                              args.min_pixels, args.max_pixels)
+    inputs = qwen.to_device(inputs, mdl.device, next(mdl.parameters()).dtype)
+    with torch.no_grad():
+        ids, mask, _ = grpo.sample(mdl, inputs, 1, args.max_new_tokens, temperature=0.0,
+                                   eos_ids=eos, suppress_ids=suppress)       # (B, T)
+    return qwen.decode_completions(tokenizer, ids, mask)[0]
+
+
+def progress(tag, done, total, t0):
+    """One self-overwriting stderr line: rows done, rate, ETA."""
+    rate = done / max(time.time() - t0, 1e-9)
+    eta = (total - done) / rate if rate > 0 else float("inf")
+    sys.stderr.write(f"\r[{tag}] {done}/{total} rows  {rate:.2f} rows/s  ETA {eta:5.0f} s ")
+    sys.stderr.flush()
+    if done == total:
+        sys.stderr.write("\n")
+
+
+def run_model(path, rows, args, tag):
+    """Completions of one checkpoint for every row (greedy, batched); the model is freed afterwards."""
+    import model as qwen
+    mdl, tokenizer = qwen.load(path, device=args.device)
+    mdl.eval()
+    completions = complete(mdl, tokenizer, rows, args, tag)
+    del mdl
+    return completions
+
+
+def complete(mdl, tokenizer, rows, args, tag):
+    """Greedy completions of a loaded model for every row, batch by batch; videos decoded per batch."""
+    completions, t0 = [], time.time()
+    for lo in range(0, len(rows), args.batch):
+        chunk = rows[lo:lo + args.batch]
+        videos = [read_video(r, args.frames) for r in chunk]
+        completions += greedy_batch(mdl, tokenizer, chunk, videos, args)
+        progress(tag, len(completions), len(rows), t0)
+    return completions
+
+
+# ------------------------------------------------------------------------------------ command line
+
+def model_names(paths):
+    """Column names: the folder's name ('runs/a/final' -> 'final'), its last two parts ('a/final') when two
+    folders share a name, '#k' appended when the same folder is given twice."""
+    parts = [os.path.normpath(p).split(os.sep) for p in paths]
+    folders = {}
+    for q in parts:
+        folders.setdefault(q[-1], set()).add(tuple(q))
+    base = [q[-1] if len(folders[q[-1]]) == 1 else "/".join(q[-2:]) for q in parts]
+    return [f"{b}#{k + 1}" if base.count(b) > 1 else b for k, b in enumerate(base)]
+
+
+def check_videos(rows, skip_bad):
+    """Rows whose video file exists; a missing one is an error naming it, or skipped and counted."""
+    missing = sorted({r["video"] for r in rows if not os.path.isfile(r["video"])})
+    if missing and not skip_bad:
+        raise BadInput(f"{len(missing)} video file(s) missing, e.g. {missing[:3]} (check --video_root, "
+                       "or --skip_bad to skip their rows)")
+    keep = [r for r in rows if r["video"] not in set(missing)]
+    return keep, len(rows) - len(keep)
+
+
+def dump_records(name, rows, completions, scored, n):
+    """The first n completions of a model with their metrics, one JSON object each (--dump)."""
+    return [{"model": name, "id": r["id"], "task": r["task"], "answer_type": r["answer_type"], "gt": r["answer"],
+             "answer_text": answer_text(c), "completion": c, **s}
+            for r, c, s in list(zip(rows, completions, scored))[:n]]
+
+
+def report(summaries, meta, out_dir, dumps=(), title=""):
+    """Print the table; write results.json, results.png and (if any) dump.jsonl into out_dir."""
+    os.makedirs(out_dir, exist_ok=True)
+    print(markdown_table(summaries))
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump({**meta, "models": summaries}, f, indent=1)
+    plot_results(summaries, os.path.join(out_dir, "results.png"), title)
+    if dumps:
+        with open(os.path.join(out_dir, "dump.jsonl"), "w") as f:
+            f.writelines(json.dumps(d) + "\n" for d in dumps)
+    print(f"wrote {out_dir}/results.json, results.png" + (", dump.jsonl" if dumps else ""))
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="Score checkpoints with each benchmark's own metric (see docstring).")
+    p.add_argument("--model", action="append", required=True, help="checkpoint folder; repeat for side by side")
+    p.add_argument("--data", required=True, help="rows: .jsonl / .json / .parquet")
+    p.add_argument("--format", default="auto", choices=["auto", *FORMAT_KEYS])
+    p.add_argument("--video_root", default=None, help="videos of benchmark rows (default: the data file's folder)")
+    p.add_argument("--frames", type=int, default=32, help="frames per video (paper: 32 at inference)")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N rows")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--max_new_tokens", type=int, default=512)
+    p.add_argument("--min_pixels", type=int, default=56 * 56, help="per frame (tiny default; 7B: 16*28*28)")
+    p.add_argument("--max_pixels", type=int, default=56 * 56, help="per frame (tiny default; 7B: 128*28*28)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dump", type=int, default=0, help="write N completions per model with their metrics")
+    p.add_argument("--out", default="out/eval")
+    p.add_argument("--skip_bad", action="store_true", help="skip and count bad rows instead of stopping")
+    p.add_argument("--n_boot", type=int, default=N_BOOT)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv):
+    args = parse_args(argv)
+    for path in args.model:
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise BadInput(f"--model {path}: no checkpoint folder there (config.json, *.safetensors, tokenizer)")
+    import torch
+    torch.set_num_threads(args.threads)
+    rows, fmt, skipped = load_benchmark(args.data, args.format, args.video_root, args.skip_bad)
+    rows, missing = check_videos(rows[:args.limit] if args.limit else rows, args.skip_bad)
+    print(f"{args.data}: format {fmt}, {len(rows)} rows scored, {skipped} bad rows and {missing} rows without "
+          f"video skipped; {args.frames} frames, greedy", file=sys.stderr)
+    summaries, dumps = {}, []
+    for name, path in zip(model_names(args.model), args.model):
+        completions = run_model(path, rows, args, name)
+        scored = [score_completion(c, r) for c, r in zip(completions, rows)]
+        summaries[name] = summarize(rows, scored, args.n_boot, args.seed)
+        dumps += dump_records(name, rows, completions, scored, args.dump)
+    meta = {"data": args.data, "format": fmt, "rows": len(rows), "skipped_bad": skipped, "skipped_no_video": missing,
+            "frames": args.frames, "decoding": "greedy", "paths": dict(zip(summaries, args.model))}
+    report(summaries, meta, args.out, dumps, f"{os.path.basename(args.data)} ({fmt}, {len(rows)} questions)")
+
+
+# ------------------------------------------------------------------------------------ rotation stress test
+#
+# Theorem 1: Phi(R X, C) = Phi(X, C) for R in SO(3) about the camera centre C. Re-render each synthetic test scene
+# with its camera turned by phi (same objects and motions, same question texts), score the model at each phi:
+# the ground-truth edges (d_ij, a_ij) stay put while the camera-frame coordinates move, so a model that has
+# learned relations keeps its edge reward while its coordinate-based node reward may fall.
+#   yaw    camera axes turned about the world vertical through C:      R' = R Rz(phi),  C' = C   (Theorem 1 exact;
+#          with the 60 deg field of view objects leave the image beyond ~20 deg: the plot shows the visible share)
+#   roll   camera turned about its optical axis:                      R' = Rroll(phi) R, C' = C (exact, in view)
+#   orbit  camera carried round the vertical through the objects' start centroid p:
+#          R' = R Rz(phi), C' = p + Rz(-phi)(C - p)        (a viewpoint change: d_ij kept, a_ij not)
+# The offset lives in scene["camera"]["offset"]; data.camera_pose applies it (data.offset_pose), and every pose in
+# data.py (rendering, graphs, answers) goes through camera_pose.
+
+
+def with_offset(scene, axis, deg):
+    """A copy of a scene whose camera is turned by deg degrees (the pivot of an orbit: objects' start centroid)."""
+    import data
+    pivot = np.mean([data.object_center(o, 0.0) for o in scene["objects"]], axis=0) * [1, 1, 0]
+    return {**scene, "camera": {**scene["camera"], "offset": {"axis": axis, "deg": float(deg),
+                                                             "pivot": pivot.tolist()}}}
+
+
+def scene_ids(rows):
+    """Scene indices of synthetic rows: 'synth-000123-04' -> 123."""
+    ids = sorted({int(m.group(1)) for r in rows for m in [re.match(r"synth-(\d+)-", str(r.get("id")))] if m})
+    if not ids:
+        raise BadInput("rotation: no synthetic rows (ids 'synth-NNNNNN-KK') in the data file")
+    return ids
+
+
+def load_scenes(folder, ids):
+    """Scene dicts from data.make_dataset's scenes.jsonl, by scene id."""
+    path = os.path.join(folder, "scenes.jsonl")
+    if not os.path.isfile(path):
+        raise BadInput(f"{path}: missing (data.make_dataset writes it with the videos; remake the set)")
+    with open(path) as f:
+        scenes = {s["id"]: s for s in map(json.loads, filter(str.strip, f))}
+    missing = [i for i in ids if i not in scenes]
+    if missing:
+        raise BadInput(f"{path}: no scene for ids {missing[:5]}")
+    return [scenes[i] for i in ids]
+
+
+def rotated_rows(scene, axis, deg, seed, video_dir):
+    """Render one scene with the turned camera, write its video, and make its questions with a fixed rng
+    (same question texts at every angle; answers and graphs from the turned camera)."""
+    import data
+    rs = with_offset(scene, axis, deg)
+    clip = data.render_clip(rs)                                               # (F, H, W, 3)
+    rows = data.make_questions(rs, np.random.default_rng([seed, int(scene["id"])]))
+    visible = visible_share(rs, rows)
+    os.makedirs(video_dir, exist_ok=True)
+    path = os.path.join(video_dir, f"{int(scene['id']):06d}.mp4")
+    data.write_video(path, clip, rs["fps"])
+    return [{**r, "video": path, "visible": visible} for r in rows]
+
+
+def visible_share(scene, rows):
+    """Share of (key frame, object) pairs whose centre projects inside the image in front of the camera."""
+    import data
+    H, W = scene["size"]
+    hits = []
+    for g in (rows[0]["graphs"] if rows else []):
+        for n in g["nodes"]:
+            x = np.array(n["center"], dtype=np.float64)
+            u, v = data.project(scene, x)
+            hits.append(bool(x[2] > 0.1 and 0 <= u < W and 0 <= v < H))
+    return float(np.mean(hits)) if hits else 0.0
+
+
+def question_key(row):
+    """(scene, task, question text): the same question at another angle (options and answer may change)."""
+    return row["id"].rsplit("-", 1)[0], row["task"], row["question"]
+
+
+def common_questions(rows_by_angle):
+    """Keep the questions asked at every angle, sorted the same way at each angle (row k = same question)."""
+    shared = set.intersection(*[{question_key(r) for r in rows} for rows in rows_by_angle.values()])
+    return {a: sorted((r for r in rows if question_key(r) in shared), key=question_key)
+            for a, rows in rows_by_angle.items()}
+
+
+def coordinate_change(rows0, rows1):
+    """Ground truth between two angles, over matching questions' key-frame graphs: mean |x_1 - x_0| (metres,
+    camera-frame centres), mean |d_1 - d_0| (metres) and |a_1 - a_0| (degrees) of the edges."""
+    dx, dd, da, seen = [], [], [], set()
+    for r0, r1 in zip(rows0, rows1):
+        if question_key(r0)[0] in seen:                                          # graphs are per scene
+            continue
+        seen.add(question_key(r0)[0])
+        for g0, g1 in zip(r0["graphs"], r1["graphs"]):
+            c0 = {n["category"]: n["center"] for n in g0["nodes"]}
+            names = [n["category"] for n in g1["nodes"] if n["category"] in c0]
+            x0 = np.array([c0[n] for n in names]).reshape(-1, 3)
+            x1 = np.array([n["center"] for n in g1["nodes"] if n["category"] in c0]).reshape(-1, 3)
+            dx += np.linalg.norm(x1 - x0, axis=1).tolist()
+            (d0, a0), (d1, a1) = graph.edge_features(x0), graph.edge_features(x1)
+            iu = np.triu_indices(len(names), 1)
+            dd += np.abs(d1 - d0)[iu].tolist()
+            da += np.abs(a1 - a0)[iu].tolist()
+    return {"coord_change_m": float(np.mean(dx or [0.0])), "edge_d_change_m": float(np.mean(dd or [0.0])),
+            "edge_a_change_deg": float(np.mean(da or [0.0]))}
+
+
+def rotation_table(results):
+    """Markdown: one row per angle (x100 for scores, metres / degrees for the ground-truth changes)."""
+    out = ["| angle | answer score | node R_n | edge R_e | format | visible | GT coord change m | GT edge d change m "
+           "| GT edge a change deg |", "|---" * 9 + "|"]
+    for a, r in results.items():
+        m = r["summary"]["metrics"]
+        out.append(f"| {a:g} | {cell(r['summary']['overall_q'])} | {cell(m.get('node'))} | {cell(m.get('edge'))} | "
+                   f"{cell(m.get('format'))} | {100 * r['visible']:.0f}% | {r['coord_change_m']:.2f} | "
+                   f"{r['edge_d_change_m']:.3f} | {r['edge_a_change_deg']:.2f} |")
+    return "\n".join(out)
+
+
+def plot_rotation(results, path, title):
+    """Left: the model's answer score, node and edge rewards (95% CI) and the visible share against angle.
+    Right: ground truth against angle: camera-frame coordinates move, edge d and a stay put."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    angles = list(results)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label, key in (("answer score", None), ("node reward R_n", "node"), ("edge reward R_e", "edge")):
+        st = [(results[a]["summary"]["metrics"].get(key) if key else results[a]["summary"]["overall_q"])
+              or {"mean": np.nan, "lo": np.nan, "hi": np.nan} for a in angles]
+        mean = np.array([x["mean"] for x in st])
+        ax.plot(angles, mean, "o-", label=label)
+        ax.fill_between(angles, [x["lo"] for x in st], [x["hi"] for x in st], alpha=0.15)
+    ax.plot(angles, [results[a]["visible"] for a in angles], "k--", label="objects in view (share)")
+    ax.set(xlabel="camera rotation (deg)", ylabel="model (0..1, 95% CI)", ylim=(-0.02, 1.02), title="model")
+    ax.legend(fontsize=8)
+    bx.plot(angles, [results[a]["coord_change_m"] for a in angles], "o-", c="C3",
+            label="|delta x| camera-frame centres (m)")
+    bx.plot(angles, [results[a]["edge_d_change_m"] for a in angles], "s-", c="C2", label="|delta d| edges (m)")
+    bx.set(xlabel="camera rotation (deg)", ylabel="metres", title="ground truth vs angle 0")
+    tx = bx.twinx()
+    tx.plot(angles, [results[a]["edge_a_change_deg"] for a in angles], "^:", c="C4", label="|delta a| edges (deg)")
+    tx.set_ylabel("degrees")
+    tx.set_ylim(0, max(5.0, 1.1 * max(results[a]["edge_a_change_deg"] for a in angles)))   # rounding noise stays small
+    bx.legend(handles=bx.get_lines() + tx.get_lines(), fontsize=8, loc="upper left")
+    for a in (ax, bx):
+        a.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parse_rotation_args(argv):
+    p = argparse.ArgumentParser(description="Rotation stress test on the synthetic scenes (see docstring).")
+    p.add_argument("--model", required=True)
+    p.add_argument("--angles", type=float, nargs="+", default=[0, 30, 60, 90, 180])
+    p.add_argument("--axis", default="yaw", choices=["yaw", "roll", "orbit"])
+    p.add_argument("--data", default="data/synth/test.jsonl", help="synthetic rows; scenes.jsonl beside it")
+    p.add_argument("--scenes", type=int, default=20, help="first N scenes of the file")
+    for flag, default in (("--frames", 32), ("--batch", 8), ("--max_new_tokens", 512), ("--min_pixels", 56 * 56),
+                          ("--max_pixels", 56 * 56), ("--threads", 2), ("--seed", 0), ("--n_boot", N_BOOT)):
+        p.add_argument(flag, type=int, default=default)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default="out/rotation")
+    return p.parse_args(argv)
+
+
+def rotation_main(argv):
+    """Render every angle, score the model at each, print the table, write rotation.json and rotation.png."""
+    import torch
+    import data
+    import model as qwen
+    args = parse_rotation_args(argv)
+    torch.set_num_threads(args.threads)
+    ids = scene_ids(data.load_rows(args.data))[:args.scenes]
+    scenes = load_scenes(os.path.dirname(os.path.abspath(args.data)), ids)
+    rows_by_angle = {}
+    for a in args.angles:
+        video_dir = os.path.join(args.out, "videos", f"{args.axis}{a:g}")
+        rows_by_angle[a] = [r for s in scenes for r in rotated_rows(s, args.axis, a, args.seed, video_dir)]
+    rows_by_angle = common_questions(rows_by_angle)
+    mdl, tokenizer = qwen.load(args.model, device=args.device)
+    results, first = {}, args.angles[0]
+    for a, rows in rows_by_angle.items():
+        scored = [score_completion(c, r) for c, r in
+                  zip(complete(mdl, tokenizer, rows, args, f"{args.axis} {a:g} deg"), rows)]
+        results[a] = {"summary": summarize(rows, scored, args.n_boot, args.seed), "rows": len(rows),
+                      "visible": float(np.mean([r["visible"] for r in rows])),
+                      **coordinate_change(rows_by_angle[first], rows)}
+    title = (f"{os.path.basename(os.path.normpath(args.model))}: camera {args.axis} on {len(scenes)} scenes, "
+             f"{len(rows_by_angle[first])} questions per angle")
+    print(rotation_table(results))
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "rotation.json"), "w") as f:
+        json.dump({"model": args.model, "axis": args.axis, "data": args.data,
+                   "angles": {f"{a:g}": r for a, r in results.items()}}, f, indent=1)
+    plot_rotation(results, os.path.join(args.out, "rotation.png"), title)
+    print(f"wrote {args.out}/rotation.json, rotation.png")
+
+
+# ------------------------------------------------------------------------------------ demo without a model
+
+def demo_rows():
+    """Four hand-made rows (mc, num, interval, boxes) with a ground-truth graph on the first."""
+    g = graph.Graph(0, [graph.Node("red cube", (1.2, 0.4, 5.1)), graph.Node("blue ball", (-0.8, 0.4, 6.0))])
+    return [{"id": "d-mc", "task": "closest_object", "answer_type": "mc", "answer": "B", "graphs": [g.to_dict()]},
+            {"id": "d-num", "task": "object_abs_distance", "answer_type": "num", "answer": 2.0},
+            {"id": "d-when", "task": "when", "answer_type": "iou", "answer": [2.0, 4.0]},
+            {"id": "d-where", "task": "where", "answer_type": "boxes",
+             "answer": [{"frame": 3, "box": [0, 0, 10, 10]}, {"frame": 6, "box": [10, 10, 20, 20]}]}], g
+
+
+def demo():
+    rows, g = demo_rows()
+    good = [f"<think>{graph.to_text(g)} The ball.</think><answer>B</answer>", "<answer>2.2</answer>",
+            "<think>t</think><answer>[2.0, 3.0]</answer>", "<answer>3: [0, 0, 10, 10]; 6: [10, 10, 20, 30]</answer>"]
+    poor = ["B chair", "about 2 m", "<answer>[5, 6]</answer>", "<answer>[0, 0, 10, 10]</answer>"]
+    for name, comps in (("good", good), ("poor", poor)):
+        print(f"--- {name}")
+        for row, c in zip(rows, comps):
+            print(f"{row['answer_type']:6s} {c[-45:]!r:50s} -> {score_completion(c, row)}")
+    summaries = {n: summarize(rows, [score_completion(c, r) for c, r in zip(cs, rows)], 200)
+                 for n, cs in (("good", good), ("poor", poor))}
+    print(markdown_table(summaries))
+
+
+if __name__ == "__main__":
+    try:
+        if sys.argv[1:2] == ["demo"]:
+            demo()
+        elif sys.argv[1:2] == ["rotation"]:
+            rotation_main(sys.argv[2:])
+        else:
+            main(sys.argv[1:])
+    except BadInput as e:
+        sys.exit(f"eval.py: {e}")
