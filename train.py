@@ -60,7 +60,7 @@ class Config:
     resume: bool = False            # continue runs/NAME from its last checkpoint (its config.json wins)
     # data
     data: str = "data/synth"        # folder with train.jsonl / val.jsonl / test.jsonl (made here if missing)
-    data_scenes: int = 600          # scenes to render when the synthetic set is made
+    data_scenes: int = 1500         # scenes to render when the synthetic set is made (4 questions each)
     frames: int = 16                # frames per video (paper: 16 for training)
     min_pixels: int = 56 * 56       # per-frame pixel budget of Qwen2.5-VL's smart_resize
     max_pixels: int = 56 * 56
@@ -72,11 +72,11 @@ class Config:
     freeze_vision: bool = False     # keep the vision tower fixed
     grad_ckpt: bool = False         # gradient checkpointing (on for the paper preset)
     # supervised warm-up
-    sft_steps: int = 1500           # teacher-forced steps on the reference reasoning
+    sft_steps: int = 1200           # teacher-forced steps on the reference reasoning
     sft_batch: int = 16
     sft_lr: float = 3e-3
     # GRPO
-    grpo_steps: int = 150
+    grpo_steps: int = 100
     batch: int = 4                  # B prompts per step
     micro_batch: int = 4            # prompts per forward/backward (gradient accumulation over B / micro_batch)
     G: int = 8                      # completions per prompt (paper: 8)
@@ -102,7 +102,7 @@ class Config:
     len_hi: int = 230
     len_bonus: float = 0.2
     # logging, evaluation, checkpoints
-    eval_every: int = 50            # held-out evaluation every N steps (both phases)
+    eval_every: int = 400           # held-out evaluation every N steps (both phases)
     eval_n: int = 96                # val questions per evaluation during training
     test_n: int = 300               # test questions of the final before/after table
     ckpt_every: int = 100
@@ -500,8 +500,10 @@ def plot_curves(run_dir):
 
 
 def load_policy(cfg, path, device, dtype):
-    """The policy (LoRA added when lora_rank > 0) and its tokenizer, from a local checkpoint folder."""
-    mdl, tok = qwen.load(path, dtype=dtype, device=device)
+    """The policy (LoRA added when lora_rank > 0) and its tokenizer, from a local checkpoint folder.
+    Full fine-tuning keeps fp32 master weights (a 1e-6 step is lost in bf16) and computes in bf16 under autocast;
+    with LoRA the frozen base is stored in `dtype` and the adapters are fp32."""
+    mdl, tok = qwen.load(path, dtype=torch.float32 if cfg.lora_rank == 0 else dtype, device=device)
     if cfg.freeze_vision:
         qwen.freeze_vision(mdl)
     if cfg.lora_rank > 0:
@@ -548,7 +550,7 @@ def run_warmup(cfg, run_dir, train_rows, val_rows, step, device, dtype):
             f"lr {opt.param_groups[0]['lr']:.1e} | {dt:.2f}s {out['tokens'] / dt:.0f} tok/s")
         if step % cfg.ckpt_every == 0 or step == cfg.sft_steps:
             save_checkpoint(run_dir, step, mdl, opt, cfg.keep_ckpts)
-        if step % cfg.eval_every == 0 and step < cfg.sft_steps:
+        if step % cfg.eval_every == 0 or step == cfg.sft_steps:
             held_out(cfg, mdl, tok, val_rows, run_dir, step, device, dtype, "warm-up")
             plot_curves(run_dir)
     export(mdl, tok, os.path.join(run_dir, "warmup"))
@@ -583,7 +585,7 @@ def run_grpo(cfg, run_dir, train_rows, val_rows, step, device, dtype):
             write_samples(run_dir, step, ro)
         if step % cfg.ckpt_every == 0 or step == total:
             save_checkpoint(run_dir, step, mdl, opt, cfg.keep_ckpts)
-        if step % cfg.eval_every == 0 and step < total:
+        if step % cfg.eval_every == 0 or step == total:
             held_out(cfg, mdl, tok, val_rows, run_dir, step, device, dtype, "grpo")
         if (k + 1) % cfg.plot_every == 0:
             plot_curves(run_dir)
@@ -605,7 +607,7 @@ def log_grpo_step(cfg, run_dir, step, ro, stats, t_update, lr):
            "zero_var": zero_var, "t_sample": ro["t_sample"], "t_score": ro["t_score"], "t_update": t_update,
            "tok_per_s": n_tok / max(ro["t_sample"], 1e-9), "lr": lr}
     log(run_dir, rec,
-        f"grpo step {step:5d} | R {rec['reward']:.3f} (fmt {mean['format']:.2f} ans {mean['answer']:.2f} "
+        f"grpo step {step:5d}/{cfg.sft_steps + cfg.grpo_steps} | R {rec['reward']:.3f} (fmt {mean['format']:.2f} ans {mean['answer']:.2f} "
         f"graph {mean['graph']:.2f} len {mean['length']:.2f}) | " + " ".join(f"{k} {v:.2f}" for k, v in acc.items())
         + f" | kl {stats['kl']:.4f} clip {stats['clip_frac']:.3f} tokens {rec['length']:.0f} zero_var {zero_var:.2f}"
         f" | s sample {ro['t_sample']:.1f} score {ro['t_score']:.2f} update {t_update:.1f} "
