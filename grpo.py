@@ -300,6 +300,18 @@ def bench(G=8, lengths=(64, 256), frames=16, size=56, repeats=5):
             n_gen = (out.shape[1] - inputs["input_ids"].shape[1]) * G
         print(f"T={T:4d}: sample {n_ours / t_ours:8.0f} tok/s ({t_ours:.3f} s)   generate {n_gen / t_gen:8.0f} tok/s "
               f"({t_gen:.3f} s)   ratio {(n_ours / t_ours) / (n_gen / t_gen):.2f}x")
+    # which precision trains faster on this machine: one update's forward + backward, fp32 vs bf16 autocast
+    ids, mask, _ = sample(m, inputs, G, 128, temperature=1.0, eos_ids=(), suppress_ids=suppress)
+    for name in ("fp32", "bf16"):
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
+                logp = token_logprobs(m, inputs, ids, mask)                  # (G, T)
+            (-(logp * mask).sum()).backward()
+            m.zero_grad(set_to_none=True)
+            best = min(best, time.perf_counter() - t0)
+        print(f"update (token_logprobs forward + backward, {G} x 128 tokens) {name}: {best * 1000:.0f} ms")
 
 
 def demo():
@@ -318,6 +330,6 @@ def demo():
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "bench":
-        bench()  # noqa: F821  (defined with the sampler, issue C)
+        bench()
     else:
         demo()

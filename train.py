@@ -55,7 +55,7 @@ class Config:
     out: str = "runs"               # folder of all runs
     seed: int = 0                   # seeds data order, sampling and init of new weights
     device: str = "auto"            # auto (cuda if present) | cpu | cuda
-    dtype: str = "auto"             # auto (bf16 on cuda, fp32 on cpu: faster here) | bf16 | fp32
+    dtype: str = "auto"             # auto (bf16 on cuda, fp32 on cpu: faster here, `python grpo.py bench`) | bf16 | fp32
     threads: int = 2                # torch CPU threads
     resume: bool = False            # continue runs/NAME from its last checkpoint (its config.json wins)
     # data
@@ -72,11 +72,11 @@ class Config:
     freeze_vision: bool = False     # keep the vision tower fixed
     grad_ckpt: bool = False         # gradient checkpointing (on for the paper preset)
     # supervised warm-up
-    sft_steps: int = 1200           # teacher-forced steps on the reference reasoning
+    sft_steps: int = 1000           # teacher-forced steps on the reference reasoning
     sft_batch: int = 16
     sft_lr: float = 3e-3
     # GRPO
-    grpo_steps: int = 100
+    grpo_steps: int = 200
     batch: int = 4                  # B prompts per step
     micro_batch: int = 4            # prompts per forward/backward (gradient accumulation over B / micro_batch)
     G: int = 8                      # completions per prompt (paper: 8)
@@ -317,10 +317,8 @@ def reference(mdl, ref_mdl):
 
 
 def autocast(device, dtype):
-    """bf16 autocast on CUDA; a no-op in fp32."""
-    if dtype == torch.bfloat16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """bf16 autocast (CUDA by default; CPU with --dtype bf16); a no-op in fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
 
 
 def trainable(mdl):
