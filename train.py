@@ -462,35 +462,52 @@ def log(run_dir, record, line):
         fh.write(json.dumps(record) + "\n")
 
 
+def smooth(values, k=10):
+    """Trailing moving average over k points (the per-step GRPO means are noisy: B*G samples each)."""
+    v = np.asarray(values, dtype=np.float64)
+    return np.array([v[max(0, i - k + 1):i + 1].mean() for i in range(len(v))])
+
+
+def drop_metrics_after(run_dir, step):
+    """On resume, forget the log lines of steps after the checkpoint: they are about to be run again."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if os.path.exists(path):
+        with open(path) as fh:
+            keep = [line for line in fh if line.strip() and json.loads(line)["step"] <= step]
+        with open(path, "w") as fh:
+            fh.writelines(keep)
+
+
 def plot_curves(run_dir):
-    """curves.png from metrics.jsonl: training reward parts, held-out rewards, KL / clip, completion length."""
+    """curves.png from metrics.jsonl: GRPO reward parts, held-out rewards, KL / clipping, warm-up loss and length."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
         recs = [json.loads(line) for line in fh if line.strip()]
-    grpo_recs = [r for r in recs if r["phase"] == "grpo"]
-    evals = [r for r in recs if r["phase"] == "eval"]
-    sft = [r for r in recs if r["phase"] == "sft"]
+    by = {p: [r for r in recs if r["phase"] == p] for p in ("sft", "grpo", "eval")}
+    steps = [r["step"] for r in by["grpo"]]
     fig, ax = plt.subplots(2, 2, figsize=(12, 8))
     for key in ("reward", "r_format", "r_answer", "r_graph", "r_length"):
-        ax[0, 0].plot([r["step"] for r in grpo_recs], [r[key] for r in grpo_recs], label=key)
-    ax[0, 0].set_title("GRPO: training reward and its parts (mean of N samples)")
+        line, = ax[0, 0].plot(steps, smooth([r[key] for r in by["grpo"]]), label=f"{key} (mean of 10 steps)")
+        ax[0, 0].plot(steps, [r[key] for r in by["grpo"]], color=line.get_color(), alpha=0.15)
+    ax[0, 0].set_title("GRPO: training reward and its parts")
     for key in ("answer", "graph", "format"):
-        ax[0, 1].plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=f"held-out {key}")
-    if sft:
-        ax[0, 1].axvline(sft[-1]["step"], color="gray", ls=":", label="end of warm-up")
-    ax[0, 1].set_title("held-out (greedy) rewards")
-    ax[1, 0].plot([r["step"] for r in grpo_recs], [r["kl"] for r in grpo_recs], label="KL (k3)")
-    ax[1, 0].plot([r["step"] for r in grpo_recs], [r["clip_frac"] for r in grpo_recs], label="clip fraction")
-    ax[1, 0].plot([r["step"] for r in grpo_recs], [r["zero_var"] for r in grpo_recs], label="zero-variance groups")
-    ax[1, 0].set_title("GRPO diagnostics")
-    ax[1, 1].plot([r["step"] for r in grpo_recs], [r["length"] for r in grpo_recs], label="completion tokens")
-    ax[1, 1].plot([r["step"] for r in sft], [r["loss"] * 10 for r in sft], label="warm-up loss x10", alpha=0.6)
-    ax[1, 1].set_title("length (GRPO) and warm-up loss")
+        ax[0, 1].plot([r["step"] for r in by["eval"]], [r[key] for r in by["eval"]], "o-", label=f"held-out {key}")
+    if by["sft"]:
+        ax[0, 1].axvline(by["sft"][-1]["step"], color="gray", ls=":", label="end of warm-up")
+    ax[0, 1].set_title("held-out rewards (greedy, val split)")
+    for key in ("kl", "clip_frac", "zero_var"):
+        ax[1, 0].plot(steps, [r[key] for r in by["grpo"]], label=key)
+    ax[1, 0].set_title("GRPO diagnostics: KL (k3), clipped tokens, zero-variance groups")
+    ax[1, 1].semilogy([r["step"] for r in by["sft"]], [r["loss"] for r in by["sft"]], color="C1", label="warm-up loss")
+    length = ax[1, 1].twinx()
+    length.plot(steps, [r["length"] for r in by["grpo"]], color="C0", label="GRPO completion tokens")
+    length.legend(fontsize=8, loc="upper right")
+    ax[1, 1].set_title("warm-up loss (log) and GRPO completion length")
     for a in ax.flat:
         a.set_xlabel("step")
-        a.legend(fontsize=8)
+        a.legend(fontsize=8, loc="upper left")
         a.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(os.path.join(run_dir, "curves.png"), dpi=90)
@@ -665,6 +682,7 @@ def main(argv=None):
           f"{len(test_rows)} test rows | config in {run_dir}/config.json")
     ckpt = latest_checkpoint(run_dir)
     step = int(ckpt.rsplit("-", 1)[1]) if ckpt else 0
+    drop_metrics_after(run_dir, step)
     total = cfg.sft_steps + cfg.grpo_steps
     val_rows, test_rows = val_rows[:cfg.eval_n], test_rows[:cfg.test_n]
     if cfg.sft_steps > 0 and (step < cfg.sft_steps or not os.path.isdir(os.path.join(run_dir, "warmup"))):
