@@ -116,6 +116,37 @@ def test_on_policy_ratio_is_one_with_gradient():
     assert torch.allclose(logp.grad, torch.tensor([[-1.0, -1.0]]))  # d/dlogp of -(A * rho)/2 tokens
 
 
+def test_grpo_learns_a_toy_task():
+    """The learning test: a policy of free logits over V=5 tokens, T=4 tokens per completion, reward = share of
+    tokens equal to 2. Sampling, group advantages, k3 KL and the clipped loss (mu=2 epochs, so ratios move) must
+    raise the mean reward from ~0.2 to > 0.8 in 60 steps, in every aggregation mode."""
+    for agg in ("seq", "token", "const"):
+        torch.manual_seed(0)
+        logits = torch.zeros(4, 5, requires_grad=True)                    # (T, V) the whole policy
+        ref = torch.zeros(4, 5)                                            # pi_ref: uniform
+        opt = torch.optim.Adam([logits], lr=0.1)
+        B, G = 2, 8
+        first = None
+        for step in range(60):
+            with torch.no_grad():
+                probs = logits.softmax(-1)                                 # (T, V)
+                ids = torch.multinomial(probs.repeat(B * G, 1), 1).view(B * G, 4)       # (N, T)
+                reward = (ids == 2).float().mean(1)                        # (N,)
+                old_logp = logits.log_softmax(-1).gather(1, ids.T).T        # (N, T)
+                ref_logp = ref.log_softmax(-1).gather(1, ids.T).T
+            first = reward.mean().item() if first is None else first
+            adv = grpo.group_advantages(reward, G)
+            mask = torch.ones(B * G, 4)
+            for _ in range(2):                                             # mu = 2
+                logp = logits.log_softmax(-1).gather(1, ids.T).T            # (N, T)
+                loss, _ = grpo.policy_loss(logp, old_logp, ref_logp, adv, mask, beta=0.01, agg=agg)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        final = logits.softmax(-1)[:, 2].mean().item()
+        assert first < 0.4 and final > 0.8, (agg, first, final)
+
+
 # ---------------------------------------------------------------------------- graph.py
 
 def _scene(rng, n=4):
