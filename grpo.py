@@ -5,7 +5,7 @@ G = 8 completions per prompt, beta = 0.04. The objective, per prompt q with comp
 
     J(theta) = E[ 1/G sum_i 1/|o_i| sum_t ( min(rho_it A_i, clip(rho_it, 1-eps, 1+eps) A_i) - beta D_KL,it ) ]
     rho_it   = pi_theta(o_it | q, o_i<t) / pi_old(o_it | q, o_i<t)                      (importance ratio)
-    A_i      = (r_i - mean(r_1..r_G)) / std(r_1..r_G)                                   (Eq. 3, group advantage)
+    A_i      = (r_i - mean(r_1..r_G)) / std(r_1..r_G)                                   (group-relative advantage)
     D_KL,it  = pi_ref/pi_theta - log(pi_ref/pi_theta) - 1                              (k3 estimator, >= 0)
 
 Variants are flags of the same functions, not copies:
@@ -36,7 +36,7 @@ def group_advantages(rewards, G, scale=True, eps=1e-4):
     """A_i of each completion relative to the other completions of its prompt.
 
     rewards: (N,) with N = B*G, grouped as [prompt0: G values, prompt1: G values, ...].
-    scale=True:  Eq. 3, A_i = (r_i - mean(r)) / (std(r) + eps)  (GRPO; std is the unbiased sample std, as TRL).
+    scale=True:  A_i = (r_i - mean(r)) / (std(r) + eps)  (GRPO; std is the unbiased sample std, as TRL).
     scale=False: A_i = r_i - mean(r)  (Dr. GRPO: dividing by std over-weights too easy / too hard prompts).
     A group whose rewards are all equal gets A = 0 (no signal), never NaN.
     """

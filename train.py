@@ -4,20 +4,20 @@ What one GRPO step does (DeepSeekMath's GRPO, as the paper uses it):
   1. B prompts (video + question); grpo.sample draws G completions each, no grad       -> N = B*G sequences
   2. rewards.total_reward scores each: R = R_format + R_ans + R_graph + R_l (a weight per part: --w_graph 0 is
      the paper's "without graph reasoning" ablation)
-  3. grpo.group_advantages: A_i = (r_i - mean(r)) / (std(r) + eps) within each prompt's group        (Eq. 3)
+  3. grpo.group_advantages: A_i = (r_i - mean(r)) / (std(r) + eps) within each prompt's group
   4. reference log-probs: the start policy (LoRA adapters switched off, or a frozen copy for full fine-tuning)
   5. grpo.policy_loss: the clipped surrogate minus beta * k3 KL; mu inner epochs reuse the sampling log-probs
   6. clip the gradient norm, AdamW, cosine schedule with warm-up.
 Before GRPO, --sft_steps of teacher-forced cross-entropy on the reference reasoning (graph blocks + a sentence +
 answer) teach the tiny random model the output format; `--grpo_steps 0` is the paper's SFT baseline alone.
 
-Presets: `--preset tiny` (default: a ~0.6M-parameter Qwen2.5-VL built locally, synthetic videos, 2 CPU cores,
+Presets: `--preset tiny` (default: a 0.54M-parameter Qwen2.5-VL built locally, synthetic videos, 2 CPU cores,
 minutes) and `--preset paper` (Qwen2.5-VL-7B from `--model PATH`, G=8, beta=0.04, 16 frames at 128*28*28 pixels,
 lr 1e-6, 768 new tokens, length window 320-512 with bonus 0.2, LoRA so it fits one 80 GB GPU).
 Differences from the paper: the data is synthetic (data.py), the tiny model starts from random weights and so
 needs the warm-up; everything else is the paper's recipe with smaller numbers.
 
-Run: `python train.py` (everything, ~20 min on 2 cores), `python train.py --resume` after an interruption,
+Run: `python train.py` (everything, 16 min on 2 CPU cores), `python train.py --resume` after an interruption,
 `python train.py --preset paper --model /path/to/Qwen2.5-VL-7B-Instruct --data /path/to/rows`.
 Outputs in runs/NAME/: config.json, metrics.jsonl, samples.jsonl, curves.png, ckpt-*/, warmup/, final/.
 Letters: B prompts, G completions per prompt, N = B*G, T completion tokens, P prompt tokens.
@@ -640,9 +640,10 @@ def write_samples(run_dir, step, ro, n=4):
 
 
 def final_report(cfg, run_dir, train_rows, test_rows, device, dtype):
-    """The before/after table on the test split: blind baseline, after warm-up, after GRPO (results.md)."""
+    """The before/after table on the test split: blind baseline, after warm-up (or the start model when there is
+    no warm-up), after GRPO (results.md)."""
     columns = {"blind": blind_baseline(train_rows, test_rows)}
-    states = [("after warm-up", os.path.join(run_dir, "warmup") if cfg.sft_steps > 0 else cfg.model),
+    states = [("after warm-up", os.path.join(run_dir, "warmup")) if cfg.sft_steps > 0 else ("start", cfg.model),
               ("after GRPO", os.path.join(run_dir, "final"))]
     for tag, path in states:
         if not os.path.isdir(path):
