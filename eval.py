@@ -542,7 +542,8 @@ def read_video(row, frames):
 
 
 def greedy_batch(mdl, tokenizer, rows, videos, args):
-    """Greedy completions for one batch of B rows: model.make_inputs -> grpo.sample(G=1, temperature=0)."""
+    """Greedy completions for one batch of B rows: model.make_inputs -> grpo.sample(G=1, temperature=0).
+    Returns (texts, token counts with the closing EOS)."""
     import torch
     import grpo
     import model as qwen
@@ -553,7 +554,7 @@ def greedy_batch(mdl, tokenizer, rows, videos, args):
     with torch.no_grad():
         ids, mask, _ = grpo.sample(mdl, inputs, 1, args.max_new_tokens, temperature=0.0,
                                    eos_ids=eos, suppress_ids=suppress)       # (B, T)
-    return qwen.decode_completions(tokenizer, ids, mask)[0]
+    return qwen.decode_completions(tokenizer, ids, mask)                     # (texts, token counts)
 
 
 def progress(tag, done, total, t0):
@@ -582,7 +583,7 @@ def complete(mdl, tokenizer, rows, args, tag):
     for lo in range(0, len(rows), args.batch):
         chunk = rows[lo:lo + args.batch]
         videos = [read_video(r, args.frames) for r in chunk]
-        completions += greedy_batch(mdl, tokenizer, chunk, videos, args)
+        completions += greedy_batch(mdl, tokenizer, chunk, videos, args)[0]
         progress(tag, len(completions), len(rows), t0)
     return completions
 

@@ -339,8 +339,7 @@ def evaluate(cfg, mdl, tok, rows, device, dtype, batch=16):
         chunk = rows[lo:lo + batch]
         videos = [load_video(r["video"], cfg.frames, *(r.get("time_window") or (None, None))) for r in chunk]
         with autocast(device, dtype):
-            texts = ev.greedy_batch(mdl, tok, chunk, videos, cfg)
-        lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts]
+            texts, lengths = ev.greedy_batch(mdl, tok, chunk, videos, cfg)
         _, parts = score(cfg, texts, lengths, chunk, 1)
         for row, part, text, n_tok in zip(chunk, parts, texts, lengths):
             results.append({**part, "task": row["task"], "answer_type": row["answer_type"], "tokens": n_tok,
