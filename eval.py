@@ -360,24 +360,16 @@ def from_vstar(rec, root, where):
     return rows
 
 
-VIDEOR1_TYPES = {"multiple choice": "mc", "numerical": "num", "regression": "num"}
-
-
 def from_videor1(rec, root, where):
-    """Video-R1 eval row -> our row. solution '<answer>B</answer>'; task = data_source (e.g. VideoMME)."""
-    ptype = str(need(rec, "problem_type", where))
-    if ptype not in VIDEOR1_TYPES:
-        raise BadInput(f"{where}: problem_type {ptype!r} is not scored here (only {sorted(VIDEOR1_TYPES)})")
-    sol = str(need(rec, "solution", where))
-    gt = rewards.extract_answer(sol) or sol.strip()
-    row = {"id": f"r1-{rec.get('problem_id', where.rsplit(' ', 1)[-1])}",
-           "video": os.path.normpath(os.path.join(root, str(need(rec, "path", where)))),
-           "question": str(need(rec, "problem", where)), "task": str(rec.get("data_source") or ptype),
-           "time_window": None, "graphs": None}
-    if VIDEOR1_TYPES[ptype] == "num":
-        return {**row, "options": None, "answer": to_float(gt, where, "solution"), "answer_type": "num"}
-    options = option_texts(need(rec, "options", where), where)
-    return {**row, "options": options, "answer": letter(gt, len(options), where, "solution"), "answer_type": "mc"}
+    """Video-R1 eval row -> our row: data.from_video_r1 (the one mapping of that format), with the video path
+    resolved against root and its errors reported as BadInput naming the row; task = data_source (VideoMME...)."""
+    import data
+    try:
+        row = data.from_video_r1(rec)
+    except data.BadRow as err:
+        raise BadInput(f"{where}: {err}") from None
+    video = os.path.normpath(os.path.join(root, row["video"]))
+    return {**row, "id": f"r1-{rec.get('problem_id', where.rsplit(' ', 1)[-1])}", "video": video, "reasoning": None}
 
 
 FORMAT_KEYS = {                        # a format is detected when the first row has all of its keys

@@ -206,11 +206,15 @@ def load_video(path, num_frames, start=None, end=None):
     return data.read_frames(path, num_frames, start=start, end=end)
 
 
+def row_videos(cfg, rows):
+    """The clips of B rows (each within its time_window, if any), from the per-run cache."""
+    return [load_video(r["video"], cfg.frames, *(r.get("time_window") or (None, None))) for r in rows]
+
+
 def prompt_batch(cfg, tok, mdl, rows, device, dtype):
     """Tokenised prompts with their videos for B rows, on the device (model.make_inputs)."""
-    videos = [load_video(r["video"], cfg.frames, *(r.get("time_window") or (None, None))) for r in rows]
-    return qwen.to_device(qwen.make_inputs(tok, mdl.config, rows, videos, cfg.min_pixels, cfg.max_pixels),
-                          device, dtype)
+    inputs = qwen.make_inputs(tok, mdl.config, rows, row_videos(cfg, rows), cfg.min_pixels, cfg.max_pixels)
+    return qwen.to_device(inputs, device, dtype)
 
 
 def completion_tensors(tok, texts, device):
@@ -337,9 +341,8 @@ def evaluate(cfg, mdl, tok, rows, device, dtype, batch=16):
     results = []
     for lo in range(0, len(rows), batch):
         chunk = rows[lo:lo + batch]
-        videos = [load_video(r["video"], cfg.frames, *(r.get("time_window") or (None, None))) for r in chunk]
         with autocast(device, dtype):
-            texts, lengths = ev.greedy_batch(mdl, tok, chunk, videos, cfg)
+            texts, lengths = ev.greedy_batch(mdl, tok, chunk, row_videos(cfg, chunk), cfg)
         _, parts = score(cfg, texts, lengths, chunk, 1)
         for row, part, text, n_tok in zip(chunk, parts, texts, lengths):
             results.append({**part, "task": row["task"], "answer_type": row["answer_type"], "tokens": n_tok,
@@ -347,7 +350,7 @@ def evaluate(cfg, mdl, tok, rows, device, dtype, batch=16):
     return results
 
 
-def summarize(results):
+def heldout_means(results):
     """Means of the held-out parts, answer reward per answer type (mc accuracy, num MRA, iou IoU)."""
     out = {k: float(np.mean([r[k] for r in results])) for k in ("answer", "graph", "graph_node", "graph_edge",
                                                                  "format", "tokens")}
@@ -534,7 +537,7 @@ def optimizer(mdl, lr, cfg):
 def held_out(cfg, mdl, tok, rows, run_dir, step, device, dtype, tag):
     """Quick held-out evaluation, printed and logged with phase "eval"."""
     t0 = time.time()
-    summary = summarize(evaluate(cfg, mdl, tok, rows, device, dtype))
+    summary = heldout_means(evaluate(cfg, mdl, tok, rows, device, dtype))
     log(run_dir, {"phase": "eval", "step": step, "tag": tag, **summary},
         f"eval {tag:>10s} step {step:5d} | answer {summary['answer']:.3f} graph {summary['graph']:.3f} "
         f"format {summary['format']:.3f} | " + " ".join(f"{k} {v:.3f}" for k, v in summary.items()
@@ -596,7 +599,7 @@ def run_grpo(cfg, run_dir, train_rows, val_rows, step, device, dtype):
         step += 1
         log_grpo_step(cfg, run_dir, step, ro, stats, t_update, opt.param_groups[0]["lr"])
         if (k + 1) % cfg.sample_every == 0 or k == 0:
-            write_samples(run_dir, step, ro)
+            write_samples(run_dir, step, ro, cfg.G)
         if step % cfg.ckpt_every == 0 or step == total:
             save_checkpoint(run_dir, step, mdl, opt, cfg.keep_ckpts)
         if step % cfg.eval_every == 0 or step == total:
@@ -628,11 +631,11 @@ def log_grpo_step(cfg, run_dir, step, ro, stats, t_update, lr):
         f"| {rec['tok_per_s']:.0f} tok/s")
 
 
-def write_samples(run_dir, step, ro, n=4):
+def write_samples(run_dir, step, ro, G, n=4):
     """A few completions with their rewards, to read (samples.jsonl)."""
     with open(os.path.join(run_dir, "samples.jsonl"), "a") as fh:
         for i in range(min(n, len(ro["texts"]))):
-            row = ro["rows"][i // (len(ro["texts"]) // len(ro["rows"]))]
+            row = ro["rows"][i // G]
             fh.write(json.dumps({"step": step, "question": row["question"], "answer": row["answer"],
                                  "completion": ro["texts"][i], "reward": float(ro["reward"][i]),
                                  "parts": ro["parts"][i], "advantage": float(ro["adv"][i])}) + "\n")
