@@ -335,14 +335,24 @@ def check_finite(loss, what):
                                  f"(lower --lr or --sft_lr, or check the data), resume with --resume")
 
 
-def evaluate(cfg, mdl, tok, rows, device, dtype, batch=16):
-    """Greedy completions (eval.greedy_batch) on held-out rows, scored with the training reward's parts."""
+def wrong_videos(rows, seed=0):
+    """The wrong-video control: a fixed derangement of the rows' videos (scene k gets the video of scene k+1 of a
+    seeded shuffle), so every question is asked about another scene's clip. Returns {video: other video}."""
+    videos = sorted({r["video"] for r in rows})
+    order = [videos[i] for i in np.random.default_rng([seed, 7]).permutation(len(videos))]
+    return {v: order[(k + 1) % len(order)] for k, v in enumerate(order)} if len(order) > 1 else {}
+
+
+def evaluate(cfg, mdl, tok, rows, device, dtype, swap=None, batch=16):
+    """Greedy completions (eval.greedy_batch) on held-out rows, scored with the training reward's parts.
+    swap: {video: other video} (wrong_videos) asks each question about another scene's clip."""
     mdl.eval()
     results = []
     for lo in range(0, len(rows), batch):
         chunk = rows[lo:lo + batch]
+        seen = [{**r, "video": swap.get(r["video"], r["video"])} for r in chunk] if swap else chunk
         with autocast(device, dtype):
-            texts, lengths = ev.greedy_batch(mdl, tok, chunk, row_videos(cfg, chunk), cfg)
+            texts, lengths = ev.greedy_batch(mdl, tok, chunk, row_videos(cfg, seen), cfg)
         _, parts = score(cfg, texts, lengths, chunk, 1)
         for row, part, text, n_tok in zip(chunk, parts, texts, lengths):
             results.append({**part, "task": row["task"], "answer_type": row["answer_type"], "tokens": n_tok,
@@ -380,31 +390,41 @@ def blind_baseline(train_rows, test_rows):
 
 def metric_values(results, key):
     """Per-question values of one metric: a reward part, or "answer_mc" = R_ans of the mc questions only."""
-    if key.startswith("answer_"):
+    if key.startswith("answer_") and key[len("answer_"):] in ("mc", "num", "iou"):
         return [r["answer"] for r in results if r["answer_type"] == key[len("answer_"):]]
     return [r[key] for r in results if key in r]
 
 
-def mean_ci(values, signed=False):
+def mean_ci(values):
+    """(mean, lo, hi) with the 95 % bootstrap interval, or None without values."""
     if not values:
-        return "-"
+        return None
     lo, hi = ev.bootstrap_mean_ci(values)
+    return float(np.mean(values)), lo, hi
+
+
+def fmt_ci(stat, signed=False):
     f = "{:+.3f}" if signed else "{:.3f}"
-    return f"{f.format(np.mean(values))} [{f.format(lo)}, {f.format(hi)}]"
+    return "-" if stat is None else f"{f.format(stat[0])} [{f.format(stat[1])}, {f.format(stat[2])}]"
 
 
-def comparison_table(columns, keys=("answer", "answer_mc", "answer_num", "answer_iou", "graph", "format")):
-    """Markdown table, one column per model state: mean [95 % bootstrap CI] over the same held-out questions.
-    The last column is the paired difference of the last two states, with its own interval."""
-    names = list(columns)
-    lines = ["| held-out metric | " + " | ".join(names) + f" | {names[-1]} - {names[-2]} |",
-             "|---" * (len(names) + 2) + "|"]
-    for key in keys:
-        before, after = metric_values(columns[names[-2]], key), metric_values(columns[names[-1]], key)
-        diff = [y - x for x, y in zip(before, after)] if len(before) == len(after) else []
-        lines.append(f"| {key} | " + " | ".join(mean_ci(metric_values(columns[n], key)) for n in names)
-                     + f" | {mean_ci(diff, signed=True)} |")
-    return "\n".join(lines)
+TABLE_KEYS = ("answer", "answer_mc", "answer_num", "answer_iou", "graph", "graph_node", "graph_edge", "format")
+
+
+def comparison_table(columns, diffs, keys=TABLE_KEYS):
+    """(markdown, stats): one column per model state, mean [95 % bootstrap CI] over the same held-out questions,
+    then one column per (a, b) in diffs: the paired difference a - b question by question, with its interval."""
+    stats = {name: {k: mean_ci(metric_values(res, k)) for k in keys} for name, res in columns.items()}
+    for a, b in diffs:
+        stats[f"{a} - {b}"] = {}
+        for k in keys:
+            va, vb = metric_values(columns[a], k), metric_values(columns[b], k)
+            stats[f"{a} - {b}"][k] = mean_ci([y - x for x, y in zip(vb, va)]) if va and len(va) == len(vb) else None
+    names = list(stats)
+    lines = ["| held-out metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for k in keys:
+        lines.append(f"| {k} | " + " | ".join(fmt_ci(stats[n][k], signed=n not in columns) for n in names) + " |")
+    return "\n".join(lines), stats
 
 
 def save_checkpoint(run_dir, step, mdl, opt, keep):
@@ -494,11 +514,15 @@ def plot_curves(run_dir):
         line, = ax[0, 0].plot(steps, smooth([r[key] for r in by["grpo"]]), label=f"{key} (mean of 10 steps)")
         ax[0, 0].plot(steps, [r[key] for r in by["grpo"]], color=line.get_color(), alpha=0.15)
     ax[0, 0].set_title("GRPO: training reward and its parts")
-    for key in ("answer", "graph", "format"):
-        ax[0, 1].plot([r["step"] for r in by["eval"]], [r[key] for r in by["eval"]], "o-", label=f"held-out {key}")
+    for key, label in (("answer", "answer, own video"), ("answer_wrong_video", "answer, another scene's video"),
+                       ("answer_blind", "answer, blind baseline"), ("graph_node", "graph node R_n"),
+                       ("graph_edge", "graph edge R_e")):
+        pts = [(r["step"], r[key]) for r in by["eval"] if key in r]
+        if pts:
+            ax[0, 1].plot(*zip(*pts), "--" if key == "answer_blind" else "o-", label=label)
     if by["sft"]:
         ax[0, 1].axvline(by["sft"][-1]["step"], color="gray", ls=":", label="end of warm-up")
-    ax[0, 1].set_title("held-out rewards (greedy, val split)")
+    ax[0, 1].set_title("held-out (greedy, val split): does the model read the video?")
     for key in ("kl", "clip_frac", "zero_var"):
         ax[1, 0].plot(steps, [r[key] for r in by["grpo"]], label=key)
     ax[1, 0].set_title("GRPO diagnostics: KL (k3), clipped tokens, zero-variance groups")
@@ -534,14 +558,19 @@ def optimizer(mdl, lr, cfg):
     return torch.optim.AdamW(trainable(mdl), lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
 
 
-def held_out(cfg, mdl, tok, rows, run_dir, step, device, dtype, tag):
-    """Quick held-out evaluation, printed and logged with phase "eval"."""
+def held_out(cfg, mdl, tok, train_rows, rows, run_dir, step, device, dtype, tag):
+    """Quick held-out evaluation on the val rows, printed and logged with phase "eval": the reward parts with each
+    question's own video, and the answer reward with another scene's video (the wrong-video control)."""
     t0 = time.time()
     summary = heldout_means(evaluate(cfg, mdl, tok, rows, device, dtype))
+    wrong = heldout_means(evaluate(cfg, mdl, tok, rows, device, dtype, swap=wrong_videos(rows, cfg.seed)))
+    summary["answer_wrong_video"] = wrong["answer"]
+    summary["answer_blind"] = float(np.mean([r["answer"] for r in blind_baseline(train_rows, rows)]))
     log(run_dir, {"phase": "eval", "step": step, "tag": tag, **summary},
-        f"eval {tag:>10s} step {step:5d} | answer {summary['answer']:.3f} graph {summary['graph']:.3f} "
-        f"format {summary['format']:.3f} | " + " ".join(f"{k} {v:.3f}" for k, v in summary.items()
-                                                         if k.startswith("answer_")) + f" | {time.time() - t0:.0f}s")
+        f"eval {tag:>10s} step {step:5d} | answer {summary['answer']:.3f} (wrong video {wrong['answer']:.3f}) "
+        f"node {summary['graph_node']:.3f} edge {summary['graph_edge']:.3f} format {summary['format']:.3f} | "
+        + " ".join(f"{k} {summary[k]:.3f}" for k in ("answer_mc", "answer_num", "answer_iou") if k in summary)
+        + f" | {time.time() - t0:.0f}s")
 
 
 def run_warmup(cfg, run_dir, train_rows, val_rows, step, device, dtype):
@@ -568,7 +597,7 @@ def run_warmup(cfg, run_dir, train_rows, val_rows, step, device, dtype):
         if step % cfg.ckpt_every == 0 or step == cfg.sft_steps:
             save_checkpoint(run_dir, step, mdl, opt, cfg.keep_ckpts)
         if step % cfg.eval_every == 0 or step == cfg.sft_steps:
-            held_out(cfg, mdl, tok, val_rows, run_dir, step, device, dtype, "warm-up")
+            held_out(cfg, mdl, tok, train_rows, val_rows, run_dir, step, device, dtype, "warm-up")
             plot_curves(run_dir)
     export(mdl, tok, os.path.join(run_dir, "warmup"))
     return step
@@ -603,7 +632,7 @@ def run_grpo(cfg, run_dir, train_rows, val_rows, step, device, dtype):
         if step % cfg.ckpt_every == 0 or step == total:
             save_checkpoint(run_dir, step, mdl, opt, cfg.keep_ckpts)
         if step % cfg.eval_every == 0 or step == total:
-            held_out(cfg, mdl, tok, val_rows, run_dir, step, device, dtype, "grpo")
+            held_out(cfg, mdl, tok, train_rows, val_rows, run_dir, step, device, dtype, "grpo")
         if (k + 1) % cfg.plot_every == 0:
             plot_curves(run_dir)
     export(mdl, tok, os.path.join(run_dir, "final"))
@@ -642,27 +671,41 @@ def write_samples(run_dir, step, ro, G, n=4):
 
 
 def final_report(cfg, run_dir, train_rows, test_rows, device, dtype):
-    """The before/after table on the test split: blind baseline, after warm-up (or the start model when there is
-    no warm-up), after GRPO (results.md)."""
-    columns = {"blind": blind_baseline(train_rows, test_rows)}
+    """The table on the test split (results.md, results.json): blind baseline; wrong video (the final model, each
+    question asked about another test scene's clip); after warm-up (or the start model when there is none); after
+    GRPO; and the paired differences after GRPO - after warm-up and after GRPO - blind."""
     states = [("after warm-up", os.path.join(run_dir, "warmup")) if cfg.sft_steps > 0 else ("start", cfg.model),
               ("after GRPO", os.path.join(run_dir, "final"))]
+    states = [(tag, path) for tag, path in states if os.path.isdir(path)]
+    final = states[-1][0]
+    results = {"blind": blind_baseline(train_rows, test_rows)}
     for tag, path in states:
-        if not os.path.isdir(path):
-            continue
-        cache = os.path.join(run_dir, f"test_{tag.split()[-1].lower()}.json")
-        if not os.path.exists(cache):
+        runs = [(tag, None)] + ([("wrong video", wrong_videos(test_rows, cfg.seed))] if tag == final else [])
+        caches = {t: os.path.join(run_dir, "test_" + t.replace(" ", "_").replace("-", "") + ".json") for t, _ in runs}
+        if not all(os.path.exists(c) for c in caches.values()):
             mdl, tok = qwen.load(path, dtype=dtype, device=device)
-            with open(cache, "w") as fh:
-                json.dump(evaluate(cfg, mdl, tok, test_rows, device, dtype), fh)
-        with open(cache) as fh:
-            columns[tag] = json.load(fh)
-    table = comparison_table(columns)
+            for t, swap in runs:
+                if not os.path.exists(caches[t]):
+                    write_json(caches[t], evaluate(cfg, mdl, tok, test_rows, device, dtype, swap))
+        for t, _ in runs:
+            with open(caches[t]) as fh:
+                results[t] = json.load(fh)
+    columns = {t: results[t] for t in ["blind", "wrong video"] + [t for t, _ in states]}
+    diffs = ([(final, states[0][0])] if len(states) > 1 else []) + [(final, "blind")]
+    table, stats = comparison_table(columns, diffs)
     header = f"test split: {len(test_rows)} questions, seed {cfg.seed}, {time.strftime('%Y-%m-%d')}"
     with open(os.path.join(run_dir, "results.md"), "w") as fh:
         fh.write(header + "\n\n" + table + "\n")
+    write_json(os.path.join(run_dir, "results.json"), {"header": header, "stats": stats})
     print("\n" + header + "\n" + table)
     plot_curves(run_dir)
+
+
+def write_json(path, obj):
+    """Write JSON through a temporary file and a rename: a kill never leaves a half-written file."""
+    with open(path + ".tmp", "w") as fh:
+        json.dump(obj, fh)
+    os.replace(path + ".tmp", path)
 
 
 def main(argv=None):
