@@ -51,8 +51,10 @@ MC answers are uniformly distributed over the letters; closest-object options ar
 the same vocabulary that are not in the scene. Also read: Video-R1 JSON / JSONL (path, problem, options
 "A. ...", problem_type multiple choice / numerical / regression, solution "<answer>..</answer>").
 """
+import contextlib
 import json
 import math
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -231,8 +233,9 @@ def _decode_at(container, vs, pts, key, want, path):
     return out
 
 
-def read_frames(path, num_frames=16, fps=None, start=None, end=None):
-    """Sample frames of a video: (frames uint8 (F, H, W, 3), times float64 (F,) seconds = pts x time_base).
+def read_frames(path, num_frames=16, fps=None, start=None, end=None, return_indices=False):
+    """Sample frames of a video: (frames uint8 (F, H, W, 3), times float64 (F,) seconds = pts x time_base), and
+    with return_indices also their source-frame indices (F,) (positions in presentation order, as graphs use).
 
     F is even (see sample_indices). Rotation metadata is applied (H, W as displayed); odd sizes are kept.
     Raises FileNotFoundError or VideoError (a ValueError) naming the file and the cause. A truncated file
@@ -260,7 +263,8 @@ def read_frames(path, num_frames=16, fps=None, start=None, end=None):
     if len(shapes) > 1:
         raise VideoError(f"{path}: frame size changes inside the video {sorted(shapes)}")
     frames = np.stack([got[i] for i in keep])                           # (F, H, W, 3)
-    return frames, times[np.array(keep, dtype=np.int64)]
+    keep = np.array(keep, dtype=np.int64)                               # (F,) source-frame indices
+    return (frames, times[keep], keep) if return_indices else (frames, times[keep])
 
 
 def write_video(path, frames, fps=CLIP_FPS, times=None, codec="libx264", gop=None, rotation=None,
@@ -298,8 +302,10 @@ def write_video(path, frames, fps=CLIP_FPS, times=None, codec="libx264", gop=Non
 
 COLOURS = {"red": (215, 45, 40), "blue": (45, 85, 225), "green": (40, 165, 65), "yellow": (235, 200, 35)}
 SHAPES = ("cube", "ball", "cone", "cylinder")
-SIZES = np.round(np.arange(0.6, 1.21, 0.1), 1)      # footprint widths, metres (multiples of 0.1: exact answers)
-HEIGHTS = np.round(np.arange(0.6, 1.41, 0.1), 1)    # heights of cones and cylinders
+SIZES = np.round(np.arange(0.6, 1.21, 0.1), 1)      # widths of cubes and balls, metres (multiples of 0.1: exact answers)
+SLIM = np.round(np.arange(0.5, 0.81, 0.1), 1)       # widths of cones and cylinders: slim and tall, so that at 56 px a
+HEIGHTS = np.round(np.arange(1.0, 1.61, 0.1), 1)    # cylinder is not mistaken for a cube (silhouettes differ in shape)
+HOOD_TOP, STRIPE = 0.9, 0.05                        # the bonnet below 0.9 H; its centre stripe 0.05 W wide each side
 SPEEDS = np.round(np.arange(0.4, 1.01, 0.1), 1)     # m/s of moving objects
 
 
@@ -381,9 +387,10 @@ def _new_object(rng, name, T):
     """An object of the given name with its size and (half the time) a motion interval, not yet placed:
     moving objects move for the whole clip [0, T] (T = time of the last frame) or >= 1 s on a 0.5 s grid."""
     shape = name.split()[1]
-    w = float(rng.choice(SIZES))
+    boxy = shape in ("cube", "ball")
+    w = float(rng.choice(SIZES if boxy else SLIM))
     o = {"name": name, "shape": shape, "colour": name.split()[0], "width": w,
-         "height": w if shape in ("cube", "ball") else float(rng.choice(HEIGHTS)),
+         "height": w if boxy else float(rng.choice(HEIGHTS)),
          "pos": [0.0, 0.0], "yaw": round(float(rng.uniform(0, math.pi / 2)), 3), "vel": [0.0, 0.0],
          "move": None, "appear": 0.0}
     if rng.random() < 0.5:
@@ -456,7 +463,7 @@ def _fits(scene, o, others, poses=None):
     poses = poses or _poses(scene)
     cw, pc, uv, live = _track(scene, o, poses)
     z, u, v = pc[live, 2], uv[live, 0], uv[live, 1]
-    if (z < 1.5).any() or (u < 0.08 * W).any() or (u > 0.92 * W).any() or (v > 0.92 * H).any():
+    if (z < 1.5).any() or (u < 0.08 * W).any() or (u > 0.92 * W).any() or (v > (HOOD_TOP - 0.05) * H).any():
         return False
     for q in others:
         cw2, pc2, uv2, live2 = _track(scene, q, poses)
@@ -654,8 +661,26 @@ def render(scene, t):
     depth = (centres - c) @ R[2]                                         # (N,) camera z
     for i in np.argsort(-depth, kind="stable"):
         _draw_object(img, scene, live[i], centres[i], R, c)
+    _hood(scene, img)
     H, W = img.shape
     return img.view(np.uint8).reshape(-1).take(_rgb_index(H, W)).reshape(H, W, 3)   # drop the 4th byte
+
+
+def _hood(scene, img):
+    """The vehicle's bonnet at the bottom of every frame, with a bright centre stripe, as dash-cam footage shows it.
+    It is fixed to the camera rig, so it marks the image's centre column: the vision tower's attention knows only
+    relative positions (2D RoPE), and "left of the stripe" is a relative position. Under a roll offset of the camera
+    (eval.py's stress test) the rig's picture turns with the camera, so the bonnet is drawn in the unrolled frame."""
+    H, W = img.shape
+    xs, ys = _pixel_grid(H, W, float(scene["focal"]))                    # (W,), (H,) ray slopes x/z, y/z
+    off = scene["camera"].get("offset") or {}
+    phi = math.radians(off["deg"]) if off.get("axis") == "roll" else 0.0
+    x0 = math.cos(phi) * xs[None, :] - math.sin(phi) * ys[:, None]      # (H, W) ray slopes before the roll
+    y0 = math.sin(phi) * xs[None, :] + math.cos(phi) * ys[:, None]
+    f = float(scene["focal"])
+    bonnet = y0 > (HOOD_TOP - 0.5) * H / f                               # (H, W)
+    img[bonnet] = _pack((62, 62, 68))
+    img[bonnet & (np.abs(x0) < STRIPE * W / f)] = _pack((250, 140, 20))
 
 
 @lru_cache(maxsize=8)
@@ -683,10 +708,11 @@ def key_frames(scene, k=KEY_FRAMES, train_frames=TRAIN_FRAMES):
 
 
 def gt_graph(scene, frame):
-    """graph.Graph of the objects present at a frame: camera-frame centres (x right, y down, z forward)
-    rounded to 0.1 m as the model writes them, left to right."""
+    """graph.Graph of the objects present at a frame: camera-frame centres (x right, y down, z forward) in metres
+    to the millimetre, left to right. The text form prints them to 0.1 m and derives the edges from these exact
+    centres, so a written d_ij is the true distance rounded, the same number an abs_distance answer gives."""
     t = frame / scene["fps"]
-    nodes = [graph.Node(o["name"], tuple(round(float(x), 1) + 0.0 for x in to_camera(scene, object_center(o, t), t)))
+    nodes = [graph.Node(o["name"], tuple(round(float(x), 3) + 0.0 for x in to_camera(scene, object_center(o, t), t)))
              for o in scene["objects"] if present(o, t)]
     return graph.Graph(int(frame), sorted(nodes, key=lambda n: n.center[0]))
 
@@ -727,7 +753,7 @@ def _absent(scene):
 def q_object_count(scene, rng, keys):
     n = len(scene["objects"])
     return dict(question="How many objects appear in the video?", options=None, answer=float(n),
-                answer_type="num", text=_fmt(n, 0), sentence=f"I count {n} objects.")
+                answer_type="num", text=_fmt(n, 0), sentence=f"I count {n} objects.", frames=keys[-1:])
 
 
 def q_abs_distance(scene, rng, keys):
@@ -741,7 +767,7 @@ def q_abs_distance(scene, rng, keys):
     when = f" {_when(scene, f)}" if a["move"] or b["move"] else ""
     return dict(question=f"What is the distance between the {a['name']} and the {b['name']}{when}, "
                          f"in metres (centre to centre)?", options=None, answer=d, answer_type="num",
-                text=_fmt(d), sentence=f"The {a['name']} and the {b['name']} are {_fmt(d)} m apart.")
+                text=_fmt(d), sentence=f"The {a['name']} and the {b['name']} are {_fmt(d)} m apart.", frames=[f])
 
 
 def q_closest_object(scene, rng, keys):
@@ -759,7 +785,7 @@ def q_closest_object(scene, rng, keys):
                 when = f" {_when(scene, f)}" if moving else ""
                 return dict(question=f"Which object is closest to the {x['name']}{when}?", options=opts,
                             answer=letter, answer_type="mc", text=letter,
-                            sentence=f"The {others[0][1]} is closest, {_fmt(others[0][0])} m.")
+                            sentence=f"The {others[0][1]} is closest, {_fmt(others[0][0])} m.", frames=[f])
     return None
 
 
@@ -777,7 +803,7 @@ def q_relative_direction(scene, rng, keys):
                 opts, letter = _mc(rng, ans, [d for d in DIRECTIONS if d != ans])
                 return dict(question=f"Seen from the camera {_when(scene, f)}, where is the {b['name']} "
                                      f"relative to the {a['name']}?", options=opts, answer=letter,
-                            answer_type="mc", text=letter, sentence=f"The {b['name']} is {ans}.")
+                            answer_type="mc", text=letter, sentence=f"The {b['name']} is {ans}.", frames=[f])
     return None
 
 
@@ -785,7 +811,7 @@ def q_object_size(scene, rng, keys):
     o = scene["objects"][int(rng.integers(len(scene["objects"])))]
     h = round(o["height"], 1)
     return dict(question=f"How tall is the {o['name']}, in metres?", options=None, answer=h,
-                answer_type="num", text=_fmt(h), sentence=f"The {o['name']} is {_fmt(h)} m tall.")
+                answer_type="num", text=_fmt(h), sentence=f"The {o['name']} is {_fmt(h)} m tall.", frames=keys[-1:])
 
 
 def _movers(scene, rng, from_start=False):
@@ -808,7 +834,7 @@ def q_displacement(scene, rng, keys):
         if d >= 0.5:
             return dict(question=f"How far is the {o['name']} at the end of the video from where it was at "
                                  f"the start, in metres?", options=None, answer=d, answer_type="num",
-                        text=_fmt(d), sentence=f"The {o['name']} moved {_fmt(d)} m.")
+                        text=_fmt(d), sentence=f"The {o['name']} moved {_fmt(d)} m.", frames=keys)
     return None
 
 
@@ -821,7 +847,7 @@ def q_average_speed(scene, rng, keys):
         if v >= 0.1:
             return dict(question=f"What is the average speed of the {o['name']} over the whole video, in metres "
                                  f"per second?", options=None, answer=v, answer_type="num", text=_fmt(v, 2),
-                        sentence=f"It covers {_fmt(path)} m in {_fmt(T)} s.")
+                        sentence=f"It covers {_fmt(path)} m in {_fmt(T)} s.", frames=keys)
     return None
 
 
@@ -838,7 +864,7 @@ def q_motion_direction(scene, rng, keys):
             opts, letter = _mc(rng, ans, [m for m in MOTIONS if m != ans])
             return dict(question=f"Seen from the camera, in which direction does the {o['name']} move?",
                         options=opts, answer=letter, answer_type="mc", text=letter,
-                        sentence=f"The {o['name']} moves {ans}.")
+                        sentence=f"The {o['name']} moves {ans}.", frames=keys)
     return None
 
 
@@ -857,7 +883,7 @@ def q_appearance_order(scene, rng, keys):
     opts, letter = _mc(rng, ", ".join(right), sorted(wrong))
     return dict(question="In which order do the objects first appear in the video?", options=opts, answer=letter,
                 answer_type="mc", text=letter,
-                sentence="They appear at " + ", ".join(f"{_fmt(t)} s" for t in times) + ".")
+                sentence="They appear at " + ", ".join(f"{_fmt(t)} s" for t in times) + ".", frames=keys)
 
 
 def q_when_moving(scene, rng, keys):
@@ -865,7 +891,7 @@ def q_when_moving(scene, rng, keys):
         s, e = (round(float(x), 1) for x in o["move"])
         return dict(question=f"During which interval is the {o['name']} moving? Answer [start, end] in seconds.",
                     options=None, answer=[s, e], answer_type="iou", text=f"[{_fmt(s)}, {_fmt(e)}]",
-                    sentence=f"The {o['name']} moves from {_fmt(s)} s to {_fmt(e)} s.")
+                    sentence=f"The {o['name']} moves from {_fmt(s)} s to {_fmt(e)} s.", frames=keys)
     return None
 
 
@@ -886,22 +912,25 @@ def reasoning_text(graphs, sentence, answer_text):
 
 
 def make_questions(scene, rng, tasks=None, k=KEY_FRAMES):
-    """One row per task that applies to the scene (contract row format), in a random order that puts tasks
+    """One row per task that applies to the scene (the row format above), in a random order that puts tasks
     which apply to few scenes first more often (TASK_WEIGHTS: keeping the first rows of each scene gives a
-    balanced task mix); ids and video path come from scene["id"]. Graphs at k key frames, shared by the rows."""
+    balanced task mix); ids and video path come from scene["id"]. Each row carries the graphs of the key frames
+    its question needs (one frame for a question about one instant, the first and last for a motion), and its
+    reference reasoning writes exactly those graphs."""
     keys = key_frames(scene, k)
-    graphs = [gt_graph(scene, f) for f in keys]
+    graphs = {f: gt_graph(scene, f) for f in keys}
     sid, rows, names = int(scene["id"]), [], list(tasks or TASKS)
     order = np.argsort(-rng.random(len(names)) ** (1.0 / np.array([TASK_WEIGHTS.get(n, 1.0) for n in names])))
     for name in [names[i] for i in order]:                               # weighted sampling without replacement
         q = TASKS[name](scene, rng, keys)
         if q is None:
             continue
+        needed = [graphs[f] for f in q["frames"]]
         rows.append({"id": f"synth-{sid:06d}-{len(rows):02d}", "video": f"videos/{sid:06d}.mp4",
                      "question": q["question"], "options": q["options"], "answer": q["answer"],
                      "answer_type": q["answer_type"], "task": name, "time_window": None,
-                     "graphs": [g.to_dict() for g in graphs],
-                     "reasoning": reasoning_text(graphs, q["sentence"], q["text"])})
+                     "graphs": [g.to_dict() for g in needed],
+                     "reasoning": reasoning_text(needed, q["sentence"], q["text"])})
     return rows
 
 
@@ -917,28 +946,40 @@ def split_of(n, seed, fractions=(0.8, 0.1, 0.1)):
     return names
 
 
+def make_scene_files(job):
+    """Scene i of a data set: render it, write videos/NNNNNN.mp4, return (scene, rows, first-clip frames or None).
+    A pure function of (out_dir, i, seed, ...) so that make_dataset can hand scenes to worker processes."""
+    out_dir, i, seed, questions, n_objects, size, num_frames, fps = job
+    rng = np.random.default_rng([seed, i])
+    scene = make_scene(rng, n_objects, size, num_frames, fps)
+    scene["id"] = i
+    rows = make_questions(scene, rng)[:questions]
+    clip = render_clip(scene)                                            # (F, H, W, 3)
+    write_video(os.path.join(out_dir, "videos", f"{i:06d}.mp4"), clip, fps)
+    return scene, rows, clip if i < 4 else None
+
+
 def make_dataset(out_dir, n, seed=0, questions=4, n_objects=(2, 3), size=CLIP_SIZE, num_frames=CLIP_FRAMES,
-                 fps=CLIP_FPS, sheet=True, log=print):
+                 fps=CLIP_FPS, sheet=True, log=print, workers=None):
     """Write n scenes: videos/NNNNNN.mp4, up to `questions` rows per scene (distinct tasks) into
     train/val/test.jsonl (split by scene), scenes.jsonl (the scene parameters) and contact_sheet.png.
-    Scene i uses rng = default_rng([seed, i]): the JSONL files are byte-identical for a seed."""
+    Scene i uses rng = default_rng([seed, i]): the files are byte-identical for a seed, however many worker
+    processes render (default: one per CPU core, at most 4)."""
     os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
     splits = split_of(n, seed)
     files = {s: open(os.path.join(out_dir, f"{s}.jsonl"), "w") for s in ("train", "val", "test")}
     counts, t_start, shown = {s: 0 for s in files}, time.time(), []
-    with open(os.path.join(out_dir, "scenes.jsonl"), "w") as scenes_file:
-        for i in range(n):
-            rng = np.random.default_rng([seed, i])
-            scene = make_scene(rng, n_objects, size, num_frames, fps)
-            scene["id"] = i
-            rows = make_questions(scene, rng)[:questions]
-            clip = render_clip(scene)                                    # (F, H, W, 3)
-            write_video(os.path.join(out_dir, "videos", f"{i:06d}.mp4"), clip, fps)
+    jobs = [(out_dir, i, seed, questions, n_objects, size, num_frames, fps) for i in range(n)]
+    workers = workers or min(4, os.cpu_count() or 1)
+    with open(os.path.join(out_dir, "scenes.jsonl"), "w") as scenes_file, \
+            (multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else contextlib.nullcontext()) as pool:
+        results = pool.imap(make_scene_files, jobs, chunksize=8) if workers > 1 else map(make_scene_files, jobs)
+        for i, (scene, rows, clip) in enumerate(results):
             scenes_file.write(json.dumps(scene) + "\n")
             for r in rows:
                 files[splits[i]].write(json.dumps(r) + "\n")
             counts[splits[i]] += len(rows)
-            if len(shown) < 4:
+            if clip is not None:
                 shown.append((clip, rows))
             if log and (i + 1 == n or (i + 1) % max(1, n // 20) == 0):
                 el = time.time() - t_start

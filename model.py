@@ -52,9 +52,11 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start
 REASONING_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]  # added tokens (not special: decode keeps them)
 VIDEO_PAD, IMAGE_PAD = "<|video_pad|>", "<|image_pad|>"
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", IMAGE_PAD, VIDEO_PAD]  # never sampled (grpo.sample)
-# Qwen2's pre-tokenizer regex: \p{N} alone, so every digit is its own token.
-PRETOKENIZE_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                     r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Qwen2's pre-tokenizer regex splits \p{N} alone (every digit its own token). The tiny tokenizer keeps a written
+# number ("5.1", "21") in one piece instead, so BPE gives each frequent number one token: a graph block is ~40 %
+# shorter and a coordinate is one choice, not three (a tiny-recipe choice; a real checkpoint keeps its tokenizer).
+PRETOKENIZE_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}+(?:\.\p{N}+)?"
+                     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 TRAIN_MAX_PIXELS = 128 * 28 * 28       # paper / Video-R1 training budget per frame
@@ -70,17 +72,16 @@ CHAT_TEMPLATE = (
     "<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ content['text'] }}{% endif %}{% endfor %}"
     "{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
-# Default tiny size (~0.54M parameters with a ~600-token vocabulary): the learnability probe of
-# shared/REFERENCE.md learned depth and the MC answer in minutes at this size on 16 frames of 56x56.
-# rope_theta: Qwen uses 1e6 with head_dim 128. With head_dim 16 (mrope_section [2, 3, 3]) that turns the height
-# channels by at most 0.03 rad and the width channels by < 2e-4 rad per position, so the language model can hardly
-# tell where a video token sits. theta 10 turns them by 0.32-0.56 (height) and 0.13-0.24 (width) rad per position
-# (runs with it reached a held-out graph reward of 0.18-0.22 against 0.10-0.16 without, though with more data
-# too: README, "What the default run gives").
-TINY = dict(vocab_size=640, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-            intermediate_size=192, rope_theta=10.0, max_position_embeddings=4096,
+# Default tiny size (~0.6M parameters with a ~900-token vocabulary; one step costs little more at twice the width).
+# rope_theta: Qwen's 1e6. Every position pair below ~150 tokens apart then keeps some slowly turning channels, so the
+# answer tokens can find the video tokens by content. A small theta (10) turns every channel by > 0.1 rad per
+# position: text 150 tokens after the video sees the video at scrambled angles and the tiny model never learned to
+# read it (colour names stayed at chance, ln 4, after 700 warm-up steps; README, experiment table). Where an object
+# sits in the frame is the vision tower's job instead (the bonnet stripe of data.py gives it a fixed reference).
+TINY = dict(vocab_size=1024, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=192, rope_theta=1e6, max_position_embeddings=4096,
             vision_hidden_size=64, vision_depth=2, vision_num_heads=4, vision_intermediate_size=192,
-            window_size=112, tokens_per_second=2)
+            window_size=112, tokens_per_second=2, patch_size=14)
 
 
 # ---------------------------------------------------------------------------------------- tokenizer
@@ -140,7 +141,7 @@ def tiny_config(tokenizer, **overrides):
     depth = s["vision_depth"]
     vision = dict(depth=depth, hidden_size=s["vision_hidden_size"], num_heads=s["vision_num_heads"],
                   intermediate_size=s["vision_intermediate_size"], out_hidden_size=s["hidden_size"],
-                  window_size=s["window_size"], tokens_per_second=s["tokens_per_second"],
+                  window_size=s["window_size"], tokens_per_second=s["tokens_per_second"], patch_size=s["patch_size"],
                   fullatt_block_indexes=[depth - 1] if depth < 8 else list(range(7, depth, 8)))
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids[IMAGE_PAD],
                             video_token_id=ids[VIDEO_PAD], vision_start_token_id=ids["<|vision_start|>"],

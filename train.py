@@ -69,7 +69,11 @@ class Config:
     lora_rank: int = 0              # 0 = full fine-tuning
     lora_alpha: float = 16.0        # LoRA scale alpha / rank
     lora_dropout: float = 0.0
-    freeze_vision: bool = False     # keep the vision tower fixed
+    freeze_vision: bool = True      # keep the vision tower fixed in the warm-up and GRPO (it learned in phase 0)
+    # phase 0: the vision tower learns to see (tiny model only; a real checkpoint already sees)
+    vision_steps: int = 800         # supervised steps on the rows' ground-truth graphs (0 skips the phase)
+    vision_batch: int = 16          # videos per step
+    vision_lr: float = 3e-3
     grad_ckpt: bool = False         # gradient checkpointing (on for the paper preset)
     # supervised warm-up
     sft_steps: int = 1000           # teacher-forced steps on the reference reasoning
@@ -114,7 +118,7 @@ class Config:
 PRESETS = {
     "tiny": {},
     "paper": dict(model="", data="", frames=16, min_pixels=16 * 28 * 28, max_pixels=128 * 28 * 28,
-                  lora_rank=64, lora_alpha=128.0, grad_ckpt=True, sft_steps=0, grpo_steps=1000, batch=1,
+                  vision_steps=0, freeze_vision=False, lora_rank=64, lora_alpha=128.0, grad_ckpt=True, sft_steps=0, grpo_steps=1000, batch=1,
                   micro_batch=1, G=8, max_new_tokens=768, temperature=1.0, lr=1e-6, beta=0.04, len_lo=320,
                   len_hi=512, len_bonus=0.2, eval_every=100, eval_n=200, ckpt_every=100, threads=8),
 }
@@ -197,13 +201,13 @@ def ensure_model(cfg, train_rows):
     texts = [qwen.build_prompt(r) + (r.get("reasoning") or "") for r in train_rows]
     print(f"building the tiny Qwen2.5-VL in {cfg.model} ...")
     torch.manual_seed(cfg.seed)
-    qwen.build_tiny(cfg.model, texts)
+    qwen.build_tiny(cfg.model, texts, seed=cfg.seed)
 
 
 @functools.lru_cache(maxsize=None)
-def load_video(path, num_frames, start=None, end=None):
-    """(frames (F, H, W, 3) uint8, times (F,) s) of one clip, decoded once per run."""
-    return data.read_frames(path, num_frames, start=start, end=end)
+def load_video(path, num_frames, start=None, end=None, indices=False):
+    """(frames (F, H, W, 3) uint8, times (F,) s[, source-frame indices (F,)]) of one clip, decoded once per run."""
+    return data.read_frames(path, num_frames, start=start, end=end, return_indices=indices)
 
 
 def row_videos(cfg, rows):
@@ -491,52 +495,62 @@ def smooth(values, k=10):
 
 
 def drop_metrics_after(run_dir, step):
-    """On resume, forget the log lines of steps after the checkpoint: they are about to be run again."""
+    """On resume, forget the log lines of steps after the checkpoint (and of an unfinished phase 0): they are about
+    to be run again."""
     path = os.path.join(run_dir, "metrics.jsonl")
+    vision_done = os.path.isdir(os.path.join(run_dir, "vision"))
     if os.path.exists(path):
         with open(path) as fh:
-            keep = [line for line in fh if line.strip() and json.loads(line)["step"] <= step]
+            recs = [json.loads(line) for line in fh if line.strip()]
+        keep = [json.dumps(r) + "\n" for r in recs if (vision_done if r["phase"] == "vision" else r["step"] <= step)]
         with open(path, "w") as fh:
             fh.writelines(keep)
 
 
 def plot_curves(run_dir):
-    """curves.png from metrics.jsonl: GRPO reward parts, held-out rewards, KL / clipping, warm-up loss and length."""
+    """curves.png from metrics.jsonl: phase 0 (vision), warm-up loss, GRPO reward parts, held-out answers against
+    the wrong-video and blind controls, GRPO diagnostics and completion length."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
         recs = [json.loads(line) for line in fh if line.strip()]
-    by = {p: [r for r in recs if r["phase"] == p] for p in ("sft", "grpo", "eval")}
+    by = {p: [r for r in recs if r["phase"] == p] for p in ("vision", "sft", "grpo", "eval")}
     steps = [r["step"] for r in by["grpo"]]
-    fig, ax = plt.subplots(2, 2, figsize=(12, 8))
+    fig, ax = plt.subplots(2, 3, figsize=(16, 8))
+    vis = ax[0, 0]
+    for key, label in (("err_x", "|x error| m"), ("err_z", "|z error| m"), ("names", "objects named (recall)")):
+        vis.plot([r["step"] for r in by["vision"]], [r[key] for r in by["vision"]], "o-", label=label)
+    for key, c in (("blind_x", "C0"), ("blind_z", "C1")):
+        if by["vision"]:
+            vis.axhline(by["vision"][-1][key], color=c, ls=":", label=f"{key.replace('_', ' ')} (mean centre)")
+    vis.set_title("phase 0: the vision tower learns to see (held-out key frames)")
+    ax[0, 1].semilogy([r["step"] for r in by["sft"]], [r["loss"] for r in by["sft"]], color="C1", label="warm-up loss")
+    ax[0, 1].set_title("warm-up: cross-entropy per reference token (log)")
     for key in ("reward", "r_format", "r_answer", "r_graph", "r_length"):
-        line, = ax[0, 0].plot(steps, smooth([r[key] for r in by["grpo"]]), label=f"{key} (mean of 10 steps)")
-        ax[0, 0].plot(steps, [r[key] for r in by["grpo"]], color=line.get_color(), alpha=0.15)
-    ax[0, 0].set_title("GRPO: training reward and its parts")
+        line, = ax[0, 2].plot(steps, smooth([r[key] for r in by["grpo"]]), label=f"{key} (mean of 10 steps)")
+        ax[0, 2].plot(steps, [r[key] for r in by["grpo"]], color=line.get_color(), alpha=0.15)
+    ax[0, 2].set_title("GRPO: training reward and its parts")
     for key, label in (("answer", "answer, own video"), ("answer_wrong_video", "answer, another scene's video"),
                        ("answer_blind", "answer, blind baseline"), ("graph_node", "graph node R_n"),
                        ("graph_edge", "graph edge R_e")):
         pts = [(r["step"], r[key]) for r in by["eval"] if key in r]
         if pts:
-            ax[0, 1].plot(*zip(*pts), "--" if key == "answer_blind" else "o-", label=label)
+            ax[1, 0].plot(*zip(*pts), "--" if key == "answer_blind" else "o-", label=label)
     if by["sft"]:
-        ax[0, 1].axvline(by["sft"][-1]["step"], color="gray", ls=":", label="end of warm-up")
-    ax[0, 1].set_title("held-out (greedy, val split): does the model read the video?")
+        ax[1, 0].axvline(by["sft"][-1]["step"], color="gray", ls=":", label="end of warm-up")
+    ax[1, 0].set_title("held-out (greedy, val split): does the model read the video?")
     for key in ("kl", "clip_frac", "zero_var"):
-        ax[1, 0].plot(steps, [r[key] for r in by["grpo"]], label=key)
-    ax[1, 0].set_title("GRPO diagnostics: KL (k3), clipped tokens, zero-variance groups")
-    ax[1, 1].semilogy([r["step"] for r in by["sft"]], [r["loss"] for r in by["sft"]], color="C1", label="warm-up loss")
-    length = ax[1, 1].twinx()
-    length.plot(steps, [r["length"] for r in by["grpo"]], color="C0", label="GRPO completion tokens")
-    length.legend(fontsize=8, loc="upper right")
-    ax[1, 1].set_title("warm-up loss (log) and GRPO completion length")
+        ax[1, 1].plot(steps, [r[key] for r in by["grpo"]], label=key)
+    ax[1, 1].set_title("GRPO diagnostics: KL (k3), clipped tokens, zero-variance groups")
+    ax[1, 2].plot(steps, [r["length"] for r in by["grpo"]], color="C0", label="GRPO completion tokens")
+    ax[1, 2].set_title("GRPO completion length")
     for a in ax.flat:
-        a.set_xlabel("step")
-        a.legend(fontsize=8, loc="upper left")
+        a.set_xlabel("step (phase 0 counts its own)" if a is vis else "step")
+        a.legend(fontsize=7, loc="upper left")
         a.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(os.path.join(run_dir, "curves.png"), dpi=90)
+    fig.savefig(os.path.join(run_dir, "curves.png"), dpi=80)
     plt.close(fig)
 
 
@@ -573,9 +587,137 @@ def held_out(cfg, mdl, tok, train_rows, rows, run_dir, step, device, dtype, tag)
         + f" | {time.time() - t0:.0f}s")
 
 
+class VisionHead(torch.nn.Module):
+    """Phase 0's throw-away read-out of the video tokens of one temporal slice: for each object category c, an
+    attention query pools the tokens (a_c = softmax_n(q_c . f_n), p_c = sum_n a_cn f_n) and a linear map gives
+    (is c in the frame?, its camera-frame centre x, y, z). The category list comes from the training graphs."""
+
+    def __init__(self, hidden, categories):
+        super().__init__()
+        self.categories = list(categories)
+        C = len(self.categories)
+        self.query = torch.nn.Linear(hidden, C)                              # q_c
+        self.weight = torch.nn.Parameter(torch.randn(C, 4, hidden) * hidden ** -0.5)
+        self.bias = torch.nn.Parameter(torch.zeros(C, 4))
+
+    def forward(self, f):
+        """f (n, H) tokens of one slice -> (C, 4): presence logit and centre (x, y, z) per category."""
+        f = f / f.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()             # (n, H) RMS-normalised, as the LLM
+        a = torch.softmax(self.query(f), dim=0)                              # (n, C)
+        pooled = a.t() @ f                                                   # (C, H)
+        return (self.weight * pooled[:, None, :]).sum(-1) + self.bias        # (C, 4)
+
+
+def graph_targets(items, categories):
+    """Ground truth of phase 0 per (video, key frame): (C, 4) = (present 0/1, x, y, z) for each category."""
+    index = {c: i for i, c in enumerate(categories)}
+    out = []
+    for nodes in items:
+        t = torch.zeros(len(categories), 4)
+        for n in nodes:
+            if n["category"] in index:
+                t[index[n["category"]], 0] = 1.0
+                t[index[n["category"]], 1:] = torch.tensor(n["center"])
+        out.append(t)
+    return torch.stack(out)                                                  # (K, C, 4)
+
+
+def key_frame_graphs(rows):
+    """{video: {source frame: nodes}} from the rows' ground-truth graphs (every row of a video adds its frames)."""
+    by_video = {}
+    for r in rows:
+        for g in r.get("graphs") or []:
+            by_video.setdefault((r["video"], tuple(r.get("time_window") or ())), {})[g["frame"]] = g["nodes"]
+    return by_video
+
+
+def vision_step(cfg, mdl, tok, head, videos, graphs, device, dtype):
+    """Video tokens of B clips -> VisionHead at the slice of each key frame -> (predictions, targets), each
+    (K, C, 4) over the K key frames of the batch. A key frame's slice = its position among the sampled frames
+    // temporal_patch_size (2 frames per video token)."""
+    rows = [{"video": v, "time_window": list(w) or None, "question": "", "answer_type": "num", "answer": 0.0}
+            for v, w in videos]
+    inputs = prompt_batch(cfg, tok, mdl, rows, device, dtype)
+    feats = mdl.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"],
+                                         return_dict=True).pooler_output       # B x (t*h*w/4, H)
+    tp = mdl.config.vision_config.temporal_patch_size
+    preds, nodes = [], []
+    for (v, w), f, grid in zip(videos, feats, inputs["video_grid_thw"]):
+        _, _, idx = load_video(v, cfg.frames, *(w or (None, None)), indices=True)
+        f = f.view(int(grid[0]), -1, f.shape[-1])                             # (t, tokens per slice, H)
+        for frame, frame_nodes in graphs[(v, w)].items():
+            k = int(np.abs(idx - frame).argmin()) // tp                       # the slice holding that frame
+            preds.append(head(f[k]))
+            nodes.append(frame_nodes)
+    return torch.stack(preds), graph_targets(nodes, head.categories).to(device)
+
+
+def vision_loss(pred, target, presence_weight=4.0):
+    """4 x BCE(presence) over every category + smooth L1 of the centres of the objects present (metres)."""
+    present = target[..., 0].bool()                                          # (K, C)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(pred[..., 0], target[..., 0])
+    l1 = torch.nn.functional.smooth_l1_loss(pred[..., 1:][present], target[..., 1:][present])
+    return presence_weight * bce + l1
+
+
+def vision_report(pred, target):
+    """Held-out read-out quality: share of the true objects among the top-k categories (k = true count), and the
+    mean |error| of x, y, z (metres) of the present objects, against predicting the mean centre (blind)."""
+    present = target[..., 0].bool()
+    k = present.sum(-1)
+    top = pred[..., 0].argsort(-1, descending=True)
+    recall = float(np.mean([present[i][top[i, :k[i]]].float().mean().item() for i in range(len(k)) if k[i]]))
+    err = (pred[..., 1:] - target[..., 1:]).abs()[present].mean(0)
+    blind = (target[..., 1:][present] - target[..., 1:][present].mean(0)).abs().mean(0)
+    return {"names": recall, **{f"err_{a}": float(e) for a, e in zip("xyz", err)},
+            **{f"blind_{a}": float(e) for a, e in zip("xyz", blind)}}
+
+
+def run_vision(cfg, run_dir, train_rows, val_rows, device, dtype):
+    """Phase 0 (tiny model only): the random vision tower and a VisionHead learn, from the training rows'
+    ground-truth graphs, which objects are in a key frame and where. A real Qwen2.5-VL checkpoint already sees; a
+    random tiny one would otherwise spend the whole warm-up learning to (its language model cannot pull a weak,
+    untrained visual signal through; measured in the README's experiment table). Exports runs/NAME/vision/."""
+    mdl, tok = qwen.load(cfg.model, dtype=torch.float32, device=device)
+    graphs, held = key_frame_graphs(train_rows), key_frame_graphs(val_rows)
+    categories = sorted({n["category"] for fr in graphs.values() for nodes in fr.values() for n in nodes})
+    if not graphs:
+        raise SystemExit("phase 0 needs rows with ground-truth `graphs`; use --vision_steps 0 for data without")
+    head = VisionHead(mdl.config.text_config.hidden_size, categories).to(device)
+    params = list(mdl.model.visual.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    videos, held_videos = sorted(graphs), sorted(held)[:64]
+    mdl.train()
+    for step in range(cfg.vision_steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg.vision_steps, cfg.vision_lr, cfg.warmup)
+        t0 = time.time()
+        batch = [videos[i] for i in batch_indices(len(videos), step, cfg.vision_batch, cfg.seed + 2)]
+        pred, target = vision_step(cfg, mdl, tok, head, batch, graphs, device, dtype)
+        loss = vision_loss(pred, target)
+        check_finite(loss, "vision loss")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if (step + 1) % 100 == 0 or step + 1 == cfg.vision_steps:
+            with torch.no_grad():
+                rep = vision_report(*vision_step(cfg, mdl, tok, head, held_videos, {**held}, device, dtype))
+            log(run_dir, {"phase": "vision", "step": step + 1, "loss": loss.item(), **rep},
+                f"vision step {step + 1:5d}/{cfg.vision_steps} loss {loss.item():.3f} | held-out: names found "
+                f"{rep['names']:.2f}, |error| x {rep['err_x']:.2f} y {rep['err_y']:.2f} z {rep['err_z']:.2f} m "
+                f"(blind {rep['blind_x']:.2f} {rep['blind_y']:.2f} {rep['blind_z']:.2f}) | {time.time() - t0:.2f}s")
+    export(mdl, tok, os.path.join(run_dir, "vision"))
+
+
+def start_model(cfg, run_dir):
+    """The policy the warm-up (or GRPO, without a warm-up) starts from: phase 0's export, else --model."""
+    return os.path.join(run_dir, "vision") if cfg.vision_steps > 0 else cfg.model
+
+
 def run_warmup(cfg, run_dir, train_rows, val_rows, step, device, dtype):
     """Supervised warm-up on the reference reasoning, steps [step, sft_steps); exports runs/NAME/warmup."""
-    mdl, tok = load_policy(cfg, cfg.model, device, dtype)
+    mdl, tok = load_policy(cfg, start_model(cfg, run_dir), device, dtype)
     opt = optimizer(mdl, cfg.sft_lr, cfg)
     ckpt = latest_checkpoint(run_dir)
     if ckpt:
@@ -605,7 +747,7 @@ def run_warmup(cfg, run_dir, train_rows, val_rows, step, device, dtype):
 
 def run_grpo(cfg, run_dir, train_rows, val_rows, step, device, dtype):
     """GRPO steps [step, sft_steps + grpo_steps) from the warm-up policy; exports runs/NAME/final."""
-    start = os.path.join(run_dir, "warmup") if cfg.sft_steps > 0 else cfg.model
+    start = os.path.join(run_dir, "warmup") if cfg.sft_steps > 0 else start_model(cfg, run_dir)
     mdl, tok = load_policy(cfg, start, device, dtype)
     ref_mdl = None
     if cfg.beta > 0 and cfg.lora_rank == 0:       # full fine-tuning: the reference is a frozen copy
@@ -674,7 +816,8 @@ def final_report(cfg, run_dir, train_rows, test_rows, device, dtype):
     """The table on the test split (results.md, results.json): blind baseline; wrong video (the final model, each
     question asked about another test scene's clip); after warm-up (or the start model when there is none); after
     GRPO; and the paired differences after GRPO - after warm-up and after GRPO - blind."""
-    states = [("after warm-up", os.path.join(run_dir, "warmup")) if cfg.sft_steps > 0 else ("start", cfg.model),
+    states = [("after warm-up", os.path.join(run_dir, "warmup")) if cfg.sft_steps > 0 else
+              ("start", start_model(cfg, run_dir)),
               ("after GRPO", os.path.join(run_dir, "final"))]
     states = [(tag, path) for tag, path in states if os.path.isdir(path)]
     final = states[-1][0]
@@ -731,6 +874,8 @@ def main(argv=None):
     drop_metrics_after(run_dir, step)
     total = cfg.sft_steps + cfg.grpo_steps
     val_rows, test_rows = val_rows[:cfg.eval_n], test_rows[:cfg.test_n]
+    if cfg.vision_steps > 0 and not os.path.isdir(os.path.join(run_dir, "vision")):
+        run_vision(cfg, run_dir, train_rows, val_rows, device, dtype)
     if cfg.sft_steps > 0 and (step < cfg.sft_steps or not os.path.isdir(os.path.join(run_dir, "warmup"))):
         step = run_warmup(cfg, run_dir, train_rows, val_rows, step, device, dtype)
     if cfg.grpo_steps > 0 and (step < total or not os.path.isdir(os.path.join(run_dir, "final"))):
