@@ -268,10 +268,11 @@ def read_frames(path, num_frames=16, fps=None, start=None, end=None, return_indi
 
 
 def write_video(path, frames, fps=CLIP_FPS, times=None, codec="libx264", gop=None, rotation=None,
-                crf=23, preset="veryfast"):
+                qp=23, preset="veryfast"):
     """Write frames (F, H, W, 3) uint8 to an mp4 (index at the front). times (F,) seconds give a variable
     frame rate; rotation (degrees counter-clockwise) writes a display matrix. libx264 needs even H and W
-    (yuv420p); odd sizes are written as yuv444p."""
+    (yuv420p); odd sizes are written as yuv444p. A constant quantiser qp, not crf: libx264's crf rate control
+    gave different bytes for the same frames from run to run (PyAV 18.1), qp gives the same bytes."""
     frames = np.asarray(frames, dtype=np.uint8)                         # (F, H, W, 3)
     _, H, W, _ = frames.shape
     tb = Fraction(1, 1000) if times is not None else Fraction(1, int(fps))
@@ -283,7 +284,7 @@ def write_video(path, frames, fps=CLIP_FPS, times=None, codec="libx264", gop=Non
         if gop:
             s.codec_context.gop_size = int(gop)
         if codec == "libx264":
-            s.codec_context.options = {"crf": str(crf), "preset": preset, "threads": "1",
+            s.codec_context.options = {"qp": str(qp), "preset": preset, "threads": "1",
                                        **({"x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
                                           if gop else {})}
         if rotation:

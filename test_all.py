@@ -613,8 +613,12 @@ def test_graphs_match_scene():
                 for j in range(len(names)):
                     true = np.linalg.norm(_world(live[names[i]], t) - _world(live[names[j]], t))
                     assert abs(dist[i, j] - true) <= 0.18                 # rounding of the centres only
-        parsed = graph.parse_graphs(rows[0]["reasoning"])
-        assert [p.to_dict() for p in parsed] == [graph.Graph.from_dict(g).to_dict() for g in rows[0]["graphs"]]
+        parsed = graph.parse_graphs(rows[0]["reasoning"])                # the text writes centres to 0.1 m
+        exact = [graph.Graph.from_dict(g) for g in rows[0]["graphs"]]       # the reward's targets keep mm
+        assert [(p.frame, [n.category for n in p.nodes]) for p in parsed] == \
+            [(g.frame, [n.category for n in g.nodes]) for g in exact]
+        for p, g in zip(parsed, exact):
+            assert np.allclose([n.center for n in p.nodes], [n.center for n in g.nodes], atol=0.05 + 1e-9)
 
 
 def _names_in(text, scene):
@@ -701,12 +705,14 @@ def test_mc_letter_balance():
 def test_make_dataset_deterministic_and_split_by_scene():
     with tempfile.TemporaryDirectory() as d:
         a, b, c = (os.path.join(d, x) for x in "abc")
-        data.make_dataset(a, 6, seed=7, questions=3, sheet=False, log=None)
-        data.make_dataset(b, 6, seed=7, questions=3, sheet=False, log=None)
+        data.make_dataset(a, 6, seed=7, questions=3, sheet=False, log=None, workers=2)   # a pool of renderers
+        data.make_dataset(b, 6, seed=7, questions=3, sheet=False, log=None, workers=1)   # in this process
         data.make_dataset(c, 6, seed=8, questions=3, sheet=False, log=None)
         for split in ("train", "val", "test"):
             ja, jb = (open(os.path.join(x, f"{split}.jsonl"), "rb").read() for x in (a, b))
             assert ja == jb
+        for v in sorted(os.listdir(os.path.join(a, "videos"))):             # same bytes, pool or not
+            assert open(os.path.join(a, "videos", v), "rb").read() == open(os.path.join(b, "videos", v), "rb").read()
         assert open(os.path.join(a, "train.jsonl"), "rb").read() != open(os.path.join(c, "train.jsonl"), "rb").read()
         videos = {}
         for split in ("train", "val", "test"):
@@ -834,8 +840,9 @@ def test_tiny_builds_offline_and_save_load_gives_equal_logits():
             "<answer>B</answer>")
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert tok.decode(ids) == text                                       # exact round trip
-    digits = tok("x=12345", add_special_tokens=False)["input_ids"]
-    assert [tok.decode([i]) for i in digits][-5:] == list("12345")       # one token per digit
+    pieces = [tok.decode([i]) for i in tok("(1.2,-0.4,5.1) d=2.3 a=107", add_special_tokens=False)["input_ids"]]
+    assert {"1.2", "0.4", "5.1"} <= set(pieces), pieces                  # common centres: one token each
+    assert all(set(p) <= set("0123456789.") for p in pieces if any(c.isdigit() for c in p))  # numbers stand alone
     inputs = _inputs(tok, m)
     with torch.no_grad():
         a = m(**inputs).logits
@@ -962,7 +969,7 @@ def test_greedy_sample_equals_generate_with_eos_and_padding():
         length = int(stop[0]) + 1 if len(stop) else ids.shape[1]
         assert mask[n, :length].all() and not mask[n, length:].any()    # EOS kept, padding after
         assert (ids[n, length:] == tok.pad_token_id).all()
-    assert not mask[0].all()
+    assert mask[0].sum() <= 5 < 10                                        # seq 0 stopped at its EOS
 
 
 def test_sampled_logprobs_equal_token_logprobs():
@@ -1396,7 +1403,8 @@ def _train_smoke(train):
         args = ["--out", tmp, "--data", os.path.join(tmp, "data"), "--model", os.path.join(tmp, "tiny"),
                 "--data_scenes", "10", "--sft_steps", "3", "--grpo_steps", "2", "--sft_batch", "2", "--batch", "2",
                 "--micro_batch", "1", "--G", "2", "--max_new_tokens", "12", "--eval_every", "2", "--eval_n", "2",
-                "--test_n", "2", "--ckpt_every", "1", "--keep_ckpts", "10", "--sft_lr", "3e-3", "--lr", "1e-3"]
+                "--test_n", "2", "--ckpt_every", "1", "--keep_ckpts", "10", "--sft_lr", "3e-3", "--lr", "1e-3",
+                "--vision_steps", "3", "--vision_batch", "2"]
         train.main(args + ["--name", "a"])
         run = os.path.join(tmp, "a")
         with open(os.path.join(run, "metrics.jsonl")) as fh:
@@ -1410,7 +1418,7 @@ def _train_smoke(train):
         assert any(not torch.equal(init[k], warm[k]) for k in init)          # the warm-up moved the policy
         assert any(not torch.equal(warm[k], final[k]) for k in warm)         # so did GRPO
         assert sorted(d for d in os.listdir(run) if d.startswith("ckpt-"))[-1] == "ckpt-0000005"
-        for f in ("config.json", "results.md", "curves.png", "samples.jsonl"):
+        for f in ("config.json", "results.md", "curves.png", "samples.jsonl", "vision"):
             assert os.path.exists(os.path.join(run, f)), f
         # an interrupted copy: only the checkpoints up to GRPO step 1 survive, no final export
         copy = os.path.join(tmp, "b")
