@@ -76,15 +76,15 @@ class Config:
     vision_lr: float = 3e-3
     grad_ckpt: bool = False         # gradient checkpointing (on for the paper preset)
     # supervised warm-up
-    sft_steps: int = 1000           # teacher-forced steps on the reference reasoning
-    sft_batch: int = 16
+    sft_steps: int = 1500           # teacher-forced steps on the reference reasoning
+    sft_batch: int = 8
     sft_lr: float = 3e-3
     # GRPO
-    grpo_steps: int = 200
+    grpo_steps: int = 150
     batch: int = 4                  # B prompts per step
     micro_batch: int = 4            # prompts per forward/backward (gradient accumulation over B / micro_batch)
     G: int = 8                      # completions per prompt (paper: 8)
-    max_new_tokens: int = 240       # completion budget T (the synthetic reference reasoning is 90-220 tokens)
+    max_new_tokens: int = 180       # completion budget T (the synthetic reference reasoning is 50-170 tokens)
     temperature: float = 1.0        # sampling temperature (paper / Video-R1: 1.0)
     top_p: float = 1.0
     lr: float = 2e-4                # GRPO learning rate (paper: 1e-6 for the 7B)
@@ -102,11 +102,11 @@ class Config:
     w_answer: float = 1.0
     w_graph: float = 1.0
     w_length: float = 1.0
-    len_lo: int = 80                # R_l window in tokens (paper: 320..512 of 768; the tiny reasoning is shorter)
-    len_hi: int = 230
+    len_lo: int = 40                # R_l window in tokens (paper: 320..512 of 768; the tiny reasoning is shorter)
+    len_hi: int = 170
     len_bonus: float = 0.2
     # logging, evaluation, checkpoints
-    eval_every: int = 400           # held-out evaluation every N steps (both phases)
+    eval_every: int = 500           # held-out evaluation every N steps (both phases)
     eval_n: int = 96                # val questions per evaluation during training
     test_n: int = 300               # test questions of the final before/after table
     ckpt_every: int = 100
