@@ -64,6 +64,7 @@ import timeit
 import warnings
 from fractions import Fraction
 from functools import lru_cache
+from typing import NamedTuple
 
 import av
 import numpy as np
@@ -85,13 +86,8 @@ class VideoError(ValueError):
     """A video that cannot be read as asked; the message names the file and the cause."""
 
 
-def sample_indices(times, num_frames=16, fps=None, start=None, end=None, path="video"):
-    """Qwen-style uniform sampling over presentation times.
-
-    times: (N,) seconds, increasing. Window: frames with start <= t <= end. F = num_frames, capped at
-    floor(fps x window duration) when fps is given, clamped to the frames in the window, rounded down to even
-    (>= 2). Returns idx (F,) int into times: round(linspace(0, M-1, F)) over the M window frames.
-    """
+def window_of(times, start=None, end=None, path="video"):
+    """Positions (M,) of the frames with start - 1e-9 <= t <= end + 1e-9 (None: open), at least 2 of them."""
     times = np.asarray(times, dtype=np.float64)                          # (N,)
     lo = -np.inf if start is None else float(start)
     hi = np.inf if end is None else float(end)
@@ -101,10 +97,26 @@ def sample_indices(times, num_frames=16, fps=None, start=None, end=None, path="v
     if len(window) < 2:
         raise VideoError(f"{path}: {len(window)} frame(s) in the window [{start}, {end}] s of a "
                          f"{len(times)}-frame video; at least 2 are needed")
+    return window
+
+
+def frame_interval(times):
+    """Mean source-frame interval in seconds, (t_last - t_first) / (N - 1): 1 / the video's average fps."""
+    return (times[-1] - times[0]) / max(len(times) - 1, 1) or 1.0
+
+
+def sample_indices(times, num_frames=16, fps=None, start=None, end=None, path="video"):
+    """Qwen-style uniform sampling over presentation times.
+
+    times: (N,) seconds, increasing. Window: frames with start <= t <= end. F = num_frames, capped at
+    floor(fps x window duration) when fps is given, clamped to the frames in the window, rounded down to even
+    (>= 2). Returns idx (F,) int into times: round(linspace(0, M-1, F)) over the M window frames.
+    """
+    times = np.asarray(times, dtype=np.float64)                          # (N,)
+    window = window_of(times, start, end, path)                          # (M,)
     n = int(num_frames)
     if fps is not None:
-        step = (times[-1] - times[0]) / max(len(times) - 1, 1) or 1.0     # mean frame interval (VFR safe)
-        duration = times[window[-1]] - times[window[0]] + step
+        duration = times[window[-1]] - times[window[0]] + frame_interval(times)   # VFR safe
         n = min(n, int(math.floor(float(fps) * duration + 1e-9)))
     n = min(n, len(window))
     n = max(2, n - n % 2)                                                # even, at least 2
@@ -233,11 +245,22 @@ def _decode_at(container, vs, pts, key, want, path):
     return out
 
 
-def read_frames(path, num_frames=16, fps=None, start=None, end=None, return_indices=False):
-    """Sample frames of a video: (frames uint8 (F, H, W, 3), times float64 (F,) seconds = pts x time_base), and
-    with return_indices also their source-frame indices (F,) (positions in presentation order, as graphs use).
+class Clip(NamedTuple):
+    """A sampled clip. frames uint8 (F, H, W, 3); times (F,) seconds = pts x time_base (true presentation times,
+    what graphs and answers use); indices (F,) source-frame positions in presentation order (`<graph t=...>`);
+    sample_fps = F / M x video_fps, M the frames of the window and video_fps = 1 / frame_interval: Qwen's own
+    convention for the sampled frame rate (qwen-vl-utils fetch_video; the official processor given the video's
+    fps and frame count), from which model.preprocess_video takes second_per_grid_ts."""
+    frames: np.ndarray
+    times: np.ndarray
+    indices: np.ndarray
+    sample_fps: float
 
-    F is even (see sample_indices). Rotation metadata is applied (H, W as displayed); odd sizes are kept.
+
+def read_clip(path, num_frames=16, fps=None, start=None, end=None):
+    """Sample a Clip of a video (see sample_indices for F and the window).
+
+    F is even. Rotation metadata is applied (H, W as displayed); odd sizes are kept.
     Raises FileNotFoundError or VideoError (a ValueError) naming the file and the cause. A truncated file
     warns and returns the frames of its readable part (if at least 2), else raises.
     """
@@ -264,7 +287,14 @@ def read_frames(path, num_frames=16, fps=None, start=None, end=None, return_indi
         raise VideoError(f"{path}: frame size changes inside the video {sorted(shapes)}")
     frames = np.stack([got[i] for i in keep])                           # (F, H, W, 3)
     keep = np.array(keep, dtype=np.int64)                               # (F,) source-frame indices
-    return (frames, times[keep], keep) if return_indices else (frames, times[keep])
+    window = window_of(times, start, end, path)                         # (M,)
+    sample_fps = len(keep) / len(window) / frame_interval(times)        # F / M x video_fps (qwen-vl-utils)
+    return Clip(frames, times[keep], keep, float(sample_fps))
+
+
+def read_frames(path, num_frames=16, fps=None, start=None, end=None):
+    """(frames uint8 (F, H, W, 3), times (F,) seconds) of read_clip."""
+    return read_clip(path, num_frames, fps, start, end)[:2]
 
 
 def write_video(path, frames, fps=CLIP_FPS, times=None, codec="libx264", gop=None, rotation=None,
@@ -545,23 +575,21 @@ def _pixel_grid(H, W, focal):
 
 def _ground(scene, R, c):
     """Packed (H, W) canvas: sky above the horizon, below it the ground plane with a 1 m grid fading into
-    haze. No camera roll, so all rays of a pixel row meet the ground at the same ray parameter s (= depth)."""
+    haze. Per pixel: its ray d = x R[0] + y R[1] + R[2] meets the ground z = 0 at s = -c_z / d_z (= depth), so a
+    rolled camera sees the horizon, grid and sky turned with it."""
     H, W = scene["size"]
     xs, ys = _pixel_grid(H, W, float(scene["focal"]))
-    img = np.full((H, W), _pack(SKY), np.uint32)
-    dz = R[1, 2] * ys + R[2, 2]                                          # (H,) world z of each row's rays
-    rows = np.flatnonzero(dz < -1e-3)
-    if len(rows) == 0:
-        return img
-    s = (-c[2] / dz[rows]).astype(np.float32)[:, None]                   # (h, 1) ray parameter to the ground
-    gx = c[0] + s * (R[0, 0] * xs + (R[1, 0] * ys[rows] + R[2, 0])[:, None])   # (h, W) ground X
-    gy = c[1] + s * (R[0, 1] * xs + (R[1, 1] * ys[rows] + R[2, 1])[:, None])   # (h, W) ground Y
-    off = np.minimum(np.abs(gx - np.rint(gx)), np.abs(gy - np.rint(gy)))      # (h, W) metres to a line
-    fade = np.clip(s / 30.0, 0.0, 1.0)                                   # (h, 1) haze
-    base = GROUND * (1 - fade) + HAZE * fade                             # (h, 3)
-    line = LINE + (base - LINE) * np.clip((s - 6.0) / 8.0, 0.0, 1.0)     # (h, 3) the grid fades out far away
-    img[rows] = np.where(off < 0.02 + 0.004 * s, _pack(line)[:, None], _pack(base)[:, None])
-    return img
+    dz = (R[1, 2] * ys[:, None] + R[2, 2]) + R[0, 2] * xs[None, :]      # (H, W) world z of each pixel's ray
+    ground = dz < -1e-3                                                  # (H, W) rays that meet the ground
+    s = (-c[2] / np.where(ground, dz, -1.0)).astype(np.float32)          # (H, W) ray parameter to the ground
+    gx = c[0] + s * (R[0, 0] * xs[None, :] + (R[1, 0] * ys[:, None] + R[2, 0]))   # (H, W) ground X
+    gy = c[1] + s * (R[0, 1] * xs[None, :] + (R[1, 1] * ys[:, None] + R[2, 1]))   # (H, W) ground Y
+    off = np.minimum(np.abs(gx - np.rint(gx)), np.abs(gy - np.rint(gy)))      # (H, W) metres to a line
+    fade = np.clip(s / 30.0, 0.0, 1.0)[..., None]                        # (H, W, 1) haze
+    base = GROUND * (1 - fade) + HAZE * fade                             # (H, W, 3)
+    line = LINE + (base - LINE) * np.clip((s - 6.0) / 8.0, 0.0, 1.0)[..., None]   # the grid fades out far away
+    img = np.where(off < 0.02 + 0.004 * s, _pack(line), _pack(base))     # (H, W) packed uint32
+    return np.where(ground, img, _pack(SKY)).astype(np.uint32)
 
 
 def _fill_edges(img, a, b, colour):
@@ -633,7 +661,8 @@ def _draw_object(img, scene, o, p, R, c):
         pc = (p - c) @ R.T
         uv, r = project(scene, pc), scene["focal"] * w / pc[2]
         _disk(img, uv, r, _shade(o["colour"], 0.8))
-        _disk(img, uv - 0.3 * r, 0.45 * r, _shade(o["colour"], 1.15, 30.0))   # highlight
+        cs, sn = math.cos(_roll(scene)), math.sin(_roll(scene))         # the light is up-left of the unrolled view
+        _disk(img, uv - 0.3 * r * np.array([cs + sn, cs - sn]), 0.45 * r, _shade(o["colour"], 1.15, 30.0))
         return
     cube = o["shape"] == "cube"
     k, phase, rad = (4, o["yaw"], w * math.sqrt(2)) if cube else (10, 0.0, w)
@@ -667,6 +696,12 @@ def render(scene, t):
     return img.view(np.uint8).reshape(-1).take(_rgb_index(H, W)).reshape(H, W, 3)   # drop the 4th byte
 
 
+def _roll(scene):
+    """The camera's roll offset in radians (eval.py's stress test), 0 without one."""
+    off = scene["camera"].get("offset") or {}
+    return math.radians(off["deg"]) if off.get("axis") == "roll" else 0.0
+
+
 def _hood(scene, img):
     """The vehicle's bonnet at the bottom of every frame, with a bright centre stripe, as dash-cam footage shows it.
     It is fixed to the camera rig, so it marks the image's centre column: the vision tower's attention knows only
@@ -674,8 +709,7 @@ def _hood(scene, img):
     (eval.py's stress test) the rig's picture turns with the camera, so the bonnet is drawn in the unrolled frame."""
     H, W = img.shape
     xs, ys = _pixel_grid(H, W, float(scene["focal"]))                    # (W,), (H,) ray slopes x/z, y/z
-    off = scene["camera"].get("offset") or {}
-    phi = math.radians(off["deg"]) if off.get("axis") == "roll" else 0.0
+    phi = _roll(scene)
     x0 = math.cos(phi) * xs[None, :] - math.sin(phi) * ys[:, None]      # (H, W) ray slopes before the roll
     y0 = math.sin(phi) * xs[None, :] + math.cos(phi) * ys[:, None]
     f = float(scene["focal"])

@@ -527,10 +527,11 @@ def prompt_row(row):
 
 
 def read_video(row, frames):
-    """(frames (F,H,W,3) uint8, times (F,) s) of the row's clip (its time_window if any)."""
+    """data.Clip (frames (F,H,W,3) uint8, times (F,) s, ..., Qwen's sample_fps) of the row's clip (its
+    time_window if any)."""
     import data
     start, end = row.get("time_window") or (None, None)
-    return data.read_frames(row["video"], frames, start=start, end=end)
+    return data.read_clip(row["video"], frames, start=start, end=end)
 
 
 def greedy_batch(mdl, tokenizer, rows, videos, args):
@@ -655,7 +656,8 @@ def main(argv):
     rows, fmt, skipped = load_benchmark(args.data, args.format, args.video_root, args.skip_bad)
     rows, missing = check_videos(rows[:args.limit] if args.limit else rows, args.skip_bad)
     print(f"{args.data}: format {fmt}, {len(rows)} rows scored, {skipped} bad rows and {missing} rows without "
-          f"video skipped; {args.frames} frames, greedy", file=sys.stderr)
+          f"video skipped; {args.frames} frames, greedy, at most {args.max_new_tokens} new tokens; each row scored "
+          f"by its benchmark's own rule (docstring), not train.py's training-reward table", file=sys.stderr)
     summaries, dumps = {}, []
     for name, path in zip(model_names(args.model), args.model):
         completions = run_model(path, rows, args, name)
@@ -663,7 +665,8 @@ def main(argv):
         summaries[name] = summarize(rows, scored, args.n_boot, args.seed)
         dumps += dump_records(name, rows, completions, scored, args.dump)
     meta = {"data": args.data, "format": fmt, "rows": len(rows), "skipped_bad": skipped, "skipped_no_video": missing,
-            "frames": args.frames, "decoding": "greedy", "paths": dict(zip(summaries, args.model))}
+            "frames": args.frames, "decoding": "greedy", "max_new_tokens": args.max_new_tokens,
+            "rules": "each benchmark's own scoring code (eval.py docstring)", "paths": dict(zip(summaries, args.model))}
     report(summaries, meta, args.out, dumps, f"{os.path.basename(args.data)} ({fmt}, {len(rows)} questions)")
 
 

@@ -210,10 +210,9 @@ def smart_resize(height, width, factor=28, min_pixels=56 * 56, max_pixels=TRAIN_
 
 
 def sampled_fps(times):
-    """Frames per second of the sampled frames from their true times: (F - 1) / (t_last - t_first).
-
-    Equals the official VideoMetadata.sampled_fps (= F / duration) for frames sampled uniformly.
-    """
+    """Frame rate of the sampled frames from their times alone, (F - 1) / (t_last - t_first), for callers that
+    have no Clip.sample_fps (Qwen's F / M x video_fps, data.Clip). The two differ for round(linspace) sampling:
+    16 of 100 frames at 30 fps give 0.44 s per grid here and Qwen's 0.4167 there."""
     times = np.asarray(times, dtype=np.float64)
     if len(times) < 2 or times[-1] <= times[0]:
         return None
@@ -221,8 +220,10 @@ def sampled_fps(times):
 
 
 def preprocess_video(frames, times, min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS, patch_size=14,
-                     temporal_patch_size=2, merge_size=2):
-    """Qwen2VLVideoProcessor by hand. frames uint8 (F,H,W,3), times (F,) seconds.
+                     temporal_patch_size=2, merge_size=2, fps=None):
+    """Qwen2VLVideoProcessor by hand. frames uint8 (F,H,W,3), times (F,) seconds, fps the sampled frame rate in
+    Qwen's convention (data.Clip.sample_fps; None: sampled_fps(times)); second_per_grid_ts = temporal_patch_size
+    / fps, as the official processor and qwen-vl-utils compute it.
 
     Returns {"pixel_values_videos": (t*h*w, 3*tp*p*p) float32, "video_grid_thw": (1, 3) long,
              "second_per_grid_ts": (1,) float32, "fps": float} with (t, h, w) the grid in patches.
@@ -248,7 +249,7 @@ def preprocess_video(frames, times, min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_
     x = x.view(t, tp, 3, h // m, m, p, w // m, m, p)              # (t, tp, C, h/m, m, p, w/m, m, p)
     x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)                     # (t, h/m, w/m, m, m, C, tp, p, p): official order
     pixel_values = x.reshape(t * h * w, 3 * tp * p * p)          # (t*h*w, 1176) merge groups contiguous
-    fps = sampled_fps(times)
+    fps = fps or sampled_fps(times)
     spg = temporal_patch_size / fps if fps else 1.0   # one frame: the time interval never multiplies anything
     return {"pixel_values_videos": pixel_values, "video_grid_thw": torch.tensor([[t, h, w]]),
             "second_per_grid_ts": torch.tensor([spg], dtype=torch.float32), "fps": fps}
@@ -261,7 +262,9 @@ def rope_positions(config, input_ids, mm_token_type_ids, attention_mask, video_g
       video grid k, row i, column j (merged), starting at s:  (s + floor(k * second_per_grid * tokens_per_second),
                    s + i, s + j)  -> the temporal axis follows the true frame times (2 positions per second).
     transformers 5.24's get_rope_index restarts the text after a video at s + max(h, w) instead of max + 1, so
-    the question overlaps the video's temporal positions; a real checkpoint was trained with max + 1.
+    the question overlaps the video's temporal positions; a real checkpoint was trained with max + 1. transformers
+    5.2 also continues at max + 1 but casts the seconds per grid to an integer before multiplying (0.5 s per grid
+    gives 0, 1, 2, 2, 2 ...); 4.49-4.50 and this function follow Qwen's scheme exactly.
     Returns pos (3, B, P) long (0 on padding) and next_pos (B,) = max + 1, where the completion starts.
     """
     merge = config.vision_config.spatial_merge_size
@@ -337,6 +340,7 @@ def build_prompt(row):
 def make_inputs(tokenizer, config, rows, videos, min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS):
     """Model inputs for B prompts (one video each), left-padded. videos: list of (frames (F,H,W,3), times (F,)).
 
+    A video may be a data.Clip: its sample_fps (Qwen's convention) then sets second_per_grid_ts.
     Returns input_ids (B,P), attention_mask (B,P), mm_token_type_ids (B,P) (2 on video tokens), and
     pixel_values_videos (sum of t*h*w, 1176), video_grid_thw (B,3), second_per_grid_ts (B,).
     """
@@ -345,9 +349,10 @@ def make_inputs(tokenizer, config, rows, videos, min_pixels=TINY_MIN_PIXELS, max
     if video_id != config.video_token_id:
         raise ValueError(f"model.make_inputs: tokenizer's {VIDEO_PAD} id {video_id} != config {config.video_token_id}")
     seqs, pixels, grids, spgs = [], [], [], []
-    for row, (frames, times) in zip(rows, videos, strict=True):
+    for row, video in zip(rows, videos, strict=True):
+        frames, times = video[:2]
         v = preprocess_video(frames, times, min_pixels, max_pixels, vc.patch_size, vc.temporal_patch_size,
-                             vc.spatial_merge_size)
+                             vc.spatial_merge_size, getattr(video, "sample_fps", None))
         n_video = int(v["video_grid_thw"].prod()) // vc.spatial_merge_size ** 2    # merged tokens
         ids = tokenizer(build_prompt(row), add_special_tokens=False)["input_ids"]
         at = ids.index(video_id)
@@ -364,8 +369,10 @@ def make_inputs(tokenizer, config, rows, videos, min_pixels=TINY_MIN_PIXELS, max
 
 
 def to_device(inputs, device, dtype):
-    """make_inputs' tensors on the model's device; floating ones (pixels, seconds per grid) in its dtype."""
-    return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in inputs.items()}
+    """make_inputs' tensors on the model's device; the pixels in its dtype. second_per_grid_ts stays float32: in
+    bf16 about 4 % of frame rates lose a temporal position (1.2 fps: 2 / 1.2 s per grid rounds down)."""
+    return {k: v.to(device, dtype) if v.is_floating_point() and k != "second_per_grid_ts" else v.to(device)
+            for k, v in inputs.items()}
 
 
 def special_ids(tokenizer):

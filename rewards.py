@@ -8,7 +8,8 @@
     R_graph   R_n + R_e averaged over the k ground-truth frames (graph.graph_reward).
     R_l       + bonus (0.2) when the answer is correct and lo <= n_tokens <= hi (320..512 in the paper).
 
-Each part has a weight (a setting), so the paper's ablations are one flag: weight 0 for graph is "w/o graph".
+Each part has a weight (a setting). Weight 0 for graph drops the graph reward only: the prompt still asks for
+graphs and train.py's warm-up still teaches them, so it is not the paper's "w/o graph" ablation.
 Differences from the paper / peers: "correct" for R_l means R_ans >= 0.5 (an exact letter, a number within
 ~25 %, an IoU >= 0.5); Video-R1 also requires that more than one completion of the group is correct, a group
 level rule this per-completion function leaves out. Graphs are read only from the text before the first

@@ -905,6 +905,27 @@ def test_preprocessing_matches_official_golden_fixture():
     assert np.abs(px - ref).max() <= one_step + 1e-5, np.abs(px - ref).max()
 
 
+def test_seconds_per_grid_follow_qwen_convention():
+    # qwen-vl-utils fetch_video: sample_fps = nframes / total_frames * video_fps; second_per_grid = 2 / sample_fps
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "v.mp4")
+        data.write_video(path, np.zeros((100, 16, 16, 3), np.uint8), fps=30)
+        clip = data.read_clip(path, 16)                                  # round(linspace(0, 99, 16))
+        assert close(clip.sample_fps, 16 / 100 * 30, 1e-9)
+        spg = M.preprocess_video(clip.frames, clip.times, fps=clip.sample_fps)["second_per_grid_ts"]
+        assert close(float(spg), 2 / 4.8, 1e-6)                         # 0.4167 s, as Qwen's pipeline
+        spg_times = M.preprocess_video(clip.frames, clip.times)["second_per_grid_ts"]
+        assert close(float(spg_times), 2 * 99 / 30 / 15, 1e-6)         # 0.44 s from the sampled times alone
+        window = data.read_clip(path, 16, start=1.0, end=2.0)           # frames 30..60: M = 31
+        assert close(window.sample_fps, 16 / 31 * 30, 1e-9) and close(window.times[0], 1.0, 1e-6)
+        m, tok = _tiny()
+        inputs = M.make_inputs(tok, m.config, [_ROWS[1]], [clip])       # a Clip carries its sample_fps
+        assert close(float(inputs["second_per_grid_ts"][0]), 2 / 4.8, 1e-6)
+    on_gpu = M.to_device({"second_per_grid_ts": torch.tensor([2 / 1.2]), "pixel_values_videos": torch.ones(2)},
+                         "cpu", torch.bfloat16)                          # bf16 would round 1.667 s to 1.664
+    assert on_gpu["second_per_grid_ts"].dtype == torch.float32 and on_gpu["pixel_values_videos"].dtype == torch.bfloat16
+
+
 def test_temporal_positions_follow_frame_times():
     m, tok = _tiny()
     tps = m.config.vision_config.tokens_per_second
@@ -1355,6 +1376,17 @@ def test_offset_pose_keeps_edges_and_moves_coordinates():
         if axis != "orbit":                                                    # Theorem 1: about C, angles kept
             assert np.allclose(a0, a1, atol=1e-4)
     assert np.allclose(data.offset_pose(R0, c0, {"axis": "roll", "deg": 0.0})[0], R0)
+
+
+def test_roll_renders_the_turned_picture():
+    # a camera rolled about its optical axis sees the same picture turned (square clip): sky, ground, grid,
+    # objects, highlights and the bonnet included, pixel for pixel
+    for seed in (3, 5):
+        scene = data.make_scene(np.random.default_rng([0, seed]))
+        clip = data.render_clip(scene)                                   # (F, H, W, 3)
+        for deg, k in ((90.0, 1), (-90.0, -1), (180.0, 2)):
+            turned = data.render_clip(ev.with_offset(scene, "roll", deg))
+            assert np.array_equal(turned, np.rot90(clip, k, axes=(1, 2))), (seed, deg)
 
 
 def test_rotated_scene_same_questions_invariant_edges():

@@ -2,8 +2,9 @@
 
 What one GRPO step does (DeepSeekMath's GRPO, as the paper uses it):
   1. B prompts (video + question); grpo.sample draws G completions each, no grad       -> N = B*G sequences
-  2. rewards.total_reward scores each: R = R_format + R_ans + R_graph + R_l (a weight per part: --w_graph 0 is
-     the paper's "without graph reasoning" ablation)
+  2. rewards.total_reward scores each: R = R_format + R_ans + R_graph + R_l (a weight per part: --w_graph 0 drops
+     only the graph reward; the prompt still asks for graphs and the warm-up still teaches them, so it is not the
+     paper's "without graph reasoning" ablation, which removes the graphs from the reasoning too)
   3. grpo.group_advantages: A_i = (r_i - mean(r)) / (std(r) + eps) within each prompt's group
   4. reference log-probs: the start policy (LoRA adapters switched off, or a frozen copy for full fine-tuning)
   5. grpo.policy_loss: the clipped surrogate minus beta * k3 KL; mu inner epochs reuse the sampling log-probs
@@ -100,7 +101,7 @@ class Config:
     # rewards (weights of R_format, R_ans, R_graph, R_l, and the length window)
     w_format: float = 1.0
     w_answer: float = 1.0
-    w_graph: float = 1.0
+    w_graph: float = 1.0            # 0 drops the graph reward only (prompt and warm-up still have graphs)
     w_length: float = 1.0
     len_lo: int = 40                # R_l window in tokens (paper: 320..512 of 768; the tiny reasoning is shorter)
     len_hi: int = 170
@@ -205,9 +206,10 @@ def ensure_model(cfg, train_rows):
 
 
 @functools.lru_cache(maxsize=None)
-def load_video(path, num_frames, start=None, end=None, indices=False):
-    """(frames (F, H, W, 3) uint8, times (F,) s[, source-frame indices (F,)]) of one clip, decoded once per run."""
-    return data.read_frames(path, num_frames, start=start, end=end, return_indices=indices)
+def load_video(path, num_frames, start=None, end=None):
+    """data.Clip (frames (F, H, W, 3) uint8, times (F,) s, source-frame indices (F,), Qwen's sample_fps) of one
+    clip, decoded once per run."""
+    return data.read_clip(path, num_frames, start=start, end=end)
 
 
 def row_videos(cfg, rows):
@@ -643,7 +645,7 @@ def vision_step(cfg, mdl, tok, head, videos, graphs, device, dtype):
     tp = mdl.config.vision_config.temporal_patch_size
     preds, nodes = [], []
     for (v, w), f, grid in zip(videos, feats, inputs["video_grid_thw"]):
-        _, _, idx = load_video(v, cfg.frames, *(w or (None, None)), indices=True)
+        idx = load_video(v, cfg.frames, *(w or (None, None))).indices         # (F,)
         f = f.view(int(grid[0]), -1, f.shape[-1])                             # (t, tokens per slice, H)
         for frame, frame_nodes in graphs[(v, w)].items():
             k = int(np.abs(idx - frame).argmin()) // tp                       # the slice holding that frame
@@ -836,7 +838,10 @@ def final_report(cfg, run_dir, train_rows, test_rows, device, dtype):
     columns = {t: results[t] for t in ["blind", "wrong video"] + [t for t, _ in states]}
     diffs = ([(final, states[0][0])] if len(states) > 1 else []) + [(final, "blind")]
     table, stats = comparison_table(columns, diffs)
-    header = f"test split: {len(test_rows)} questions, seed {cfg.seed}, {time.strftime('%Y-%m-%d')}"
+    header = (f"test split: {len(test_rows)} questions, seed {cfg.seed}, {time.strftime('%Y-%m-%d')}; scored with "
+              f"the training reward's parts (rewards.py: answer inside the tags, one exact letter), greedy, "
+              f"{cfg.frames} frames, at most {cfg.max_new_tokens} new tokens. eval.py scores with each benchmark's "
+              f"own rule and its own settings (32 frames by default), so its numbers differ from these.")
     with open(os.path.join(run_dir, "results.md"), "w") as fh:
         fh.write(header + "\n\n" + table + "\n")
     write_json(os.path.join(run_dir, "results.json"), {"header": header, "stats": stats})
