@@ -1,28 +1,47 @@
-"""Evaluation of Video-STR checkpoints with each benchmark's own metric, side by side, plus a rotation stress test.
+r"""Evaluation of Video-STR checkpoints with each benchmark's own metric, side by side, plus a rotation stress test.
 
 Paper: Video-STR (arXiv 2510.10976) Sec. 5 reports STI-Bench, V-STaR, VSI-Bench, SPAR-Bench, Video-MME and
 TempCompass, inferring with 32 frames and greedy decoding. This file scores any number of checkpoints on one
 file of questions and prints one table with a column per model.
 
-Metrics (per question; `score` is the benchmark's headline metric for that question):
-    mc     accuracy, VSI-Bench rule: p = first white-space token of the answer, trailing '.' removed;
-           score = 1[p.lower() == gt_letter.lower()]                         ("B." and "B chair" count, "(B)" not)
-    num    MRA (VSI-Bench): p = float(first token, trailing '.' removed), unparseable or non-finite -> score 0;
-           MRA = 1/10 sum_{theta in 0.50, 0.55, ..., 0.95} 1[ |p - y| / |y| <= 1 - theta ]      (rewards.mra)
-    iou    time interval (V-STaR "when"): tIoU = max(0, min(e, e') - max(s, s')) / (max(e, e') - min(s, s'));
-           reported as mean tIoU and R@k = fraction of questions with tIoU >= k, k in 0.3, 0.5, 0.7.
-           One box [x1, y1, x2, y2]: box IoU.
-    boxes  (eval-only answer type, V-STaR "where") ground truth = boxes at given source-video frames; the answer
-           lists one box per frame as `FRAME: [x1, y1, x2, y2]` separated by ';' or new lines (pixels of the
-           original video, FRAME = source-video frame index, as in graph.py); a bare `[x1, y1, x2, y2]` is used
-           for every frame. vIoU = 1/|F| sum_{f in F} IoU(pred_f, gt_f), with IoU 0 for a frame not predicted;
-           m_vIoU = mean over questions.
-    format R_format of rewards.py; node / edge: R_n / R_e of graph.graph_reward where a row has graphs.
-The answer is the text inside the last <answer>...</answer>; a completion without the tags is read whole
-(the benchmarks' own prompts ask for a bare letter, so an untrained model is not scored 0 for lacking tags;
-the format rate shows the tags separately). This differs from the training reward, which needs the tags and
-reads mc with a strict single-letter rule (rewards.answer_reward; "B chair" scores 0 there); the training
-reward is kept per question in --dump for comparison.
+Scoring rules. Every row carries `rule`, the benchmark whose own public scoring code scores it (set by its
+adapter below; rows in our format: "ours"); `score` is that benchmark's headline metric for the question:
+    vsibench  VSI-Bench, lmms_eval/tasks/vsibench/utils.py of thinking-in-space (vision-x-nyu/thinking-in-space;
+              the same in EvolvingLMMs-Lab/lmms-eval): p = fuzzy_matching(pred) = pred.split(' ')[0].rstrip('.').strip()
+              mc   exact_match(p, gt) = 1[p.lower() == gt.lower()]      ("B", "b", "B." and "B chair" score 1;
+                   " B", "(B)", "B\nbecause" and "B.\n" score 0: the split is at ' ' only)
+              num  MRA of to_float(p) = float(p) (unparseable -> 0, nan / inf score 0 too):
+                   mean over theta in np.linspace(0.5, 0.95, 10) of 1[ |p - y| / y <= 1 - theta ]   (rewards.mra,
+                   float64, no tolerance: mra(6, 5) = 0.6)
+    stibench  STI-Bench, opensource_test.py (MINT-SJTU/STI-Bench): out = group 1, upper-cased, of the first of six
+              patterns, in this order, found anywhere (case ignored, '$' at any line end): "(B)", "Ans='B'",
+              "Answer: B" / "Answer=B", "Option B", "B is correct" / "B was correct", "B." or "B)" at a line end;
+              if none is found, out = the stripped text;  mc  1[out[-1] in "ABCDE" and out[-1] == gt]
+              ("(B)", "Answer: B", "The answer is B", "b." score 1; "b", "B chair" score 0; an empty answer scores
+              0, where the script would stop on out[-1])
+    vstar     V-STaR, eval.py (V-STaR-Bench/V-STaR):
+              iou    calculate_temporal_iou: tIoU = max(0, min(e, e') - max(s, s')) / (max(e, e') - min(s, s')),
+                     0 when the union is 0; reported as mean tIoU and R@k = fraction with tIoU >= k, k in 0.3, 0.5, 0.7
+              boxes  calculate_spatial_metrics: vIoU = 1/|F| sum_{f in F} IoU(pred_f, gt_f) over the ground-truth
+                     frames F, 0 for a frame not predicted; IoU = compute_iou = intersection / union, 0 when the
+                     union is 0; m_vIoU = mean over questions. The answer lists one box per frame as
+                     `FRAME: [x1, y1, x2, y2]` separated by ';' or new lines (pixels of the original video, FRAME =
+                     source-video frame index, as in graph.py); a bare `[x1, y1, x2, y2]` is used for every frame.
+    videor1   Video-R1, src/eval_bench.py (tulerfeng/Video-R1; its Video-MME and TempCompass numbers): a = the first
+              <answer>\s*(.*?)\s*</answer> of the completion, stripped, or the whole completion when that is empty;
+              gt read from the solution the same way.   mc  1[a.strip() == gt.strip()]  (exact: "b", "B." score 0)
+              numerical   0 if only one of a, gt holds '.' or ','; else 1[round(a, 2) == round(gt, 2)] (',' removed)
+              regression  MRA in float32 with a strict '<': mean over theta in arange(0.5, 0.975, 0.05) of
+                          1[ |a - y| / (|y| + 1e-8) < 1 - theta ]
+    ours      VSI-Bench's rules for mc / num (the synthetic tasks mirror VSI-Bench's), V-STaR's for iou / boxes;
+              one box [x1, y1, x2, y2]: V-STaR's compute_iou (rewards.box_iou).
+Also per question: format = R_format of rewards.py; node / edge = R_n / R_e of graph.graph_reward where a row has
+graphs. The answer is the text inside the last <answer>...</answer>, stripped; a completion without the tags is
+read whole, exactly as generated (the benchmarks' own prompts ask for a bare letter, so an untrained model is not
+scored 0 for lacking tags; the format rate shows the tags separately); Video-R1 rows use Video-R1's own reading
+above. This differs from the training reward, which needs the tags and reads mc with a strict single-letter rule
+(rewards.answer_reward; "B chair" scores 0 there); the training reward is kept per question in --dump for
+comparison. MRA and the IoUs are the same functions in both (rewards.py).
 
 Aggregates, each with a seeded bootstrap 95% percentile interval (1000 resamples of the questions):
     per task       mean score of the task's questions;     per answer type: the same over mc / num / iou / boxes
@@ -39,7 +58,8 @@ Inputs (`--format auto` detects from the first row's keys; JSON list or JSONL; p
     videor1   path, problem, options, problem_type, solution (Video-R1's eval JSON: Video-MME, TempCompass).
 Differences from the papers: SPAR-Bench has no adapter (convert it to our JSONL); V-STaR's chained what -> when
 -> where dialogue is asked as independent single-turn questions and its open "what" answer (LLM-judged) is not
-scored; V-STaR and Video-R1 parse answers with an LLM or regexes of their own, here the rules above; the prompt is
+scored; V-STaR's inference_demo.py reads intervals and boxes from each model's own reply format (here: the answer
+forms above); the benchmarks' scripts score the whole reply, here the text in the answer tags; the prompt is
 model.build_prompt's for every benchmark (not each benchmark's own wording; a "where" row is asked as a box
 question whose text asks for one box per frame); STI-Bench uses at most 30 frames (pass --frames 30).
 
@@ -78,40 +98,103 @@ OPTION_PREFIX_RE = re.compile(r"^\s*\(?([A-Za-z])[.):]\s+")
 
 # ------------------------------------------------------------------------------------ answer rules
 
+RULES = ("vsibench", "stibench", "vstar", "videor1", "ours")        # module docstring, "Scoring rules"
+STI_PATTERNS = [re.compile(p, re.IGNORECASE | re.MULTILINE) for p in (   # STI-Bench's ANSWER_PATTERNS, in order
+    r"\(([A-E])\)", r"Ans\s*=\s*['\"]?([A-E])['\"]?", r"Answer\s*[:=]\s*([A-E])", r"Option\s+([A-E])",
+    r"\b([A-E])\s*(?:is|was)\s*correct", r"\b([A-E])[\.\)]\s*$")]
+R1_ANSWER_RE = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)  # Video-R1's extract_answer
+
+
 def answer_text(completion):
-    """Text scored as the answer: inside the last <answer>...</answer>, else the whole completion, stripped."""
+    """Text scored as the answer: inside the last <answer>...</answer>, stripped, else the whole completion as
+    generated (not stripped: VSI-Bench reads the raw reply, where a leading space matters)."""
     found = rewards.extract_answer(completion)
-    return found if found is not None else (completion or "").strip()
+    return found if found is not None else (completion if isinstance(completion, str) else "")
 
 
 def vsi_first_token(text):
-    """VSI-Bench's fuzzy_matching: first space-separated token, trailing '.' removed, stripped."""
-    return (text or "").strip().split(" ")[0].split("\n")[0].rstrip(".").strip()
+    r"""VSI-Bench's fuzzy_matching exactly: pred.split(' ')[0].rstrip('.').strip() (split at ' ' only, so
+    ' D' -> '' and 'D\nBecause' -> 'D\nBecause'; 'D.\n' -> 'D.' as rstrip meets the new line first)."""
+    return (text or "").split(" ")[0].rstrip(".").strip()
 
 
-def mc_accuracy(pred_text, gt_letter):
-    """1[first token, lower-cased == gt letter lower-cased] (VSI-Bench exact_match after fuzzy_matching).
-    Differs from rewards.answer_reward (training), which accepts '(B)' but rejects 'B chair'."""
-    return 1.0 if vsi_first_token(pred_text).lower() == str(gt_letter).strip().lower() else 0.0
+def vsi_accuracy(pred_text, gt_letter):
+    """VSI-Bench exact_match(fuzzy_matching(pred), gt): 1[first token.lower() == gt.lower()]."""
+    return 1.0 if vsi_first_token(pred_text).lower() == str(gt_letter).lower() else 0.0
+
+
+def sti_option(text):
+    """STI-Bench's model_out: group 1 of the first of STI_PATTERNS found in the text (upper-cased), else the
+    stripped text (opensource_test.py: `extract_answer(decoded) or decoded.strip()`)."""
+    for pattern in STI_PATTERNS:
+        m = pattern.search(text or "")
+        if m:
+            return m.group(1).upper()
+    return (text or "").strip()
+
+
+def sti_accuracy(pred_text, gt_letter):
+    """STI-Bench's correct column: 1[out[-1] in 'ABCDE' and out[-1] == gt] of out = sti_option(pred); the last
+    character, so 'The answer is B' counts and 'b' does not. An empty out scores 0 (the script would raise)."""
+    out = sti_option(pred_text)
+    return 1.0 if out and out[-1] in "ABCDE" and out[-1] == str(gt_letter) else 0.0
 
 
 def vsi_number(pred_text):
-    """float(first token) as VSI-Bench's to_float, or None (also for nan / inf). Differs from
+    """VSI-Bench's to_float(fuzzy_matching(pred)): float(first token), or None where float() fails. nan / inf
+    also give None: VSI-Bench's comparisons are all False for them, so both score 0. Differs from
     rewards.parse_number (training), which reads the whole answer and allows '3,500' and units."""
-    token = vsi_first_token(pred_text)
-    if not token or len(token) > 32:
-        return None
     try:
-        value = float(token)
+        value = float(vsi_first_token(pred_text))
     except ValueError:
         return None
     return value if math.isfinite(value) else None
 
 
 def number_mra(pred_text, gt):
-    """MRA of the first token against gt (rewards.mra); unparseable -> 0."""
+    """VSI-Bench MRA of the first token against gt (rewards.mra); unparseable -> 0."""
     value = vsi_number(pred_text)
-    return 0.0 if value is None else float(rewards.mra(value, float(gt)))
+    return 0.0 if value is None else rewards.mra(value, float(gt))
+
+
+def r1_extract(text):
+    r"""Video-R1's extract_answer: the first <answer>\s*(.*?)\s*</answer>, stripped, or '' without one."""
+    m = R1_ANSWER_RE.search(text) if isinstance(text, str) else None
+    return m.group(1).strip() if m else ""
+
+
+def r1_number(text):
+    """Video-R1's normalize_number: float(text without ','), or None where that fails."""
+    try:
+        return float(text.replace(",", ""))
+    except (AttributeError, ValueError):
+        return None
+
+
+def r1_mra(pred, gt):
+    """Video-R1's mean_relative_accuracy: float32 tensors, rel = |pred - gt| / (|gt| + 1e-8),
+    mean of 1[rel < 1 - theta] over theta = arange(0.5, 0.975, 0.05) (strict '<', unlike VSI-Bench's '<=')."""
+    import torch
+    p, g = torch.tensor(pred, dtype=torch.float32), torch.tensor(gt, dtype=torch.float32)
+    rel = torch.abs(p - g) / (torch.abs(g) + 1e-8)
+    thresholds = torch.arange(0.5, 0.95 + 0.05 / 2, 0.05, dtype=torch.float32)        # (10,)
+    return (rel < (1 - thresholds)).float().mean().item()
+
+
+def r1_score(completion, row):
+    """Video-R1's reward_fn (src/eval_bench.py) for an mc / numerical / regression row. The ground truth is
+    row['gt_text'] (the solution's answer text, set by from_videor1), else the row's answer."""
+    a = r1_extract(completion) or (completion if isinstance(completion, str) else "")
+    gt = str(row.get("gt_text", row["answer"]))
+    if row["answer_type"] == "mc":
+        return 1.0 if a.strip() == gt.strip() else 0.0
+    if row.get("problem_type") == "numerical":
+        if ("." in gt or "," in gt) != ("." in a or "," in a):
+            return 0.0
+        p, g = r1_number(a), r1_number(gt)
+        return 0.0 if p is None or g is None else float(round(g, 2) == round(p, 2))
+    p, g = r1_number(a), r1_number(gt)
+    return 0.0 if p is None or g is None else r1_mra(p, g)
 
 
 def interval_metrics(pred_text, gt):
@@ -152,13 +235,18 @@ def viou(pred_text, gt_boxes):
 
 
 def score_completion(completion, row):
-    """All metrics of one completion for one row: {'score': headline metric, 'format', optional 'tIoU', 'R@k',
-    'node', 'edge', 'train_reward' (rewards.answer_reward, for --dump)}."""
+    """All metrics of one completion for one row under the row's rule (module docstring; no 'rule' = "ours"):
+    {'score': headline metric, 'format', optional 'tIoU', 'R@k', 'node', 'edge', 'train_reward'
+    (rewards.answer_reward, for --dump)}."""
     ans = answer_text(completion)
-    kind, gt = row["answer_type"], row["answer"]
+    kind, gt, rule = row["answer_type"], row["answer"], row.get("rule", "ours")
+    if rule not in RULES:
+        raise ValueError(f"row {row.get('id')}: rule must be one of {', '.join(RULES)}, got {rule!r}")
     out = {"format": rewards.format_reward(completion)}
-    if kind == "mc":
-        out["score"] = mc_accuracy(ans, gt)
+    if rule == "videor1" and kind in ("mc", "num"):
+        out["score"] = r1_score(completion, row)
+    elif kind == "mc":
+        out["score"] = sti_accuracy(ans, gt) if rule == "stibench" else vsi_accuracy(ans, gt)
     elif kind == "num":
         out["score"] = number_mra(ans, gt)
     elif kind == "iou" and len(gt) == 2:
@@ -294,7 +382,7 @@ def from_vsibench(rec, root, where):
     """VSI-Bench row -> our row. Numeric question types -> num (MRA), the rest mc (options 'A. text')."""
     qtype = str(need(rec, "question_type", where))
     video = os.path.join(root, str(need(rec, "dataset", where)), f"{need(rec, 'scene_name', where)}.mp4")
-    row = {"id": f"vsi-{rec.get('id', where.rsplit(' ', 1)[-1])}", "video": video,
+    row = {"id": f"vsi-{rec.get('id', where.rsplit(' ', 1)[-1])}", "video": video, "rule": "vsibench",
            "question": str(need(rec, "question", where)), "task": qtype, "time_window": None, "graphs": None}
     if qtype in VSI_NUMERIC:
         return {**row, "options": None, "answer": to_float(need(rec, "ground_truth", where), where, "ground_truth"),
@@ -322,7 +410,8 @@ def from_stibench(rec, root, where):
     return {"id": f"sti-{need(rec, 'ID', where)}", "video": os.path.join(root, str(need(rec, "Video", where))),
             "question": str(need(rec, "Question", where)), "options": options,
             "answer": letter(need(rec, "Answer", where), len(options), where, "Answer"), "answer_type": "mc",
-            "task": str(rec.get("Task") or "sti"), "scene": rec.get("Scene"), "time_window": [ts, te], "graphs": None}
+            "task": str(rec.get("Task") or "sti"), "scene": rec.get("Scene"), "time_window": [ts, te], "graphs": None,
+            "rule": "stibench"}
 
 
 def where_question(rec, boxes):
@@ -338,7 +427,8 @@ def from_vstar(rec, root, where):
     """V-STaR item -> [when row (iou on [s, e] seconds)] + [where row (boxes)] if bboxes are given."""
     vid = str(need(rec, "vid", where))
     video = os.path.join(root, f"{vid}.mp4")
-    base = {"video": video, "options": None, "time_window": None, "graphs": None, "domain": rec.get("domain")}
+    base = {"video": video, "options": None, "time_window": None, "graphs": None, "domain": rec.get("domain"),
+            "rule": "vstar"}
     idx = where.rsplit(" ", 1)[-1]
     ts = need(rec, "timestamps", where)
     if not isinstance(ts, (list, tuple)) or len(ts) != 2:
@@ -362,14 +452,16 @@ def from_vstar(rec, root, where):
 
 def from_videor1(rec, root, where):
     """Video-R1 eval row -> our row: data.from_video_r1 (the one mapping of that format), with the video path
-    resolved against root and its errors reported as BadInput naming the row; task = data_source (VideoMME...)."""
+    resolved against root and its errors reported as BadInput naming the row; task = data_source (VideoMME...).
+    Scored by Video-R1's rules, which need the problem type and the solution's answer text as written."""
     import data
     try:
         row = data.from_video_r1(rec)
     except data.BadRow as err:
         raise BadInput(f"{where}: {err}") from None
     video = os.path.normpath(os.path.join(root, row["video"]))
-    return {**row, "id": f"r1-{rec.get('problem_id', where.rsplit(' ', 1)[-1])}", "video": video, "reasoning": None}
+    return {**row, "id": f"r1-{rec.get('problem_id', where.rsplit(' ', 1)[-1])}", "video": video, "reasoning": None,
+            "rule": "videor1", "problem_type": rec["problem_type"], "gt_text": r1_extract(str(rec.get("solution")))}
 
 
 FORMAT_KEYS = {                        # a format is detected when the first row has all of its keys

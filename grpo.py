@@ -38,14 +38,16 @@ def group_advantages(rewards, G, scale=True, eps=1e-4):
     rewards: (N,) with N = B*G, grouped as [prompt0: G values, prompt1: G values, ...].
     scale=True:  A_i = (r_i - mean(r)) / (std(r) + eps)  (GRPO; std is the unbiased sample std, as TRL).
     scale=False: A_i = r_i - mean(r)  (Dr. GRPO: dividing by std over-weights too easy / too hard prompts).
-    A group whose rewards are all equal gets A = 0 (no signal), never NaN.
+    A group whose rewards are all equal (max == min) gets A = 0 exactly (no signal), never NaN: the float32 mean
+    of G equal values can be 1 ulp off the value, which divided by std + eps would give +-0.001.
     """
     r = rewards.float().view(-1, G)                       # (B, G)
     adv = r - r.mean(dim=1, keepdim=True)                 # (B, G)
     if scale:
         std = r.std(dim=1, keepdim=True) if G > 1 else torch.zeros_like(r[:, :1])  # (B, 1)
         adv = adv / (std + eps)
-    return adv.view(-1)                                   # (N,)
+    flat = r.amax(dim=1, keepdim=True) == r.amin(dim=1, keepdim=True)               # (B, 1)
+    return torch.where(flat, torch.zeros_like(adv), adv).view(-1)                  # (N,)
 
 
 def kl_k3(logp, ref_logp):

@@ -4,9 +4,16 @@
     R_ans     by answer type: mc   1 iff the answer is exactly the right option letter ("A or B", "", "AB" score 0);
                               num  mean relative accuracy, MRA (VSI-Bench):
                                    MRA = 1/10 sum_{theta in 0.50, 0.55, ..., 0.95} 1[ |y_hat - y| / |y| <= 1 - theta ];
-                              iou  temporal IoU of [start, end] seconds, or box IoU of [x1, y1, x2, y2].
+                              iou  temporal IoU of [start, end] seconds, or box IoU of [x1, y1, x2, y2] (V-STaR).
     R_graph   R_n + R_e averaged over the k ground-truth frames (graph.graph_reward).
     R_l       + bonus (0.2) when the answer is correct and lo <= n_tokens <= hi (320..512 in the paper).
+
+The arithmetic shared with the benchmarks is theirs exactly (eval.py reports benchmark numbers with these
+functions, and the training reward uses the same ones):
+    mra                   VSI-Bench, mean_relative_accuracy in lmms_eval/tasks/vsibench/utils.py (thinking-in-space
+                          and lmms-eval): abs(pred - gt) / gt <= 1 - np.linspace(0.5, 0.95, 10), float64, no tolerance.
+    interval_iou, box_iou V-STaR, calculate_temporal_iou / compute_iou in eval.py (V-STaR-Bench/V-STaR):
+                          intersection / union if union > 0 else 0.0.
 
 Each part has a weight (a setting). Weight 0 for graph drops the graph reward only: the prompt still asks for
 graphs and train.py's warm-up still teaches them, so it is not the paper's "w/o graph" ablation.
@@ -20,9 +27,11 @@ Run: `python rewards.py` scores a few completions (good, hacked, malformed) and 
 import math
 import re
 
+import numpy as np
+
 import graph
 
-MRA_THRESHOLDS = [0.50 + 0.05 * k for k in range(10)]  # theta in 0.50, 0.55, ..., 0.95 (VSI-Bench)
+MRA_THRESHOLDS = np.linspace(0.5, 0.95, 10)           # theta in 0.50, 0.55, ..., 0.95, as VSI-Bench builds them
 CORRECT = 0.5                                          # R_ans at or above this counts as "correct" for R_l
 DEFAULT_WEIGHTS = {"format": 1.0, "answer": 1.0, "graph": 1.0, "length": 1.0}
 
@@ -30,7 +39,7 @@ _BODY = r"(?:(?!</?think>|</?answer>).)*"               # text with no think/ans
 FORMAT_RE = re.compile(rf"\s*<think>{_BODY}</think>\s*<answer>{_BODY}</answer>\s*", re.DOTALL)
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 NUMBER_RE = re.compile(r"([-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d{1,3})?|[-+]?\.\d+)"
-                       r"\s*(?:[A-Za-z%\u00b0]{1,12}\.?)?")
+                       r"(?:\s*[A-Za-z%\u00b0]{1,12})?\.?")
 LETTER_RE = re.compile(r"\(?([A-Za-z])\)?\.?")
 INTERVAL_RE = re.compile(r"\[?\s*([^\[\],]+?)\s*,\s*([^\[\],]+?)\s*(?:,\s*([^\[\],]+?)\s*,\s*([^\[\],]+?)\s*)?\]?")
 
@@ -49,7 +58,8 @@ def extract_answer(text):
 
 
 def parse_number(s):
-    """'3.5', '3,500', '3.5 m', '-2', '1e3' -> float; anything else (nan, inf, '3 or 4', '') -> None. No eval."""
+    """'3.5', '3,500', '3.5 m', '-2', '1e3', '5.' (a sentence's full stop, dropped as VSI-Bench does) -> float;
+    anything else (nan, inf, '3 or 4', '') -> None. No eval."""
     if not isinstance(s, str) or len(s) > 64:
         return None
     m = NUMBER_RE.fullmatch(s.strip())
@@ -71,30 +81,38 @@ def parse_interval(s):
 
 
 def mra(pred, gt):
-    """Mean relative accuracy (VSI-Bench). With gt == 0 the relative error is undefined: the absolute error
-    |pred| is used in its place (so an exact 0 scores 1)."""
+    """Mean relative accuracy with VSI-Bench's arithmetic exactly (mean_relative_accuracy in thinking-in-space,
+    lmms_eval/tasks/vsibench/utils.py): 1[abs(pred - gt) / gt <= 1 - theta] over theta = np.linspace(0.5, 0.95,
+    10), float64, no tolerance, so an answer exactly on a threshold falls where float rounding puts it
+    (mra(6, 5) = 0.6: 0.2 <= 1 - 0.8 is False in floats). The training reward uses this same function, so reward
+    and reported number agree; a tolerance would only move answers that sit exactly on a threshold.
+    Beyond VSI-Bench (whose ground truths are all > 0): |gt| is the divisor, and with gt == 0 (undefined there)
+    the absolute error |pred| is used in its place (so an exact 0 scores 1)."""
     rel = abs(pred - gt) / (abs(gt) if gt != 0 else 1.0)
-    return sum(rel <= 1.0 - theta + 1e-9 for theta in MRA_THRESHOLDS) / len(MRA_THRESHOLDS)
+    return float(np.mean(rel <= 1 - MRA_THRESHOLDS))
 
 
 def interval_iou(a, b):
-    """Temporal IoU (V-STaR): max(0, min(e, e') - max(s, s')) / (max(e, e') - min(s, s')); 0 if s > e."""
+    """Temporal IoU as V-STaR's calculate_temporal_iou (V-STaR-Bench/V-STaR, eval.py):
+    max(0, min(e, e') - max(s, s')) / (max(e, e') - min(s, s')), and 0.0 when that union is 0, so two identical
+    zero-length intervals score 0 (V-STaR's choice, kept so that the reward and the reported number agree).
+    An inverted interval (s > e) scores 0, which V-STaR's formula also gives against a valid interval."""
     (s0, e0), (s1, e1) = a, b
     if s0 > e0 or s1 > e1:
         return 0.0
     union = max(e0, e1) - min(s0, s1)
-    if union <= 0:
-        return 1.0 if (s0, e0) == (s1, e1) else 0.0
-    return max(0.0, min(e0, e1) - max(s0, s1)) / union
+    return max(0.0, min(e0, e1) - max(s0, s1)) / union if union > 0 else 0.0
 
 
 def box_iou(a, b):
-    """IoU of two boxes [x1, y1, x2, y2]; 0 for an inverted box."""
+    """IoU of two boxes [x1, y1, x2, y2] as V-STaR's compute_iou (V-STaR-Bench/V-STaR, eval.py): intersection /
+    union, 0.0 when the union is 0 (so two identical zero-area boxes score 0, as there). An inverted box scores 0,
+    which V-STaR's formula also gives (its intersection is 0)."""
     if a[2] < a[0] or a[3] < a[1] or b[2] < b[0] or b[3] < b[1]:
         return 0.0
     inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else (1.0 if list(a) == list(b) else 0.0)
+    return inter / union if union > 0 else 0.0
 
 
 def answer_reward(pred_text, gt, answer_type):

@@ -52,6 +52,15 @@ def test_group_advantages_by_hand():
     assert close(adv[0].item(), 1.0 / (math.sqrt(2.0) + 1e-4), 1e-5)
 
 
+def test_group_advantages_all_equal_groups_are_exactly_zero():
+    # the float32 mean of 8 x 1.7 is 1 ulp off 1.7; divided by std + eps that gave +-0.001 before
+    for v in (0.1, 1.7, 2.2 + 0.2, 0.3, 2.9, 1 / 3):
+        for scale in (True, False):
+            adv = grpo.group_advantages(torch.tensor([v] * 8 + [0.0, 1.0] * 4), G=8, scale=scale)
+            assert (adv[:8] == 0).all(), (v, scale, adv[:8])
+            assert (adv[8:].abs() > 0.4).all()                                 # the other group keeps its signal
+
+
 def test_kl_k3():
     lp = torch.log(torch.tensor([[0.2, 0.5, 0.9]]))
     assert torch.allclose(grpo.kl_k3(lp, lp), torch.zeros(1, 3))
@@ -293,9 +302,11 @@ def test_format_reward():
 def test_extract_and_parse():
     assert rewards.extract_answer("<think>x</think><answer> 3.5 m </answer>") == "3.5 m"
     assert rewards.extract_answer("no answer") is None
-    for text, want in (("3.5", 3.5), ("3,500", 3500.0), ("3.5 m", 3.5), ("-2", -2.0), ("1e3", 1000.0)):
-        assert rewards.parse_number(text) == want
-    for bad in ("nan", "inf", "-inf", "1e999", "3 or 4", "", "abc", "__import__('os')", "1,23", None):
+    for text, want in (("3.5", 3.5), ("3,500", 3500.0), ("3.5 m", 3.5), ("-2", -2.0), ("1e3", 1000.0),
+                       ("5.", 5.0), ("3.5 m.", 3.5), (" 5. ", 5.0)):                # a full stop is dropped
+        assert rewards.parse_number(text) == want, text
+    for bad in ("nan", "inf", "-inf", "1e999", "3 or 4", "", "abc", "__import__('os')", "1,23", "5..", "5 .",
+                None):
         assert rewards.parse_number(bad) is None, bad
     assert rewards.parse_interval("[1.5, 3]") == [1.5, 3.0]
     assert rewards.parse_interval("[1, 2, 3]") is None
@@ -314,6 +325,12 @@ def test_mra_by_hand():
     assert close(rewards.mra(6.0, 3.0), 0.0)                  # rel error 1.0 > 0.5
     assert close(rewards.mra(4.5, 3.0), 1 / 10)               # rel error 0.5 <= 1 - 0.5 only
     assert close(rewards.mra(0.0, 0.0), 1.0) and close(rewards.mra(0.3, 0.0), 0.5)   # gt 0: absolute error
+    # on a threshold, VSI-Bench's float arithmetic decides (np.linspace thresholds, no tolerance):
+    # |6 - 5| / 5 = 0.2 vs 1 - 0.8 = 0.19999999999999996 -> theta 0.50..0.75 only
+    assert rewards.mra(6, 5) == 0.6 and rewards.mra(6.0, 5.0) == 0.6
+    assert rewards.mra(2.5, 2.0) == 0.6                         # 0.25 <= 1 - 0.75 = 0.25 holds
+    assert rewards.mra(5.5, 5.0) == 0.9                         # 0.1 <= 1 - 0.8999999999999999 holds
+    assert rewards.answer_reward("5.", 5.0, "num") == 1.0
     assert close(rewards.answer_reward("3.3 m", 3.0, "num"), 0.9)
     assert rewards.answer_reward("three", 3.0, "num") == 0.0
 
@@ -323,6 +340,10 @@ def test_iou_by_hand():
     assert rewards.interval_iou([1, 2], [3, 4]) == 0.0
     assert rewards.interval_iou([3, 1], [1, 3]) == 0.0
     assert close(rewards.box_iou([0, 0, 2, 2], [1, 1, 3, 3]), 1 / 7)
+    # V-STaR: 0 when the union is 0, also for identical zero-length intervals / zero-area boxes
+    assert rewards.interval_iou([2, 2], [2, 2]) == 0.0 and rewards.interval_iou([2, 2], [1, 3]) == 0.0
+    assert rewards.box_iou([1, 1, 1, 5], [1, 1, 1, 5]) == 0.0 and rewards.box_iou([1, 1, 1, 1], [1, 1, 1, 1]) == 0.0
+    assert rewards.answer_reward("[2, 2]", [2, 2], "iou") == 0.0
     assert close(rewards.answer_reward("[2, 4]", [1, 3], "iou"), 1 / 3)
     assert rewards.answer_reward("[2, 4]", [0, 0, 2, 2], "iou") == 0.0
 
@@ -1109,17 +1130,61 @@ def _write_tiny_video(path, n=4, size=32, fps=4):
 # ---------------------------------------------------------------------------- metrics by hand
 
 def test_mc_vsi_rule():
-    # first token, lower-cased, trailing '.' removed, exact match
-    for pred, want in (("B", 1), ("b.", 1), ("B chair", 1), ("B.\nbecause", 1), ("(B)", 0), ("", 0), ("A", 0),
-                       ("BA", 0), (None, 0)):
-        assert ev.mc_accuracy(pred, "B") == want, pred
-    row = {"answer_type": "mc", "answer": "B"}
+    # VSI-Bench: exact_match(fuzzy_matching(pred), gt), fuzzy_matching = pred.split(' ')[0].rstrip('.').strip(),
+    # compared lower-cased; the split is at ' ' only
+    for pred, want in (("B", 1), ("b", 1), ("b.", 1), ("B.", 1), ("B chair", 1), ("B. The chair", 1), ("B\n", 1),
+                       (" B", 0), ("B\nBecause ...", 0), ("B.\n", 0), ("B.\nbecause", 0), ("(B)", 0), ("", 0),
+                       ("A", 0), ("BA", 0), (None, 0)):
+        assert ev.vsi_accuracy(pred, "B") == want, pred
+    assert ev.vsi_first_token(" D") == "" and ev.vsi_first_token("D.\n") == "D." and ev.vsi_first_token("D..") == "D"
+    row = {"answer_type": "mc", "answer": "B", "rule": "vsibench"}
     assert ev.score_completion("<think>x</think><answer>B.</answer>", row)["score"] == 1.0
+    assert ev.score_completion("<answer> B</answer>", row)["score"] == 1.0     # the tagged answer is stripped
     assert ev.score_completion("B", row)["score"] == 1.0                  # no tags: the whole text is read
+    assert ev.score_completion(" B", row)["score"] == 0.0                 # ... as generated, as VSI-Bench reads it
     assert ev.score_completion("B", row)["format"] == 0.0
+    assert ev.score_completion("B chair", {"answer_type": "mc", "answer": "B"})["score"] == 1.0   # "ours": VSI's
     # the training reward is stricter: 'B chair' scores 0 there, 1 here
     s = ev.score_completion("<answer>B chair</answer>", row)
     assert s["score"] == 1.0 and s["train_reward"] == 0.0
+
+
+def test_mc_sti_rule():
+    # STI-Bench opensource_test.py: the first of its answer patterns found, else the stripped text; then
+    # correct = out[-1] in "ABCDE" and out[-1] == gt
+    for pred, want in (("B", 1), ("(B)", 1), ("(b)", 1), ("Answer: B", 1), ("answer=b", 1), ("Ans='B'", 1),
+                       ("Option B", 1), ("B is correct", 1), ("The answer is B", 1), ("B.", 1), ("b.", 1),
+                       ("B)\n", 1), ("I think it is B", 1), ("b", 0), ("B chair", 0), ("B.\nbecause", 1),
+                       ("(A) is wrong, B is right", 0), ("", 0), (None, 0), ("A", 0)):
+        assert ev.sti_accuracy(pred, "B") == want, pred
+    assert ev.sti_option("Answer: B") == "B" and ev.sti_option(" b ") == "b"
+    row = ev.from_stibench(_STI_ROW, "/d", "w")                         # gt D
+    assert ev.score_completion("<answer>The answer is D</answer>", row)["score"] == 1.0
+    assert ev.score_completion("D chair", row)["score"] == 0.0            # 1 under VSI-Bench's rule
+    assert ev.score_completion("D chair", {**row, "rule": "vsibench"})["score"] == 1.0
+
+
+def test_mc_and_numbers_videor1_rule():
+    # Video-R1 eval_bench.py: first <answer> (or the whole output), exact string match for multiple choice
+    row = ev.from_videor1(R1, "/e", "w")                                # gt B
+    assert row["rule"] == "videor1" and row["gt_text"] == "B"
+    for comp, want in (("<answer>B</answer>", 1), ("<answer> B </answer><answer>C</answer>", 1), ("B", 1),
+                       ("<answer>b</answer>", 0), ("<answer>B.</answer>", 0), ("<answer></answer>", 0),
+                       ("<answer>C</answer><answer>B</answer>", 0)):
+        assert ev.score_completion(comp, row)["score"] == want, comp
+    num = ev.from_videor1({**R1, "problem_type": "numerical", "solution": "<answer>3.5</answer>", "options": []},
+                          "/e", "w")
+    for comp, want in (("<answer>3.5</answer>", 1), ("<answer>3.50</answer>", 1), ("<answer>3.504</answer>", 1),
+                       ("<answer>3.51</answer>", 0), ("<answer>4</answer>", 0), ("<answer>3.5 m</answer>", 0)):
+        assert ev.score_completion(comp, num)["score"] == want, comp
+    intgt = {**num, "gt_text": "4", "answer": 4.0}
+    assert ev.r1_score("<answer>4</answer>", intgt) == 1.0 and ev.r1_score("<answer>4.0</answer>", intgt) == 0.0
+    reg = ev.from_videor1({**R1, "problem_type": "regression", "solution": "<answer>5</answer>", "options": []},
+                          "/e", "w")
+    # float32 with a strict '<': |7.5 - 5| / 5 = 0.5 < 1 - 0.5 fails (VSI-Bench's '<=' gives 1 of 10)
+    assert ev.score_completion("<answer>7.5</answer>", reg)["score"] == 0.0 and ev.number_mra("7.5", 5.0) == 0.1
+    assert close(ev.score_completion("<answer>5.5</answer>", reg)["score"], 0.9)
+    assert ev.score_completion("<answer>five</answer>", reg)["score"] == 0.0
 
 
 def test_mra_first_token():
@@ -1127,11 +1192,14 @@ def test_mra_first_token():
     assert close(ev.number_mra("2.2", 2.0), 0.9)
     # 2.5 vs 2.0: 0.25 <= 1 - theta for theta 0.50..0.75 -> 6 of 10
     assert close(ev.number_mra("2.5", 2.0), 0.6)
+    assert ev.number_mra("6", 5.0) == 0.6                               # on a threshold: VSI's float arithmetic
     assert close(ev.number_mra("3.0 m", 3.0), 1.0)                      # first token read
     assert close(ev.number_mra("4.", 4.0), 1.0)                         # trailing '.' removed
+    assert close(ev.number_mra("5.\n", 5.0), 1.0)                       # 'to_float' reads '5.'
     assert close(ev.number_mra("7", 2.0), 0.0)                          # 250 % off
-    for bad in ("3m", "about 3", "nan", "inf", "", "1e999", None):    # unparseable or non-finite -> 0
+    for bad in ("3m", "about 3", "nan", "inf", "", "1e999", " 3", "3\nm", None):   # unparseable / non-finite -> 0
         assert ev.number_mra(bad, 3.0) == 0.0, bad
+    assert ev.vsi_number("5.") == 5.0 and ev.vsi_number(" 5") is None
 
 
 def test_tiou_and_recall_at_k():
@@ -1239,13 +1307,14 @@ def test_vsibench_adapter():
     assert a["id"] == "vsi-7" and a["time_window"] is None
     assert b["answer_type"] == "num" and b["answer"] == 2.3 and b["options"] is None
     assert b["video"] == "/root/arkitscenes/41069025.mp4"
+    assert a["rule"] == b["rule"] == "vsibench"
 
 
 def test_stibench_adapter():
     r = ev.from_stibench(_STI_ROW, "/data", "f row 0")
     assert r["video"] == "/data/videos/clip1.mp4" and r["time_window"] == [1.5, 4.0]
     assert r["options"] == ["1 m", "2 m", "3 m", "4 m", "5 m"] and r["answer"] == "D" and r["answer_type"] == "mc"
-    assert r["task"] == "Displacement & Path Length" and r["id"] == "sti-12"
+    assert r["task"] == "Displacement & Path Length" and r["id"] == "sti-12" and r["rule"] == "stibench"
     assert ev.from_stibench({**_STI_ROW, "Candidates": {"A": "x", "B": "y"}, "Answer": "b"}, "/d", "w")["answer"] == "B"
 
 
@@ -1254,6 +1323,7 @@ def test_vstar_adapter_when_and_where():
     assert when["video"] == where["video"] == "/v/abc.mp4"
     assert when["answer"] == [2.0, 5.5] and when["answer_type"] == "iou" and when["task"] == "when"
     assert where["answer_type"] == "boxes" and where["task"] == "where"
+    assert when["rule"] == where["rule"] == "vstar"
     assert where["answer"] == [{"frame": 60, "box": [10, 20, 50, 80]}, {"frame": 90, "box": [12, 22, 52, 82]}]
     assert "60, 90" in where["question"] and "FRAME: [x1, y1, x2, y2]" in where["question"]
     assert len(ev.from_vstar({**_VSTAR_ROW, "bboxes": []}, "/v", "w")) == 1   # no boxes -> only the when row
@@ -1268,6 +1338,7 @@ def test_videor1_adapter():
     n = ev.from_videor1({**R1, "problem_type": "regression", "solution": "<answer>3.5</answer>", "options": []},
                         "/e", "w")
     assert n["answer_type"] == "num" and n["answer"] == 3.5
+    assert n["rule"] == "videor1" and n["problem_type"] == "regression" and n["gt_text"] == "3.5"
 
 
 def test_format_detection():
