@@ -251,11 +251,22 @@ def test_parser_fuzz_never_raises():
             s = "".join(chars)
         for g in graph.parse_graphs(s):
             assert isinstance(g, graph.Graph) and g.nodes
-    t0 = time.time()
-    noise = "".join(rng.choice(alphabet) for _ in range(100_000))
-    graph.parse_graphs(noise)
-    graph.parse_graphs("<graph t=1> " * 10_000)
-    assert time.time() - t0 < 10.0
+    noise = "".join(rng.choice(alphabet) for _ in range(200_000))
+    for text in (noise, "<graph t=1> " * 20_000, "<graph t=1> red cube (1,2,3); " * 5_000):
+        assert _growth(graph.parse_graphs, text[:len(text) // 10], text) < 40     # linear: ~10, quadratic: ~100
+
+
+def _growth(fn, small, large, repeat=3):
+    """CPU-time ratio fn(large) / fn(small), each the best of `repeat` (process time: another busy process on the
+    machine does not count). For a tenfold input, linear work gives about 10 and quadratic about 100."""
+    def cost(x):
+        best = float("inf")
+        for _ in range(repeat):
+            t = time.process_time()
+            fn(x)
+            best = min(best, time.process_time() - t)
+        return max(best, 1e-4)
+    return cost(large) / cost(small)
 
 
 def test_node_reward_by_hand():
@@ -609,9 +620,7 @@ def test_scene_and_render():
         assert np.abs(img[int(v), int(u)] - col).max() < 90 or np.abs(img[int(v), int(u)] - col * 0.75).max() < 60
     big = _scenes(5, seed=3, n_objects=(5, 5))
     assert all(len(b["objects"]) == 5 and data.scene_ok(b) for b in big)
-    t = time.perf_counter()
-    data.render_clip(s)
-    assert (time.perf_counter() - t) / 32 < 0.005                      # ms-scale (< 1 ms when the CPU is free)
+    # the renderer's speed is a benchmark (`python data.py bench`), not a test
 
 
 def test_graphs_match_scene():
@@ -1409,7 +1418,7 @@ def test_videos_checked_and_decoded():
             assert "missing.mp4" in str(e)
         kept, n_missing = ev.check_videos(rows, skip_bad=True)
         assert len(kept) == 1 and n_missing == 1
-        frames, times = ev.read_video(kept[0], 2)
+        frames, times = ev.read_video(kept[0], 2)[:2]
         assert frames.shape[0] == 2 and frames.shape[-1] == 3 and len(times) == 2
 
 

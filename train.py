@@ -72,16 +72,16 @@ class Config:
     lora_dropout: float = 0.0
     freeze_vision: bool = True      # keep the vision tower fixed in the warm-up and GRPO (it learned in phase 0)
     # phase 0: the vision tower learns to see (tiny model only; a real checkpoint already sees)
-    vision_steps: int = 800         # supervised steps on the rows' ground-truth graphs (0 skips the phase)
+    vision_steps: int = 700         # supervised steps on the rows' ground-truth graphs (0 skips the phase)
     vision_batch: int = 16          # videos per step
     vision_lr: float = 3e-3
     grad_ckpt: bool = False         # gradient checkpointing (on for the paper preset)
     # supervised warm-up
-    sft_steps: int = 1500           # teacher-forced steps on the reference reasoning
+    sft_steps: int = 1300           # teacher-forced steps on the reference reasoning
     sft_batch: int = 8
     sft_lr: float = 3e-3
     # GRPO
-    grpo_steps: int = 150
+    grpo_steps: int = 130
     batch: int = 4                  # B prompts per step
     micro_batch: int = 4            # prompts per forward/backward (gradient accumulation over B / micro_batch)
     G: int = 8                      # completions per prompt (paper: 8)
