@@ -31,19 +31,18 @@ graphs at k = 2 key frames (first and last). `--n 2000` takes ~2 min and ~60 MB 
 Row format (one JSON object per line; `video` relative to the JSONL's folder; `options` are texts, the letter
 is the position; `answer`: letter for mc, float for num, [start, end] seconds for iou; `graphs` at the key
 frames, camera-frame centres x right, y down, z forward in metres; `reasoning` the reference completion).
-A full example row (scene 88 of seed 0; the yellow cylinder and blue cone appear during the clip):
-  {"id": "synth-000088-01", "video": "videos/000088.mp4",
-   "question": "Which object is closest to the blue cone at the end of the video?",
-   "options": ["yellow cylinder", "yellow ball", "blue ball", "red ball"], "answer": "D",
+A full example row (scene 0 of seed 0; a static question: one key frame, the last; the graph's centres are the
+scene's exact geometry in mm, the reasoning writes them to 0.1 m):
+  {"id": "synth-000000-01", "video": "videos/000000.mp4",
+   "question": "Which object is closest to the red cube at the end of the video?",
+   "options": ["blue cube", "red ball", "yellow cone", "green ball"], "answer": "D",
    "answer_type": "mc", "task": "closest_object", "time_window": null,
-   "graphs": [{"frame": 0, "nodes": [{"category": "red ball", "center": [-0.3, -0.2, 3.8]}]},
-              {"frame": 31, "nodes": [{"category": "red ball", "center": [-1.0, 0.1, 3.1]},
-                                      {"category": "yellow cylinder", "center": [-1.0, -0.9, 6.4]},
-                                      {"category": "blue cone", "center": [0.9, 0.0, 3.8]}]}],
-   "reasoning": "<think><graph t=0> red ball (-0.3,-0.2,3.8) </graph> <graph t=31> red ball (-1,0.1,3.1);
-     yellow cylinder (-1,-0.9,6.4); blue cone (0.9,0,3.8) | red ball-yellow cylinder d=3.4 a=13; red ball-blue
-     cone d=2 a=31; yellow cylinder-blue cone d=3.3 a=24 </graph> The red ball is closest, 2.0 m.
-     </think><answer>D</answer>"}
+   "graphs": [{"frame": 31, "nodes": [{"category": "red cube", "center": [-2.015, -0.194, 5.344]},
+                                      {"category": "green ball", "center": [-0.583, 0.249, 4.229]},
+                                      {"category": "blue cube", "center": [0.305, -0.28, 5.477]}]}],
+   "reasoning": "<think><graph t=31> red cube (-2.0,-0.2,5.3); green ball (-0.6,0.2,4.2); blue cube
+     (0.3,-0.3,5.5) | red cube-green ball d=1.9 a=14; red cube-blue cube d=2.3 a=24; green ball-blue cube d=1.6
+     a=13 </graph> The green ball is closest, 1.9 m. </think><answer>D</answer>"}
   (one line in the file). num rows: "options": null, "answer": 2.4; iou rows: "answer": [1.0, 3.5].
 Tasks (TASKS): object_count, abs_distance, object_size (num); closest_object, relative_direction (mc) -- static;
 displacement, average_speed (num), motion_direction, appearance_order (mc), when_moving (iou) -- dynamic.

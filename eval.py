@@ -514,7 +514,7 @@ def read_records(path):
 
 
 def load_benchmark(path, fmt="auto", video_root=None, skip_bad=False):
-    """Rows in our format (CONTRACT.md) from any supported file -> (rows, fmt, n_skipped).
+    """Rows in our format (data.py's row format) from any supported file -> (rows, fmt, n_skipped).
     A bad row raises a clear error naming the file, row and field, or is skipped and counted with skip_bad."""
     records = read_records(path)
     good = [r for r in records if not isinstance(r, BadInput)]

@@ -121,7 +121,7 @@ def policy_loss(logp, old_logp, ref_logp, adv, mask, clip_eps=0.2, clip_eps_high
 
 
 # ----------------------------------------------------------------------------------------------
-# Sampling and log-probabilities by hand (issue C) go below this line.
+# Sampling and log-probabilities by hand, below.
 # ----------------------------------------------------------------------------------------------
 
 

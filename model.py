@@ -164,7 +164,7 @@ def build_tiny(out_dir, texts, seed=0, **overrides):
 
 
 def best_dtype(device):
-    """bf16 on a GPU that supports it, else float32 (bf16 is slower than fp32 on this CPU, REFERENCE.md)."""
+    """bf16 on a GPU that supports it, else float32 (bf16 is slower than fp32 on a CPU: `python grpo.py bench`)."""
     if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
@@ -395,7 +395,7 @@ def decode_completions(tokenizer, ids, mask):
 
 
 def demo_texts():
-    """A small corpus for the tiny tokenizer: reference completions in the contract's format + prompts."""
+    """A small corpus for the tiny tokenizer: reference completions in data.py's row format + prompts."""
     rows = [
         {"id": "d0", "question": "Which object is closest to the red cube?", "answer_type": "mc", "answer": "B",
          "options": ["blue ball", "green cone", "yellow cylinder", "red cube"], "time_window": None},

@@ -11,14 +11,17 @@ What one GRPO step does (DeepSeekMath's GRPO, as the paper uses it):
   6. clip the gradient norm, AdamW, cosine schedule with warm-up.
 Before GRPO, --sft_steps of teacher-forced cross-entropy on the reference reasoning (graph blocks + a sentence +
 answer) teach the tiny random model the output format; `--grpo_steps 0` is the paper's SFT baseline alone.
+Before that, for the tiny model only, phase 0 (--vision_steps, `run_vision`): its random vision tower learns from
+the rows' ground-truth graphs which objects a key frame shows and where (a VisionHead reads the tower's tokens),
+and stays frozen afterwards. A real Qwen2.5-VL already sees, so `--preset paper` skips it.
 
 Presets: `--preset tiny` (default: a 0.54M-parameter Qwen2.5-VL built locally, synthetic videos, 2 CPU cores,
 minutes) and `--preset paper` (Qwen2.5-VL-7B from `--model PATH`, G=8, beta=0.04, 16 frames at 128*28*28 pixels,
 lr 1e-6, 768 new tokens, length window 320-512 with bonus 0.2, LoRA so it fits one 80 GB GPU).
 Differences from the paper: the data is synthetic (data.py), the tiny model starts from random weights and so
-needs the warm-up; everything else is the paper's recipe with smaller numbers.
+needs phase 0 and the warm-up; everything else is the paper's recipe with smaller numbers.
 
-Run: `python train.py` (everything, 16 min on 2 CPU cores), `python train.py --resume` after an interruption,
+Run: `python train.py` (everything, about 15 min on 2 CPU cores), `python train.py --resume` after an interruption,
 `python train.py --preset paper --model /path/to/Qwen2.5-VL-7B-Instruct --data /path/to/rows`.
 Outputs in runs/NAME/: config.json, metrics.jsonl, samples.jsonl, curves.png, ckpt-*/, warmup/, final/.
 Letters: B prompts, G completions per prompt, N = B*G, T completion tokens, P prompt tokens.
