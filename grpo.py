@@ -12,7 +12,9 @@ Variants are flags of the same functions, not copies:
   * Dr. GRPO: `group_advantages(scale=False)` (no division by std) and `policy_loss(agg="const")`
     (sum over tokens / (sequences x max length): no 1/|o_i| length bias).
   * DAPO: `policy_loss(agg="token", clip_eps_high=0.28, beta=0)` (token-level mean, clip-higher, no KL).
-  * Video-R1 / mu = 1 on-policy: `old_logp=None` uses logp.detach(), so rho = 1 but its gradient is not 0.
+  * mu = 1 (the default, as Video-R1 and nanochat's chat_rl.py): on policy, so no ratio and no clip:
+    `old_logp=None` uses rho = exp(logp - logp.detach()) = 1, whose gradient is grad log pi (not 0), and the
+    clip is skipped (it could never act). The clip only matters for mu > 1, where old_logp is given.
 
 Differences from the paper: none in the formulas; the paper does not say which aggregation it uses,
 the default here is DeepSeekMath's ("seq"). The log-ratio inside the KL is clamped to +-10 as Video-R1
@@ -93,14 +95,17 @@ def policy_loss(logp, old_logp, ref_logp, adv, mask, clip_eps=0.2, clip_eps_high
     Returns (loss scalar, stats dict of floats: kl, clip_frac, ratio_mean, entropy).
     """
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
-    if old_logp is None:
-        old_logp = logp.detach()
     m = mask.to(logp.dtype)                                            # (N, T)
-    ratio = torch.exp(logp - old_logp)                                 # (N, T) rho_it
     a = adv.to(logp.dtype).unsqueeze(1)                                # (N, 1) A_i
-    surr = ratio * a                                                   # (N, T) rho A
-    surr_clipped = ratio.clamp(1.0 - clip_eps, 1.0 + eps_high) * a     # (N, T) clip(rho) A
-    objective = torch.minimum(surr, surr_clipped)                      # (N, T)
+    if old_logp is None:
+        # mu = 1: on policy, pi_old = pi_theta, so rho = 1 (its gradient is grad log pi) and the clip never acts
+        ratio = torch.exp(logp - logp.detach())                        # (N, T) = 1, with gradient
+        objective = ratio * a                                          # (N, T) rho A
+    else:
+        ratio = torch.exp(logp - old_logp)                             # (N, T) rho_it
+        surr = ratio * a                                               # (N, T) rho A
+        surr_clipped = ratio.clamp(1.0 - clip_eps, 1.0 + eps_high) * a  # (N, T) clip(rho) A
+        objective = torch.minimum(surr, surr_clipped)                  # (N, T)
     kl = None
     if ref_logp is not None and beta != 0:
         kl = kl_k3(logp, ref_logp)                                     # (N, T)

@@ -7,7 +7,8 @@ What one GRPO step does (DeepSeekMath's GRPO, as the paper uses it):
      paper's "without graph reasoning" ablation, which removes the graphs from the reasoning too)
   3. grpo.group_advantages: A_i = (r_i - mean(r)) / (std(r) + eps) within each prompt's group
   4. reference log-probs: the start policy (LoRA adapters switched off, or a frozen copy for full fine-tuning)
-  5. grpo.policy_loss: the clipped surrogate minus beta * k3 KL; mu inner epochs reuse the sampling log-probs
+  5. grpo.policy_loss: the surrogate minus beta * k3 KL. With mu = 1 (the default) we are on policy: the ratio is
+     1 and the clip never acts, so it is skipped; mu > 1 inner epochs reuse the sampling log-probs and clip
   6. clip the gradient norm, AdamW, cosine schedule with warm-up.
 Before GRPO, --sft_steps of teacher-forced cross-entropy on the reference reasoning (graph blocks + a sentence +
 answer) teach the tiny random model the output format; `--grpo_steps 0` is the paper's SFT baseline alone.
@@ -156,7 +157,7 @@ def pick_device(cfg):
     device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else (
         "cpu" if cfg.device == "auto" else cfg.device)
     if cfg.dtype == "auto":
-        dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        dtype = qwen.best_dtype(device)
     else:
         dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[cfg.dtype]
     return torch.device(device), dtype
