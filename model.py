@@ -619,15 +619,17 @@ GOLDEN_COMMAND = ("python -m venv VENV && VENV/bin/pip install torch==2.14.1 tor
 
 
 def golden_videos():
-    """Two small deterministic clips that need resizing (50x70 -> 56x56, 72x96 -> 28x56), odd and even F."""
+    """Three small deterministic clips as (frames, times, source indices, video fps, frames in the video): two
+    that need resizing (50x70 -> 56x56, 72x96 -> 28x56; odd and even F, every 2nd / 3rd frame), and 8 of 30
+    frames at round(linspace(0, 29, 8)), where Qwen's sampled fps F / N x fps differs from (F - 1) / duration."""
     rng = np.random.default_rng(0)
     clips = []
-    for n, h, w, fps, step in ((5, 50, 70, 6.0, 2), (6, 72, 96, 4.0, 3)):
+    for n, h, w, fps, idx, total in ((5, 50, 70, 6.0, np.arange(5) * 2, 10), (6, 72, 96, 4.0, np.arange(6) * 3, 18),
+                                     (8, 56, 56, 10.0, np.round(np.linspace(0, 29, 8)).astype(np.int64), 30)):
         yy, xx = np.mgrid[0:h, 0:w]
         base = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (h + w)], -1)           # (H, W, 3)
         frames = np.stack([base + 40 * k + rng.normal(0, 30, (h, w, 3)) for k in range(n)])  # (F, H, W, 3)
-        idx = np.arange(n) * step
-        clips.append((np.clip(frames, 0, 255).astype(np.uint8), idx / fps, idx, fps))
+        clips.append((np.clip(frames, 0, 255).astype(np.uint8), idx / fps, idx, fps, total))
     return clips
 
 
@@ -645,18 +647,20 @@ def make_golden_fixture(out_path=GOLDEN_PATH):
     tok = train_tokenizer(demo_texts())
     rows = [{"id": "g0", "question": "Which object is closest to the red cube?", "answer_type": "mc",
              "options": ["blue ball", "green cone", "red cube"], "answer": "A"},
-            {"id": "g1", "question": "How far is the cone?", "answer_type": "num", "answer": 3.0}]
+            {"id": "g1", "question": "How far is the cone?", "answer_type": "num", "answer": 3.0},
+            {"id": "g2", "question": "When does the ball move?", "answer_type": "iou", "answer": [1.0, 2.0]}]
     clips = golden_videos()
     vp = Qwen2VLVideoProcessor(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS, cap_pixels_per_frame=False)
     proc = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tok, video_processor=vp,
                                chat_template=CHAT_TEMPLATE)
-    meta = [VideoMetadata(total_num_frames=int(idx[-1]) + int(idx[1] - idx[0]), fps=fps, frames_indices=idx.tolist())
-            for _, _, idx, fps in clips]
+    meta = [VideoMetadata(total_num_frames=total, fps=fps, frames_indices=idx.tolist())
+            for _, _, idx, fps, total in clips]
     out = proc(text=[build_prompt(r) for r in rows], videos=[c[0] for c in clips], video_metadata=meta,
                padding=True, return_tensors="pt")
     info = (f"made by the official Qwen2_5_VLProcessor of transformers {transformers.__version__}, torch "
             f"{torch.__version__}, torchvision {torchvision.__version__}; command: {GOLDEN_COMMAND}")
-    arrays = {"frames0": clips[0][0], "times0": clips[0][1], "frames1": clips[1][0], "times1": clips[1][1],
+    arrays = {**{f"{k}{i}": c[j] for i, c in enumerate(clips) for j, k in enumerate(("frames", "times"))},
+              "sample_fps": np.array([len(idx) / total * fps for _, _, idx, fps, total in clips]),
               "min_pixels": np.array(TINY_MIN_PIXELS), "max_pixels": np.array(TINY_MAX_PIXELS),
               "rows_json": np.array(json.dumps(rows)), "tokenizer_json": np.array(tok.backend_tokenizer.to_str()),
               "info": np.array(info)}

@@ -924,11 +924,13 @@ def test_preprocessing_matches_official_golden_fixture():
                                   pad_token="<|endoftext|>", eos_token="<|im_end|>")
     tok.padding_side = "left"
     rows = json.loads(str(g["rows_json"]))
-    videos = [(g["frames0"], g["times0"]), (g["frames1"], g["times1"])]
+    n = len(rows)                                                        # clips with Qwen's sampled fps
+    videos = [data.Clip(g[f"frames{i}"], g[f"times{i}"], None, float(g["sample_fps"][i])) for i in range(n)]
     ours = M.make_inputs(tok, M.tiny_config(tok), rows, videos, int(g["min_pixels"]), int(g["max_pixels"]))
     for k in ("input_ids", "attention_mask", "mm_token_type_ids", "video_grid_thw"):
         assert np.array_equal(ours[k].numpy(), g[k]), k
     assert np.allclose(ours["second_per_grid_ts"].numpy(), g["second_per_grid_ts"], rtol=1e-6)
+    assert not close(2 / M.sampled_fps(g["times2"]), float(g["second_per_grid_ts"][2]), 1e-3)   # times alone: 0.83
     px, ref = ours["pixel_values_videos"].numpy(), g["pixel_values_videos"]
     assert px.shape == ref.shape
     one_step = 1.0 / 255.0 / min(M.CLIP_STD)                             # one uint8 step after normalisation
