@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -718,6 +719,23 @@ def test_answers_recomputed_from_scene():
                 assert json.loads(ans_text) == row["answer"]
             seen.add(row["task"])
     assert seen == set(data.TASKS)
+
+
+def test_reasoning_never_contradicts_the_answer():
+    # an abs_distance answer is the written d of its pair, also on a rounding boundary (the graph's mm centres)
+    checked = 0
+    for i in [419] + list(range(100)):                 # scene 419 of seed 0 sat on a boundary (2.5499 vs 2.5503 m)
+        rng = np.random.default_rng([0, i])            # as data.make_scene_files draws scene i of seed 0
+        s = data.make_scene(rng)
+        for row in data.make_questions(s, rng):
+            if row["task"] != "abs_distance":
+                continue
+            pair = re.search(r"between the (\w+ \w+) and the (\w+ \w+)", row["question"]).groups()
+            written = {tuple(sorted(e.split("-"))): float(d) for e, d in
+                       re.findall(r"([a-z]+ [a-z]+-[a-z]+ [a-z]+) d=([0-9.]+)", row["reasoning"])}
+            assert written[tuple(sorted(pair))] == row["answer"], (row["question"], row["reasoning"])
+            checked += 1
+    assert checked >= 20
 
 
 def test_mc_letter_balance():
@@ -1458,6 +1476,39 @@ def test_offset_pose_keeps_edges_and_moves_coordinates():
         if axis != "orbit":                                                    # Theorem 1: about C, angles kept
             assert np.allclose(a0, a1, atol=1e-4)
     assert np.allclose(data.offset_pose(R0, c0, {"axis": "roll", "deg": 0.0})[0], R0)
+
+
+def test_wrong_videos_is_a_fixed_derangement():
+    import train
+    rows = [{"video": f"v{k % 7}.mp4"} for k in range(20)]                  # 7 scenes, several questions each
+    swap = train.wrong_videos(rows, seed=0)
+    videos = sorted({r["video"] for r in rows})
+    assert sorted(swap) == videos and sorted(swap.values()) == videos     # a permutation of the scenes
+    assert all(swap[v] != v for v in videos)                              # no question keeps its own video
+    assert swap == train.wrong_videos(list(reversed(rows)), seed=0)       # fixed: a function of the set and seed
+    assert swap != train.wrong_videos(rows, seed=1)
+    assert train.wrong_videos([{"video": "a"}], seed=0) == {}
+
+
+def test_comparison_table_by_hand():
+    import train
+    res = lambda answers, kind="num": [{"answer": a, "answer_type": kind, "graph": 0.5, "graph_node": 0.2,
+                                        "graph_edge": 0.3, "format": 1.0} for a in answers]
+    blind = [{"answer": a, "answer_type": "num"} for a in (0.5, 0.5, 0.5, 0.5)]     # no graph, no format
+    columns = {"blind": blind, "wrong video": res([0.0, 0.5, 0.0, 0.5]), "after warm-up": res([0.5, 0.5, 1.0, 0.0]),
+               "after GRPO": res([1.0, 0.5, 1.0, 0.5])}
+    table, stats = train.comparison_table(columns, [("after GRPO", "after warm-up"), ("after GRPO", "blind")])
+    assert stats["after GRPO"]["answer"][0] == 0.75 and stats["wrong video"]["answer"][0] == 0.25
+    assert stats["after GRPO - after warm-up"]["answer"][0] == 0.25       # paired: (0.5 + 0 + 0 + 0.5) / 4
+    assert stats["after GRPO - blind"]["answer"][0] == 0.25
+    assert stats["blind"]["graph"] is None and stats["after GRPO - blind"]["graph"] is None
+    assert stats["after GRPO"]["answer_mc"] is None and stats["after GRPO"]["answer_num"][0] == 0.75
+    lo, hi = stats["after GRPO - after warm-up"]["answer"][1:]
+    assert 0.0 <= lo <= 0.25 <= hi <= 0.5                                 # bootstrap interval of 4 paired values
+    head = table.splitlines()[0]
+    assert head == ("| held-out metric | blind | wrong video | after warm-up | after GRPO | "
+                    "after GRPO - after warm-up | after GRPO - blind |")
+    assert "| graph | - | 0.500 [0.500, 0.500] |" in table and "+0.250 [" in table
 
 
 def test_roll_renders_the_turned_picture():
