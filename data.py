@@ -17,6 +17,7 @@ decoding) to get every frame's true presentation time (variable frame rates are 
 decodes only what is needed: it seeks to a keyframe when that skips more than SEEK_GAP frames, else decodes on.
 
 Letters in shape comments: F frames, H height, W width, N objects (or frames of a whole video), K points.
+Time: `sec` is a time in seconds; `frame` (and `t` in a `<graph t=...>` block) is a source-frame index.
 
 Run:
   python data.py                                   # a few clips in a temp folder, their questions and reasoning
@@ -349,29 +350,29 @@ def frame_times(scene):
     return np.arange(scene["num_frames"]) / scene["fps"]
 
 
-def object_center(obj, t):
-    """World centre (3,) at time t: ground position + velocity x time moved so far, z = height / 2.
+def object_center(obj, sec):
+    """World centre (3,) at time sec: ground position + velocity x time moved so far, z = height / 2.
     World frame: X right and Y forward as the camera starts, Z up, metres."""
     t0, t1 = obj["move"] or (0.0, 0.0)
-    moved = min(max(t, t0), t1) - t0                                      # seconds of motion before t
+    moved = min(max(sec, t0), t1) - t0                                      # seconds of motion before sec
     return np.array([obj["pos"][0] + obj["vel"][0] * moved, obj["pos"][1] + obj["vel"][1] * moved,
                      obj["height"] / 2.0])
 
 
-def present(obj, t):
+def present(obj, sec):
     """An object exists from its appearance time on."""
-    return t >= obj["appear"] - 1e-9
+    return sec >= obj["appear"] - 1e-9
 
 
-def camera_pose(scene, t):
+def camera_pose(scene, sec):
     """(R (3, 3), c (3,)): rows of R are the camera's x right, y down, z forward axes in world coordinates;
-    c its centre. Yaw psi(t) turns right for psi > 0, pitch looks down."""
+    c its centre. Yaw psi(sec) turns right for psi > 0, pitch looks down."""
     cam = scene["camera"]
-    psi, th = cam["yaw_rate"] * t, cam["pitch"]
+    psi, th = cam["yaw_rate"] * sec, cam["pitch"]
     fwd = np.array([math.sin(psi) * math.cos(th), math.cos(psi) * math.cos(th), -math.sin(th)])
     right = np.array([math.cos(psi), -math.sin(psi), 0.0])
     down = np.cross(fwd, right)
-    c = np.array([cam["pos"][0] + cam["vel"][0] * t, cam["pos"][1] + cam["vel"][1] * t, cam["height"]])
+    c = np.array([cam["pos"][0] + cam["vel"][0] * sec, cam["pos"][1] + cam["vel"][1] * sec, cam["height"]])
     R = np.stack([right, down, fwd])
     return offset_pose(R, c, cam["offset"]) if cam.get("offset") else (R, c)
 
@@ -399,9 +400,9 @@ def offset_pose(R, c, offset):
     raise ValueError(f"rotation axis must be yaw, roll or orbit, got {offset['axis']!r}")
 
 
-def to_camera(scene, p, t):
-    """World points p (..., 3) -> camera frame (..., 3) at time t: x right, y down, z forward."""
-    R, c = camera_pose(scene, t)
+def to_camera(scene, p, sec):
+    """World points p (..., 3) -> camera frame (..., 3) at time sec: x right, y down, z forward."""
+    R, c = camera_pose(scene, sec)
     return (np.asarray(p, dtype=np.float64) - c) @ R.T
 
 
@@ -444,11 +445,11 @@ def _stagger(rng, objs, T):
     """Objects pop in one after the other: one at 0 s, the others at distinct times on a 0.5 s grid <= 2.5 s.
     A moving object starts moving at the earliest when it appears."""
     times = [0.0] + sorted(rng.choice(np.arange(0.5, 2.51, 0.5), len(objs) - 1, replace=False).tolist())
-    for i, t in zip(rng.permutation(len(objs)), times):
+    for i, sec in zip(rng.permutation(len(objs)), times):
         o = objs[i]
-        o["appear"] = float(t)
-        if o["move"] and o["move"][0] < t:
-            o["move"] = [float(t), float(min(T, max(o["move"][1], t + 1.0)))]
+        o["appear"] = float(sec)
+        if o["move"] and o["move"][0] < sec:
+            o["move"] = [float(sec), float(min(T, max(o["move"][1], sec + 1.0)))]
 
 
 def _place(rng, o, scene, depth=(3.0, 7.0), margin=0.12):
@@ -470,7 +471,7 @@ def _place(rng, o, scene, depth=(3.0, 7.0), margin=0.12):
 
 def _poses(scene):
     """Camera pose at every frame: R (F, 3, 3), c (F, 3)."""
-    R, c = zip(*(camera_pose(scene, t) for t in frame_times(scene)))
+    R, c = zip(*(camera_pose(scene, sec) for sec in frame_times(scene)))
     return np.array(R), np.array(c)
 
 
@@ -678,12 +679,12 @@ def _draw_object(img, scene, o, p, R, c):
     _fill_poly(img, top, _shade(o["colour"], 1.0))
 
 
-def render(scene, t):
-    """Frame at time t: (H, W, 3) uint8. Ground and sky, contact shadows, then objects far to near."""
-    R, c = camera_pose(scene, t)
+def render(scene, sec):
+    """Frame at time sec: (H, W, 3) uint8. Ground and sky, contact shadows, then objects far to near."""
+    R, c = camera_pose(scene, sec)
     img = _ground(scene, R, c)                                           # (H, W) packed uint32
-    live = [o for o in scene["objects"] if present(o, t)]
-    centres = np.array([object_center(o, t) for o in live]).reshape(-1, 3)    # (N, 3) world
+    live = [o for o in scene["objects"] if present(o, sec)]
+    centres = np.array([object_center(o, sec) for o in live]).reshape(-1, 3)    # (N, 3) world
     shadow = SHADOW
     for o, p in zip(live, centres):
         _fill_poly(img, project(scene, (_ring(p, o["width"] * 0.6, 0.0, 8) - c) @ R.T), shadow)
@@ -725,7 +726,7 @@ def _rgb_index(H, W):
 
 def render_clip(scene):
     """All frames of the clip: (F, H, W, 3) uint8."""
-    return np.stack([render(scene, t) for t in frame_times(scene)])
+    return np.stack([render(scene, sec) for sec in frame_times(scene)])
 
 
 # ============================================================================ questions, graphs, reasoning
@@ -745,9 +746,10 @@ def gt_graph(scene, frame):
     """graph.Graph of the objects present at a frame: camera-frame centres (x right, y down, z forward) in metres
     to the millimetre, left to right. The text form prints them to 0.1 m and derives the edges from these exact
     centres, so a written d_ij is the true distance rounded, the same number an abs_distance answer gives."""
-    t = frame / scene["fps"]
-    nodes = [graph.Node(o["name"], tuple(round(float(x), 3) + 0.0 for x in to_camera(scene, object_center(o, t), t)))
-             for o in scene["objects"] if present(o, t)]
+    sec = frame / scene["fps"]
+    live = [o for o in scene["objects"] if present(o, sec)]
+    centres = [to_camera(scene, object_center(o, sec), sec) for o in live]            # (3,) each, metres
+    nodes = [graph.Node(o["name"], tuple(round(float(x), 3) + 0.0 for x in c)) for o, c in zip(live, centres)]
     return graph.Graph(int(frame), sorted(nodes, key=lambda n: n.center[0]))
 
 
@@ -769,8 +771,8 @@ def _when(scene, frame):
 
 
 def _live(scene, frame):
-    t = frame / scene["fps"]
-    return [o for o in scene["objects"] if present(o, t)]
+    sec = frame / scene["fps"]
+    return [o for o in scene["objects"] if present(o, sec)]
 
 
 def _dist(scene, a, b, frame):
@@ -829,10 +831,10 @@ def q_relative_direction(scene, rng, keys):
     component at least 0.4 m so the answer is unambiguous."""
     for f in [keys[i] for i in rng.permutation(len(keys))]:
         live = _live(scene, f)
-        t = f / scene["fps"]
+        sec = f / scene["fps"]
         for i, j in [(i, j) for i in rng.permutation(len(live)) for j in rng.permutation(len(live)) if i != j]:
             a, b = live[i], live[j]
-            dx, _, dz = to_camera(scene, object_center(b, t), t) - to_camera(scene, object_center(a, t), t)
+            dx, _, dz = to_camera(scene, object_center(b, sec), sec) - to_camera(scene, object_center(a, sec), sec)
             if abs(dx) >= 0.4 and abs(dz) >= 0.4:
                 ans = f"{'left' if dx < 0 else 'right'} and {'nearer' if dz < 0 else 'farther'}"
                 opts, letter = _mc(rng, ans, [d for d in DIRECTIONS if d != ans])
@@ -918,7 +920,7 @@ def q_appearance_order(scene, rng, keys):
     opts, letter = _mc(rng, ", ".join(right), sorted(wrong))
     return dict(question="In which order do the objects first appear in the video?", options=opts, answer=letter,
                 answer_type="mc", text=letter,
-                sentence="They appear at " + ", ".join(f"{_fmt(t)} s" for t in times) + ".", frames=keys)
+                sentence="They appear at " + ", ".join(f"{_fmt(sec)} s" for sec in times) + ".", frames=keys)
 
 
 def q_when_moving(scene, rng, keys):
