@@ -736,8 +736,9 @@ MOTIONS = ("left", "right", "toward the camera", "away from the camera")
 
 
 def key_frames(scene, k=KEY_FRAMES, train_frames=TRAIN_FRAMES):
-    """k source-frame indices among the frames the model is given (16 sampled as read_frames does):
-    for k = 2 the first and the last frame of the clip."""
+    """k source-frame indices among the frames the model is given (train_frames sampled as read_frames does):
+    for k = 2 (the default) the first and the last frame of the clip, which every uniform sampling keeps, so a
+    run with another `--frames` still sees the rows' key frames."""
     given = sample_indices(frame_times(scene), min(train_frames, scene["num_frames"]))   # (16,)
     return [int(given[i]) for i in np.round(np.linspace(0, len(given) - 1, k)).astype(int)]
 

@@ -192,7 +192,7 @@ def count_params(model, trainable_only=False):
 # ---------------------------------------------------------------------------------------- video
 
 
-def smart_resize(height, width, factor=28, min_pixels=56 * 56, max_pixels=TRAIN_MAX_PIXELS):
+def smart_resize(height, width, factor=28, min_pixels=TINY_MIN_PIXELS, max_pixels=TRAIN_MAX_PIXELS):
     """(h, w) multiples of `factor`, h*w within [min_pixels, max_pixels], aspect ratio kept (Qwen2-VL)."""
     if max(height, width) / min(height, width) > 200:
         raise ValueError(f"model.smart_resize: aspect ratio of {height}x{width} is over 200")

@@ -64,11 +64,11 @@ class Config:
     threads: int = 2                # torch CPU threads
     resume: bool = False            # continue runs/NAME from its last checkpoint (its config.json wins)
     # data
+    frames: int = data.TRAIN_FRAMES  # frames per video (paper: 16 for training)
     data: str = "data/synth"        # folder with train.jsonl / val.jsonl / test.jsonl (made here if missing)
     data_scenes: int = 1500         # scenes to render when the synthetic set is made (4 questions each)
-    frames: int = 16                # frames per video (paper: 16 for training)
-    min_pixels: int = 56 * 56       # per-frame pixel budget of Qwen2.5-VL's smart_resize
-    max_pixels: int = 56 * 56
+    min_pixels: int = qwen.TINY_MIN_PIXELS  # per-frame pixel budget of Qwen2.5-VL's smart_resize (tiny: 56x56)
+    max_pixels: int = qwen.TINY_MAX_PIXELS
     # model
     model: str = "tiny_model"       # local folder of a Qwen2.5-VL checkpoint (built here if it is the tiny one)
     lora_rank: int = 0              # 0 = full fine-tuning
