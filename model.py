@@ -29,6 +29,7 @@ Run: `python model.py [OUT_DIR]` builds a demo tiny model into OUT_DIR (default:
 builds its own tiny_model/ with a tokenizer fitted to its data), prints its parameter count and the 7B memory table. Everything is offline (HF_HUB_OFFLINE=1 is set here).
 """
 import contextlib
+import functools
 import json
 import math
 import os
@@ -61,8 +62,8 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 TRAIN_MAX_PIXELS = 128 * 28 * 28       # paper / Video-R1 training budget per frame
 TINY_MIN_PIXELS = TINY_MAX_PIXELS = 56 * 56  # tiny CPU default: every frame becomes 56x56 (2x2 merged tokens)
-SYSTEM_PROMPT = "You are a helpful assistant."
-# Qwen2.5-VL's chat template, reduced to what this repo uses (text + one video per user turn).
+# Qwen2.5-VL's chat template, reduced to what this repo uses (text + one video per user turn; the default system
+# message). The one source of the prompt layout: build_prompt renders it, and the tiny tokenizer carries it.
 CHAT_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
@@ -333,8 +334,15 @@ def build_prompt(row):
     frames = [g["frame"] for g in row.get("graphs") or []]     # the key frames the graph reward checks
     which = "frames " + ", ".join(f"t={f}" for f in frames) if frames else "a few key frames"
     text += "\n" + GRAPH_INSTRUCTION.format(frames=which) + ANSWER_INSTRUCTION[kind]
-    return (f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
-            f"<|vision_start|>{VIDEO_PAD}<|vision_end|>{text}<|im_end|>\n<|im_start|>assistant\n")
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}]
+    return chat_template().render(messages=messages, add_generation_prompt=True)
+
+
+@functools.lru_cache(maxsize=1)
+def chat_template():
+    """CHAT_TEMPLATE compiled once with jinja2 (installed with torch), as apply_chat_template renders it."""
+    import jinja2
+    return jinja2.Environment().from_string(CHAT_TEMPLATE)
 
 
 def make_inputs(tokenizer, config, rows, videos, min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS):
