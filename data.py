@@ -754,11 +754,6 @@ def gt_graph(scene, frame):
     return graph.Graph(int(frame), sorted(nodes, key=lambda n: n.center[0]))
 
 
-def _fmt(x, digits=1):
-    """A number as the answer text: fixed decimals ("2.0"), an integer without them ("3")."""
-    return str(int(round(x))) if digits == 0 else f"{x:.{digits}f}"
-
-
 def _mc(rng, correct, distractors, k=4):
     """Options (texts) with the correct one at a uniformly random position among min(k, 1 + len) options."""
     n = min(k, 1 + len(distractors))
@@ -791,7 +786,7 @@ def _absent(scene):
 def q_object_count(scene, rng, keys):
     n = len(scene["objects"])
     return dict(question="How many objects appear in the video?", options=None, answer=float(n),
-                answer_type="num", text=_fmt(n, 0), sentence=f"I count {n} objects.", frames=keys[-1:])
+                answer_type="num", text=graph.fmt_num(n, 0), sentence=f"I count {n} objects.", frames=keys[-1:])
 
 
 def q_abs_distance(scene, rng, keys):
@@ -805,7 +800,8 @@ def q_abs_distance(scene, rng, keys):
     when = f" {_when(scene, f)}" if a["move"] or b["move"] else ""
     return dict(question=f"What is the distance between the {a['name']} and the {b['name']}{when}, "
                          f"in metres (centre to centre)?", options=None, answer=d, answer_type="num",
-                text=_fmt(d), sentence=f"The {a['name']} and the {b['name']} are {_fmt(d)} m apart.", frames=[f])
+                text=graph.fmt_num(d), frames=[f],
+                sentence=f"The {a['name']} and the {b['name']} are {graph.fmt_num(d)} m apart.")
 
 
 def q_closest_object(scene, rng, keys):
@@ -823,7 +819,7 @@ def q_closest_object(scene, rng, keys):
                 when = f" {_when(scene, f)}" if moving else ""
                 return dict(question=f"Which object is closest to the {x['name']}{when}?", options=opts,
                             answer=letter, answer_type="mc", text=letter,
-                            sentence=f"The {others[0][1]} is closest, {_fmt(others[0][0])} m.", frames=[f])
+                            sentence=f"The {others[0][1]} is closest, {graph.fmt_num(others[0][0])} m.", frames=[f])
     return None
 
 
@@ -849,7 +845,8 @@ def q_object_size(scene, rng, keys):
     o = scene["objects"][int(rng.integers(len(scene["objects"])))]
     h = round(o["height"], 1)
     return dict(question=f"How tall is the {o['name']}, in metres?", options=None, answer=h,
-                answer_type="num", text=_fmt(h), sentence=f"The {o['name']} is {_fmt(h)} m tall.", frames=keys[-1:])
+                answer_type="num", text=graph.fmt_num(h), frames=keys[-1:],
+                sentence=f"The {o['name']} is {graph.fmt_num(h)} m tall.")
 
 
 def _movers(scene, rng, from_start=False):
@@ -872,7 +869,7 @@ def q_displacement(scene, rng, keys):
         if d >= 0.5:
             return dict(question=f"How far is the {o['name']} at the end of the video from where it was at "
                                  f"the start, in metres?", options=None, answer=d, answer_type="num",
-                        text=_fmt(d), sentence=f"The {o['name']} moved {_fmt(d)} m.", frames=keys)
+                        text=graph.fmt_num(d), sentence=f"The {o['name']} moved {graph.fmt_num(d)} m.", frames=keys)
     return None
 
 
@@ -884,8 +881,8 @@ def q_average_speed(scene, rng, keys):
         v = round(path / T, 2)
         if v >= 0.1:
             return dict(question=f"What is the average speed of the {o['name']} over the whole video, in metres "
-                                 f"per second?", options=None, answer=v, answer_type="num", text=_fmt(v, 2),
-                        sentence=f"It covers {_fmt(path)} m in {_fmt(T)} s.", frames=keys)
+                                 f"per second?", options=None, answer=v, answer_type="num", text=graph.fmt_num(v, 2),
+                        sentence=f"It covers {graph.fmt_num(path)} m in {graph.fmt_num(T)} s.", frames=keys)
     return None
 
 
@@ -921,15 +918,15 @@ def q_appearance_order(scene, rng, keys):
     opts, letter = _mc(rng, ", ".join(right), sorted(wrong))
     return dict(question="In which order do the objects first appear in the video?", options=opts, answer=letter,
                 answer_type="mc", text=letter,
-                sentence="They appear at " + ", ".join(f"{_fmt(sec)} s" for sec in times) + ".", frames=keys)
+                sentence="They appear at " + ", ".join(f"{graph.fmt_num(sec)} s" for sec in times) + ".", frames=keys)
 
 
 def q_when_moving(scene, rng, keys):
     for o in _movers(scene, rng):
         s, e = (round(float(x), 1) for x in o["move"])
         return dict(question=f"During which interval is the {o['name']} moving? Answer [start, end] in seconds.",
-                    options=None, answer=[s, e], answer_type="iou", text=f"[{_fmt(s)}, {_fmt(e)}]",
-                    sentence=f"The {o['name']} moves from {_fmt(s)} s to {_fmt(e)} s.", frames=keys)
+                    options=None, answer=[s, e], answer_type="iou", text=f"[{graph.fmt_num(s)}, {graph.fmt_num(e)}]",
+                    sentence=f"The {o['name']} moves from {graph.fmt_num(s)} s to {graph.fmt_num(e)} s.", frames=keys)
     return None
 
 

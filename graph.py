@@ -91,17 +91,18 @@ def derive_edges(nodes):
             for i in range(len(nodes)) for j in range(i + 1, len(nodes))]
 
 
-def _num(v, digits=1):
-    """Fixed decimals ("5.0", not "5"): one regular pattern is easier for a small model to write."""
+def fmt_num(v, digits=1):
+    """A number as the model writes it: fixed decimals ("5.0", not "5": one regular pattern is easier for a small
+    model to write), an integer without them for digits=0 ("3"), never "-0.0". Graphs and answers both use it."""
     s = f"{v:.{digits}f}" if digits else f"{round(v):d}"
     return s[1:] if s.startswith("-") and float(s) == 0 else s
 
 
 def to_text(g):
     """One graph block, as the model should write it (edges derived from centres when g.edges is empty)."""
-    nodes = "; ".join(f"{n.category} ({_num(n.center[0])},{_num(n.center[1])},{_num(n.center[2])})"
+    nodes = "; ".join(f"{n.category} ({fmt_num(n.center[0])},{fmt_num(n.center[1])},{fmt_num(n.center[2])})"
                       for n in g.nodes)
-    edges = "; ".join(f"{g.nodes[e.i].category}-{g.nodes[e.j].category} d={_num(e.dist)} a={_num(e.angle, 0)}"
+    edges = "; ".join(f"{g.nodes[e.i].category}-{g.nodes[e.j].category} d={fmt_num(e.dist)} a={fmt_num(e.angle, 0)}"
                       for e in (g.edges or derive_edges(g.nodes)))
     return f"<graph t={g.frame}> {nodes} | {edges} </graph>" if edges else f"<graph t={g.frame}> {nodes} </graph>"
 
