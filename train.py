@@ -73,6 +73,7 @@ class Config:
     lora_rank: int = 0              # 0 = full fine-tuning
     lora_alpha: float = 16.0        # LoRA scale alpha / rank
     lora_dropout: float = 0.0
+    fsdp: bool = False              # under torchrun, full fine-tuning: shard weights, grads, AdamW state (FSDP2)
     freeze_vision: bool = True      # keep the vision tower fixed in the warm-up and GRPO (it learned in phase 0)
     # phase 0: the vision tower learns to see (tiny model only; a real checkpoint already sees)
     vision_steps: int = 700         # supervised steps on the rows' ground-truth graphs (0 skips the phase)
@@ -359,7 +360,7 @@ def evaluate(cfg, mdl, tok, rows, device, dtype, swap=None, batch=16):
     swap: {video: other video} (wrong_videos) asks each question about another scene's clip."""
     mdl.eval()
     results = []
-    rows = shard(rows)                                 # this rank's block of the questions (all in one process)
+    rows = rows if is_fsdp(mdl) else shard(rows)       # this rank's block of the questions (all in one process)
     for lo in range(0, len(rows), batch):
         chunk = rows[lo:lo + batch]
         seen = [{**r, "video": swap.get(r["video"], r["video"])} for r in chunk] if swap else chunk
@@ -369,7 +370,7 @@ def evaluate(cfg, mdl, tok, rows, device, dtype, swap=None, batch=16):
         for row, part, text, n_tok in zip(chunk, parts, texts, lengths):
             results.append({**part, "task": row["task"], "answer_type": row["answer_type"], "tokens": n_tok,
                             "text": text})
-    return gather(results)
+    return results if is_fsdp(mdl) else gather(results)
 
 
 def heldout_means(results):
@@ -444,15 +445,15 @@ def save_checkpoint(run_dir, step, mdl, opt, keep):
     into place, so a kill at any moment leaves the previous checkpoint intact. The last `keep` are kept."""
     from safetensors.torch import save_file
     rngs = gather([torch.get_rng_state()])            # every rank's RNG, in rank order; rank 0 writes
+    weights, opt_state = trainable_state(mdl), optimizer_state(mdl, opt)   # FSDP2: gathered from every rank
     if not is_main():
         return
     final = os.path.join(run_dir, f"ckpt-{step:07d}")
     tmp = os.path.join(run_dir, f".tmp-ckpt-{step:07d}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    save_file({n: p.detach().to("cpu").contiguous() for n, p in mdl.named_parameters() if p.requires_grad},
-              os.path.join(tmp, "trainable.safetensors"))
-    torch.save({"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "step": step,
+    save_file(weights, os.path.join(tmp, "trainable.safetensors"))
+    torch.save({"optimizer": opt_state, "torch_rng": torch.get_rng_state(), "step": step,
                 **({"rank_rng": rngs} if world() > 1 else {})},
                os.path.join(tmp, "state.pt"))
     shutil.rmtree(final, ignore_errors=True)
@@ -475,21 +476,22 @@ def restore_checkpoint(path, mdl, opt):
         raise RuntimeError(f"{path}: its weights do not match this model's trainable parameters "
                            f"({len(set(weights) ^ own)} names differ); was it made with other --lora_rank / "
                            f"--freeze_vision settings?")
-    mdl.load_state_dict(weights, strict=False)
+    load_trainable(mdl, weights)
     state = torch.load(os.path.join(path, "state.pt"), weights_only=True)
-    opt.load_state_dict(state["optimizer"])
+    load_optimizer(mdl, opt, state["optimizer"])
     torch.set_rng_state(rank_rng(state, path))
     return int(state["step"])
 
 
 def export(mdl, tok, path):
     """A plain Hugging Face folder (LoRA merged) that model.load / eval.py read; written atomically."""
+    state = full_state(mdl)                            # FSDP2: the whole model, gathered on rank 0 (else None)
     if not is_main():                                  # rank 0 writes; the others wait until it is there
         return barrier()
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     qwen.merge_lora(mdl)
-    mdl.save_pretrained(tmp)
+    mdl.save_pretrained(tmp, state_dict=state)
     tok.save_pretrained(tmp)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
@@ -682,7 +684,7 @@ def average_grads(params, bucket=2 ** 25):
     DDP does), before clipping, so every rank takes the same step. A missing gradient counts as zeros."""
     if world() == 1:
         return
-    params = list(params)
+    params = [p for p in params if not is_sharded(p)]  # FSDP2 has reduce-scattered (averaged) its own
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
@@ -705,7 +707,8 @@ def sync_params(params):
         return
     with torch.no_grad():
         for p in params:
-            torch.distributed.broadcast(p.data, 0)
+            if not is_sharded(p):                      # FSDP2 shards were cut from identical loaded weights
+                torch.distributed.broadcast(p.data, 0)
 
 
 def rank_rng(state, path):
@@ -733,6 +736,76 @@ def gather_rollout(ro):
     out["mask"] = (torch.arange(int(lengths.max())) < lengths[:, None]).float()        # (N_all, T_max)
     out["reward"], out["adv"] = torch.tensor(out["reward"]), torch.tensor(out["adv"])
     return {**out, "t_sample": max(e["t_sample"] for e in every), "t_score": max(e["t_score"] for e in every)}
+
+# FSDP2 (--fsdp): full fine-tuning too big for one GPU. Parameters, gradients and AdamW state are split over the
+# ranks (DTensors); a unit's full weights exist only during its forward / backward.
+
+
+def fsdp_shard(cfg, mdl):
+    """With --fsdp under torchrun: FSDP2's fully_shard on every decoder layer, the final norm, the embeddings,
+    lm_head, every vision block and the vision tower (each a unit gathered just for its own forward, since
+    grpo.py calls the embeddings, the language model and lm_head separately). Returns mdl (None stays None)."""
+    if mdl is None or not cfg.fsdp or world() == 1:
+        return mdl
+    if cfg.lora_rank > 0:
+        raise SystemExit("--fsdp shards full fine-tuning (--lora_rank 0); a LoRA run keeps one copy per rank")
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    mesh = init_device_mesh(next(mdl.parameters()).device.type, (world(),))
+    lm, vis = mdl.model.language_model, mdl.model.visual
+    for unit in [*lm.layers, lm.norm, lm.embed_tokens, mdl.lm_head, *vis.blocks, vis]:
+        fully_shard(unit, mesh=mesh, reshard_after_forward=True)   # each unit is its own root: reshard explicitly
+    loose = [n for n, p in mdl.named_parameters() if not is_sharded(p)]
+    if loose:
+        raise RuntimeError(f"fsdp_shard: parameters left outside every FSDP2 unit: {loose[:5]}")
+    return mdl
+
+
+def is_sharded(p):
+    from torch.distributed.tensor import DTensor
+    return isinstance(p, DTensor)
+
+
+def is_fsdp(mdl):
+    return world() > 1 and any(is_sharded(p) for p in mdl.parameters())
+
+
+def trainable_state(mdl):
+    """{name: full CPU tensor} of the trainable parameters (FSDP2 gathers each from every rank: call on all)."""
+    return {n: (p.detach().full_tensor() if is_sharded(p) else p.detach()).to("cpu").contiguous()
+            for n, p in mdl.named_parameters() if p.requires_grad}
+
+
+def optimizer_state(mdl, opt):
+    """opt.state_dict(); under FSDP2 the full (unsharded) state, gathered (call on every rank)."""
+    if not is_fsdp(mdl):
+        return opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    return get_optimizer_state_dict(mdl, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_trainable(mdl, weights):
+    """Full tensors {name: tensor} into the model (FSDP2: each rank keeps its shard)."""
+    if not is_fsdp(mdl):
+        return mdl.load_state_dict(weights, strict=False)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    set_model_state_dict(mdl, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+def load_optimizer(mdl, opt, state):
+    if not is_fsdp(mdl):
+        return opt.load_state_dict(state)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    set_optimizer_state_dict(mdl, opt, state, options=StateDictOptions(full_state_dict=True))
+
+
+def full_state(mdl):
+    """None without FSDP2 (save_pretrained reads the model itself); under FSDP2 the whole state dict, on rank 0
+    (call on every rank)."""
+    if not is_fsdp(mdl):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    return get_model_state_dict(mdl, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 # ==================================================================================================================
@@ -903,6 +976,7 @@ def start_model(cfg, run_dir):
 def run_warmup(cfg, run_dir, train_rows, val_rows, step, device, dtype):
     """Supervised warm-up on the reference reasoning, steps [step, sft_steps); exports runs/NAME/warmup."""
     mdl, tok = load_policy(cfg, start_model(cfg, run_dir), device, dtype)
+    fsdp_shard(cfg, mdl)
     opt = optimizer(mdl, cfg.sft_lr, cfg)
     ckpt = latest_checkpoint(run_dir)
     if ckpt:
@@ -938,6 +1012,7 @@ def run_grpo(cfg, run_dir, train_rows, val_rows, step, device, dtype):
     ref_mdl = None
     if cfg.beta > 0 and cfg.lora_rank == 0:       # full fine-tuning: the reference is a frozen copy
         ref_mdl = copy.deepcopy(mdl).eval().requires_grad_(False)
+    fsdp_shard(cfg, mdl), fsdp_shard(cfg, ref_mdl)
     opt = optimizer(mdl, cfg.lr, cfg)
     ckpt = latest_checkpoint(run_dir)
     if ckpt and int(ckpt.rsplit("-", 1)[1]) > cfg.sft_steps:
