@@ -1606,9 +1606,10 @@ def _spawn_ranks(argv, world=2):
 
 def test_two_ranks_equal_one_process_write_once_and_resume():
     """torchrun-style data parallelism on CPU (gloo): two ranks of --batch 1 / --sft_batch 1 end with the same
-    weights as one process of --batch 2 / --sft_batch 2 (same global batches, same data order); only rank 0 writes
-    (each step logged once, one set of checkpoints); a resumed two-rank run ends where the uninterrupted one did;
-    a one-process resume of a two-rank checkpoint is refused by name."""
+    weights as one process of --batch 2 / --sft_batch 2 (same global batches, same data order), with replicated
+    weights and with FSDP2 (--fsdp); only rank 0 writes (each step logged once, one set of checkpoints); a two-rank
+    FSDP2 run resumed after GRPO step 1 ends where the uninterrupted one did; a one-process resume of a two-rank
+    checkpoint is refused by name."""
     import train
     with tempfile.TemporaryDirectory() as tmp:
         base = ["--out", tmp, "--data", os.path.join(tmp, "data"), "--model", os.path.join(tmp, "tiny"),
@@ -1622,9 +1623,12 @@ def test_two_ranks_equal_one_process_write_once_and_resume():
         with _stand_ins(train):
             train.main(base + ["--name", "one", "--batch", "2", "--sft_batch", "2"])
         _spawn_ranks(base + ["--name", "two", "--batch", "1", "--sft_batch", "1"])
-        one, two = (_weights(os.path.join(tmp, n, "final")) for n in ("one", "two"))
-        worst = max(float((one[k] - two[k]).abs().max()) for k in one)
-        assert worst < 1e-5, f"two ranks differ from one process by {worst}"
+        _spawn_ranks(base + ["--name", "fsdp", "--batch", "1", "--sft_batch", "1", "--fsdp"])
+        one, two, fsdp = (_weights(os.path.join(tmp, n, "final")) for n in ("one", "two", "fsdp"))
+        for name, other in (("two ranks", two), ("two FSDP2 ranks", fsdp)):
+            worst = max(float((one[k] - other[k]).abs().max()) for k in one)
+            assert worst < 1e-5, f"{name} differ from one process by {worst}"
+            print(f"{name}: largest weight difference from one process {worst:.1e}")
         assert any(not torch.equal(one[k], _weights(os.path.join(tmp, "one", "warmup"))[k]) for k in one)  # GRPO moved
         run = os.path.join(tmp, "two")
         with open(os.path.join(run, "metrics.jsonl")) as fh:
@@ -1645,15 +1649,15 @@ def test_two_ranks_equal_one_process_write_once_and_resume():
         for f in ("config.json", "results.md", "results.json", "curves.png", "vision", "warmup"):
             assert os.path.exists(os.path.join(run, f)), f
         # interrupted after GRPO step 1: resume on two ranks, and a one-process resume is refused
-        for name in ("resumed", "refused"):
-            shutil.copytree(run, os.path.join(tmp, name))
+        for name, source in (("resumed", "fsdp"), ("refused", "two")):
+            shutil.copytree(os.path.join(tmp, source), os.path.join(tmp, name))
             for d in os.listdir(os.path.join(tmp, name)):
                 if d in ("final", "ckpt-0000004") or d.startswith("test_") or d.startswith("results"):
                     path = os.path.join(tmp, name, d)
                     shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         _spawn_ranks(["--out", tmp, "--name", "resumed", "--resume"])
         resumed = _weights(os.path.join(tmp, "resumed", "final"))
-        assert all(torch.allclose(two[k], resumed[k], atol=1e-6) for k in two)
+        assert all(torch.allclose(fsdp[k], resumed[k], atol=1e-6) for k in fsdp)
         try:
             with _stand_ins(train):
                 train.main(["--out", tmp, "--name", "refused", "--resume"])
