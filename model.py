@@ -722,12 +722,12 @@ def shape7b(argv=()):
     t0 = stage("backward (checkpointed)", t0)
     params = [q for q in model.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-6, betas=(0.9, 0.99))
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
     opt.step()
     t0 = stage("AdamW step", t0)
     step = sum(v for k, v in times.items() if k != "build")
-    print(f"one GRPO step {step:.1f} s (loss {loss.item():+.4f}, kl {stats['kl']:.2e}); prompt {P} tokens, "
-          f"{patches} patches")
+    print(f"one GRPO step {step:.1f} s (loss {loss.item():+.4f}, kl {stats['kl']:.2e}, LoRA grad norm "
+          f"{grad_norm:.2e}); prompt {P} tokens, {patches} patches")
     for name, L, V in (("this shape", a.layers, a.vision_layers), ("Qwen2.5-VL-7B (28 + 32 layers)", 28, 32)):
         est = estimate_memory(qwen25_vl_7b_config(L, V), a.lora_rank, a.G, P + ids.shape[1], torch.bfloat16,
                               patches, ids.shape[1])
