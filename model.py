@@ -731,7 +731,7 @@ def shape7b(argv=()):
     for name, L, V in (("this shape", a.layers, a.vision_layers), ("Qwen2.5-VL-7B (28 + 32 layers)", 28, 32)):
         est = estimate_memory(qwen25_vl_7b_config(L, V), a.lora_rank, a.G, P + ids.shape[1], torch.bfloat16,
                               patches, ids.shape[1])
-        print(f"estimate_memory, {name}: {est['total_ckpt']:.1f} GiB with checkpointing (weights "
+        print(f"estimate_memory at this run's sizes, {name}: {est['total_ckpt']:.1f} GiB with checkpointing (weights "
               f"{est['weights']:.1f}, optimizer {est['optimizer']:.2f}, activations {est['activations_ckpt']:.1f}, "
               f"logits chunk {est['logits']:.1f})")
     if device.type != "cuda":

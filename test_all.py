@@ -1138,6 +1138,27 @@ def _write_tiny_video(path, n=4, size=32, fps=4):
 
 # ---------------------------------------------------------------------------- metrics by hand
 
+def test_7b_shaped_config_and_sharded_estimate():
+    """The 7B-shaped check's config keeps the published widths at any depth and takes the tokenizer's special ids;
+    estimate_memory(shards=N) splits weights, grads, optimizer and reference by N and adds two gathered layers."""
+    tok = M.train_tokenizer(M.demo_texts())
+    cfg = M.qwen25_vl_7b_config(2, 3, tok)
+    tc, vc = cfg.text_config, cfg.vision_config
+    assert (tc.hidden_size, tc.intermediate_size, tc.num_attention_heads, tc.num_key_value_heads, tc.vocab_size,
+            tc.num_hidden_layers) == (3584, 18944, 28, 4, 152064, 2)
+    assert (vc.hidden_size, vc.intermediate_size, vc.depth, vc.fullatt_block_indexes) == (1280, 3420, 3, [2])
+    assert cfg.video_token_id == tok.convert_tokens_to_ids(M.VIDEO_PAD)
+    assert M.qwen25_vl_7b_config().video_token_id == 151656
+    one = M.estimate_memory(M.qwen25_vl_7b_config(), 0, 8, 1942, torch.bfloat16, 4096, 768)
+    four = M.estimate_memory(M.qwen25_vl_7b_config(), 0, 8, 1942, torch.bfloat16, 4096, 768, shards=4)
+    for k in ("weights", "grads", "optimizer", "reference"):
+        assert close(four[k], one[k] / 4, 1e-9), k
+    layer = 2 * 2 * (3584 * 3584 * 2 + 3584 * 512 * 2 + 3 * 3584 * 18944) / 1024 ** 3      # q,o + k,v + MLP, bf16
+    assert close(four["gathered"], layer, 1e-3) and one["gathered"] == 0
+    assert close(four["total_ckpt"], one["total_ckpt"] - 0.75 * (one["weights"] + one["grads"] + one["optimizer"]
+                                                                  + one["reference"]) + layer, 1e-3)
+
+
 def test_mc_vsi_rule():
     # VSI-Bench: exact_match(fuzzy_matching(pred), gt), fuzzy_matching = pred.split(' ')[0].rstrip('.').strip(),
     # compared lower-cased; the split is at ' ' only
