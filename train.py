@@ -22,7 +22,8 @@ Differences from the paper: the data is synthetic (data.py), the tiny model star
 needs phase 0 and the warm-up; everything else is the paper's recipe with smaller numbers.
 
 Run: `python train.py` (everything, about 15 min on 2 CPU cores), `python train.py --resume` after an interruption,
-`python train.py --preset paper --model /path/to/Qwen2.5-VL-7B-Instruct --data /path/to/rows`.
+`python train.py --preset paper --model /path/to/Qwen2.5-VL-7B-Instruct --data /path/to/rows`;
+`torchrun --nproc_per_node N train.py ...` runs N data-parallel ranks (the marked block "Data parallelism" below).
 Outputs in runs/NAME/: config.json, metrics.jsonl, samples.jsonl, curves.png, ckpt-*/, warmup/, final/.
 Letters: B prompts, G completions per prompt, N = B*G, T completion tokens, P prompt tokens.
 """
