@@ -592,10 +592,15 @@ def launched_by_torchrun():
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def dist_on():
+    """A process group is up (torch builds without torch.distributed never have one)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def dist_setup(device):
     """Join the process group when launched by torchrun (nccl on CUDA, one GPU per rank: cuda:LOCAL_RANK; gloo on
     CPU). Returns this rank's device; the device unchanged in one process."""
-    if not launched_by_torchrun() or torch.distributed.is_initialized():
+    if not launched_by_torchrun() or dist_on():
         return device
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -605,17 +610,17 @@ def dist_setup(device):
 
 
 def dist_close():
-    if torch.distributed.is_initialized():
+    if dist_on():
         torch.distributed.destroy_process_group()
 
 
 def world():
     """Number of ranks (1 without torchrun)."""
-    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    return torch.distributed.get_world_size() if dist_on() else 1
 
 
 def rank():
-    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    return torch.distributed.get_rank() if dist_on() else 0
 
 
 def is_main():
