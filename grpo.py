@@ -218,6 +218,7 @@ def _sample(model, prompt_inputs, G, max_new_tokens, temperature, top_p, eos_ids
     eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     suppress = torch.tensor(sorted(set(suppress_ids)), dtype=torch.long, device=device) if suppress_ids else None
     done = torch.zeros(N, dtype=torch.bool, device=device)                 # (N,)
+    sync = _sharded(model)
     ids, masks, logps = [], [], []
     for t in range(max_new_tokens):
         tok = pick_tokens(logits, temperature, top_p, suppress, generator)  # (N,)
@@ -226,7 +227,7 @@ def _sample(model, prompt_inputs, G, max_new_tokens, temperature, top_p, eos_ids
         ids.append(tok)
         masks.append(~done)
         done = done | torch.isin(tok, eos)
-        if bool(done.all()) or t == max_new_tokens - 1:
+        if _all_done(done, sync) or t == max_new_tokens - 1:
             break
         attn = torch.cat([attn, attn.new_ones(N, 1)], 1)                   # (N, P + t + 1)
         step_pos = (next_pos + t).view(1, N, 1).expand(3, N, 1)            # (3, N, 1) text: same on all axes
@@ -235,6 +236,24 @@ def _sample(model, prompt_inputs, G, max_new_tokens, temperature, top_p, eos_ids
     mask = torch.stack(masks, 1).long()                                    # (N, T)
     logp = torch.where(mask.bool(), torch.stack(logps, 1), 0.0)            # (N, T)
     return torch.stack(ids, 1), mask, logp
+
+
+def _sharded(model):
+    """True for an FSDP2-sharded model (train.py --fsdp): its every forward is a collective of all ranks."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return False
+    from torch.distributed.tensor import DTensor
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def _all_done(done, sync):
+    """Every sequence has ended (done (N,) bool); with sync, on every rank: a sharded model's ranks must run
+    equally many forwards, so a rank whose sequences ended keeps stepping (padding) until all have."""
+    if not sync:
+        return bool(done.all())
+    flag = done.all().to(torch.int32).reshape(1)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag)
 
 
 def _chunk_logprobs(lm_head, hidden, ids):

@@ -25,7 +25,9 @@ What is here:
   * estimate_memory: weights, gradients, AdamW state, reference model, activations with and without
     checkpointing, for any config; `python model.py` prints it for Qwen2.5-VL-7B on one 80 GB GPU.
 
-Run: `python model.py [OUT_DIR]` builds a demo tiny model into OUT_DIR (default: a new temporary folder; train.py
+Run: `python model.py shape7b [--layers 2 ...]` runs one GRPO step of the paper preset on a random model with the
+7B's shapes, printing seconds and peak memory per stage (shape7b).
+`python model.py [OUT_DIR]` builds a demo tiny model into OUT_DIR (default: a new temporary folder; train.py
 builds its own tiny_model/ with a tokenizer fitted to its data), prints its parameter count and the 7B memory table. Everything is offline (HF_HUB_OFFLINE=1 is set here).
 """
 import contextlib
@@ -530,17 +532,25 @@ def lora_state_dict(model):
 # ---------------------------------------------------------------------------------------- memory
 
 
-def qwen25_vl_7b_config():
-    """Qwen2.5-VL-7B-Instruct's published config.json, written out by hand (nothing is downloaded)."""
-    text = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+def qwen25_vl_7b_config(layers=28, vision_layers=32, tokenizer=None):
+    """Qwen2.5-VL-7B-Instruct's published config.json, written out by hand (nothing is downloaded).
+
+    layers / vision_layers < 28 / 32 keep every width and cut the depth (the 7B-shaped check on a CPU); a
+    tokenizer (e.g. the tiny one) supplies the special-token ids instead of Qwen's 151643.. (vocabulary kept)."""
+    ids = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|vision_start|>": 151652,
+           "<|vision_end|>": 151653, IMAGE_PAD: 151655, VIDEO_PAD: 151656}
+    ids.update({t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS} if tokenizer is not None else {})
+    text = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=layers,
                 num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000, rms_norm_eps=1e-6,
                 rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]},
-                bos_token_id=151643, eos_token_id=151645)
-    vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"])
+    vision = dict(depth=vision_layers, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
                   patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                  fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2)
-    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=151655, video_token_id=151656,
-                            vision_start_token_id=151652, vision_end_token_id=151653, tie_word_embeddings=False)
+                  fullatt_block_indexes=[i for i in (7, 15, 23, 31) if i < vision_layers] or [vision_layers - 1],
+                  tokens_per_second=2)
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids[IMAGE_PAD],
+                            video_token_id=ids[VIDEO_PAD], vision_start_token_id=ids["<|vision_start|>"],
+                            vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
 
 
 def param_counts(config):
@@ -555,8 +565,9 @@ def param_counts(config):
 
 
 def estimate_memory(config, lora_rank, batch, seq_len, dtype=torch.bfloat16, vision_patches=0,
-                    completion_len=None, freeze_vision_tower=False):
-    """Training memory in GiB for `batch` sequences of `seq_len` tokens (rough, per GPU, no sharding).
+                    completion_len=None, freeze_vision_tower=False, shards=1):
+    """Training memory in GiB for `batch` sequences of `seq_len` tokens (rough, per GPU; `shards` > 1: per rank of
+    FSDP2, see below).
 
     weights    P * b                  (b = bytes of dtype; LoRA adapters in fp32 on top)
     grads      trainable * b          (LoRA: fp32 adapters, 4 bytes)
@@ -567,6 +578,10 @@ def estimate_memory(config, lora_rank, batch, seq_len, dtype=torch.bfloat16, vis
                The vision tower likewise over `vision_patches` patches (one pass per prompt).
     logits     one chunk (one sequence of completion_len tokens) x V x (b + 4 + 4): bf16 logits, fp32 copy and
                log-softmax, as grpo.token_logprobs computes them chunk by chunk under checkpointing.
+    shards     FSDP2 (torch.distributed.fsdp.fully_shard per decoder layer over `shards` ranks): weights, grads,
+               optimizer state and the reference copy are split evenly; each rank holds on top two unsharded
+               decoder layers in b bytes (the one computing and the one prefetched), the `gathered` entry.
+               Activations and logits are per rank and do not shrink (each rank has its own `batch`).
     """
     gib = 1024 ** 3
     b = torch.finfo(dtype).bits // 8
@@ -590,9 +605,14 @@ def estimate_memory(config, lora_rank, batch, seq_len, dtype=torch.bfloat16, vis
     act_ckpt = (tokens * (L * b * H + per_tok_layer)
                 + vision_patches * (vc.depth * b * vc.hidden_size + v_per_patch_layer))
     logits = (completion_len or seq_len) * tc.vocab_size * (b + 8)
-    fixed = weights + grads + optimizer + reference + logits
+    gathered = 0
+    if shards > 1:
+        weights, grads, optimizer, reference = (x / shards for x in (weights, grads, optimizer, reference))
+        gathered = 2 * b * sum(i * o for i, o in shapes) / L
+    fixed = weights + grads + optimizer + reference + logits + gathered
     out = {"params": total, "trainable": trainable, "weights": weights, "grads": grads, "optimizer": optimizer,
-           "reference": reference, "activations_no_ckpt": act_full, "activations_ckpt": act_ckpt, "logits": logits,
+           "reference": reference, "gathered": gathered, "activations_no_ckpt": act_full,
+           "activations_ckpt": act_ckpt, "logits": logits,
            "total_no_ckpt": fixed + act_full, "total_ckpt": fixed + act_ckpt}
     return {k: (v if k in ("params", "trainable") else v / gib) for k, v in out.items()}
 
@@ -617,6 +637,114 @@ def memory_table(config=None, G=8, prompt_len=1174, completion_len=768, vision_p
     lines.append(f"{'fits (with ckpt)':22s}" + "".join(f"{'yes' if d['total_ckpt'] < gpu_gib else 'no':>14s}"
                                                      for _, d in rows))
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- 7B-shaped check
+
+
+def shape7b(argv=()):
+    """One GRPO step of the paper preset on a RANDOMLY initialised model with Qwen2.5-VL-7B's shapes (no weights
+    needed): LoRA r=64, gradient checkpointing, bf16, G completions of one prompt with a video, every completion
+    max_new_tokens long (no EOS: the worst case). Prints seconds and peak memory per stage, and estimate_memory's
+    figure for the same shape and for the full 28-layer model. Defaults: the paper's sizes on CUDA; on a CPU the 7B's
+    widths with 2 + 2 layers, 4 frames of 112x112, G=2, 16 tokens (every size is a flag)."""
+    import argparse
+    import resource
+    import time
+    import grpo
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(prog="python model.py shape7b", description=shape7b.__doc__.split(":")[0])
+    p.add_argument("--device", default="cuda" if cuda else "cpu")
+    p.add_argument("--layers", type=int, default=28 if cuda else 2, help="decoder layers (7B: 28)")
+    p.add_argument("--vision_layers", type=int, default=32 if cuda else 2, help="vision blocks (7B: 32)")
+    p.add_argument("--frames", type=int, default=16 if cuda else 4)
+    p.add_argument("--max_pixels", type=int, default=TRAIN_MAX_PIXELS if cuda else 16 * 28 * 28, help="per frame")
+    p.add_argument("--G", type=int, default=8 if cuda else 2)
+    p.add_argument("--max_new_tokens", type=int, default=512 if cuda else 16)
+    p.add_argument("--lora_rank", type=int, default=64)
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(list(argv))
+    torch.set_num_threads(a.threads)
+    device, dtype = torch.device(a.device), torch.bfloat16 if a.dtype == "bf16" else torch.float32
+    gib = 1024 ** 3
+    times = {}
+
+    def stage(name, t0):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() / gib
+            torch.cuda.reset_peak_memory_stats()
+            where = "peak GPU memory allocated in this stage"
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2     # KiB -> GiB (Linux)
+            where = "peak RSS of the process so far"
+        times[name] = time.time() - t0
+        print(f"{name:28s} {times[name]:8.2f} s   {peak:7.2f} GiB ({where})", flush=True)
+        return time.time()
+
+    t0 = time.time()
+    tok = train_tokenizer(demo_texts())
+    config = qwen25_vl_7b_config(a.layers, a.vision_layers, tok)
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = Qwen2_5_VLForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(default)
+    add_lora(model, a.lora_rank, 2.0 * a.lora_rank)
+    set_checkpointing(model, True)
+    print(f"Qwen2.5-VL-7B shapes, random weights: {a.layers}/28 decoder layers, {a.vision_layers}/32 vision blocks, "
+          f"{count_params(model) / 1e9:.2f}B params ({count_params(model, True) / 1e6:.1f}M LoRA r={a.lora_rank}), "
+          f"{device} {dtype}, G={a.G}, {a.frames} frames at <= {a.max_pixels} px, {a.max_new_tokens} new tokens")
+    t0 = stage("build", t0)
+    h, w = smart_resize(224, 448, min_pixels=56 * 56, max_pixels=a.max_pixels)
+    frames = np.random.default_rng(0).integers(0, 256, (a.frames, h, w, 3), dtype=np.uint8)
+    row = {"id": "shape7b", "question": "How far is the red cube from the blue ball?", "answer_type": "num",
+           "answer": 1.0}
+    inputs = make_inputs(tok, config, [row], [(frames, np.arange(a.frames) / 2.0)], 56 * 56, a.max_pixels)
+    inputs = to_device(inputs, device, dtype)
+    P, patches = inputs["input_ids"].shape[1], inputs["pixel_values_videos"].shape[0]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+    eos, suppress = special_ids(tok)
+    gen = torch.Generator(device).manual_seed(0)
+    t0 = time.time()
+    with torch.no_grad(), autocast:
+        ids, mask, _ = grpo.sample(model, inputs, a.G, a.max_new_tokens, 1.0, 1.0, eos_ids=(), suppress_ids=suppress,
+                                   generator=gen, pad_id=eos[0])                         # (G, T)
+    t0 = stage(f"sample {a.G} x {ids.shape[1]} tokens", t0)
+    reward = torch.rand(a.G, generator=torch.Generator().manual_seed(0))                # (G,) stand-in rewards
+    adv = grpo.group_advantages(reward, a.G).to(device)                                  # (G,)
+    mask = mask.float()
+    with torch.no_grad(), autocast, lora_disabled(model):
+        ref_logp = grpo.token_logprobs(model, inputs, ids, mask).float()                # (G, T)
+    t0 = stage("reference log-probs", t0)
+    model.train()
+    with autocast:
+        logp = grpo.token_logprobs(model, inputs, ids, mask).float()                    # (G, T)
+    loss, stats = grpo.policy_loss(logp, None, ref_logp, adv, mask, beta=0.04)
+    t0 = stage("policy forward", t0)
+    loss.backward()
+    t0 = stage("backward (checkpointed)", t0)
+    params = [q for q in model.parameters() if q.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-6, betas=(0.9, 0.99))
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
+    opt.step()
+    t0 = stage("AdamW step", t0)
+    step = sum(v for k, v in times.items() if k != "build")
+    print(f"one GRPO step {step:.1f} s (loss {loss.item():+.4f}, kl {stats['kl']:.2e}, LoRA grad norm "
+          f"{grad_norm:.2e}); prompt {P} tokens, {patches} patches")
+    for name, L, V in (("this shape", a.layers, a.vision_layers), ("Qwen2.5-VL-7B (28 + 32 layers)", 28, 32)):
+        est = estimate_memory(qwen25_vl_7b_config(L, V), a.lora_rank, a.G, P + ids.shape[1], torch.bfloat16,
+                              patches, ids.shape[1])
+        print(f"estimate_memory at this run's sizes, {name}: {est['total_ckpt']:.1f} GiB with checkpointing (weights "
+              f"{est['weights']:.1f}, optimizer {est['optimizer']:.2f}, activations {est['activations_ckpt']:.1f}, "
+              f"logits chunk {est['logits']:.1f})")
+    if device.type != "cuda":
+        print("on CPU this proves the code path at the 7B's widths; the GPU figure for the full model is still "
+              "the estimate above (run `python model.py shape7b` on a GPU to measure it)")
 
 
 # ---------------------------------------------------------------------------------------- golden fixture
@@ -686,6 +814,8 @@ def make_golden_fixture(out_path=GOLDEN_PATH):
 def main():
     if "--golden" in sys.argv:
         return make_golden_fixture()
+    if sys.argv[1:2] == ["shape7b"]:
+        return shape7b(sys.argv[2:])
     # a throw-away folder by default: train.py builds its own tiny_model/ with a tokenizer fitted to its data
     out_dir = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="tiny_model_")
     build_tiny(out_dir, demo_texts())

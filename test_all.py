@@ -1158,6 +1158,27 @@ def _write_tiny_video(path, n=4, size=32, fps=4):
 
 # ---------------------------------------------------------------------------- metrics by hand
 
+def test_7b_shaped_config_and_sharded_estimate():
+    """The 7B-shaped check's config keeps the published widths at any depth and takes the tokenizer's special ids;
+    estimate_memory(shards=N) splits weights, grads, optimizer and reference by N and adds two gathered layers."""
+    tok = M.train_tokenizer(M.demo_texts())
+    cfg = M.qwen25_vl_7b_config(2, 3, tok)
+    tc, vc = cfg.text_config, cfg.vision_config
+    assert (tc.hidden_size, tc.intermediate_size, tc.num_attention_heads, tc.num_key_value_heads, tc.vocab_size,
+            tc.num_hidden_layers) == (3584, 18944, 28, 4, 152064, 2)
+    assert (vc.hidden_size, vc.intermediate_size, vc.depth, vc.fullatt_block_indexes) == (1280, 3420, 3, [2])
+    assert cfg.video_token_id == tok.convert_tokens_to_ids(M.VIDEO_PAD)
+    assert M.qwen25_vl_7b_config().video_token_id == 151656
+    one = M.estimate_memory(M.qwen25_vl_7b_config(), 0, 8, 1942, torch.bfloat16, 4096, 768)
+    four = M.estimate_memory(M.qwen25_vl_7b_config(), 0, 8, 1942, torch.bfloat16, 4096, 768, shards=4)
+    for k in ("weights", "grads", "optimizer", "reference"):
+        assert close(four[k], one[k] / 4, 1e-9), k
+    layer = 2 * 2 * (3584 * 3584 * 2 + 3584 * 512 * 2 + 3 * 3584 * 18944) / 1024 ** 3      # q,o + k,v + MLP, bf16
+    assert close(four["gathered"], layer, 1e-3) and one["gathered"] == 0
+    assert close(four["total_ckpt"], one["total_ckpt"] - 0.75 * (one["weights"] + one["grads"] + one["optimizer"]
+                                                                  + one["reference"]) + layer, 1e-3)
+
+
 def test_mc_vsi_rule():
     # VSI-Bench: exact_match(fuzzy_matching(pred), gt), fuzzy_matching = pred.split(' ')[0].rstrip('.').strip(),
     # compared lower-cased; the split is at ' ' only
@@ -1595,6 +1616,129 @@ def _train_smoke(train):
         train.main(["--out", tmp, "--name", "b", "--resume"])
         resumed = _weights(os.path.join(copy, "final"))
         assert all(torch.allclose(final[k], resumed[k], atol=1e-6) for k in final)
+
+
+def _varied_reward(completion, n_tokens, sample, *args, **kwargs):
+    """A stand-in reward with variance inside every group (a few random steps never earn the real one)."""
+    r = len(completion) / 10.0
+    return r, {"format": 0.0, "answer": r, "graph": 0.0, "length": 0.0, "graph_node": 0.0, "graph_edge": 0.0}
+
+
+def _prompt_sampler(model, prompt_inputs, G, max_new_tokens, temperature=1.0, top_p=1.0, eos_ids=(),
+                    suppress_ids=(), generator=None, pad_id=None):
+    """A stand-in for grpo.sample whose completions depend on the prompt's tokens only (not on the model or a
+    shared random stream), so one process and two ranks holding the same prompts draw the same completions.
+    Returns ids (N, T), mask (N, T), logp (N, T) zeros, like grpo.sample."""
+    ids_in, attn = prompt_inputs["input_ids"], prompt_inputs["attention_mask"]          # (B, P)
+    banned = set(eos_ids) | set(suppress_ids)
+    allowed = torch.tensor([i for i in range(model.config.text_config.vocab_size) if i not in banned])
+    pad = eos_ids[0] if eos_ids else 0
+    steps = torch.arange(max_new_tokens)
+    ids, masks = [], []
+    for b in range(ids_in.shape[0]):
+        prompt = ids_in[b][attn[b].bool()].tolist()
+        g = torch.Generator().manual_seed(sum((i + 1) * t for i, t in enumerate(prompt)) % 2 ** 31)
+        for _ in range(G):
+            n = int(torch.randint(1, max_new_tokens + 1, (1,), generator=g))
+            seq = allowed[torch.randint(len(allowed), (max_new_tokens,), generator=g)]            # (T,)
+            if n < max_new_tokens and eos_ids:
+                seq[n - 1] = eos_ids[0]
+            ids.append(seq.masked_fill(steps >= n, pad))
+            masks.append((steps < n).long())
+    ids, masks = torch.stack(ids), torch.stack(masks)                                     # (N, T)
+    return ids.to(ids_in.device), masks.to(ids_in.device), torch.zeros(ids.shape, device=ids_in.device)
+
+
+@contextlib.contextmanager
+def _stand_ins(train):
+    """train with _varied_reward and _prompt_sampler in place of the real reward and sampler."""
+    real = train.rewards.total_reward, train.grpo.sample
+    train.rewards.total_reward, train.grpo.sample = _varied_reward, _prompt_sampler
+    try:
+        yield
+    finally:
+        train.rewards.total_reward, train.grpo.sample = real
+
+
+def _ddp_rank(rank, world, port, argv):
+    """One rank of a CPU (gloo) process group, as torchrun would start it (torch.multiprocessing.spawn target)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    import train
+    with _stand_ins(train):
+        train.main(argv)
+
+
+def _spawn_ranks(argv, world=2):
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_ddp_rank, args=(world, port, argv), nprocs=world, join=True)
+
+
+def test_two_ranks_equal_one_process_write_once_and_resume():
+    """torchrun-style data parallelism on CPU (gloo): two ranks of --batch 1 / --sft_batch 1 end with the same
+    weights as one process of --batch 2 / --sft_batch 2 (same global batches, same data order), with replicated
+    weights and with FSDP2 (--fsdp); only rank 0 writes (each step logged once, one set of checkpoints); a two-rank
+    FSDP2 run resumed after GRPO step 1 ends where the uninterrupted one did; a one-process resume of a two-rank
+    checkpoint is refused by name."""
+    import train
+    with tempfile.TemporaryDirectory() as tmp:
+        base = ["--out", tmp, "--data", os.path.join(tmp, "data"), "--model", os.path.join(tmp, "tiny"),
+                "--threads", "1", "--data_scenes", "10", "--vision_steps", "2", "--vision_batch", "2",
+                "--sft_steps", "2", "--grpo_steps", "2", "--micro_batch", "1", "--G", "2", "--max_new_tokens", "12",
+                "--eval_every", "2", "--eval_n", "2", "--test_n", "2", "--ckpt_every", "1", "--keep_ckpts", "10",
+                "--sft_lr", "3e-3", "--lr", "1e-3"]
+        cfg = train.parse_config(base)               # data and tiny model made first: both runs find them made
+        train.ensure_data(cfg)
+        train.ensure_model(cfg, train.load_split(cfg, "train"))
+        with _stand_ins(train):
+            train.main(base + ["--name", "one", "--batch", "2", "--sft_batch", "2"])
+        _spawn_ranks(base + ["--name", "two", "--batch", "1", "--sft_batch", "1"])
+        _spawn_ranks(base + ["--name", "fsdp", "--batch", "1", "--sft_batch", "1", "--fsdp"])
+        one, two, fsdp = (_weights(os.path.join(tmp, n, "final")) for n in ("one", "two", "fsdp"))
+        for name, other in (("two ranks", two), ("two FSDP2 ranks", fsdp)):
+            worst = max(float((one[k] - other[k]).abs().max()) for k in one)
+            assert worst < 1e-5, f"{name} differ from one process by {worst}"
+            print(f"{name}: largest weight difference from one process {worst:.1e}")
+        assert any(not torch.equal(one[k], _weights(os.path.join(tmp, "one", "warmup"))[k]) for k in one)  # GRPO moved
+        run = os.path.join(tmp, "two")
+        with open(os.path.join(run, "metrics.jsonl")) as fh:
+            recs = [json.loads(line) for line in fh]
+        assert [r["step"] for r in recs if r["phase"] == "sft"] == [1, 2]
+        assert [r["step"] for r in recs if r["phase"] == "grpo"] == [3, 4]
+        assert [r["step"] for r in recs if r["phase"] == "eval"] == [2, 4]
+        with open(os.path.join(tmp, "one", "metrics.jsonl")) as fh:
+            recs_one = [json.loads(line) for line in fh]
+        for a, b in zip([r for r in recs if r["phase"] == "sft"], [r for r in recs_one if r["phase"] == "sft"]):
+            assert a["tokens"] == b["tokens"] and abs(a["loss"] - b["loss"]) < 1e-4, (a, b)   # global numbers
+        assert sorted(d for d in os.listdir(run) if d.startswith("ckpt-")) == [f"ckpt-{s:07d}" for s in (1, 2, 3, 4)]
+        assert not [d for d in os.listdir(run) if "tmp" in d]
+        state = torch.load(os.path.join(run, "ckpt-0000004", "state.pt"), weights_only=True)
+        assert len(state["rank_rng"]) == 2
+        with open(os.path.join(run, "samples.jsonl")) as fh:
+            assert len(fh.readlines()) == 4                                  # one write, 2 ranks' completions
+        for f in ("config.json", "results.md", "results.json", "curves.png", "vision", "warmup"):
+            assert os.path.exists(os.path.join(run, f)), f
+        # interrupted after GRPO step 1: resume on two ranks, and a one-process resume is refused
+        for name, source in (("resumed", "fsdp"), ("refused", "two")):
+            shutil.copytree(os.path.join(tmp, source), os.path.join(tmp, name))
+            for d in os.listdir(os.path.join(tmp, name)):
+                if d in ("final", "ckpt-0000004") or d.startswith("test_") or d.startswith("results"):
+                    path = os.path.join(tmp, name, d)
+                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        _spawn_ranks(["--out", tmp, "--name", "resumed", "--resume"])
+        resumed = _weights(os.path.join(tmp, "resumed", "final"))
+        assert all(torch.allclose(fsdp[k], resumed[k], atol=1e-6) for k in fsdp)
+        try:
+            with _stand_ins(train):
+                train.main(["--out", tmp, "--name", "refused", "--resume"])
+        except SystemExit as e:
+            assert "made by 2 rank(s)" in str(e) and "torchrun --nproc_per_node 2" in str(e), e
+        else:
+            raise AssertionError("a one-process resume of a two-rank checkpoint was not refused")
 
 
 # ---------------------------------------------------------------------------- runner

@@ -23,7 +23,8 @@ Differences from the paper: the data is synthetic (data.py), the tiny model star
 needs phase 0 and the warm-up; everything else is the paper's recipe with smaller numbers.
 
 Run: `python train.py` (everything, about 15 min on 2 CPU cores), `python train.py --resume` after an interruption,
-`python train.py --preset paper --model /path/to/Qwen2.5-VL-7B-Instruct --data /path/to/rows`.
+`python train.py --preset paper --model /path/to/Qwen2.5-VL-7B-Instruct --data /path/to/rows`;
+`torchrun --nproc_per_node N train.py ...` runs N data-parallel ranks (the marked block "Data parallelism" below).
 Outputs in runs/NAME/: config.json, metrics.jsonl, samples.jsonl, curves.png, ckpt-*/, warmup/, final/.
 Letters: B prompts, G completions per prompt, N = B*G, T completion tokens, P prompt tokens.
 """
@@ -74,6 +75,7 @@ class Config:
     lora_rank: int = 0              # 0 = full fine-tuning
     lora_alpha: float = 16.0        # LoRA scale alpha / rank
     lora_dropout: float = 0.0
+    fsdp: bool = False              # under torchrun, full fine-tuning: shard weights, grads, AdamW state (FSDP2)
     freeze_vision: bool = True      # keep the vision tower fixed in the warm-up and GRPO (it learned in phase 0)
     # phase 0: the vision tower learns to see (tiny model only; a real checkpoint already sees)
     vision_steps: int = 700         # supervised steps on the rows' ground-truth graphs (0 skips the phase)
@@ -262,13 +264,14 @@ def sft_step(cfg, mdl, tok, rows, opt, device, dtype):
     ids, mask = completion_tensors(tok, [r["reasoning"] for r in rows], device)   # (B, T)
     with autocast(device, dtype):
         logp = grpo.token_logprobs(mdl, inputs, ids, mask)                          # (B, T)
-    loss = -(logp * mask).sum() / mask.sum()
+    loss = -(logp * mask).sum() / dist_norm(mask.sum())
     check_finite(loss, "sft loss")
     loss.backward()
+    average_grads(trainable(mdl))
     grad_norm = torch.nn.utils.clip_grad_norm_(trainable(mdl), cfg.grad_clip)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return {"loss": loss.item(), "grad_norm": float(grad_norm), "tokens": int(mask.sum())}
+    return all_mean({"loss": loss.item(), "grad_norm": float(grad_norm), "tokens": int(mask.sum())}, sums=("tokens",))
 
 
 def rollout(cfg, mdl, tok, rows, device, dtype, generator):
@@ -303,7 +306,7 @@ def grpo_update(cfg, mdl, ref_mdl, tok, ro, opt, device, dtype):
     if cfg.beta > 0:                                   # pi_ref log-probs, once per rollout: (n, T) per chunk
         with torch.no_grad(), autocast(device, dtype), reference(mdl, ref_mdl) as ref:
             ref_logp = [grpo.token_logprobs(ref, x, p["ids"], p["mask"]).float() for x, p in zip(inputs, part)]
-    n_tok_all = ro["mask"].sum()
+    n_tok_all = dist_norm(ro["mask"].sum())
     stats_sum, n = {}, 0
     for _ in range(cfg.mu):
         mdl.train()
@@ -319,6 +322,7 @@ def grpo_update(cfg, mdl, ref_mdl, tok, ro, opt, device, dtype):
             for k, v in stats.items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + v
             n += 1
+        average_grads(trainable(mdl))
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable(mdl), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -358,6 +362,7 @@ def evaluate(cfg, mdl, tok, rows, device, dtype, swap=None, batch=16):
     swap: {video: other video} (wrong_videos) asks each question about another scene's clip."""
     mdl.eval()
     results = []
+    rows = rows if is_fsdp(mdl) else shard(rows)       # this rank's block of the questions (all in one process)
     for lo in range(0, len(rows), batch):
         chunk = rows[lo:lo + batch]
         seen = [{**r, "video": swap.get(r["video"], r["video"])} for r in chunk] if swap else chunk
@@ -367,7 +372,7 @@ def evaluate(cfg, mdl, tok, rows, device, dtype, swap=None, batch=16):
         for row, part, text, n_tok in zip(chunk, parts, texts, lengths):
             results.append({**part, "task": row["task"], "answer_type": row["answer_type"], "tokens": n_tok,
                             "text": text})
-    return results
+    return results if is_fsdp(mdl) else gather(results)
 
 
 def heldout_means(results):
@@ -441,13 +446,17 @@ def save_checkpoint(run_dir, step, mdl, opt, keep):
     """ckpt-STEP/: trainable weights (safetensors), optimizer, RNG; written to a temporary folder and renamed
     into place, so a kill at any moment leaves the previous checkpoint intact. The last `keep` are kept."""
     from safetensors.torch import save_file
+    rngs = gather([torch.get_rng_state()])            # every rank's RNG, in rank order; rank 0 writes
+    weights, opt_state = trainable_state(mdl), optimizer_state(mdl, opt)   # FSDP2: gathered from every rank
+    if not is_main():
+        return
     final = os.path.join(run_dir, f"ckpt-{step:07d}")
     tmp = os.path.join(run_dir, f".tmp-ckpt-{step:07d}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    save_file({n: p.detach().to("cpu").contiguous() for n, p in mdl.named_parameters() if p.requires_grad},
-              os.path.join(tmp, "trainable.safetensors"))
-    torch.save({"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "step": step},
+    save_file(weights, os.path.join(tmp, "trainable.safetensors"))
+    torch.save({"optimizer": opt_state, "torch_rng": torch.get_rng_state(), "step": step,
+                **({"rank_rng": rngs} if world() > 1 else {})},
                os.path.join(tmp, "state.pt"))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -469,26 +478,32 @@ def restore_checkpoint(path, mdl, opt):
         raise RuntimeError(f"{path}: its weights do not match this model's trainable parameters "
                            f"({len(set(weights) ^ own)} names differ); was it made with other --lora_rank / "
                            f"--freeze_vision settings?")
-    mdl.load_state_dict(weights, strict=False)
+    load_trainable(mdl, weights)
     state = torch.load(os.path.join(path, "state.pt"), weights_only=True)
-    opt.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["torch_rng"])
+    load_optimizer(mdl, opt, state["optimizer"])
+    torch.set_rng_state(rank_rng(state, path))
     return int(state["step"])
 
 
 def export(mdl, tok, path):
     """A plain Hugging Face folder (LoRA merged) that model.load / eval.py read; written atomically."""
+    state = full_state(mdl)                            # FSDP2: the whole model, gathered on rank 0 (else None)
+    if not is_main():                                  # rank 0 writes; the others wait until it is there
+        return barrier()
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     qwen.merge_lora(mdl)
-    mdl.save_pretrained(tmp)
+    mdl.save_pretrained(tmp, state_dict=state)
     tok.save_pretrained(tmp)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
+    barrier()
 
 
 def log(run_dir, record, line):
     """One print line per step and the same numbers appended to metrics.jsonl."""
+    if not is_main():
+        return
     print(line, flush=True)
     with open(os.path.join(run_dir, "metrics.jsonl"), "a") as fh:
         fh.write(json.dumps(record) + "\n")
@@ -516,6 +531,8 @@ def drop_metrics_after(run_dir, step):
 def plot_curves(run_dir):
     """curves.png from metrics.jsonl: phase 0 (vision), warm-up loss, GRPO reward parts, held-out answers against
     the wrong-video and blind controls, GRPO diagnostics and completion length."""
+    if not is_main():
+        return
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -560,6 +577,247 @@ def plot_curves(run_dir):
     plt.close(fig)
 
 
+# ==================================================================================================================
+# Data parallelism: `torchrun --nproc_per_node N train.py ...` (PyTorch's own torch.distributed; gloo on CPU, nccl
+# on CUDA). Every rank holds the whole model and takes its own block of each global batch (N x --batch prompts,
+# N x --sft_batch rows); a prompt's G completions stay on one rank, so advantages stay local. Loss normalisers are
+# global (dist_norm) and gradients are averaged over the ranks before clipping (average_grads), so an update equals
+# one process's with the same global batch. Held-out questions are sharded and gathered (evaluate); rank 0 alone
+# writes files (log, plot_curves, write_samples, save_checkpoint, export, write_json). Phase 0 (tiny model only) is
+# not sharded: every rank runs it, rank 0's export is kept. Without torchrun (no WORLD_SIZE) every helper below is
+# a no-op and one process computes exactly what it did before.
+# ==================================================================================================================
+
+
+def launched_by_torchrun():
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def dist_on():
+    """A process group is up (torch builds without torch.distributed never have one)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def dist_setup(device):
+    """Join the process group when launched by torchrun (nccl on CUDA, one GPU per rank: cuda:LOCAL_RANK; gloo on
+    CPU). Returns this rank's device; the device unchanged in one process."""
+    if not launched_by_torchrun() or dist_on():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def dist_close():
+    if dist_on():
+        torch.distributed.destroy_process_group()
+
+
+def world():
+    """Number of ranks (1 without torchrun)."""
+    return torch.distributed.get_world_size() if dist_on() else 1
+
+
+def rank():
+    return torch.distributed.get_rank() if dist_on() else 0
+
+
+def is_main():
+    """Rank 0 (or the only process): the one that prints and writes files."""
+    return rank() == 0
+
+
+def barrier():
+    if world() > 1:
+        torch.distributed.barrier()
+
+
+def record_errors(fn):
+    """torchrun's @record: a failing rank's exception goes into torchrun's summary (torchrun then stops the rest)."""
+    from torch.distributed.elastic.multiprocessing.errors import record
+    return record(fn)
+
+
+def main_first(fn, *args):
+    """fn(*args) on rank 0 first, then on the others (making the data set or the tiny model once; the others find
+    it made)."""
+    if not is_main():
+        barrier()
+    out = fn(*args)
+    if is_main():
+        barrier()
+    return out
+
+
+def shard(items):
+    """This rank's contiguous block of a list (the whole list in one process); the blocks in rank order give the
+    list back (gather), so a global batch of N x B indices gives rank r its items r*B .. r*B+B-1."""
+    n, w, r = len(items), world(), rank()
+    return items[r * n // w:(r + 1) * n // w]
+
+
+def gather(items):
+    """Every rank's list, concatenated in rank order (picklable items; the list itself in one process)."""
+    if world() == 1:
+        return items
+    parts = [None] * world()
+    torch.distributed.all_gather_object(parts, list(items))
+    return [x for part in parts for x in part]
+
+
+def all_mean(stats, sums=()):
+    """A dict of numbers averaged over the ranks (the keys in `sums` summed instead); the dict itself in one
+    process."""
+    if world() == 1:
+        return stats
+    every = gather([stats])
+    return {k: (sum if k in sums else np.mean)([s[k] for s in every]) for k in stats}
+
+
+def dist_norm(x):
+    """A loss normaliser made global: (sum over ranks of x) / ranks. A rank's sum divided by it, its gradient then
+    averaged over the ranks (average_grads), gives one process's sum_all / x_all. x itself in one process."""
+    if world() == 1:
+        return x
+    x = x.detach().clone()
+    torch.distributed.all_reduce(x)
+    return x / world()
+
+
+def average_grads(params, bucket=2 ** 25):
+    """Each gradient replaced by its mean over the ranks (all-reduce of flat buckets of up to `bucket` values, as
+    DDP does), before clipping, so every rank takes the same step. A missing gradient counts as zeros."""
+    if world() == 1:
+        return
+    params = [p for p in params if not is_sharded(p)]  # FSDP2 has reduce-scattered (averaged) its own
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    group, size = [], 0
+    for i, p in enumerate(params):
+        group.append(p)
+        size += p.numel()
+        if size >= bucket or i == len(params) - 1:
+            flat = torch.cat([q.grad.reshape(-1).float() for q in group])          # (size,)
+            torch.distributed.all_reduce(flat)
+            flat /= world()
+            for q, g in zip(group, flat.split([q.numel() for q in group])):
+                q.grad.copy_(g.view_as(q.grad))
+            group, size = [], 0
+
+
+def sync_params(params):
+    """Every rank takes rank 0's values of these parameters (a no-op in one process)."""
+    if world() == 1:
+        return
+    with torch.no_grad():
+        for p in params:
+            if not is_sharded(p):                      # FSDP2 shards were cut from identical loaded weights
+                torch.distributed.broadcast(p.data, 0)
+
+
+def rank_rng(state, path):
+    """This rank's torch RNG state from a checkpoint's state.pt. A checkpoint made with another number of ranks is
+    refused: its data position (step x global batch) would not match."""
+    saved = state.get("rank_rng", [state["torch_rng"]])
+    if len(saved) != world():
+        raise SystemExit(f"{path} was made by {len(saved)} rank(s), this run has {world()}: resume it with "
+                         + ("python train.py --resume" if len(saved) == 1 else
+                            f"torchrun --nproc_per_node {len(saved)} train.py --resume"))
+    return saved[rank()]
+
+
+def gather_rollout(ro):
+    """What log_grpo_step and write_samples read of a rollout, from every rank in rank order (ro in one process):
+    texts, parts, rows, lengths, reward (N_all,), adv (N_all,), mask (N_all, T_max) rebuilt from the lengths
+    (completion masks are 1 up to the EOS), and the slowest rank's seconds."""
+    if world() == 1:
+        return ro
+    every = gather([{"texts": ro["texts"], "parts": ro["parts"], "rows": ro["rows"], "lengths": ro["lengths"],
+                     "reward": ro["reward"].tolist(), "adv": ro["adv"].tolist(),
+                     "t_sample": ro["t_sample"], "t_score": ro["t_score"]}])
+    out = {k: [x for e in every for x in e[k]] for k in ("texts", "parts", "rows", "lengths", "reward", "adv")}
+    lengths = torch.tensor(out["lengths"])                                               # (N_all,)
+    out["mask"] = (torch.arange(int(lengths.max())) < lengths[:, None]).float()        # (N_all, T_max)
+    out["reward"], out["adv"] = torch.tensor(out["reward"]), torch.tensor(out["adv"])
+    return {**out, "t_sample": max(e["t_sample"] for e in every), "t_score": max(e["t_score"] for e in every)}
+
+# FSDP2 (--fsdp): full fine-tuning too big for one GPU. Parameters, gradients and AdamW state are split over the
+# ranks (DTensors); a unit's full weights exist only during its forward / backward.
+
+
+def fsdp_shard(cfg, mdl):
+    """With --fsdp under torchrun: FSDP2's fully_shard on every decoder layer, the final norm, the embeddings,
+    lm_head, every vision block and the vision tower (each a unit gathered just for its own forward, since
+    grpo.py calls the embeddings, the language model and lm_head separately). Returns mdl (None stays None)."""
+    if mdl is None or not cfg.fsdp or world() == 1:
+        return mdl
+    if cfg.lora_rank > 0:
+        raise SystemExit("--fsdp shards full fine-tuning (--lora_rank 0); a LoRA run keeps one copy per rank")
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    mesh = init_device_mesh(next(mdl.parameters()).device.type, (world(),))
+    lm, vis = mdl.model.language_model, mdl.model.visual
+    for unit in [*lm.layers, lm.norm, lm.embed_tokens, mdl.lm_head, *vis.blocks, vis]:
+        fully_shard(unit, mesh=mesh, reshard_after_forward=True)   # each unit is its own root: reshard explicitly
+    loose = [n for n, p in mdl.named_parameters() if not is_sharded(p)]
+    if loose:
+        raise RuntimeError(f"fsdp_shard: parameters left outside every FSDP2 unit: {loose[:5]}")
+    return mdl
+
+
+def is_sharded(p):
+    from torch.distributed.tensor import DTensor
+    return isinstance(p, DTensor)
+
+
+def is_fsdp(mdl):
+    return world() > 1 and any(is_sharded(p) for p in mdl.parameters())
+
+
+def trainable_state(mdl):
+    """{name: full CPU tensor} of the trainable parameters (FSDP2 gathers each from every rank: call on all)."""
+    return {n: (p.detach().full_tensor() if is_sharded(p) else p.detach()).to("cpu").contiguous()
+            for n, p in mdl.named_parameters() if p.requires_grad}
+
+
+def optimizer_state(mdl, opt):
+    """opt.state_dict(); under FSDP2 the full (unsharded) state, gathered (call on every rank)."""
+    if not is_fsdp(mdl):
+        return opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    return get_optimizer_state_dict(mdl, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_trainable(mdl, weights):
+    """Full tensors {name: tensor} into the model (FSDP2: each rank keeps its shard)."""
+    if not is_fsdp(mdl):
+        return mdl.load_state_dict(weights, strict=False)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    set_model_state_dict(mdl, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+def load_optimizer(mdl, opt, state):
+    if not is_fsdp(mdl):
+        return opt.load_state_dict(state)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    set_optimizer_state_dict(mdl, opt, state, options=StateDictOptions(full_state_dict=True))
+
+
+def full_state(mdl):
+    """None without FSDP2 (save_pretrained reads the model itself); under FSDP2 the whole state dict, on rank 0
+    (call on every rank)."""
+    if not is_fsdp(mdl):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    return get_model_state_dict(mdl, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+# ==================================================================================================================
+
+
 def load_policy(cfg, path, device, dtype):
     """The policy (LoRA added when lora_rank > 0) and its tokenizer, from a local checkpoint folder.
     Full fine-tuning keeps fp32 master weights (a 1e-6 step is lost in bf16) and computes in bf16 under autocast;
@@ -575,6 +833,7 @@ def load_policy(cfg, path, device, dtype):
 
 
 def optimizer(mdl, lr, cfg):
+    sync_params(trainable(mdl))                        # every rank starts from rank 0's weights (as DDP does)
     return torch.optim.AdamW(trainable(mdl), lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
 
 
@@ -724,6 +983,7 @@ def start_model(cfg, run_dir):
 def run_warmup(cfg, run_dir, train_rows, val_rows, step, device, dtype):
     """Supervised warm-up on the reference reasoning, steps [step, sft_steps); exports runs/NAME/warmup."""
     mdl, tok = load_policy(cfg, start_model(cfg, run_dir), device, dtype)
+    fsdp_shard(cfg, mdl)
     opt = optimizer(mdl, cfg.sft_lr, cfg)
     ckpt = latest_checkpoint(run_dir)
     if ckpt:
@@ -735,7 +995,8 @@ def run_warmup(cfg, run_dir, train_rows, val_rows, step, device, dtype):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.sft_steps, cfg.sft_lr, cfg.warmup)
         t0 = time.time()
-        out = sft_step(cfg, mdl, tok, [usable[i] for i in batch_indices(len(usable), step, cfg.sft_batch, cfg.seed)],
+        out = sft_step(cfg, mdl, tok, [usable[i] for i in shard(batch_indices(len(usable), step,
+                                                                               cfg.sft_batch * world(), cfg.seed))],
                        opt, device, dtype)
         step += 1
         dt = time.time() - t0
@@ -758,6 +1019,7 @@ def run_grpo(cfg, run_dir, train_rows, val_rows, step, device, dtype):
     ref_mdl = None
     if cfg.beta > 0 and cfg.lora_rank == 0:       # full fine-tuning: the reference is a frozen copy
         ref_mdl = copy.deepcopy(mdl).eval().requires_grad_(False)
+    fsdp_shard(cfg, mdl), fsdp_shard(cfg, ref_mdl)
     opt = optimizer(mdl, cfg.lr, cfg)
     ckpt = latest_checkpoint(run_dir)
     if ckpt and int(ckpt.rsplit("-", 1)[1]) > cfg.sft_steps:
@@ -767,12 +1029,13 @@ def run_grpo(cfg, run_dir, train_rows, val_rows, step, device, dtype):
         k = step - cfg.sft_steps                   # GRPO step index
         for group in opt.param_groups:
             group["lr"] = lr_at(k, cfg.grpo_steps, cfg.lr, cfg.warmup)
-        rows = [train_rows[i] for i in batch_indices(len(train_rows), k, cfg.batch, cfg.seed + 1)]
-        generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + step)
+        rows = [train_rows[i] for i in shard(batch_indices(len(train_rows), k, cfg.batch * world(), cfg.seed + 1))]
+        generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + step + rank() * 2 ** 40)
         ro = rollout(cfg, mdl, tok, rows, device, dtype, generator)
         t0 = time.time()
         stats = grpo_update(cfg, mdl, ref_mdl, tok, ro, opt, device, dtype)
         t_update = time.time() - t0
+        ro, stats = gather_rollout(ro), all_mean(stats)   # every rank's samples and statistics, for the log
         step += 1
         log_grpo_step(cfg, run_dir, step, ro, stats, t_update, opt.param_groups[0]["lr"])
         if (k + 1) % cfg.sample_every == 0 or k == 0:
@@ -810,6 +1073,8 @@ def log_grpo_step(cfg, run_dir, step, ro, stats, t_update, lr):
 
 def write_samples(run_dir, step, ro, G, n=4):
     """A few completions with their rewards, to read (samples.jsonl)."""
+    if not is_main():
+        return
     with open(os.path.join(run_dir, "samples.jsonl"), "a") as fh:
         for i in range(min(n, len(ro["texts"]))):
             row = ro["rows"][i // G]
@@ -846,6 +1111,8 @@ def final_report(cfg, run_dir, train_rows, test_rows, device, dtype):
               f"the training reward's parts (rewards.py: answer inside the tags, one exact letter), greedy, "
               f"{cfg.frames} frames, at most {cfg.max_new_tokens} new tokens. eval.py scores with each benchmark's "
               f"own rule and its own settings (32 frames by default), so its numbers differ from these.")
+    if not is_main():                                  # rank 0 writes the table (write_json's barrier: met here)
+        return barrier()
     with open(os.path.join(run_dir, "results.md"), "w") as fh:
         fh.write(header + "\n\n" + table + "\n")
     write_json(os.path.join(run_dir, "results.json"), {"header": header, "stats": stats})
@@ -855,9 +1122,12 @@ def final_report(cfg, run_dir, train_rows, test_rows, device, dtype):
 
 def write_json(path, obj):
     """Write JSON through a temporary file and a rename: a kill never leaves a half-written file."""
+    if not is_main():                                  # rank 0 writes; the others wait, then read it
+        return barrier()
     with open(path + ".tmp", "w") as fh:
         json.dump(obj, fh)
     os.replace(path + ".tmp", path)
+    barrier()
 
 
 def main(argv=None):
@@ -865,22 +1135,26 @@ def main(argv=None):
     torch.set_num_threads(cfg.threads)
     transformers.utils.logging.disable_progress_bar()
     device, dtype = pick_device(cfg)
+    device = dist_setup(device)                      # torchrun: join the ranks (a no-op without torchrun)
     run_dir = os.path.join(cfg.out, cfg.name)
     if os.path.isdir(run_dir) and os.listdir(run_dir) and not cfg.resume:
         raise SystemExit(f"{run_dir} exists: --resume continues it, --name OTHER starts a new run")
+    barrier()                                        # every rank has looked before rank 0 writes
     os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "config.json"), "w") as fh:
+    with open(os.path.join(run_dir, "config.json") if is_main() else os.devnull, "w") as fh:
         json.dump(dataclasses.asdict(cfg), fh, indent=1)
     t0 = time.time()
     torch.manual_seed(cfg.seed)
-    ensure_data(cfg)
+    main_first(ensure_data, cfg)
     train_rows, val_rows, test_rows = (load_split(cfg, s) for s in ("train", "val", "test"))
-    ensure_model(cfg, train_rows)
-    print(f"run {run_dir} | {device} {dtype} | {len(train_rows)} train / {len(val_rows)} val / "
-          f"{len(test_rows)} test rows | config in {run_dir}/config.json")
+    main_first(ensure_model, cfg, train_rows)
+    if is_main():
+        print(f"run {run_dir} | {device} {dtype} | {len(train_rows)} train / {len(val_rows)} val / "
+              f"{len(test_rows)} test rows | config in {run_dir}/config.json" + (f" | {world()} ranks" * (world() > 1)))
     ckpt = latest_checkpoint(run_dir)
     step = int(ckpt.rsplit("-", 1)[1]) if ckpt else 0
-    drop_metrics_after(run_dir, step)
+    if is_main():
+        drop_metrics_after(run_dir, step)
     total = cfg.sft_steps + cfg.grpo_steps
     val_rows, test_rows = val_rows[:cfg.eval_n], test_rows[:cfg.test_n]
     if cfg.vision_steps > 0 and not os.path.isdir(os.path.join(run_dir, "vision")):
@@ -890,8 +1164,10 @@ def main(argv=None):
     if cfg.grpo_steps > 0 and (step < total or not os.path.isdir(os.path.join(run_dir, "final"))):
         step = run_grpo(cfg, run_dir, train_rows, val_rows, step, device, dtype)
     final_report(cfg, run_dir, train_rows, test_rows, device, dtype)
-    print(f"done: {step} steps in {(time.time() - t0) / 60:.1f} min; outputs in {run_dir}/")
+    if is_main():
+        print(f"done: {step} steps in {(time.time() - t0) / 60:.1f} min; outputs in {run_dir}/")
+    dist_close()
 
 
 if __name__ == "__main__":
-    main()
+    (record_errors(main) if launched_by_torchrun() else main)()   # torchrun: a rank's error reaches its summary
