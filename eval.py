@@ -262,9 +262,7 @@ def score_completion(completion, row):
     if kind != "boxes":
         out["train_reward"] = rewards.answer_reward(rewards.extract_answer(completion), gt, kind)
     if row.get("graphs"):
-        reasoning = completion.split("<answer>", 1)[0] if isinstance(completion, str) else ""
-        gt_graphs = [graph.Graph.from_dict(g) for g in row["graphs"]]
-        _, parts = graph.graph_reward(graph.parse_graphs(reasoning), gt_graphs)
+        _, parts = rewards.graph_reward_of(completion, row["graphs"])
         out["node"], out["edge"] = parts["node"], parts["edge"]
     return out
 

@@ -138,6 +138,13 @@ def length_reward(n_tokens, correct, lo=320, hi=512, bonus=0.2):
     return bonus if correct and lo <= n_tokens <= hi else 0.0
 
 
+def graph_reward_of(completion, graphs):
+    """R_graph of a completion: the graph blocks written before <answer> against the row's ground-truth graphs
+    (dicts, data.py's row format). Returns (R_graph, {"node": R_n, "edge": R_e}) of graph.graph_reward."""
+    reasoning = completion.split("<answer>", 1)[0] if isinstance(completion, str) else ""
+    return graph.graph_reward(graph.parse_graphs(reasoning), [graph.Graph.from_dict(g) for g in graphs or []])
+
+
 def total_reward(completion, n_tokens, sample, weights=None, lo=320, hi=512, bonus=0.2):
     """R = w_f R_format + w_a R_ans + w_g R_graph + w_l R_l for one completion of one dataset row.
 
@@ -147,9 +154,7 @@ def total_reward(completion, n_tokens, sample, weights=None, lo=320, hi=512, bon
     w = {**DEFAULT_WEIGHTS, **(weights or {})}
     r_format = format_reward(completion)
     r_answer = answer_reward(extract_answer(completion), sample["answer"], sample["answer_type"])
-    gt_graphs = [graph.Graph.from_dict(g) for g in (sample.get("graphs") or [])]
-    reasoning = completion.split("<answer>", 1)[0] if isinstance(completion, str) else ""
-    r_graph, graph_parts = graph.graph_reward(graph.parse_graphs(reasoning), gt_graphs)
+    r_graph, graph_parts = graph_reward_of(completion, sample.get("graphs"))
     r_length = length_reward(n_tokens, r_answer >= CORRECT, lo, hi, bonus)
     parts = {"format": r_format, "answer": r_answer, "graph": r_graph, "length": r_length,
              "graph_node": graph_parts["node"], "graph_edge": graph_parts["edge"]}
