@@ -7,6 +7,7 @@ one learning check; nothing downloads anything.
 """
 import atexit
 import contextlib
+import dataclasses
 import functools
 import io
 import json
@@ -1497,6 +1498,17 @@ def test_offset_pose_keeps_edges_and_moves_coordinates():
         if axis != "orbit":                                                    # Theorem 1: about C, angles kept
             assert np.allclose(a0, a1, atol=1e-4)
     assert np.allclose(data.offset_pose(R0, c0, {"axis": "roll", "deg": 0.0})[0], R0)
+
+
+def test_every_flag_has_help():
+    import train
+    helps = train.field_help()
+    assert set(helps) == {f.name for f in dataclasses.fields(train.Config)}
+    assert all(helps.values()), [k for k, v in helps.items() if not v]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        train.parse_config(["--help"])
+    assert "--len_bonus" in out.getvalue() and "default 0.2" in out.getvalue()
 
 
 def test_wrong_videos_is_a_fixed_derangement():

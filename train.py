@@ -69,57 +69,57 @@ class Config:
     data: str = "data/synth"        # folder with train.jsonl / val.jsonl / test.jsonl (made here if missing)
     data_scenes: int = 1500         # scenes to render when the synthetic set is made (4 questions each)
     min_pixels: int = qwen.TINY_MIN_PIXELS  # per-frame pixel budget of Qwen2.5-VL's smart_resize (tiny: 56x56)
-    max_pixels: int = qwen.TINY_MAX_PIXELS
+    max_pixels: int = qwen.TINY_MAX_PIXELS  # upper pixel budget per frame (paper: 128x28x28)
     # model
     model: str = "tiny_model"       # local folder of a Qwen2.5-VL checkpoint (built here if it is the tiny one)
     lora_rank: int = 0              # 0 = full fine-tuning
     lora_alpha: float = 16.0        # LoRA scale alpha / rank
-    lora_dropout: float = 0.0
+    lora_dropout: float = 0.0       # dropout on the LoRA input (0: none)
     fsdp: bool = False              # under torchrun, full fine-tuning: shard weights, grads, AdamW state (FSDP2)
     freeze_vision: bool = True      # keep the vision tower fixed in the warm-up and GRPO (it learned in phase 0)
     # phase 0: the vision tower learns to see (tiny model only; a real checkpoint already sees)
     vision_steps: int = 700         # supervised steps on the rows' ground-truth graphs (0 skips the phase)
     vision_batch: int = 16          # videos per step
-    vision_lr: float = 3e-3
+    vision_lr: float = 3e-3         # phase 0 learning rate (vision tower and its head)
     grad_ckpt: bool = False         # gradient checkpointing (on for the paper preset)
     # supervised warm-up
     sft_steps: int = 1300           # teacher-forced steps on the reference reasoning
-    sft_batch: int = 8
-    sft_lr: float = 3e-3
+    sft_batch: int = 8              # rows per warm-up step
+    sft_lr: float = 3e-3            # warm-up learning rate
     # GRPO
-    grpo_steps: int = 130
+    grpo_steps: int = 130           # GRPO steps after the warm-up
     batch: int = 4                  # B prompts per step
     micro_batch: int = 4            # prompts per forward/backward (gradient accumulation over B / micro_batch)
     G: int = 8                      # completions per prompt (paper: 8)
     max_new_tokens: int = 180       # completion budget T (the synthetic reference reasoning is 50-170 tokens)
     temperature: float = 1.0        # sampling temperature (paper / Video-R1: 1.0)
-    top_p: float = 1.0
+    top_p: float = 1.0              # nucleus sampling mass (1.0: off)
     lr: float = 2e-4                # GRPO learning rate (paper: 1e-6 for the 7B)
     warmup: int = 10                # linear warm-up steps of each phase, then cosine to 10 %
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0       # AdamW weight decay
     beta: float = 0.04              # KL weight (paper: 0.04); 0 skips the reference model
     clip_eps: float = 0.2           # PPO clip range [1 - eps, 1 + eps_high]
     clip_eps_high: float = 0.2      # DAPO clip-higher uses 0.28
     agg: str = "seq"                # loss aggregation: seq (GRPO) | token (DAPO) | const (Dr. GRPO)
     scale_adv: bool = True          # divide advantages by the group std (False: Dr. GRPO)
     mu: int = 1                     # inner epochs per batch of samples (1: on-policy)
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0          # clip the gradient norm to this before each update
     # rewards (weights of R_format, R_ans, R_graph, R_l, and the length window)
-    w_format: float = 1.0
-    w_answer: float = 1.0
+    w_format: float = 1.0           # weight of R_format
+    w_answer: float = 1.0           # weight of R_ans
     w_graph: float = 1.0            # 0 drops the graph reward only (prompt and warm-up still have graphs)
-    w_length: float = 1.0
-    len_lo: int = 40                # R_l window in tokens (paper: 320..512 of 768; the tiny reasoning is shorter)
-    len_hi: int = 170
-    len_bonus: float = 0.2
+    w_length: float = 1.0           # weight of R_l
+    len_lo: int = 40                # lower end of the R_l window in tokens (paper: 320 of 768; tiny reasoning is shorter)
+    len_hi: int = 170               # upper end of the R_l window in tokens (paper: 512)
+    len_bonus: float = 0.2          # R_l when the answer is correct and the length in the window (paper: 0.2)
     # logging, evaluation, checkpoints
     eval_every: int = 500           # held-out evaluation every N steps (both phases)
     eval_n: int = 96                # val questions per evaluation during training
     test_n: int = 300               # test questions of the final before/after table
-    ckpt_every: int = 100
-    keep_ckpts: int = 2
+    ckpt_every: int = 100           # checkpoint (for --resume) every N steps
+    keep_ckpts: int = 2             # newest checkpoints kept
     sample_every: int = 25          # write a few completions to samples.jsonl every N GRPO steps
-    plot_every: int = 25
+    plot_every: int = 25            # redraw curves.png every N GRPO steps
 
 
 PRESETS = {
@@ -131,14 +131,28 @@ PRESETS = {
 }
 
 
+def field_help():
+    """{field: its comment in Config's source}: the comment is the flag's --help (as cleanrl's Args docstrings)."""
+    import inspect
+    helps = {}
+    for line in inspect.getsource(Config).splitlines():
+        code, _, comment = line.partition("#")
+        name = code.split(":")[0].strip()
+        if ":" in code and name.isidentifier():
+            helps[name] = comment.strip()
+    return helps
+
+
 def parse_config(argv=None):
     """Config defaults <- preset <- command-line flags (one flag per field)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    helps = field_help()
     for f in dataclasses.fields(Config):
+        text = f"{helps[f.name]} (default {f.default!r})".replace("%", "%%")
         if f.type is bool or isinstance(f.default, bool):
-            p.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+            p.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         else:
-            p.add_argument(f"--{f.name}", type=type(f.default), default=argparse.SUPPRESS)
+            p.add_argument(f"--{f.name}", type=type(f.default), default=argparse.SUPPRESS, help=text)
     given = vars(p.parse_args(argv))
     preset = given.get("preset", Config.preset)
     if preset not in PRESETS:
