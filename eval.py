@@ -66,9 +66,8 @@ question whose text asks for one box per frame); STI-Bench uses at most 30 frame
 Rotation stress test (Theorem 1, Phi(RX, C) = Phi(X, C)): the synthetic test scenes (scenes.jsonl beside the
 rows) are re-rendered with the camera turned by each angle, the questions remade with a fixed rng (same question
 texts kept at every angle; answers and graphs from the turned camera), and the model scored at each angle.
---axis yaw turns about the vertical through the camera centre (as asked; objects leave the 60 deg view beyond
-~20 deg, so the plot shows the share in view), roll about the optical axis (exact, objects stay in view), orbit
-carries the camera round the objects (a viewpoint change: d_ij kept, a_ij not). The plot puts the model's answer
+--axis yaw | roll | orbit, as data.offset_pose defines them (yaw: objects leave the 60 deg view beyond ~20 deg, so
+the plot shows the share in view). The plot puts the model's answer
 score and node / edge rewards next to the ground truth's change: camera-frame coordinates move, edges do not.
 
 Run: `python eval.py --model PATH [--model PATH2] --data FILE --frames 32` (table, results.json, results.png in
@@ -765,12 +764,8 @@ def main(argv):
 # Theorem 1: Phi(R X, C) = Phi(X, C) for R in SO(3) about the camera centre C. Re-render each synthetic test scene
 # with its camera turned by phi (same objects and motions, same question texts), score the model at each phi:
 # the ground-truth edges (d_ij, a_ij) stay put while the camera-frame coordinates move, so a model that has
-# learned relations keeps its edge reward while its coordinate-based node reward may fall.
-#   yaw    camera axes turned about the world vertical through C:      R' = R Rz(phi),  C' = C   (Theorem 1 exact;
-#          with the 60 deg field of view objects leave the image beyond ~20 deg: the plot shows the visible share)
-#   roll   camera turned about its optical axis:                      R' = Rroll(phi) R, C' = C (exact, in view)
-#   orbit  camera carried round the vertical through the objects' start centroid p:
-#          R' = R Rz(phi), C' = p + Rz(-phi)(C - p)        (a viewpoint change: d_ij kept, a_ij not)
+# learned relations keeps its edge reward while its coordinate-based node reward may fall. The three axes (yaw and
+# roll about C: Theorem 1 exactly; orbit round the objects' start centroid: d_ij kept, a_ij not) are data.offset_pose.
 # The offset lives in scene["camera"]["offset"]; data.camera_pose applies it (data.offset_pose), and every pose in
 # data.py (rendering, graphs, answers) goes through camera_pose.
 
