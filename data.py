@@ -1232,7 +1232,7 @@ def load_rows(path, skip_bad=False, skipped=None):
 
     Relative video paths resolve against the file's folder (made absolute); each row's `file_line` says where it
     came from ("FILE:LINE", or "FILE: item N" of a JSON list). A bad row raises ValueError
-    "FILE:LINE: field 'F': why"; with skip_bad=True it is skipped, the count is printed, and the message is
+    "FILE:LINE: field 'F': why"; with skip_bad=True it is skipped, the count is printed, and (FILE:LINE, why) is
     appended to the list `skipped` when one is given."""
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -1248,15 +1248,15 @@ def load_rows(path, skip_bad=False, skipped=None):
                 rec = from_video_r1(rec)
             row = validate_row(rec, folder)
             row["id"] = row.get("id") or f"{os.path.basename(path)}:{n}"
-            row["file_line"] = f"{path}:{n}" if unit == "line" else f"{path}: item {n}"
+            row["file_line"] = f"{path}:{n}" if unit == "line" else f"{path}: item {n}"     # for skip reports
             rows.append(row)
         except BadRow as e:
-            msg = f"{path}:{n}: {e}" if unit == "line" else f"{path}: item {n}: {e}"
+            where = f"{path}:{n}" if unit == "line" else f"{path}: item {n}"
             if not skip_bad:
-                raise ValueError(msg) from None
-            bad, first = bad + 1, first or msg
+                raise ValueError(f"{where}: {e}") from None
+            bad, first = bad + 1, first or f"{where}: {e}"
             if skipped is not None:
-                skipped.append(msg)
+                skipped.append((where, str(e)))
     if bad:
         print(f"load_rows: skipped {bad} bad row(s) of {len(records)} in {path} (first: {first})")
     return rows
@@ -1287,7 +1287,7 @@ def video_problem(path, window=None):
 
 
 def check_videos(rows):
-    """(rows whose video passes video_problem, ["FILE:LINE: why"] for the others); each (video, window) is
+    """(rows whose video passes video_problem, [(FILE:LINE, why)] of the others); each (video, window) is
     checked once."""
     verdicts, keep, bad = {}, [], []
     for r in rows:
@@ -1297,7 +1297,7 @@ def check_videos(rows):
         if verdicts[key] is None:
             keep.append(r)
         else:
-            bad.append(f"{r.get('file_line', r.get('id'))}: {verdicts[key]}")
+            bad.append((r.get("file_line", r.get("id")), verdicts[key]))
     return keep, bad
 
 
