@@ -20,7 +20,9 @@ needs the warm-up; everything else is the paper's recipe with smaller numbers.
 
 Run: `python train.py` (everything, 16 min on 2 CPU cores), `python train.py --resume` after an interruption,
 `python train.py --preset paper --model /path/to/Qwen2.5-VL-7B-Instruct --data /path/to/rows`.
-Outputs in runs/NAME/: config.json, metrics.jsonl, samples.jsonl, curves.png, ckpt-*/, warmup/, final/.
+Outputs in runs/NAME/: config.json, metrics.jsonl, samples.jsonl, curves.png, ckpt-*/, warmup/, final/,
+skipped.json (rows left out: FILE:LINE and why), run.lock (the PID of the process using the run). A kill at any
+instant leaves a run that --resume finishes (README: "When a run is interrupted or the data is bad").
 Letters: B prompts, G completions per prompt, N = B*G, T completion tokens, P prompt tokens.
 """
 import argparse
@@ -240,7 +242,7 @@ def make_folder(path, build):
     shutil.rmtree(tmp, ignore_errors=True)
     build(tmp)
     try:
-        os.rename(tmp, path)
+        os.rename(tmp, os.path.normpath(path))
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise SystemExit(f"{path} exists but is not complete ({e.strerror}); delete it and run again") from None
@@ -978,7 +980,7 @@ def eval_due(cfg, step, end):
     return step > 0 and (step % cfg.eval_every == 0 or step == end)
 
 
-def test_cache(run_dir, tag):
+def results_cache(run_dir, tag):
     """The file holding the final test evaluation of one model state ("after GRPO", "wrong video", ...)."""
     return os.path.join(run_dir, "test_" + tag.replace(" ", "_").replace("-", "") + ".json")
 
@@ -987,7 +989,7 @@ def forget_test_results(run_dir, *tags):
     """A phase that (re)trains a state makes its cached test results stale (e.g. --grpo_steps raised on resume)."""
     for tag in tags:
         with contextlib.suppress(FileNotFoundError):
-            os.remove(test_cache(run_dir, tag))
+            os.remove(results_cache(run_dir, tag))
 
 
 def run_grpo(cfg, run_dir, train_rows, val_rows, step, device, dtype):
@@ -1085,13 +1087,13 @@ def final_report(cfg, run_dir, train_rows, test_rows, device, dtype):
     for tag, path in states:
         runs = [(tag, None)] + ([("wrong video", wrong_videos(test_rows, cfg.seed))] if tag == final else [])
         for t, _ in runs:
-            results[t] = cached_results(test_cache(run_dir, t))
+            results[t] = cached_results(results_cache(run_dir, t))
         if any(results[t] is None for t, _ in runs):
             mdl, tok = qwen.load(path, dtype=dtype, device=device)
             for t, swap in runs:
                 if results[t] is None:        # written atomically: a kill leaves no half file to trip a resume
                     results[t] = evaluate(cfg, mdl, tok, test_rows, device, dtype, swap)
-                    write_json(test_cache(run_dir, t), results[t])
+                    write_json(results_cache(run_dir, t), results[t])
     columns = {t: results[t] for t in ["blind", "wrong video"] + [t for t, _ in states]}
     diffs = ([(final, states[0][0])] if len(states) > 1 else []) + [(final, "blind")]
     table, stats = comparison_table(columns, diffs)
@@ -1174,7 +1176,10 @@ def main(argv=None):
     with run_lock(run_dir):
         clean_leftovers(run_dir)
         write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(cfg), indent=1)
-        run(cfg, run_dir, device, dtype)
+        try:
+            run(cfg, run_dir, device, dtype)
+        except NonFinite as e:                    # a save or export refused (the steps stop earlier, with advice)
+            raise SystemExit(f"train.py: {e}; resume with --resume and a lower learning rate") from None
 
 
 def run(cfg, run_dir, device, dtype):
