@@ -810,8 +810,8 @@ def main(argv):
     rows, fmt, skipped = load_benchmark(args.data, args.format, args.video_root, args.skip_bad)
     rows, missing = check_videos(rows[:args.limit] if args.limit else rows, args.skip_bad)
     print(f"{args.data}: format {fmt}, {len(rows)} rows to score, {skipped} bad rows and {missing} rows without a "
-          f"usable video skipped; {args.frames} frames, greedy, at most {args.max_new_tokens} new tokens; each row scored "
-          f"by its benchmark's own rule (docstring), not train.py's training-reward table", file=sys.stderr)
+          f"usable video skipped; {args.frames} frames, greedy, at most {args.max_new_tokens} new tokens; each row "
+          f"scored by its benchmark's own rule (docstring), not train.py's training-reward table", file=sys.stderr)
     outputs = {name: run_model(path, rows, args, name) for name, path in zip(model_names(args.model), args.model)}
     problems = {i: why for _, found in outputs.values() for i, why in found.items()}
     asked = [i for i in range(len(rows)) if i not in problems]         # every column scores the same rows

@@ -62,14 +62,14 @@ class Config:
     device: str = "auto"            # auto (cuda if present) | cpu | cuda
     dtype: str = "auto"             # auto (bf16 on cuda, fp32 on cpu: faster here, `python grpo.py bench`) | bf16 | fp32
     threads: int = 2                # torch CPU threads
-    resume: bool = False            # continue runs/NAME from its last checkpoint (its config.json wins; RESUMABLE flags may change)
+    resume: bool = False            # continue runs/NAME from its last checkpoint (its config wins but RESUMABLE)
     # data
     data: str = "data/synth"        # folder with train.jsonl / val.jsonl / test.jsonl (made here if missing)
     data_scenes: int = 1500         # scenes to render when the synthetic set is made (4 questions each)
     frames: int = 16                # frames per video (paper: 16 for training)
     min_pixels: int = 56 * 56       # per-frame pixel budget of Qwen2.5-VL's smart_resize
     max_pixels: int = 56 * 56
-    max_prompt_tokens: int = 1024   # rows whose prompt text is longer (model.prompt_tokens, video not counted) are skipped
+    max_prompt_tokens: int = 1024   # skip rows whose prompt has more text tokens (video not counted)
     # model
     model: str = "tiny_model"       # local folder of a Qwen2.5-VL checkpoint (built here if it is the tiny one)
     lora_rank: int = 0              # 0 = full fine-tuning
