@@ -62,7 +62,7 @@ class Config:
     device: str = "auto"            # auto (cuda if present) | cpu | cuda
     dtype: str = "auto"             # auto (bf16 on cuda, fp32 on cpu: faster here, `python grpo.py bench`) | bf16 | fp32
     threads: int = 2                # torch CPU threads
-    resume: bool = False            # continue runs/NAME from its last checkpoint (its config wins but RESUMABLE)
+    resume: bool = False            # continue runs/NAME from its last checkpoint; only RESUMABLE flags may differ
     # data
     data: str = "data/synth"        # folder with train.jsonl / val.jsonl / test.jsonl (made here if missing)
     data_scenes: int = 1500         # scenes to render when the synthetic set is made (4 questions each)
