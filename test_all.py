@@ -1662,17 +1662,18 @@ def _cut_log_line(train, nth):
 
 
 def test_kills_at_checkpoint_writes_log_lines_and_final_evaluation_then_resume_exactly():
-    """One run killed five times (inside a checkpoint write, mid-way through a metrics line, at a random
-    rename, mid-way through the final test evaluation's file; then an empty test file, as an old version left
-    it), each time resumed with --resume and nothing repaired by hand: it ends with the weights of the
-    uninterrupted run, every step's log and sample lines once, and no temporary files."""
+    """One run killed four times (inside a checkpoint write, mid-way through a held-out evaluation's metrics line,
+    at a random rename, mid-way through the final test evaluation's file) and then given an empty test file (as
+    an old version left it), each time resumed with --resume and nothing repaired by hand: it ends with the
+    weights of the uninterrupted run, every step's log and sample lines once, and no temporary files."""
     import train
     ref = _reference_run()
     base = _run_base()[0]
     run, resume = os.path.join(base, "killed"), ["--out", base, "--name", "killed", "--resume"]
     k = int(np.random.default_rng().integers(1, 16))                         # a random rename (os.replace) to die at
     kills = [(_smoke_args("killed", keep_ckpts=2), _kill_on_call(train.torch, "save", 2)),    # ckpt-2 half written
-             (resume, _cut_log_line(train, 3)), (resume, _kill_on_call(os, "replace", k)),
+             (resume, _cut_log_line(train, 2)),            # the held-out line of step 2, after ckpt-2: re-run
+             (resume, _kill_on_call(os, "replace", k)),
              (resume, _kill_mid_write(train, "test_after_GRPO.json")), (resume, contextlib.nullcontext())]
     out = io.StringIO()
     with _patched(train.rewards, "total_reward", _varied_reward), warnings.catch_warnings(record=True), \
