@@ -1847,9 +1847,9 @@ def test_nonfinite_update_refused_before_applying_and_never_saved():
     _raises(train.NonFinite, train.clipped_update, opt, list(lin.parameters()), 1.0,
             contains=("gradient norm is nan", "not applied"))
     assert torch.equal(lin.weight, before)                                # the update was not applied
-    opt = torch.optim.SGD(lin.parameters(), lr=1e308)                   # finite gradients, an overflowing step
+    opt = torch.optim.SGD(lin.parameters(), lr=1e38)                    # finite gradients, an overflowing step
     for p in lin.parameters():
-        p.grad = torch.ones_like(p)
+        p.grad = torch.full_like(p, 100.0)
     _raises(train.NonFinite, train.clipped_update, opt, list(lin.parameters()), 1e300,
             contains=("weights non-finite", "nothing saved"))
     with tempfile.TemporaryDirectory() as run:
