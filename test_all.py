@@ -1905,7 +1905,7 @@ def test_bad_rows_and_videos_are_skipped_counted_and_the_run_goes_on():
     finishes."""
     import train
     base, data_dir, _ = _run_base()
-    folder = os.path.join(base, "bad_data")
+    folder = os.path.join(base, "bad_rows")
     os.makedirs(os.path.join(folder, "v"))
     good = data.load_rows(os.path.join(data_dir, "train.jsonl"))[:3]
     good = [{k: v for k, v in r.items() if k != "file_line"} for r in good]
