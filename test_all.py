@@ -1666,34 +1666,43 @@ def test_kills_at_checkpoint_writes_log_lines_and_final_evaluation_then_resume_e
     at a random rename, mid-way through the final test evaluation's file) and then given an empty test file (as
     an old version left it), each time resumed with --resume and nothing repaired by hand: it ends with the
     weights of the uninterrupted run, every step's log and sample lines once, and no temporary files."""
+    _kill_resume_sequence("killed", int(np.random.default_rng().integers(1, 14)))   # the third run renames 13 times
+
+
+def _kill_resume_sequence(name, k):
+    """The test above with the k-th rename (os.replace) of the third run as its random instant."""
     import train
     ref = _reference_run()
     base = _run_base()[0]
-    run, resume = os.path.join(base, "killed"), ["--out", base, "--name", "killed", "--resume"]
-    k = int(np.random.default_rng().integers(1, 16))                         # a random rename (os.replace) to die at
-    kills = [(_smoke_args("killed", keep_ckpts=2), _kill_on_call(train.torch, "save", 2)),    # ckpt-2 half written
+    run, resume = os.path.join(base, name), ["--out", base, "--name", name, "--resume"]
+    kills = [(_smoke_args(name, keep_ckpts=2), _kill_on_call(train.torch, "save", 2)),    # ckpt-2 half written
              (resume, _cut_log_line(train, 2)),            # the held-out line of step 2, after ckpt-2: re-run
              (resume, _kill_on_call(os, "replace", k)),
              (resume, _kill_mid_write(train, "test_after_GRPO.json")), (resume, contextlib.nullcontext())]
-    out = io.StringIO()
+    out, killed = io.StringIO(), []
     with _patched(train.rewards, "total_reward", _varied_reward), warnings.catch_warnings(record=True), \
             contextlib.redirect_stdout(out):
         for n, (args, kill) in enumerate(kills):
             if n == len(kills) - 1 and os.path.exists(os.path.join(run, "test_after_warmup.json")):
                 open(os.path.join(run, "test_after_warmup.json"), "w").close()          # empty, as issue (L) #3
-            with kill, contextlib.suppress(_Killed):
-                train.main(args)
+            try:
+                with kill:
+                    train.main(args)
+            except _Killed:
+                killed.append(n)
+    assert killed[:2] == [0, 1] and n not in killed, (killed, f"rename {k}")
     assert _same_weights(os.path.join(ref, "final"), os.path.join(run, "final")), f"rename {k}"
     assert _steps(run, "sft") == [1, 2, 3] and _steps(run, "grpo") == [4, 5], f"rename {k}"
     assert _steps(run, "eval") == [2, 3, 4, 5], f"rename {k}"
-    assert _steps(run, None, "samples.jsonl") == _steps(ref, None, "samples.jsonl")
+    assert _steps(run, None, "samples.jsonl") == _steps(ref, None, "samples.jsonl"), f"rename {k}"
     losses = [[r["loss"] for r in data.read_jsonl(os.path.join(p, "metrics.jsonl")) if r["phase"] == "sft"]
               for p in (ref, run)]
-    assert np.allclose(*losses, atol=1e-6), losses
+    assert np.allclose(*losses, atol=1e-6), (losses, f"rename {k}")
     json.load(open(os.path.join(run, "test_after_warmup.json")))                # re-evaluated, not left empty
     assert os.path.isfile(os.path.join(run, "results.md")) and "done:" in out.getvalue()
     assert not [f for f in os.listdir(run) if ".tmp" in f or f.startswith(".")], os.listdir(run)
     assert len([d for d in os.listdir(run) if d.startswith("ckpt-")]) == 2
+    return killed
 
 
 def test_kill_9_at_a_random_instant_then_resume_ends_the_same():

@@ -613,6 +613,11 @@ def save_checkpoint(run_dir, step, mdl, opt, keep):
     if os.path.exists(final):
         discard(final)
     os.replace(tmp, final)
+    prune_checkpoints(run_dir, keep)
+
+
+def prune_checkpoints(run_dir, keep):
+    """Delete all but the newest `keep` checkpoints (also at start: a kill may have stopped a pruning)."""
     for old in sorted(d for d in os.listdir(run_dir) if d.startswith("ckpt-"))[:-keep]:
         discard(os.path.join(run_dir, old))
 
@@ -1175,6 +1180,7 @@ def main(argv=None):
     os.makedirs(run_dir, exist_ok=True)
     with run_lock(run_dir):
         clean_leftovers(run_dir)
+        prune_checkpoints(run_dir, cfg.keep_ckpts)
         write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(cfg), indent=1)
         try:
             run(cfg, run_dir, device, dtype)
