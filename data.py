@@ -1048,6 +1048,48 @@ def contact_sheet(shown, path, n_frames=4):
     plt.close(fig)
 
 
+# ============================================================================ files a run writes and reads back
+
+def write_file(path, content):
+    """Write text (str) or bytes through a temporary file in the same folder, flushed to disk, then a rename: a
+    kill or a full disk at any moment leaves the old file or the new one, never a part of one."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb" if isinstance(content, bytes) else "w", **({} if isinstance(content, bytes) else
+                                                                       {"encoding": "utf-8"})) as fh:
+            fh.write(content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:                       # leave no temporary file behind, whatever stopped the write
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def read_jsonl(path):
+    """The JSON objects of a file that is appended to line by line (metrics.jsonl, samples.jsonl); [] when it
+    does not exist. A line that is not a JSON object (the cut-off last line of a killed write, a damaged one) is
+    dropped with a warning naming FILE:LINE, so a resume never stops on it."""
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                rec = e
+            if isinstance(rec, dict):
+                out.append(rec)
+            else:
+                cut = "" if line.endswith("\n") else " (cut off: no line end)"
+                warnings.warn(f"{path}:{n}: not a JSON object{cut}; dropped", stacklevel=2)
+    return out
+
+
 # ============================================================================ loading rows
 
 ANSWER_TYPES = ("mc", "num", "iou")
@@ -1185,11 +1227,13 @@ def _records(path):
     return out, "line"
 
 
-def load_rows(path, skip_bad=False):
+def load_rows(path, skip_bad=False, skipped=None):
     """Rows of a JSONL file in our format, or of a Video-R1 JSON / JSONL file, validated.
 
-    Relative video paths resolve against the file's folder (made absolute). A bad row raises ValueError
-    "FILE:LINE: field 'F': why"; with skip_bad=True it is skipped, and the count is printed."""
+    Relative video paths resolve against the file's folder (made absolute); each row's `file_line` says where it
+    came from ("FILE:LINE", or "FILE: item N" of a JSON list). A bad row raises ValueError
+    "FILE:LINE: field 'F': why"; with skip_bad=True it is skipped, the count is printed, and (FILE:LINE, why) is
+    appended to the list `skipped` when one is given."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
@@ -1204,15 +1248,57 @@ def load_rows(path, skip_bad=False):
                 rec = from_video_r1(rec)
             row = validate_row(rec, folder)
             row["id"] = row.get("id") or f"{os.path.basename(path)}:{n}"
+            row["file_line"] = f"{path}:{n}" if unit == "line" else f"{path}: item {n}"     # for skip reports
             rows.append(row)
         except BadRow as e:
-            msg = f"{path}:{n}: {e}" if unit == "line" else f"{path}: item {n}: {e}"
+            where = f"{path}:{n}" if unit == "line" else f"{path}: item {n}"
             if not skip_bad:
-                raise ValueError(msg) from None
-            bad, first = bad + 1, first or msg
+                raise ValueError(f"{where}: {e}") from None
+            bad, first = bad + 1, first or f"{where}: {e}"
+            if skipped is not None:
+                skipped.append((where, str(e)))
     if bad:
         print(f"load_rows: skipped {bad} bad row(s) of {len(records)} in {path} (first: {first})")
     return rows
+
+
+def video_problem(path, window=None):
+    """Why a row's video cannot be used, or None: the cheap checks (the file exists, is not empty, opens as a
+    container with a video stream; a time_window [start, end] s overlaps the duration its header states). No
+    frame is decoded: a file damaged inside is found when its clip is read (read_clip raises VideoError)."""
+    try:
+        container, vs = _open_video(path)
+    except (FileNotFoundError, VideoError) as e:
+        return str(e)
+    try:
+        tb = float(vs.time_base) if vs.time_base else None
+        start = (vs.start_time or 0) * tb if tb else 0.0
+        if vs.duration and tb:
+            end = start + vs.duration * tb
+        elif container.duration:
+            end = start + container.duration / av.time_base
+        else:
+            end = None                                                   # unknown: read_clip decides
+    finally:
+        container.close()
+    if window and end is not None and (window[0] >= end or window[1] < start):
+        return f"{path}: time_window {list(window)} s lies outside the video ({start:.2f} to {end:.2f} s)"
+    return None
+
+
+def check_videos(rows):
+    """(rows whose video passes video_problem, [(FILE:LINE, why)] of the others); each (video, window) is
+    checked once."""
+    verdicts, keep, bad = {}, [], []
+    for r in rows:
+        key = (r["video"], tuple(r.get("time_window") or ()))
+        if key not in verdicts:
+            verdicts[key] = video_problem(r["video"], r.get("time_window"))
+        if verdicts[key] is None:
+            keep.append(r)
+        else:
+            bad.append((r.get("file_line", r.get("id")), verdicts[key]))
+    return keep, bad
 
 
 # ============================================================================ bench and command line

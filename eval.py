@@ -157,9 +157,14 @@ def number_mra(pred_text, gt):
 
 
 def r1_extract(text):
-    r"""Video-R1's extract_answer: the first <answer>\s*(.*?)\s*</answer>, stripped, or '' without one."""
-    m = R1_ANSWER_RE.search(text) if isinstance(text, str) else None
-    return m.group(1).strip() if m else ""
+    r"""Video-R1's extract_answer: the first <answer>\s*(.*?)\s*</answer>, stripped, or '' without one. The
+    same match as R1_ANSWER_RE.search, found with str.find (linear: the regex rescans the rest of the text from
+    every unclosed <answer>)."""
+    if not isinstance(text, str):
+        return ""
+    i = text.find("<answer>")
+    j = text.find("</answer>", i + 8) if i >= 0 else -1
+    return text[i + 8:j].strip() if j >= 0 else ""
 
 
 def r1_number(text):
@@ -481,6 +486,21 @@ def detect_format(rec, where="row 0"):
                  f"known formats need: " + "; ".join(f"{n}: {', '.join(k)}" for n, k in FORMAT_KEYS.items()))
 
 
+def first_format(records, path, skip_bad):
+    """The format of the first record; with skip_bad, of the first record whose format can be detected (a bad
+    first row then is skipped and counted like any other, instead of defeating --format auto)."""
+    for k, rec in enumerate(records):
+        if isinstance(rec, BadInput):
+            continue
+        try:
+            return detect_format(rec, f"{path} row {k}" if skip_bad else f"{path} first row")
+        except BadInput:
+            if not skip_bad:
+                raise
+    raise BadInput(f"{path}: no row has the keys of a known format (" +
+                   "; ".join(f"{n}: {', '.join(k)}" for n, k in FORMAT_KEYS.items()) + ")")
+
+
 def read_records(path):
     """Raw records of a .jsonl (one object per line), .json (a list of objects) or .parquet (needs pandas)."""
     if path.endswith(".parquet"):
@@ -518,7 +538,7 @@ def load_benchmark(path, fmt="auto", video_root=None, skip_bad=False):
     if not good:
         raise BadInput(f"{path}: no readable rows" + (f" ({records[0]})" if records else ""))
     if fmt == "auto":
-        fmt = detect_format(good[0], f"{path} first row")
+        fmt = first_format(records, path, skip_bad)
     if fmt == "ours":
         import data
         try:
@@ -535,7 +555,7 @@ def load_benchmark(path, fmt="auto", video_root=None, skip_bad=False):
             if not isinstance(rec, dict):
                 raise BadInput(f"{path} row {k}: not an object")
             out = ADAPTERS[fmt](rec, root, f"{path} row {k}")
-            rows.extend(out if isinstance(out, list) else [out])
+            rows.extend({**r, "file_line": f"{path} row {k}"} for r in (out if isinstance(out, list) else [out]))
         except BadInput as e:
             if not skip_bad:
                 raise BadInput(f"{e} (use --skip_bad to skip and count such rows)") from None
@@ -603,8 +623,18 @@ def plot_results(summaries, path, title=""):
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_png(fig, path)
+
+
+def save_png(fig, path):
+    """Render a figure to PNG bytes and write them atomically (data.write_file); closes the figure."""
+    import io
+    import data
+    import matplotlib.pyplot as plt
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    data.write_file(path, png.getvalue())
 
 
 # ------------------------------------------------------------------------------------ model layer (thin)
@@ -650,24 +680,52 @@ def progress(tag, done, total, t0):
 
 
 def run_model(path, rows, args, tag):
-    """Completions of one checkpoint for every row (greedy, batched); the model is freed afterwards."""
+    """complete() of one checkpoint for every row (greedy, batched); the model is freed afterwards."""
     import model as qwen
     mdl, tokenizer = qwen.load(path, device=args.device)
     mdl.eval()
-    completions = complete(mdl, tokenizer, rows, args, tag)
+    out = complete(mdl, tokenizer, rows, args, tag)
     del mdl
-    return completions
+    return out
+
+
+def clip_or_problem(row, tokenizer, args):
+    """(clip, None) for a row that can be asked, else (None, why): its prompt is longer than --max_prompt_tokens,
+    or its video does not decode (data.VideoError / FileNotFoundError: damage the cheap checks cannot see)."""
+    import data
+    import model as qwen
+    n = qwen.prompt_tokens(tokenizer, prompt_row(row))
+    if n > args.max_prompt_tokens:
+        return None, f"prompt of {n} tokens exceeds --max_prompt_tokens {args.max_prompt_tokens}"
+    try:
+        return read_video(row, args.frames), None
+    except (data.VideoError, FileNotFoundError) as e:
+        return None, str(e)
 
 
 def complete(mdl, tokenizer, rows, args, tag):
-    """Greedy completions of a loaded model for every row, batch by batch; videos decoded per batch."""
-    completions, t0 = [], time.time()
+    """Greedy completions of a loaded model for every row, batch by batch; videos decoded per batch.
+    Returns (completions, {row index: why}) with None for a row that cannot be asked (clip_or_problem): with
+    --skip_bad it is left out and the rest goes on; without, BadInput names it."""
+    completions, problems, t0 = [None] * len(rows), {}, time.time()
     for lo in range(0, len(rows), args.batch):
-        chunk = rows[lo:lo + args.batch]
-        videos = [read_video(r, args.frames) for r in chunk]
-        completions += greedy_batch(mdl, tokenizer, chunk, videos, args)[0]
-        progress(tag, len(completions), len(rows), t0)
-    return completions
+        asked, videos = [], []
+        for i in range(lo, min(lo + args.batch, len(rows))):
+            clip, why = clip_or_problem(rows[i], tokenizer, args)
+            if why is None:
+                asked.append(i)
+                videos.append(clip)
+            elif args.skip_bad:
+                problems[i] = why
+            else:
+                raise BadInput(f"{rows[i].get('file_line', rows[i].get('id'))}: {why} (use --skip_bad to skip "
+                               f"and count such rows)")
+        if asked:
+            texts = greedy_batch(mdl, tokenizer, [rows[i] for i in asked], videos, args)[0]
+            for i, text in zip(asked, texts):
+                completions[i] = text
+        progress(tag, min(lo + args.batch, len(rows)), len(rows), t0)
+    return completions, problems
 
 
 # ------------------------------------------------------------------------------------ command line
@@ -684,13 +742,14 @@ def model_names(paths):
 
 
 def check_videos(rows, skip_bad):
-    """Rows whose video file exists; a missing one is an error naming it, or skipped and counted."""
-    missing = sorted({r["video"] for r in rows if not os.path.isfile(r["video"])})
-    if missing and not skip_bad:
-        raise BadInput(f"{len(missing)} video file(s) missing, e.g. {missing[:3]} (check --video_root, "
-                       "or --skip_bad to skip their rows)")
-    keep = [r for r in rows if r["video"] not in set(missing)]
-    return keep, len(rows) - len(keep)
+    """Rows whose video passes data.video_problem's cheap checks (exists, opens, the window lies inside it); the
+    others are an error naming the first (row and why), or skipped and counted. (rows kept, number skipped)"""
+    import data
+    keep, bad = data.check_videos(rows)
+    if bad and not skip_bad:
+        raise BadInput(f"{len(bad)} row(s) with an unusable video, e.g. " + "; ".join(f"{w}: {y}" for w, y in bad[:3])
+                       + " (check --video_root, or --skip_bad to skip their rows)")
+    return keep, len(bad)
 
 
 def dump_records(name, rows, completions, scored, n):
@@ -702,14 +761,13 @@ def dump_records(name, rows, completions, scored, n):
 
 def report(summaries, meta, out_dir, dumps=(), title=""):
     """Print the table; write results.json, results.png and (if any) dump.jsonl into out_dir."""
+    import data
     os.makedirs(out_dir, exist_ok=True)
     print(markdown_table(summaries))
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump({**meta, "models": summaries}, f, indent=1)
+    data.write_file(os.path.join(out_dir, "results.json"), json.dumps({**meta, "models": summaries}, indent=1))
     plot_results(summaries, os.path.join(out_dir, "results.png"), title)
     if dumps:
-        with open(os.path.join(out_dir, "dump.jsonl"), "w") as f:
-            f.writelines(json.dumps(d) + "\n" for d in dumps)
+        data.write_file(os.path.join(out_dir, "dump.jsonl"), "".join(json.dumps(d) + "\n" for d in dumps))
     print(f"wrote {out_dir}/results.json, results.png" + (", dump.jsonl" if dumps else ""))
 
 
@@ -729,7 +787,11 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dump", type=int, default=0, help="write N completions per model with their metrics")
     p.add_argument("--out", default="out/eval")
-    p.add_argument("--skip_bad", action="store_true", help="skip and count bad rows instead of stopping")
+    p.add_argument("--skip_bad", action="store_true", help="skip and count bad rows (a bad field, a video that "
+                   "does not open or decode, a prompt over --max_prompt_tokens) instead of stopping; the rest is "
+                   "scored and written")
+    p.add_argument("--max_prompt_tokens", type=int, default=1024, help="rows whose prompt text has more tokens "
+                   "(model.prompt_tokens, video not counted) are bad rows")
     p.add_argument("--n_boot", type=int, default=N_BOOT)
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -744,19 +806,29 @@ def main(argv):
     torch.set_num_threads(args.threads)
     rows, fmt, skipped = load_benchmark(args.data, args.format, args.video_root, args.skip_bad)
     rows, missing = check_videos(rows[:args.limit] if args.limit else rows, args.skip_bad)
-    print(f"{args.data}: format {fmt}, {len(rows)} rows scored, {skipped} bad rows and {missing} rows without "
-          f"video skipped; {args.frames} frames, greedy, at most {args.max_new_tokens} new tokens; each row scored "
-          f"by its benchmark's own rule (docstring), not train.py's training-reward table", file=sys.stderr)
-    summaries, dumps = {}, []
-    for name, path in zip(model_names(args.model), args.model):
-        completions = run_model(path, rows, args, name)
-        scored = [score_completion(c, r) for c, r in zip(completions, rows)]
-        summaries[name] = summarize(rows, scored, args.n_boot, args.seed)
-        dumps += dump_records(name, rows, completions, scored, args.dump)
-    meta = {"data": args.data, "format": fmt, "rows": len(rows), "skipped_bad": skipped, "skipped_no_video": missing,
+    print(f"{args.data}: format {fmt}, {len(rows)} rows to score, {skipped} bad rows and {missing} rows without a "
+          f"usable video skipped; {args.frames} frames, greedy, at most {args.max_new_tokens} new tokens; each row "
+          f"scored by its benchmark's own rule (docstring), not train.py's training-reward table", file=sys.stderr)
+    outputs = {name: run_model(path, rows, args, name) for name, path in zip(model_names(args.model), args.model)}
+    problems = {i: why for _, found in outputs.values() for i, why in found.items()}
+    asked = [i for i in range(len(rows)) if i not in problems]         # every column scores the same rows
+    if problems:
+        print(f"skipped {len(problems)} row(s) that could not be asked, e.g. " + "; ".join(
+            f"{rows[i].get('file_line', rows[i].get('id'))}: {why}" for i, why in list(problems.items())[:3]),
+            file=sys.stderr)
+    summaries, dumps, kept = {}, [], [rows[i] for i in asked]
+    for name, (completions, _) in outputs.items():
+        completions = [completions[i] for i in asked]
+        scored = [score_completion(c, r) for c, r in zip(completions, kept)]
+        summaries[name] = summarize(kept, scored, args.n_boot, args.seed)
+        dumps += dump_records(name, kept, completions, scored, args.dump)
+    meta = {"data": args.data, "format": fmt, "rows": len(kept), "skipped_bad": skipped, "skipped_no_video": missing,
+            "skipped_unreadable": len(problems),
+            "skipped_rows": [f"{rows[i].get('file_line', rows[i].get('id'))}: {why}" for i, why in problems.items()],
             "frames": args.frames, "decoding": "greedy", "max_new_tokens": args.max_new_tokens,
+            "max_prompt_tokens": args.max_prompt_tokens,
             "rules": "each benchmark's own scoring code (eval.py docstring)", "paths": dict(zip(summaries, args.model))}
-    report(summaries, meta, args.out, dumps, f"{os.path.basename(args.data)} ({fmt}, {len(rows)} questions)")
+    report(summaries, meta, args.out, dumps, f"{os.path.basename(args.data)} ({fmt}, {len(kept)} questions)")
 
 
 # ------------------------------------------------------------------------------------ rotation stress test
@@ -902,8 +974,7 @@ def plot_rotation(results, path, title):
         a.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def parse_rotation_args(argv):
@@ -914,9 +985,11 @@ def parse_rotation_args(argv):
     p.add_argument("--data", default="data/synth/test.jsonl", help="synthetic rows; scenes.jsonl beside it")
     p.add_argument("--scenes", type=int, default=20, help="first N scenes of the file")
     for flag, default in (("--frames", 32), ("--batch", 8), ("--max_new_tokens", 512), ("--min_pixels", 56 * 56),
-                          ("--max_pixels", 56 * 56), ("--threads", 2), ("--seed", 0), ("--n_boot", N_BOOT)):
+                          ("--max_pixels", 56 * 56), ("--threads", 2), ("--seed", 0), ("--n_boot", N_BOOT),
+                          ("--max_prompt_tokens", 1024)):
         p.add_argument(flag, type=int, default=default)
     p.add_argument("--device", default=None)
+    p.add_argument("--skip_bad", action="store_true", help="skip rows whose clip cannot be asked")
     p.add_argument("--out", default="out/rotation")
     return p.parse_args(argv)
 
@@ -938,18 +1011,19 @@ def rotation_main(argv):
     mdl, tokenizer = qwen.load(args.model, device=args.device)
     results, first = {}, args.angles[0]
     for a, rows in rows_by_angle.items():
-        scored = [score_completion(c, r) for c, r in
-                  zip(complete(mdl, tokenizer, rows, args, f"{args.axis} {a:g} deg"), rows)]
-        results[a] = {"summary": summarize(rows, scored, args.n_boot, args.seed), "rows": len(rows),
+        completions, _ = complete(mdl, tokenizer, rows, args, f"{args.axis} {a:g} deg")
+        asked = [(c, r) for c, r in zip(completions, rows) if c is not None]
+        scored = [score_completion(c, r) for c, r in asked]
+        results[a] = {"summary": summarize([r for _, r in asked], scored, args.n_boot, args.seed), "rows": len(asked),
                       "visible": float(np.mean([r["visible"] for r in rows])),
                       **coordinate_change(rows_by_angle[first], rows)}
     title = (f"{os.path.basename(os.path.normpath(args.model))}: camera {args.axis} on {len(scenes)} scenes, "
              f"{len(rows_by_angle[first])} questions per angle")
     print(rotation_table(results))
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "rotation.json"), "w") as f:
-        json.dump({"model": args.model, "axis": args.axis, "data": args.data,
-                   "angles": {f"{a:g}": r for a, r in results.items()}}, f, indent=1)
+    data.write_file(os.path.join(args.out, "rotation.json"), json.dumps(
+        {"model": args.model, "axis": args.axis, "data": args.data,
+         "angles": {f"{a:g}": r for a, r in results.items()}}, indent=1))
     plot_rotation(results, os.path.join(args.out, "rotation.png"), title)
     print(f"wrote {args.out}/rotation.json, rotation.png")
 

@@ -347,6 +347,13 @@ def chat_template():
     return jinja2.Environment().from_string(CHAT_TEMPLATE)
 
 
+def prompt_tokens(tokenizer, row):
+    """Text tokens of a row's prompt (build_prompt; the video's tokens not counted, its placeholder counts 1).
+    train.py and eval.py skip rows above their stated limit (--max_prompt_tokens) instead of running out of
+    memory on them: a 1 MB question is ~400k tokens."""
+    return len(tokenizer(build_prompt(row), add_special_tokens=False)["input_ids"])
+
+
 def make_inputs(tokenizer, config, rows, videos, min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS):
     """Model inputs for B prompts (one video each), left-padded. videos: list of (frames (F,H,W,3), times (F,)).
 

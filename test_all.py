@@ -377,6 +377,44 @@ def test_length_and_total_reward():
     assert parts["graph"] == 0.0
 
 
+def test_extract_answer_linear_and_same_pairs_as_the_regex():
+    import re
+    regex = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)              # the old reading, quadratic
+    r1 = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)            # Video-R1's
+    rng = np.random.default_rng(5)
+    parts = ["<answer>", "</answer>", "<answer", "answer>", " ", "B", "\n", "x</", "<"]
+    for _ in range(5000):
+        text = "".join(rng.choice(parts) for _ in range(rng.integers(0, 14)))
+        found = regex.findall(text)
+        assert rewards.extract_answer(text) == (found[-1].strip() if found else None), text
+        m = r1.search(text)
+        assert ev.r1_extract(text) == (m.group(1).strip() if m else ""), text
+    # 2 MB of repeated tags: the regexes rescan the rest from every unclosed tag (hours); str.find is linear
+    assert rewards.extract_answer("<answer>" * 250_000) is None and ev.r1_extract("<answer>" * 250_000) == ""
+    assert rewards.extract_answer("<answer>x</answer>" * 120_000 + "<answer>" * 100_000) == "x"
+    assert ev.answer_text("<answer>" * 100_000) == "<answer>" * 100_000
+
+
+def test_answer_reward_never_nan_on_huge_intervals_and_boxes():
+    big = 1e308
+    cases = [("[-1e308, 1e308]", [-big, big], 1.0), ("[0, 1e308]", [-big, big], 0.5),
+             ("[-1e308, 0]", [0.0, big], 0.0), ("[1, 3]", [-big, big], 2 / 2e308),
+             ("[0, 0, 1e308, 1e308]", [0.0, 0.0, big, big], 1.0),
+             ("[0, 0, 1e308, 5e307]", [0.0, 0.0, big, big], 0.5), ("[-1e308, -1e308, 1e308, 1e308]",
+                                                                   [-big, -big, big, big], 1.0)]
+    for text, gt, want in cases:
+        got = rewards.answer_reward(text, gt, "iou")
+        assert math.isfinite(got) and close(got, want, 1e-12), (text, gt, got)
+    for a, b in (([-big, big], [-big, big]), ([0.0, 0.0], [-big, big])):
+        assert math.isfinite(rewards.interval_iou(a, b))
+    assert rewards.interval_iou([0.0, math.inf], [0.0, 1.0]) == 0.0 and rewards.box_iou([0, 0, math.nan, 1],
+                                                                                         [0, 0, 1, 1]) == 0.0
+    assert close(rewards.box_iou([0, 0, 2, 2], [1, 1, 3, 3]), 1 / 7)          # ordinary values: unchanged arithmetic
+    _, parts = rewards.total_reward("<think>t</think><answer>[-1e308, 1e308]</answer>", 10,
+                                    {"answer": [-big, big], "answer_type": "iou"})
+    assert all(math.isfinite(v) for v in parts.values())
+
+
 def test_import_is_light():
     import subprocess
     code = "import sys, grpo, rewards, graph; print(sorted(m for m in ('transformers', 'av', 'matplotlib') if m in sys.modules))"
@@ -1579,55 +1617,470 @@ def _weights(path):
     return load_file(os.path.join(path, "model.safetensors"))
 
 
+def _varied_reward(completion, n_tokens, sample, *args, **kwargs):
+    """A stand-in reward with variance inside every group (a few random steps never earn the real one)."""
+    r = len(completion) / 10.0
+    return r, {"format": 0.0, "answer": r, "graph": 0.0, "length": 0.0, "graph_node": 0.0, "graph_edge": 0.0}
+
+
+@contextlib.contextmanager
+def _patched(obj, name, value):
+    """obj.name = value inside the block, restored after."""
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+@functools.lru_cache(maxsize=None)
+def _run_base():
+    """(folder, data, model): a 10-scene synthetic set and the tiny model built from it, made once and shared by
+    the training tests (each run writes its own runs/NAME in the folder)."""
+    import train
+    d = tempfile.mkdtemp(prefix="videostr_runs_")
+    atexit.register(shutil.rmtree, d, ignore_errors=True)
+    cfg = train.Config(data=os.path.join(d, "data"), model=os.path.join(d, "tiny"), data_scenes=10)
+    with contextlib.redirect_stdout(io.StringIO()):
+        train.ensure_data(cfg)
+        train.ensure_model(cfg, data.load_rows(os.path.join(cfg.data, "train.jsonl")))
+    return d, cfg.data, cfg.model
+
+
+def _smoke_args(name, **changes):
+    """The tiny end-to-end setting: phase 0, warm-up and GRPO, a checkpoint every step, evaluations at 2 and at
+    each phase's end."""
+    base, data_dir, model_dir = _run_base()
+    flags = {"out": base, "data": data_dir, "model": model_dir, "name": name, "sft_steps": 3, "grpo_steps": 2,
+             "sft_batch": 2, "batch": 2, "micro_batch": 1, "G": 2, "max_new_tokens": 12, "eval_every": 2,
+             "eval_n": 2, "test_n": 2, "ckpt_every": 1, "keep_ckpts": 10, "sft_lr": 3e-3, "lr": 1e-3,
+             "vision_steps": 3, "vision_batch": 2, "threads": 1, "sample_every": 1, **changes}
+    return [a for k, v in flags.items() for a in (f"--{k}", str(v))]
+
+
+@functools.lru_cache(maxsize=None)
+def _reference_run():
+    """An uninterrupted tiny run (the varied stand-in reward): what interrupted runs must end with."""
+    import train
+    with _patched(train.rewards, "total_reward", _varied_reward):
+        train.main(_smoke_args("reference"))
+    return os.path.join(_run_base()[0], "reference")
+
+
+def _steps(run, phase, name="metrics.jsonl"):
+    return [r["step"] for r in data.read_jsonl(os.path.join(run, name)) if r.get("phase", phase) == phase]
+
+
+def _same_weights(a, b):
+    wa, wb = _weights(a), _weights(b)
+    return wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
 def test_train_loop_smoke_checkpoint_and_exact_resume():
     """A few warm-up and GRPO steps end to end: finite losses, weights change, checkpoints are written, and a run
     resumed from a mid-GRPO checkpoint ends with the same weights as the uninterrupted run."""
     import train
+    run = _reference_run()
+    base, _, model_dir = _run_base()
+    recs = data.read_jsonl(os.path.join(run, "metrics.jsonl"))
+    assert [r["step"] for r in recs if r["phase"] == "sft"] == [1, 2, 3]
+    assert [r["step"] for r in recs if r["phase"] == "grpo"] == [4, 5]
+    assert [r["step"] for r in recs if r["phase"] == "eval"] == [2, 3, 4, 5]
+    assert all(math.isfinite(r["loss"]) for r in recs if r["phase"] == "sft")
+    assert all(math.isfinite(r["kl"]) and math.isfinite(r["reward"]) for r in recs if r["phase"] == "grpo")
+    init, warm, final = (_weights(p) for p in (model_dir, os.path.join(run, "warmup"), os.path.join(run, "final")))
+    assert any(not torch.equal(init[k], warm[k]) for k in init)          # the warm-up moved the policy
+    assert any(not torch.equal(warm[k], final[k]) for k in warm)         # so did GRPO
+    assert sorted(d for d in os.listdir(run) if d.startswith("ckpt-"))[-1] == "ckpt-0000005"
+    for f in ("config.json", "results.md", "curves.png", "samples.jsonl", "vision"):
+        assert os.path.exists(os.path.join(run, f)), f
+    # an interrupted copy: only the checkpoints up to GRPO step 1 survive, no final export
+    copy = os.path.join(base, "smoke_resumed")
+    shutil.copytree(run, copy)
+    for d in os.listdir(copy):
+        if d in ("final", "ckpt-0000005") or d.startswith("test_"):
+            shutil.rmtree(os.path.join(copy, d)) if os.path.isdir(os.path.join(copy, d)) else \
+                os.remove(os.path.join(copy, d))
+    with _patched(train.rewards, "total_reward", _varied_reward):
+        train.main(["--out", base, "--name", "smoke_resumed", "--resume"])
+    assert _same_weights(os.path.join(run, "final"), os.path.join(copy, "final"))
+    assert _steps(copy, "grpo") == [4, 5] and _steps(copy, "eval") == [2, 3, 4, 5]   # each step's line once
+    assert _steps(copy, None, "samples.jsonl") == _steps(run, None, "samples.jsonl") == [4] * 4 + [5] * 4
 
-    def varied_reward(completion, n_tokens, sample, *args, **kwargs):
-        """A stand-in reward with variance inside every group (a few random steps never earn the real one)."""
-        r = len(completion) / 10.0
-        return r, {"format": 0.0, "answer": r, "graph": 0.0, "length": 0.0, "graph_node": 0.0, "graph_edge": 0.0}
 
-    real_reward, train.rewards.total_reward = train.rewards.total_reward, varied_reward
+# ---------------------------------------------------------------------------- train.py: interruptions, bad data
+
+class _Killed(BaseException):
+    """Raised where a test kills a run: nothing after that instant runs, as after kill -9."""
+
+
+def _kill_on_call(obj, name, nth):
+    """obj.name patched so that its nth call raises _Killed instead of running."""
+    real, calls = getattr(obj, name), [0]
+
+    def fn(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == nth:
+            raise _Killed(f"{name} call {nth}")
+        return real(*args, **kwargs)
+    return _patched(obj, name, fn)
+
+
+def _kill_mid_write(train, suffix):
+    """data.write_file patched so that writing a file whose name ends with suffix stops half-way (the half is
+    in the temporary file, as a kill -9 would leave it)."""
+    real = data.write_file
+
+    def fn(path, content):
+        if path.endswith(suffix):
+            with open(f"{path}.tmp{os.getpid()}", "w" if isinstance(content, str) else "wb") as fh:
+                fh.write(content[: len(content) // 2])
+            raise _Killed(f"writing {path}")
+        return real(path, content)
+    return _patched(train.data, "write_file", fn)
+
+
+def _cut_log_line(train, nth):
+    """train.log patched so that its nth line reaches metrics.jsonl only half-written, then the run dies."""
+    real, calls = train.log, [0]
+
+    def fn(run_dir, record, line):
+        calls[0] += 1
+        if calls[0] == nth:
+            text = json.dumps(record)
+            with open(os.path.join(run_dir, "metrics.jsonl"), "a") as fh:
+                fh.write(text[: len(text) // 2])
+            raise _Killed("mid-line")
+        return real(run_dir, record, line)
+    return _patched(train, "log", fn)
+
+
+def test_kills_at_checkpoint_writes_log_lines_and_final_evaluation_then_resume_exactly():
+    """One run killed four times (inside a checkpoint write, mid-way through a held-out evaluation's metrics line,
+    at a random rename, mid-way through the final test evaluation's file) and then given an empty test file (as
+    an old version left it), each time resumed with --resume and nothing repaired by hand: it ends with the
+    weights of the uninterrupted run, every step's log and sample lines once, and no temporary files."""
+    _kill_resume_sequence("killed", int(np.random.default_rng().integers(1, 14)))   # the third run renames 13 times
+
+
+def _kill_resume_sequence(name, k):
+    """The test above with the k-th rename (os.replace) of the third run as its random instant."""
+    import train
+    ref = _reference_run()
+    base = _run_base()[0]
+    run, resume = os.path.join(base, name), ["--out", base, "--name", name, "--resume"]
+    kills = [(_smoke_args(name, keep_ckpts=2), _kill_on_call(train.torch, "save", 2)),    # ckpt-2 half written
+             (resume, _cut_log_line(train, 2)),            # the held-out line of step 2, after ckpt-2: re-run
+             (resume, _kill_on_call(os, "replace", k)),
+             (resume, _kill_mid_write(train, "test_after_GRPO.json")), (resume, contextlib.nullcontext())]
+    out, killed = io.StringIO(), []
+    with _patched(train.rewards, "total_reward", _varied_reward), warnings.catch_warnings(record=True), \
+            contextlib.redirect_stdout(out):
+        for n, (args, kill) in enumerate(kills):
+            if n == len(kills) - 1 and os.path.exists(os.path.join(run, "test_after_warmup.json")):
+                open(os.path.join(run, "test_after_warmup.json"), "w").close()          # empty, as issue (L) #3
+            try:
+                with kill:
+                    train.main(args)
+            except _Killed:
+                killed.append(n)
+    assert killed[:2] == [0, 1] and n not in killed, (killed, f"rename {k}")
+    assert _same_weights(os.path.join(ref, "final"), os.path.join(run, "final")), f"rename {k}"
+    assert _steps(run, "sft") == [1, 2, 3] and _steps(run, "grpo") == [4, 5], f"rename {k}"
+    assert _steps(run, "eval") == [2, 3, 4, 5], f"rename {k}"
+    assert _steps(run, None, "samples.jsonl") == _steps(ref, None, "samples.jsonl"), f"rename {k}"
+    losses = [[r["loss"] for r in data.read_jsonl(os.path.join(p, "metrics.jsonl")) if r["phase"] == "sft"]
+              for p in (ref, run)]
+    assert np.allclose(*losses, atol=1e-6), (losses, f"rename {k}")
+    json.load(open(os.path.join(run, "test_after_warmup.json")))                # re-evaluated, not left empty
+    assert os.path.isfile(os.path.join(run, "results.md")) and "done:" in out.getvalue()
+    assert not [f for f in os.listdir(run) if ".tmp" in f or f.startswith(".")], os.listdir(run)
+    assert len([d for d in os.listdir(run) if d.startswith("ckpt-")]) == 2
+    return killed
+
+
+def test_kill_9_at_a_random_instant_then_resume_ends_the_same():
+    """A real kill -9 of a training process at a random instant after the warm-up (GRPO steps, checkpoint writes,
+    exports, the final evaluation), then --resume in this process: the same final weights as the uninterrupted
+    run, each step logged once."""
+    import subprocess
+    import train
+    ref = _reference_run()
+    base = _run_base()[0]
+    run = os.path.join(base, "kill9")
+    code = ("import sys, test_all, train; train.rewards.total_reward = test_all._varied_reward; "
+            "train.main(sys.argv[1:])")
+    proc = subprocess.Popen([sys.executable, "-c", code, *_smoke_args("kill9")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=os.path.dirname(os.path.abspath(__file__)))
+    delay = float(np.random.default_rng().uniform(0.0, 2.0))
     try:
-        _train_smoke(train)
+        while not os.path.isdir(os.path.join(run, "warmup")) and proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(delay)
     finally:
-        train.rewards.total_reward = real_reward
+        proc.kill()
+        proc.wait()
+    with _patched(train.rewards, "total_reward", _varied_reward), contextlib.redirect_stdout(io.StringIO()), \
+            warnings.catch_warnings(record=True):
+        train.main(["--out", base, "--name", "kill9", "--resume"])
+    assert _same_weights(os.path.join(ref, "final"), os.path.join(run, "final")), f"killed {delay:.2f} s in"
+    assert _steps(run, "grpo") == [4, 5] and _steps(run, "eval") == [2, 3, 4, 5], f"killed {delay:.2f} s in"
 
 
-def _train_smoke(train):
-    with tempfile.TemporaryDirectory() as tmp:
-        args = ["--out", tmp, "--data", os.path.join(tmp, "data"), "--model", os.path.join(tmp, "tiny"),
-                "--data_scenes", "10", "--sft_steps", "3", "--grpo_steps", "2", "--sft_batch", "2", "--batch", "2",
-                "--micro_batch", "1", "--G", "2", "--max_new_tokens", "12", "--eval_every", "2", "--eval_n", "2",
-                "--test_n", "2", "--ckpt_every", "1", "--keep_ckpts", "10", "--sft_lr", "3e-3", "--lr", "1e-3",
-                "--vision_steps", "3", "--vision_batch", "2"]
-        train.main(args + ["--name", "a"])
-        run = os.path.join(tmp, "a")
-        with open(os.path.join(run, "metrics.jsonl")) as fh:
-            recs = [json.loads(line) for line in fh]
-        assert [r["step"] for r in recs if r["phase"] == "sft"] == [1, 2, 3]
-        assert [r["step"] for r in recs if r["phase"] == "grpo"] == [4, 5]
-        assert all(math.isfinite(r["loss"]) for r in recs if r["phase"] == "sft")
-        assert all(math.isfinite(r["kl"]) and math.isfinite(r["reward"]) for r in recs if r["phase"] == "grpo")
-        init, warm, final = (_weights(p) for p in (os.path.join(tmp, "tiny"), os.path.join(run, "warmup"),
-                                                     os.path.join(run, "final")))
-        assert any(not torch.equal(init[k], warm[k]) for k in init)          # the warm-up moved the policy
-        assert any(not torch.equal(warm[k], final[k]) for k in warm)         # so did GRPO
-        assert sorted(d for d in os.listdir(run) if d.startswith("ckpt-"))[-1] == "ckpt-0000005"
-        for f in ("config.json", "results.md", "curves.png", "samples.jsonl", "vision"):
-            assert os.path.exists(os.path.join(run, f)), f
-        # an interrupted copy: only the checkpoints up to GRPO step 1 survive, no final export
-        copy = os.path.join(tmp, "b")
-        shutil.copytree(run, copy)
-        for d in os.listdir(copy):
-            if d in ("final", "ckpt-0000005") or d.startswith("test_"):
-                shutil.rmtree(os.path.join(copy, d)) if os.path.isdir(os.path.join(copy, d)) else \
-                    os.remove(os.path.join(copy, d))
-        train.main(["--out", tmp, "--name", "b", "--resume"])
-        resumed = _weights(os.path.join(copy, "final"))
-        assert all(torch.allclose(final[k], resumed[k], atol=1e-6) for k in final)
+def test_write_file_is_atomic_when_the_disk_fills():
+    import train
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "config.json")
+        train.write_json(path, {"lr": 1})
+
+        def full_disk(fd):
+            raise OSError(28, "No space left on device")
+        with _patched(os, "fsync", full_disk):
+            _raises(OSError, train.write_json, path, {"lr": 2}, contains=("No space",))
+            _raises(OSError, data.write_file, os.path.join(d, "new.md"), "text")
+        assert json.load(open(path)) == {"lr": 1} and os.listdir(d) == ["config.json"]   # old file, no temp file
+        data.write_file(os.path.join(d, "b.png"), b"\x89PNG")
+        assert open(os.path.join(d, "b.png"), "rb").read() == b"\x89PNG"
+
+
+def test_logs_read_tolerantly_and_trimmed_on_resume():
+    import train
+    with tempfile.TemporaryDirectory() as run:
+        with open(os.path.join(run, "metrics.jsonl"), "w") as fh:
+            fh.write(json.dumps({"phase": "vision", "step": 3}) + "\n" +
+                     "".join(json.dumps({"phase": "sft", "step": s, "loss": 1.0}) + "\n" for s in range(1, 6)) +
+                     "{broken\n" + json.dumps({"phase": "eval", "step": 4}) + "\n" + '{"phase": "sft", "st')
+        with open(os.path.join(run, "samples.jsonl"), "w") as fh:
+            fh.write("".join(json.dumps({"step": s, "completion": "x"}) + "\n" for s in (4, 4, 5, 5, 6)))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            recs = data.read_jsonl(os.path.join(run, "metrics.jsonl"))
+        assert [r["step"] for r in recs] == [3, 1, 2, 3, 4, 5, 4]
+        said = " ".join(str(w.message) for w in caught)
+        assert "metrics.jsonl:7" in said and "metrics.jsonl:9" in said and "cut off" in said
+        with warnings.catch_warnings(record=True):
+            train.drop_metrics_after(run, 4)                   # resume from ckpt-4; phase 0 unfinished (no vision/)
+        assert [(r["phase"], r["step"]) for r in data.read_jsonl(os.path.join(run, "metrics.jsonl"))] == [
+            ("sft", 1), ("sft", 2), ("sft", 3), ("sft", 4), ("eval", 4)]
+        assert _steps(run, None, "samples.jsonl") == [4, 4]
+        assert train.eval_logged(run, 4) and not train.eval_logged(run, 2)
+        assert data.read_jsonl(os.path.join(run, "missing.jsonl")) == []
+
+
+def _error_of(exc, fn, *args, **kwargs):
+    """The exception fn raises (it must raise exc); for calls too long for _raises' time limit (whole runs)."""
+    try:
+        fn(*args, **kwargs)
+    except exc as e:
+        return e
+    raise AssertionError(f"{fn.__name__} did not raise {exc.__name__}")
+
+
+def _resume_error(train, argv):
+    """The message parse_config exits with (argparse prints usage, then 'error: MESSAGE', to stderr)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        _raises(SystemExit, train.parse_config, argv)
+    return err.getvalue().split("error: ", 1)[-1]
+
+
+def test_resume_flags_allowed_refused_and_missing_run():
+    import train
+    with tempfile.TemporaryDirectory() as out:
+        run = os.path.join(out, "r")
+        os.makedirs(os.path.join(run, "ckpt-0000004"))
+        for f in train.CKPT_FILES:
+            open(os.path.join(run, "ckpt-0000004", f), "w").close()
+        train.write_json(os.path.join(run, "config.json"), dataclasses_asdict(train.Config(
+            name="r", out=out, sft_steps=3, grpo_steps=5, lr=2e-4)))
+        cfg = train.parse_config(["--out", out, "--name", "r", "--resume", "--lr", "1e-5", "--grpo_steps", "12",
+                                  "--threads", "1"])
+        assert (cfg.lr, cfg.grpo_steps, cfg.threads, cfg.sft_steps, cfg.resume) == (1e-5, 12, 1, 3, True)
+        msg = _resume_error(train, ["--out", out, "--name", "r", "--resume", "--lora_rank", "8", "--lr", "1e-5"])
+        assert "--lora_rank (saved 0, given 8)" in msg and "cannot change" in msg and "--lr" not in msg.split(
+            "cannot change")[0]                                   # --lr may change: it is not among the refused
+        assert "--grpo_steps 0 would end before it" in _resume_error(
+            train, ["--out", out, "--name", "r", "--resume", "--grpo_steps", "0"])
+        assert "--sft_steps can change only" in _resume_error(
+            train, ["--out", out, "--name", "r", "--resume", "--sft_steps", "5"])   # step 4 is past the warm-up
+        assert "there is no run" in _resume_error(train, ["--out", out, "--name", "nope", "--resume"])
+        assert "at least 1" in _resume_error(train, ["--out", out, "--name", "x", "--eval_every", "0"])
+        cfg = train.parse_config(["--out", out, "--name", "r", "--resume", "--preset", "tiny"])   # unchanged: fine
+        assert cfg.grpo_steps == 5
+
+
+def dataclasses_asdict(obj):
+    import dataclasses
+    return dataclasses.asdict(obj)
+
+
+def test_second_process_on_a_run_is_refused_and_a_killed_holder_does_not_block():
+    import subprocess
+    import train
+    with tempfile.TemporaryDirectory() as out:
+        run = os.path.join(out, "r")
+        os.makedirs(run)
+        with train.run_lock(run):
+            e = _raises(SystemExit, train.main, ["--out", out, "--name", "r", "--threads", "1"],
+                        contains=("in use by process",))
+            assert str(os.getpid()) in str(e)
+        holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; f = open(sys.argv[1], 'a+'); "
+                                   "fcntl.flock(f, fcntl.LOCK_EX); f.truncate(0); f.write(str(os.getpid())); "
+                                   "f.flush(); "
+                                   "print('locked', flush=True); time.sleep(120)", os.path.join(run, "run.lock")],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "locked"
+            _raises(SystemExit, train.run_lock, run, contains=(str(holder.pid),))
+        finally:
+            holder.kill()                                            # kill -9: the lock file stays behind
+            holder.wait()
+        with train.run_lock(run):                                    # ... and does not block the next run
+            assert open(os.path.join(run, "run.lock")).read().strip() == str(os.getpid())
+
+
+def test_nonfinite_update_refused_before_applying_and_never_saved():
+    import train
+    lin = torch.nn.Linear(3, 2)
+    before = lin.weight.detach().clone()
+    opt = torch.optim.AdamW(lin.parameters(), lr=1e-2)
+    x = torch.ones(4, 3)
+    out = lin(x).sum()
+    (out + 0.0 * torch.sqrt(out - out.detach())).backward()              # finite loss, nan gradient (0 * inf)
+    _raises(train.NonFinite, train.clipped_update, opt, list(lin.parameters()), 1.0,
+            contains=("gradient norm is nan", "not applied"))
+    assert torch.equal(lin.weight, before)                                # the update was not applied
+    opt = torch.optim.SGD(lin.parameters(), lr=1e38)                    # finite gradients, an overflowing step
+    for p in lin.parameters():
+        p.grad = torch.full_like(p, 100.0)
+    _raises(train.NonFinite, train.clipped_update, opt, list(lin.parameters()), 1e300,
+            contains=("weights non-finite", "nothing saved"))
+    with tempfile.TemporaryDirectory() as run:
+        _raises(train.NonFinite, train.save_checkpoint, run, 7, lin, opt, 2, contains=("not written",))
+        _raises(train.NonFinite, train.export, lin, None, os.path.join(run, "final"), contains=("not written",))
+        assert os.listdir(run) == []
+
+
+def test_nonfinite_gradient_stops_the_run_with_a_resume_command_that_works():
+    """A nan gradient at warm-up step 2: the run stops before that update, names the step and the command to
+    resume with a lower --sft_lr; the kept checkpoint and every export are finite; that command finishes it."""
+    import train
+    base = _run_base()[0]
+    args = _smoke_args("nan", vision_steps=0, grpo_steps=1, eval_every=10, keep_ckpts=1)
+    real, calls = train.grpo.token_logprobs, [0]
+
+    def nan_gradient(*a, **kw):
+        calls[0] += 1
+        logp = real(*a, **kw)
+        return logp + 0.0 * torch.sqrt(logp - logp.detach()) if calls[0] == 2 else logp
+    with _patched(train.grpo, "token_logprobs", nan_gradient), contextlib.redirect_stdout(io.StringIO()):
+        e = _error_of(SystemExit, train.main, args)
+    run = os.path.join(base, "nan")
+    assert "sft step 2" in str(e) and "gradient norm is nan" in str(e) and "ckpt-0000001" in str(e)
+    command = str(e).split("Resume with a lower learning rate: ", 1)[1]
+    assert command.startswith("python train.py ") and "--resume --sft_lr 0.0003" in command
+    assert sorted(d for d in os.listdir(run) if d.startswith("ckpt-")) == ["ckpt-0000001"]
+    assert not os.path.exists(os.path.join(run, "warmup")) and _steps(run, "sft") == [1]
+    from safetensors.torch import load_file
+    assert all(torch.isfinite(t).all() for t in load_file(os.path.join(run, "ckpt-0000001",
+                                                                        "trainable.safetensors")).values())
+    with _patched(train.rewards, "total_reward", _varied_reward), contextlib.redirect_stdout(io.StringIO()):
+        train.main(command.split()[2:])                           # exactly the printed command, without the code
+    assert json.load(open(os.path.join(run, "config.json")))["sft_lr"] == 3e-4 and _steps(run, "sft") == [1, 2, 3]
+    for folder in ("warmup", "final"):
+        assert all(torch.isfinite(t).all() for t in _weights(os.path.join(run, folder)).values())
+
+
+def _truncated_copy(src, dst):
+    """A copy of an mp4 cut just after its index and the start of its media data: it opens and states its
+    duration (the cheap checks pass) but no frame decodes (read_clip raises VideoError)."""
+    raw = open(src, "rb").read()
+    start = raw.find(b"mdat") - 4
+    assert start > 0
+    open(dst, "wb").write(raw[: start + 24])
+    return dst
+
+
+def test_bad_rows_and_videos_are_skipped_counted_and_the_run_goes_on():
+    """Training rows whose video is missing, a text file, empty, a window outside the video, damaged inside (only
+    found when decoded, at the step), a prompt over --max_prompt_tokens, or a line that is not JSON: all skipped
+    and counted with FILE:LINE, in phase 0, the warm-up, GRPO, the held-out and the test evaluations; the run
+    finishes."""
+    import train
+    base, data_dir, _ = _run_base()
+    folder = os.path.join(base, "bad_rows")
+    os.makedirs(os.path.join(folder, "v"))
+    good = data.load_rows(os.path.join(data_dir, "train.jsonl"))[:3]
+    good = [{k: v for k, v in r.items() if k != "file_line"} for r in good]
+    broken = _truncated_copy(good[0]["video"], os.path.join(folder, "v", "broken.mp4"))
+    open(os.path.join(folder, "v", "text.mp4"), "w").write("not a video\n")
+    open(os.path.join(folder, "v", "empty.mp4"), "w").close()
+    bad = [{**good[0], "video": os.path.join(folder, "v", "missing.mp4")},
+           {**good[0], "video": os.path.join(folder, "v", "text.mp4")},
+           {**good[0], "video": os.path.join(folder, "v", "empty.mp4")},
+           {**good[1], "time_window": [100.0, 200.0]},
+           {**good[2], "question": "how far is it? " * 2000},
+           {**good[0], "video": broken}]
+    lines = [json.dumps(r) for r in good + bad[:3]] + ["{not json"] + [json.dumps(r) for r in bad[3:]]
+    open(os.path.join(folder, "train.jsonl"), "w").write("\n".join(lines) + "\n")
+    for split in ("val", "test"):                               # the damaged video reaches the evaluations too
+        open(os.path.join(folder, f"{split}.jsonl"), "w").write("\n".join(json.dumps(r) for r in good[:2] + [bad[-1]]))
+    out = io.StringIO()
+    with _patched(train.rewards, "total_reward", _varied_reward), contextlib.redirect_stdout(out), \
+            warnings.catch_warnings(record=True):
+        train.main(_smoke_args("bad_data", data=folder, vision_steps=2, grpo_steps=2, ckpt_every=5, eval_every=5,
+                               eval_n=3, test_n=3, max_prompt_tokens=400))
+    run = os.path.join(base, "bad_data")
+    assert os.path.isdir(os.path.join(run, "final")) and os.path.isfile(os.path.join(run, "results.md"))
+    skipped = json.load(open(os.path.join(run, "skipped.json")))
+    train_file = os.path.join(folder, "train.jsonl")
+    want = {4: "no such file", 5: "not a readable video", 6: "empty file", 7: "not valid JSON", 8: "outside the video",
+            9: "exceeds --max_prompt_tokens 400"}
+    for line, why in want.items():
+        assert why in skipped["train rows"][f"{train_file}:{line}"], (line, skipped["train rows"])
+    assert len(skipped["train rows"]) == 6
+    for where in ("warm-up steps", "GRPO steps"):                        # line 10: damaged inside, found at a step
+        assert "zero frames" in skipped[where][f"{train_file}:10"], (where, skipped)
+    assert "zero frames" in skipped["phase 0 steps"][broken]               # phase 0 learns per video
+    recs = data.read_jsonl(os.path.join(run, "metrics.jsonl"))
+    assert [r["step"] for r in recs if r["phase"] == "sft"] == [1, 2, 3]
+    assert sum(r.get("skipped", 0) for r in recs if r["phase"] in ("sft", "grpo")) >= 2
+    assert [r["n"] for r in recs if r["phase"] == "eval"] == [2, 2]                  # 3 val rows, 1 unreadable
+    assert len(json.load(open(os.path.join(run, "test_after_GRPO.json")))) == 2
+    assert "train rows: skipped 6 row(s)" in out.getvalue()
+
+
+def test_eval_skips_a_bad_first_row_and_unreadable_videos_and_writes_what_it_scored():
+    with tempfile.TemporaryDirectory() as d:
+        _write_tiny_video(os.path.join(d, "videos", "clip1.mp4"), n=8, size=32)
+        _truncated_copy(os.path.join(d, "videos", "clip1.mp4"), os.path.join(d, "videos", "broken.mp4"))
+        open(os.path.join(d, "videos", "text.mp4"), "w").write("text")
+        row = {**_STI_ROW, "time_start": 0.0, "time_end": 1.5}
+        rows = [{k: v for k, v in row.items() if k != "Candidates"},                   # bad first row
+                {**row, "ID": 1}, {**row, "ID": 2, "Video": "videos/broken.mp4"},
+                {**row, "ID": 3, "Video": "videos/text.mp4"}, {**row, "ID": 4, "Question": "which? " * 3000},
+                {**row, "ID": 5}]
+        json.dump(rows, open(os.path.join(d, "qa.json"), "w"))
+        args = ["--model", _tiny_dir(), "--data", os.path.join(d, "qa.json"), "--frames", "4", "--max_new_tokens",
+                "4", "--batch", "2", "--n_boot", "20", "--max_prompt_tokens", "600", "--threads", "1",
+                "--out", os.path.join(d, "out")]
+        _raises(ev.BadInput, ev.main, args, contains=("first row", "cannot detect the format"))
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), \
+                warnings.catch_warnings(record=True):
+            _raises(ev.BadInput, ev.main, args + ["--format", "stibench"], contains=("row 0", "Candidates"))
+            ev.main(args + ["--skip_bad"])
+        res = json.load(open(os.path.join(d, "out", "results.json")))
+        assert res["format"] == "stibench" and res["rows"] == 2 and res["skipped_bad"] == 1
+        assert res["skipped_no_video"] == 1 and res["skipped_unreadable"] == 2
+        said = " ".join(res["skipped_rows"])
+        assert "qa.json row 2" in said and "zero frames" in said and "qa.json row 4" in said and "600" in said
+        json.dump(rows[1:3], open(os.path.join(d, "qa2.json"), "w"))      # without --skip_bad: the row is named
+        args[args.index(os.path.join(d, "qa.json"))] = os.path.join(d, "qa2.json")
+        with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings(record=True):
+            e = _error_of(ev.BadInput, ev.main, args)
+        assert "qa2.json row 1" in str(e) and "zero frames" in str(e) and "--skip_bad" in str(e)
 
 
 def _varied_reward(completion, n_tokens, sample, *args, **kwargs):

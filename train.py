@@ -22,10 +22,12 @@ lr 1e-6, 768 new tokens, length window 320-512 with bonus 0.2, LoRA so it fits o
 Differences from the paper: the data is synthetic (data.py), the tiny model starts from random weights and so
 needs phase 0 and the warm-up; everything else is the paper's recipe with smaller numbers.
 
-Run: `python train.py` (everything, about 15 min on 2 CPU cores), `python train.py --resume` after an interruption,
+Run: `python train.py` (everything, about 12 min on 2 CPU cores), `python train.py --resume` after an interruption,
 `python train.py --preset paper --model /path/to/Qwen2.5-VL-7B-Instruct --data /path/to/rows`;
 `torchrun --nproc_per_node N train.py ...` runs N data-parallel ranks (the marked block "Data parallelism" below).
-Outputs in runs/NAME/: config.json, metrics.jsonl, samples.jsonl, curves.png, ckpt-*/, warmup/, final/.
+Outputs in runs/NAME/: config.json, metrics.jsonl, samples.jsonl, curves.png, ckpt-*/, warmup/, final/,
+skipped.json (rows left out: FILE:LINE and why), run.lock (the PID of the process using the run). A kill at any
+instant leaves a run that --resume finishes (README: "When a run is interrupted or the data is bad").
 Letters: B prompts, G completions per prompt, N = B*G, T completion tokens, P prompt tokens.
 """
 import argparse
@@ -33,9 +35,11 @@ import contextlib
 import copy
 import functools
 import dataclasses
+import io
 import json
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -63,13 +67,14 @@ class Config:
     device: str = "auto"            # auto (cuda if present) | cpu | cuda
     dtype: str = "auto"             # auto (bf16 on cuda, fp32 on cpu: faster here, `python grpo.py bench`) | bf16 | fp32
     threads: int = 2                # torch CPU threads
-    resume: bool = False            # continue runs/NAME from its last checkpoint (its config.json wins)
+    resume: bool = False            # continue runs/NAME from its last checkpoint; only RESUMABLE flags may differ
     # data
     frames: int = data.TRAIN_FRAMES  # frames per video (paper: 16 for training)
     data: str = "data/synth"        # folder with train.jsonl / val.jsonl / test.jsonl (made here if missing)
     data_scenes: int = 1500         # scenes to render when the synthetic set is made (4 questions each)
     min_pixels: int = qwen.TINY_MIN_PIXELS  # per-frame pixel budget of Qwen2.5-VL's smart_resize (tiny: 56x56)
     max_pixels: int = qwen.TINY_MAX_PIXELS  # upper pixel budget per frame (paper: 128x28x28)
+    max_prompt_tokens: int = 1024   # skip rows whose prompt has more text tokens (video not counted)
     # model
     model: str = "tiny_model"       # local folder of a Qwen2.5-VL checkpoint (built here if it is the tiny one)
     lora_rank: int = 0              # 0 = full fine-tuning
@@ -122,6 +127,11 @@ class Config:
     plot_every: int = 25            # redraw curves.png every N GRPO steps
 
 
+RESUMABLE = ("lr", "sft_lr", "vision_lr", "sft_steps", "grpo_steps", "eval_every", "ckpt_every", "keep_ckpts",
+             "threads", "plot_every", "sample_every")   # what --resume may change; anything else makes another run
+POSITIVE = ("frames", "sft_batch", "batch", "micro_batch", "G", "max_new_tokens", "eval_every", "eval_n", "ckpt_every",
+            "keep_ckpts", "sample_every", "plot_every", "threads", "max_prompt_tokens", "vision_batch")
+
 PRESETS = {
     "tiny": {},
     "paper": dict(model="", data="", frames=16, min_pixels=16 * 28 * 28, max_pixels=128 * 28 * 28,
@@ -159,13 +169,50 @@ def parse_config(argv=None):
         p.error(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
     cfg = Config(**{**PRESETS[preset], **given})
     if cfg.resume:   # the saved config wins, so a resumed run is the same run
-        saved = os.path.join(cfg.out, cfg.name, "config.json")
-        if os.path.exists(saved):
-            with open(saved) as fh:
-                cfg = Config(**{**json.load(fh), "resume": True, "name": cfg.name, "out": cfg.out})
+        cfg = resumed_config(cfg, given, p.error)
     if not cfg.model or not cfg.data:
         p.error("--preset paper needs --model PATH (a local Qwen2.5-VL folder) and --data FOLDER_OR_JSONL")
+    bad = [f"--{k} {getattr(cfg, k)}" for k in POSITIVE if getattr(cfg, k) < 1]
+    if bad:
+        p.error(f"these must be at least 1: {', '.join(bad)}")
     return cfg
+
+
+def resumed_config(cfg, given, error):
+    """The saved config of runs/NAME with the RESUMABLE flags given on the command line applied. Calls error()
+    (it exits) when the run does not exist, when another flag would change, or when a new step count would
+    end before the last checkpoint or change a warm-up that is already over."""
+    run_dir = os.path.join(cfg.out, cfg.name)
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        error(f"--resume: there is no run {run_dir} ({path} is missing); leave out --resume to start it")
+    try:
+        with open(path) as fh:
+            saved = json.load(fh)
+    except (OSError, json.JSONDecodeError) as e:
+        error(f"--resume: cannot read {path}: {e}")
+    fields = {f.name for f in dataclasses.fields(Config)}
+    saved = {k: v for k, v in saved.items() if k in fields}
+    changed = {k: v for k, v in given.items() if k not in ("resume", "name", "out") and saved.get(k) != v}
+    refused = [k for k in changed if k not in RESUMABLE]
+    if refused:
+        error("--resume continues a run with its saved settings; "
+              + ", ".join(f"--{k} (saved {saved.get(k)!r}, given {changed[k]!r})" for k in refused)
+              + f" cannot change on resume (allowed: {', '.join('--' + k for k in RESUMABLE)}); "
+              "start another run with --name NEW to change them")
+    new = Config(**{**saved, **changed, "resume": True, "name": cfg.name, "out": cfg.out})
+    ckpt = latest_checkpoint(run_dir)
+    at = int(ckpt.rsplit("-", 1)[1]) if ckpt else 0
+    if new.sft_steps + new.grpo_steps < at:
+        error(f"--resume: the run is at step {at} (its last checkpoint); --sft_steps {new.sft_steps} + "
+              f"--grpo_steps {new.grpo_steps} would end before it")
+    if new.sft_steps != saved.get("sft_steps", new.sft_steps) and (
+            at > saved["sft_steps"] or new.sft_steps < at or os.path.isdir(os.path.join(run_dir, "warmup"))):
+        error(f"--resume: --sft_steps can change only while the warm-up runs and not below its checkpoint (the "
+              f"run is at step {at}, warm-up {saved['sft_steps']} steps)")
+    if changed:
+        print("resuming with " + ", ".join(f"{k} {saved.get(k)} -> {v}" for k, v in changed.items()))
+    return new
 
 
 def pick_device(cfg):
@@ -205,12 +252,64 @@ def ensure_data(cfg):
     if cfg.preset != "tiny":
         raise SystemExit(f"no data at {cfg.data!r}: pass --data with train.jsonl / val.jsonl / test.jsonl")
     print(f"making the synthetic data set in {cfg.data} ({cfg.data_scenes} scenes) ...")
-    data.make_dataset(cfg.data, cfg.data_scenes, seed=cfg.seed)
+    make_folder(cfg.data, lambda tmp: data.make_dataset(tmp, cfg.data_scenes, seed=cfg.seed))
+
+
+def make_folder(path, build):
+    """build(tmp) fills a temporary folder beside `path`, which is then renamed to `path`: a kill while building
+    leaves no half-made folder that a later run would take for a finished one."""
+    tmp = f"{os.path.normpath(path)}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    build(tmp)
+    try:
+        os.rename(tmp, os.path.normpath(path))
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SystemExit(f"{path} exists but is not complete ({e.strerror}); delete it and run again") from None
 
 
 def load_split(cfg, split):
+    """Valid rows of a split whose videos pass data.check_videos, and [(FILE:LINE, why)] of those skipped."""
     path = cfg.data if os.path.isfile(cfg.data) else os.path.join(cfg.data, f"{split}.jsonl")
-    return data.load_rows(path, skip_bad=True)
+    skipped = []
+    rows = data.load_rows(path, skip_bad=True, skipped=skipped)
+    rows, bad_videos = data.check_videos(rows)
+    return rows, skipped + bad_videos
+
+
+def fitting_prompts(cfg, tok, rows):
+    """(rows whose prompt has at most max_prompt_tokens text tokens, [(FILE:LINE, why)] of the others)."""
+    keep, bad = [], []
+    for r in rows:
+        n = qwen.prompt_tokens(tok, r)
+        if n <= cfg.max_prompt_tokens:
+            keep.append(r)
+        else:
+            bad.append((r.get("file_line", r.get("id")),
+                        f"prompt of {n} tokens exceeds --max_prompt_tokens {cfg.max_prompt_tokens}"))
+    return keep, bad
+
+
+def report_skipped(run_dir, where, bad):
+    """Print how many rows `where` (a split, or a phase's steps) skipped, the first few as FILE:LINE: why;
+    runs/NAME/skipped.json keeps every such row once, {where: {FILE:LINE: why}}, through resumes."""
+    if not bad:
+        return
+    print(f"{where}: skipped {len(bad)} row(s): " + "; ".join(f"{w}: {y}" for w, y in bad[:3])
+          + (" ..." if len(bad) > 3 else "") + f" (listed in {run_dir}/skipped.json)", flush=True)
+    path = os.path.join(run_dir, "skipped.json")
+    try:
+        with open(path) as fh:
+            known = json.load(fh)
+    except FileNotFoundError:
+        known = {}
+    except (OSError, json.JSONDecodeError) as e:
+        print(f"{path}: unreadable ({e}); starting it again")
+        known = {}
+    for w, why in bad:
+        known.setdefault(where, {}).setdefault(w, why)
+    if is_main():                             # not write_json: one rank alone may meet a bad row (no barrier)
+        data.write_file(path, json.dumps(known, indent=1))
 
 
 def ensure_model(cfg, train_rows):
@@ -222,7 +321,7 @@ def ensure_model(cfg, train_rows):
     texts = [qwen.build_prompt(r) + (r.get("reasoning") or "") for r in train_rows]
     print(f"building the tiny Qwen2.5-VL in {cfg.model} ...")
     torch.manual_seed(cfg.seed)
-    qwen.build_tiny(cfg.model, texts, seed=cfg.seed)
+    make_folder(cfg.model, lambda tmp: qwen.build_tiny(tmp, texts, seed=cfg.seed))
 
 
 @functools.lru_cache(maxsize=None)
@@ -230,6 +329,29 @@ def load_video(path, num_frames, start=None, end=None):
     """data.Clip (frames (F, H, W, 3) uint8, times (F,) s, source-frame indices (F,), Qwen's sample_fps) of one
     clip, decoded once per run."""
     return data.read_clip(path, num_frames, start=start, end=end)
+
+
+def clip_problem(cfg, row):
+    """Why a row's clip cannot be read (read_clip's VideoError / FileNotFoundError, naming the video), or None;
+    a readable clip is then in load_video's cache. The cheap checks at load time (data.check_videos) cannot see
+    a file damaged inside: each step drops such a row and goes on with the rest of its batch."""
+    try:
+        load_video(row["video"], cfg.frames, *(row.get("time_window") or (None, None)))
+    except (data.VideoError, FileNotFoundError) as e:
+        return str(e)
+    return None
+
+
+def drop_unreadable(cfg, rows):
+    """(rows whose clip reads, [(FILE:LINE, why)] of the others)."""
+    keep, bad = [], []
+    for r in rows:
+        why = clip_problem(cfg, r)
+        if why is None:
+            keep.append(r)
+        else:
+            bad.append((r.get("file_line", r["video"]), why))
+    return keep, bad
 
 
 def row_videos(cfg, rows):
@@ -279,13 +401,11 @@ def sft_step(cfg, mdl, tok, rows, opt, device, dtype):
     with autocast(device, dtype):
         logp = grpo.token_logprobs(mdl, inputs, ids, mask)                          # (B, T)
     loss = -(logp * mask).sum() / dist_norm(mask.sum())
-    check_finite(loss, "sft loss")
+    check_finite(loss, "the loss")
     loss.backward()
     average_grads(trainable(mdl))
-    grad_norm = torch.nn.utils.clip_grad_norm_(trainable(mdl), cfg.grad_clip)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return all_mean({"loss": loss.item(), "grad_norm": float(grad_norm), "tokens": int(mask.sum())}, sums=("tokens",))
+    grad_norm = clipped_update(opt, trainable(mdl), cfg.grad_clip)
+    return all_mean({"loss": loss.item(), "grad_norm": grad_norm, "tokens": int(mask.sum())}, sums=("tokens",))
 
 
 def rollout(cfg, mdl, tok, rows, device, dtype, generator):
@@ -330,17 +450,15 @@ def grpo_update(cfg, mdl, ref_mdl, tok, ro, opt, device, dtype):
             loss, stats = grpo.policy_loss(logp, p["old_logp"] if cfg.mu > 1 else None, ref_lp, p["adv"],
                                            p["mask"], cfg.clip_eps, cfg.clip_eps_high, cfg.beta, cfg.agg,
                                            const_len=cfg.max_new_tokens)
-            check_finite(loss, "GRPO loss")
+            check_finite(loss, "the GRPO loss")
             share = p["mask"].sum() / n_tok_all if cfg.agg == "token" else (hi - lo) / B
             (loss * share).backward()
             for k, v in stats.items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + v
             n += 1
         average_grads(trainable(mdl))
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable(mdl), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return {**{k: v / n for k, v in stats_sum.items()}, "grad_norm": float(grad_norm)}
+        grad_norm = clipped_update(opt, trainable(mdl), cfg.grad_clip)
+    return {**{k: v / n for k, v in stats_sum.items()}, "grad_norm": grad_norm}
 
 
 def reference(mdl, ref_mdl):
@@ -357,10 +475,44 @@ def trainable(mdl):
     return [p for p in mdl.parameters() if p.requires_grad]
 
 
+class NonFinite(FloatingPointError):
+    """A non-finite loss, gradient norm or weight: the step stops before its update is applied (stop_message)."""
+
+
 def check_finite(loss, what):
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"{what} is {loss.item()}: stopping; the last checkpoint is intact "
-                                 f"(lower --lr or --sft_lr, or check the data), resume with --resume")
+        raise NonFinite(f"{what} is {loss.item()} (update not applied)")
+
+
+def weights_finite(params):
+    """True when every weight is finite (one reduction per tensor, one sync)."""
+    params = list(params)
+    return not params or bool(torch.stack([torch.isfinite(p.detach()).all() for p in params]).all())
+
+
+def clipped_update(opt, params, grad_clip):
+    """Clip the gradient norm, opt.step(), zero the gradients; returns the norm before clipping. A non-finite
+    norm raises NonFinite before the update is applied; weights made non-finite by the update raise it before
+    anything is saved or exported (checkpoints and exports hold finite weights only)."""
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+    if not math.isfinite(grad_norm):
+        raise NonFinite(f"the gradient norm is {grad_norm} (update not applied)")
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if not weights_finite(params):
+        raise NonFinite("the update made weights non-finite (nothing saved)")
+    return grad_norm
+
+
+def stop_message(cfg, run_dir, phase, step, err):
+    """Why the run stopped at a non-finite value, what is safe on disk, and the command that resumes it with a
+    ten times lower learning rate of that phase."""
+    flag = {"vision": "vision_lr", "sft": "sft_lr", "grpo": "lr"}[phase]
+    ckpt = latest_checkpoint(run_dir) if phase != "vision" else None
+    safe = (f"the last checkpoint, {os.path.basename(ckpt)}, holds finite weights" if ckpt else
+            "no checkpoint of this phase yet: it starts again")
+    return (f"{phase} step {step}: {err}; the run stopped ({safe}). Resume with a lower learning rate: "
+            f"python train.py --out {cfg.out} --name {cfg.name} --resume --{flag} {getattr(cfg, flag) / 10:g}")
 
 
 def wrong_videos(rows, seed=0):
@@ -373,13 +525,18 @@ def wrong_videos(rows, seed=0):
 
 def evaluate(cfg, mdl, tok, rows, device, dtype, swap=None, batch=16):
     """Greedy completions (eval.greedy_batch) on held-out rows, scored with the training reward's parts.
-    swap: {video: other video} (wrong_videos) asks each question about another scene's clip."""
+    swap: {video: other video} (wrong_videos) asks each question about another scene's clip. A row whose clip
+    cannot be read is left out (the results then have fewer entries than rows)."""
     mdl.eval()
     results = []
     rows = rows if is_fsdp(mdl) else shard(rows)       # this rank's block of the questions (all in one process)
     for lo in range(0, len(rows), batch):
         chunk = rows[lo:lo + batch]
         seen = [{**r, "video": swap.get(r["video"], r["video"])} for r in chunk] if swap else chunk
+        pairs = [(r, v) for r, v in zip(chunk, seen) if clip_problem(cfg, v) is None]
+        if not pairs:
+            continue
+        chunk, seen = [r for r, _ in pairs], [v for _, v in pairs]
         with autocast(device, dtype):
             texts, lengths = ev.greedy_batch(mdl, tok, chunk, row_videos(cfg, seen), cfg)
         _, parts = score(cfg, texts, lengths, chunk, 1)
@@ -391,8 +548,9 @@ def evaluate(cfg, mdl, tok, rows, device, dtype, swap=None, batch=16):
 
 def heldout_means(results):
     """Means of the held-out parts, answer reward per answer type (mc accuracy, num MRA, iou IoU)."""
-    out = {k: float(np.mean([r[k] for r in results])) for k in ("answer", "graph", "graph_node", "graph_edge",
-                                                                 "format", "tokens")}
+    out = {k: float(np.mean([r[k] for r in results])) if results else float("nan")
+           for k in ("answer", "graph", "graph_node", "graph_edge", "format", "tokens")}
+    out["n"] = len(results)
     for kind in ("mc", "num", "iou"):
         vals = [r["answer"] for r in results if r["answer_type"] == kind]
         if vals:
@@ -456,14 +614,21 @@ def comparison_table(columns, diffs, keys=TABLE_KEYS):
     return "\n".join(lines), stats
 
 
+CKPT_FILES = ("trainable.safetensors", "state.pt")
+
+
 def save_checkpoint(run_dir, step, mdl, opt, keep):
     """ckpt-STEP/: trainable weights (safetensors), optimizer, RNG; written to a temporary folder and renamed
-    into place, so a kill at any moment leaves the previous checkpoint intact. The last `keep` are kept."""
+    into place, so a kill at any moment leaves the previous checkpoint intact. The last `keep` are kept (an old
+    one is renamed away before it is deleted, so no half-deleted checkpoint is ever taken for a whole one).
+    Non-finite weights are refused (NonFinite): every kept checkpoint holds finite weights."""
     from safetensors.torch import save_file
     rngs = gather([torch.get_rng_state()])            # every rank's RNG, in rank order; rank 0 writes
     weights, opt_state = trainable_state(mdl), optimizer_state(mdl, opt)   # FSDP2: gathered from every rank
     if not is_main():
         return
+    if not weights_finite(weights.values()):
+        raise NonFinite("non-finite weights (checkpoint not written)")
     final = os.path.join(run_dir, f"ckpt-{step:07d}")
     tmp = os.path.join(run_dir, f".tmp-ckpt-{step:07d}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -472,14 +637,42 @@ def save_checkpoint(run_dir, step, mdl, opt, keep):
     torch.save({"optimizer": opt_state, "torch_rng": torch.get_rng_state(), "step": step,
                 **({"rank_rng": rngs} if world() > 1 else {})},
                os.path.join(tmp, "state.pt"))
-    shutil.rmtree(final, ignore_errors=True)
+    if os.path.exists(final):
+        discard(final)
     os.replace(tmp, final)
+    prune_checkpoints(run_dir, keep)
+
+
+def prune_checkpoints(run_dir, keep):
+    """Delete all but the newest `keep` checkpoints (also at start: a kill may have stopped a pruning)."""
     for old in sorted(d for d in os.listdir(run_dir) if d.startswith("ckpt-"))[:-keep]:
-        shutil.rmtree(os.path.join(run_dir, old))
+        discard(os.path.join(run_dir, old))
+
+
+def discard(path):
+    """Rename a folder out of the way (atomic), then delete it: a kill in between leaves a .old-* folder that
+    clean_leftovers removes, never a half-deleted checkpoint or export under its real name."""
+    old = os.path.join(os.path.dirname(path), f".old-{os.path.basename(path)}")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(path, old)
+    shutil.rmtree(old)
+
+
+def clean_leftovers(run_dir):
+    """Remove what a killed process left half-written: .tmp-ckpt-*, .old-*, *.tmp folders and *.tmpPID files."""
+    for name in os.listdir(run_dir):
+        path = os.path.join(run_dir, name)
+        if re.fullmatch(r"\.(tmp|old)-.*|.*\.tmp\d*", name):
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
 
 
 def latest_checkpoint(run_dir):
+    """The newest complete ckpt-STEP folder (both files present), or None."""
     found = sorted(d for d in os.listdir(run_dir) if d.startswith("ckpt-")) if os.path.isdir(run_dir) else []
+    found = [d for d in found if all(os.path.isfile(os.path.join(run_dir, d, f)) for f in CKPT_FILES)]
     return os.path.join(run_dir, found[-1]) if found else None
 
 
@@ -500,16 +693,20 @@ def restore_checkpoint(path, mdl, opt):
 
 
 def export(mdl, tok, path):
-    """A plain Hugging Face folder (LoRA merged) that model.load / eval.py read; written atomically."""
+    """A plain Hugging Face folder (LoRA merged) that model.load / eval.py read; written atomically. Refuses
+    (NonFinite) to export non-finite weights."""
     state = full_state(mdl)                            # FSDP2: the whole model, gathered on rank 0 (else None)
     if not is_main():                                  # rank 0 writes; the others wait until it is there
         return barrier()
+    if not weights_finite(state.values() if state is not None else mdl.parameters()):
+        raise NonFinite(f"non-finite weights ({path} not written)")
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     qwen.merge_lora(mdl)
     mdl.save_pretrained(tmp, state_dict=state)
     tok.save_pretrained(tmp)
-    shutil.rmtree(path, ignore_errors=True)
+    if os.path.exists(path):
+        discard(path)
     os.replace(tmp, path)
     barrier()
 
@@ -530,16 +727,22 @@ def smooth(values, k=10):
 
 
 def drop_metrics_after(run_dir, step):
-    """On resume, forget the log lines of steps after the checkpoint (and of an unfinished phase 0): they are about
-    to be run again."""
-    path = os.path.join(run_dir, "metrics.jsonl")
+    """On resume, forget the lines of metrics.jsonl and samples.jsonl written by steps after the checkpoint (and
+    phase 0's when its export is missing): those steps run again, and each step's lines then appear once. Read
+    with data.read_jsonl (a line cut off by a kill is dropped with a warning), rewritten atomically."""
     vision_done = os.path.isdir(os.path.join(run_dir, "vision"))
-    if os.path.exists(path):
-        with open(path) as fh:
-            recs = [json.loads(line) for line in fh if line.strip()]
-        keep = [json.dumps(r) + "\n" for r in recs if (vision_done if r["phase"] == "vision" else r["step"] <= step)]
-        with open(path, "w") as fh:
-            fh.writelines(keep)
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        path = os.path.join(run_dir, name)
+        if os.path.exists(path):
+            keep = [r for r in data.read_jsonl(path)
+                    if (vision_done if r.get("phase") == "vision" else r.get("step", 0) <= step)]
+            data.write_file(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+def eval_logged(run_dir, step):
+    """True when metrics.jsonl holds the held-out evaluation of this step."""
+    return any(r.get("phase") == "eval" and r.get("step") == step
+               for r in data.read_jsonl(os.path.join(run_dir, "metrics.jsonl")))
 
 
 def plot_curves(run_dir):
@@ -550,9 +753,9 @@ def plot_curves(run_dir):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
-        recs = [json.loads(line) for line in fh if line.strip()]
-    by = {p: [r for r in recs if r["phase"] == p] for p in ("vision", "sft", "grpo", "eval")}
+    recs = data.read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+    needs = {"vision": "names", "sft": "loss", "grpo": "reward", "eval": "answer"}     # steps with numbers
+    by = {p: [r for r in recs if r.get("phase") == p and k in r] for p, k in needs.items()}
     steps = [r["step"] for r in by["grpo"]]
     fig, ax = plt.subplots(2, 3, figsize=(16, 8))
     vis = ax[0, 0]
@@ -587,8 +790,10 @@ def plot_curves(run_dir):
         a.legend(fontsize=7, loc="upper left")
         a.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(os.path.join(run_dir, "curves.png"), dpi=80)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=80)
     plt.close(fig)
+    data.write_file(os.path.join(run_dir, "curves.png"), png.getvalue())
 
 
 # ==================================================================================================================
@@ -913,9 +1118,14 @@ def key_frame_graphs(rows):
 def vision_step(cfg, mdl, tok, head, videos, graphs, device, dtype):
     """Video tokens of B clips -> VisionHead at the slice of each key frame -> (predictions, targets), each
     (K, C, 4) over the K key frames of the batch. A key frame's slice = its position among the sampled frames
-    // temporal_patch_size (2 frames per video token)."""
+    // temporal_patch_size (2 frames per video token). A clip that cannot be read is left out, and returned:
+    (predictions, targets, [(video, why)]); predictions is None when no clip reads."""
     rows = [{"video": v, "time_window": list(w) or None, "question": "", "answer_type": "num", "answer": 0.0}
             for v, w in videos]
+    rows, bad = drop_unreadable(cfg, rows)
+    videos = [(r["video"], tuple(r["time_window"] or ())) for r in rows]
+    if not rows:
+        return None, None, bad
     inputs = prompt_batch(cfg, tok, mdl, rows, device, dtype)
     feats = mdl.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"],
                                          return_dict=True).pooler_output       # B x (t*h*w/4, H)
@@ -928,7 +1138,7 @@ def vision_step(cfg, mdl, tok, head, videos, graphs, device, dtype):
             k = int(np.abs(idx - frame).argmin()) // tp                       # the slice holding that frame
             preds.append(head(f[k]))
             nodes.append(frame_nodes)
-    return torch.stack(preds), graph_targets(nodes, head.categories).to(device)
+    return torch.stack(preds), graph_targets(nodes, head.categories).to(device), bad
 
 
 def vision_loss(pred, target, presence_weight=4.0):
@@ -972,16 +1182,23 @@ def run_vision(cfg, run_dir, train_rows, val_rows, device, dtype):
             group["lr"] = lr_at(step, cfg.vision_steps, cfg.vision_lr, cfg.warmup)
         t0 = time.time()
         batch = [videos[i] for i in batch_indices(len(videos), step, cfg.vision_batch, cfg.seed + 2)]
-        pred, target = vision_step(cfg, mdl, tok, head, batch, graphs, device, dtype)
+        pred, target, bad = vision_step(cfg, mdl, tok, head, batch, graphs, device, dtype)
+        report_skipped(run_dir, "phase 0 steps", bad)
+        if pred is None:
+            continue
         loss = vision_loss(pred, target)
-        check_finite(loss, "vision loss")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        try:
+            check_finite(loss, "the vision loss")
+            loss.backward()
+            clipped_update(opt, params, cfg.grad_clip)
+        except NonFinite as e:
+            raise SystemExit(stop_message(cfg, run_dir, "vision", step + 1, e)) from None
         if (step + 1) % 100 == 0 or step + 1 == cfg.vision_steps:
             with torch.no_grad():
-                rep = vision_report(*vision_step(cfg, mdl, tok, head, held_videos, {**held}, device, dtype))
+                pred, target, _ = vision_step(cfg, mdl, tok, head, held_videos, {**held}, device, dtype)
+            if pred is None:
+                continue
+            rep = vision_report(pred, target)
             log(run_dir, {"phase": "vision", "step": step + 1, "loss": loss.item(), **rep},
                 f"vision step {step + 1:5d}/{cfg.vision_steps} loss {loss.item():.3f} | held-out: names found "
                 f"{rep['names']:.2f}, |error| x {rep['err_x']:.2f} y {rep['err_y']:.2f} z {rep['err_z']:.2f} m "
@@ -995,13 +1212,18 @@ def start_model(cfg, run_dir):
 
 
 def run_warmup(cfg, run_dir, train_rows, val_rows, step, device, dtype):
-    """Supervised warm-up on the reference reasoning, steps [step, sft_steps); exports runs/NAME/warmup."""
+    """Supervised warm-up on the reference reasoning, steps [step, sft_steps); exports runs/NAME/warmup.
+    A row whose clip cannot be read is skipped at its step (counted in the step's `skipped` and in skipped.json);
+    a non-finite loss or gradient stops the run before the update (stop_message)."""
+    forget_test_results(run_dir, "after warm-up")
     mdl, tok = load_policy(cfg, start_model(cfg, run_dir), device, dtype)
     fsdp_shard(cfg, mdl)
     opt = optimizer(mdl, cfg.sft_lr, cfg)
     ckpt = latest_checkpoint(run_dir)
     if ckpt:
         step = restore_checkpoint(ckpt, mdl, opt)
+        if eval_due(cfg, step, cfg.sft_steps) and not eval_logged(run_dir, step):     # its line was lost to a kill
+            held_out(cfg, mdl, tok, train_rows, val_rows, run_dir, step, device, dtype, "warm-up")
     usable = [r for r in train_rows if r.get("reasoning")]
     if not usable:
         raise SystemExit("the warm-up needs rows with a reference `reasoning`; use --sft_steps 0 for data without")
@@ -1009,25 +1231,55 @@ def run_warmup(cfg, run_dir, train_rows, val_rows, step, device, dtype):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.sft_steps, cfg.sft_lr, cfg.warmup)
         t0 = time.time()
-        out = sft_step(cfg, mdl, tok, [usable[i] for i in shard(batch_indices(len(usable), step,
-                                                                               cfg.sft_batch * world(), cfg.seed))],
-                       opt, device, dtype)
+        rows, bad = drop_unreadable(cfg, [usable[i] for i in shard(batch_indices(len(usable), step,
+                                                                                  cfg.sft_batch * world(), cfg.seed))])
+        report_skipped(run_dir, "warm-up steps", bad)
+        try:
+            out = sft_step(cfg, mdl, tok, rows, opt, device, dtype) if rows else None
+        except NonFinite as e:
+            raise SystemExit(stop_message(cfg, run_dir, "sft", step + 1, e)) from None
         step += 1
         dt = time.time() - t0
-        log(run_dir, {"phase": "sft", "step": step, "lr": opt.param_groups[0]["lr"], "seconds": dt, **out},
-            f"sft  step {step:5d}/{cfg.sft_steps} loss {out['loss']:.4f} grad {out['grad_norm']:.2f} "
-            f"lr {opt.param_groups[0]['lr']:.1e} | {dt:.2f}s {out['tokens'] / dt:.0f} tok/s")
+        lr = opt.param_groups[0]["lr"]
+        if out is None:
+            log(run_dir, {"phase": "sft", "step": step, "skipped": len(bad)},
+                f"sft  step {step:5d}/{cfg.sft_steps} no readable row in the batch: no update")
+        else:
+            log(run_dir, {"phase": "sft", "step": step, "lr": lr, "seconds": dt, **out,
+                          **({"skipped": len(bad)} if bad else {})},
+                f"sft  step {step:5d}/{cfg.sft_steps} loss {out['loss']:.4f} grad {out['grad_norm']:.2f} "
+                f"lr {lr:.1e} | {dt:.2f}s {out['tokens'] / dt:.0f} tok/s" + (f" | {len(bad)} row(s) skipped" if bad
+                                                                              else ""))
         if step % cfg.ckpt_every == 0 or step == cfg.sft_steps:
             save_checkpoint(run_dir, step, mdl, opt, cfg.keep_ckpts)
-        if step % cfg.eval_every == 0 or step == cfg.sft_steps:
+        if eval_due(cfg, step, cfg.sft_steps):
             held_out(cfg, mdl, tok, train_rows, val_rows, run_dir, step, device, dtype, "warm-up")
             plot_curves(run_dir)
     export(mdl, tok, os.path.join(run_dir, "warmup"))
     return step
 
 
+def eval_due(cfg, step, end):
+    """A held-out evaluation follows the checkpoint of this step (every eval_every steps and at a phase's end)."""
+    return step > 0 and (step % cfg.eval_every == 0 or step == end)
+
+
+def results_cache(run_dir, tag):
+    """The file holding the final test evaluation of one model state ("after GRPO", "wrong video", ...)."""
+    return os.path.join(run_dir, "test_" + tag.replace(" ", "_").replace("-", "") + ".json")
+
+
+def forget_test_results(run_dir, *tags):
+    """A phase that (re)trains a state makes its cached test results stale (e.g. --grpo_steps raised on resume)."""
+    for tag in tags:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(results_cache(run_dir, tag))
+
+
 def run_grpo(cfg, run_dir, train_rows, val_rows, step, device, dtype):
-    """GRPO steps [step, sft_steps + grpo_steps) from the warm-up policy; exports runs/NAME/final."""
+    """GRPO steps [step, sft_steps + grpo_steps) from the warm-up policy; exports runs/NAME/final. Unreadable
+    rows and non-finite values are handled as in run_warmup."""
+    forget_test_results(run_dir, "after GRPO", "wrong video")
     start = os.path.join(run_dir, "warmup") if cfg.sft_steps > 0 else start_model(cfg, run_dir)
     mdl, tok = load_policy(cfg, start, device, dtype)
     ref_mdl = None
@@ -1036,27 +1288,40 @@ def run_grpo(cfg, run_dir, train_rows, val_rows, step, device, dtype):
     fsdp_shard(cfg, mdl), fsdp_shard(cfg, ref_mdl)
     opt = optimizer(mdl, cfg.lr, cfg)
     ckpt = latest_checkpoint(run_dir)
+    total = cfg.sft_steps + cfg.grpo_steps
     if ckpt and int(ckpt.rsplit("-", 1)[1]) > cfg.sft_steps:
         step = restore_checkpoint(ckpt, mdl, opt)
-    total = cfg.sft_steps + cfg.grpo_steps
+        if eval_due(cfg, step, total) and not eval_logged(run_dir, step):               # its line was lost to a kill
+            held_out(cfg, mdl, tok, train_rows, val_rows, run_dir, step, device, dtype, "grpo")
     while step < total:
         k = step - cfg.sft_steps                   # GRPO step index
         for group in opt.param_groups:
             group["lr"] = lr_at(k, cfg.grpo_steps, cfg.lr, cfg.warmup)
-        rows = [train_rows[i] for i in shard(batch_indices(len(train_rows), k, cfg.batch * world(), cfg.seed + 1))]
+        rows, bad = drop_unreadable(cfg, [train_rows[i] for i in shard(batch_indices(len(train_rows), k,
+                                                                                      cfg.batch * world(), cfg.seed + 1))])
+        report_skipped(run_dir, "GRPO steps", bad)
         generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + step + rank() * 2 ** 40)
-        ro = rollout(cfg, mdl, tok, rows, device, dtype, generator)
-        t0 = time.time()
-        stats = grpo_update(cfg, mdl, ref_mdl, tok, ro, opt, device, dtype)
-        t_update = time.time() - t0
-        ro, stats = gather_rollout(ro), all_mean(stats)   # every rank's samples and statistics, for the log
+        if rows:
+            ro = rollout(cfg, mdl, tok, rows, device, dtype, generator)
+            t0 = time.time()
+            try:
+                stats = grpo_update(cfg, mdl, ref_mdl, tok, ro, opt, device, dtype)
+            except NonFinite as e:
+                raise SystemExit(stop_message(cfg, run_dir, "grpo", step + 1, e)) from None
+            t_update = time.time() - t0
+            ro, stats = gather_rollout(ro), all_mean(stats)   # every rank's samples and statistics, for the log
         step += 1
-        log_grpo_step(cfg, run_dir, step, ro, stats, t_update, opt.param_groups[0]["lr"])
-        if (k + 1) % cfg.sample_every == 0 or k == 0:
-            write_samples(run_dir, step, ro, cfg.G)
+        if not rows:
+            log(run_dir, {"phase": "grpo", "step": step, "skipped": len(bad)},
+                f"grpo step {step:5d}/{total} no readable row in the batch: no update")
+        else:
+            log_grpo_step(cfg, run_dir, step, ro, {**stats, **({"skipped": len(bad)} if bad else {})}, t_update,
+                          opt.param_groups[0]["lr"])
+            if (k + 1) % cfg.sample_every == 0 or k == 0:
+                write_samples(run_dir, step, ro, cfg.G)
         if step % cfg.ckpt_every == 0 or step == total:
             save_checkpoint(run_dir, step, mdl, opt, cfg.keep_ckpts)
-        if step % cfg.eval_every == 0 or step == total:
+        if eval_due(cfg, step, total):
             held_out(cfg, mdl, tok, train_rows, val_rows, run_dir, step, device, dtype, "grpo")
         if (k + 1) % cfg.plot_every == 0:
             plot_curves(run_dir)
@@ -1109,15 +1374,14 @@ def final_report(cfg, run_dir, train_rows, test_rows, device, dtype):
     results = {"blind": blind_baseline(train_rows, test_rows)}
     for tag, path in states:
         runs = [(tag, None)] + ([("wrong video", wrong_videos(test_rows, cfg.seed))] if tag == final else [])
-        caches = {t: os.path.join(run_dir, "test_" + t.replace(" ", "_").replace("-", "") + ".json") for t, _ in runs}
-        if not all(os.path.exists(c) for c in caches.values()):
+        for t, _ in runs:
+            results[t] = cached_results(results_cache(run_dir, t))
+        if any(results[t] is None for t, _ in runs):
             mdl, tok = qwen.load(path, dtype=dtype, device=device)
             for t, swap in runs:
-                if not os.path.exists(caches[t]):
-                    write_json(caches[t], evaluate(cfg, mdl, tok, test_rows, device, dtype, swap))
-        for t, _ in runs:
-            with open(caches[t]) as fh:
-                results[t] = json.load(fh)
+                if results[t] is None:        # written atomically: a kill leaves no half file to trip a resume
+                    results[t] = evaluate(cfg, mdl, tok, test_rows, device, dtype, swap)
+                    write_json(results_cache(run_dir, t), results[t])
     columns = {t: results[t] for t in ["blind", "wrong video"] + [t for t, _ in states]}
     diffs = ([(final, states[0][0])] if len(states) > 1 else []) + [(final, "blind")]
     table, stats = comparison_table(columns, diffs)
@@ -1127,21 +1391,70 @@ def final_report(cfg, run_dir, train_rows, test_rows, device, dtype):
               f"own rule and its own settings (32 frames by default), so its numbers differ from these.")
     if not is_main():                                  # rank 0 writes the table (write_json's barrier: met here)
         return barrier()
-    with open(os.path.join(run_dir, "results.md"), "w") as fh:
-        fh.write(header + "\n\n" + table + "\n")
+    data.write_file(os.path.join(run_dir, "results.md"), header + "\n\n" + table + "\n")
     write_json(os.path.join(run_dir, "results.json"), {"header": header, "stats": stats})
     print("\n" + header + "\n" + table)
     plot_curves(run_dir)
 
 
-def write_json(path, obj):
-    """Write JSON through a temporary file and a rename: a kill never leaves a half-written file."""
+def cached_results(path):
+    """The list a final test evaluation saved, or None when it is missing or unreadable (then it is redone)."""
+    try:
+        with open(path) as fh:
+            found = json.load(fh)
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as e:
+        print(f"{path}: unreadable ({e}); evaluating again")
+        return None
+    return found if isinstance(found, list) else None
+
+
+def write_json(path, obj, indent=None):
+    """Write JSON through a temporary file and a rename (data.write_file): a kill or a full disk never leaves a
+    half-written file. Collective under torchrun: rank 0 writes, every rank calls it and waits."""
     if not is_main():                                  # rank 0 writes; the others wait, then read it
         return barrier()
-    with open(path + ".tmp", "w") as fh:
-        json.dump(obj, fh)
-    os.replace(path + ".tmp", path)
+    data.write_file(path, json.dumps(obj, indent=indent))
     barrier()
+
+
+def run_lock(run_dir):
+    """Hold runs/NAME/run.lock while the run works: a second process on the same run stops with a message naming
+    the holder's PID (two would both train and write the same logs). The lock is the kernel's (flock), so a
+    killed run never leaves it stuck; where flock is missing, a PID in the file that is no longer alive is stale.
+    The file stays behind holding the last PID."""
+    path = os.path.join(run_dir, "run.lock")
+    fh = open(path, "a+")
+    fh.seek(0)
+    holder = fh.read().strip()
+    try:
+        import fcntl
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held = False
+    except BlockingIOError:
+        held = True
+    except (ImportError, OSError):            # no flock here: the PID in the file decides
+        held = holder.isdigit() and int(holder) != os.getpid() and pid_alive(int(holder))
+    if held:
+        fh.close()
+        raise SystemExit(f"{run_dir} is in use by process {holder or '?'} ({path}): wait for it to end, or stop "
+                         f"it; a lock left by a killed run is taken over by itself")
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return contextlib.closing(fh)             # closing the file releases the lock
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:                   # alive, another user's
+        return True
+    return True
 
 
 def main(argv=None):
@@ -1151,17 +1464,38 @@ def main(argv=None):
     device, dtype = pick_device(cfg)
     device = dist_setup(device)                      # torchrun: join the ranks (a no-op without torchrun)
     run_dir = os.path.join(cfg.out, cfg.name)
-    if os.path.isdir(run_dir) and os.listdir(run_dir) and not cfg.resume:
+    if not cfg.resume and os.path.isdir(run_dir) and set(os.listdir(run_dir)) - {"run.lock"}:
         raise SystemExit(f"{run_dir} exists: --resume continues it, --name OTHER starts a new run")
     barrier()                                        # every rank has looked before rank 0 writes
     os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "config.json") if is_main() else os.devnull, "w") as fh:
-        json.dump(dataclasses.asdict(cfg), fh, indent=1)
+    with run_lock(run_dir) if is_main() else contextlib.nullcontext():
+        if is_main():
+            clean_leftovers(run_dir)
+            prune_checkpoints(run_dir, cfg.keep_ckpts)
+        write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(cfg), indent=1)
+        try:
+            run(cfg, run_dir, device, dtype)
+        except NonFinite as e:                    # a save or export refused (the steps stop earlier, with advice)
+            raise SystemExit(f"train.py: {e}; resume with --resume and a lower learning rate") from None
+    dist_close()
+
+
+def run(cfg, run_dir, device, dtype):
+    """Data and model (made on first use, by rank 0 first), the rows that can be used, then each unfinished phase
+    from the last checkpoint, then the final test table."""
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     main_first(ensure_data, cfg)
-    train_rows, val_rows, test_rows = (load_split(cfg, s) for s in ("train", "val", "test"))
-    main_first(ensure_model, cfg, train_rows)
+    found = {s: load_split(cfg, s) for s in ("train", "val", "test")}
+    main_first(ensure_model, cfg, found["train"][0])
+    tok = transformers.AutoTokenizer.from_pretrained(cfg.model, local_files_only=True)
+    rows = {}
+    for split, (good, bad) in found.items():
+        rows[split], too_long = fitting_prompts(cfg, tok, good)
+        report_skipped(run_dir, f"{split} rows", bad + too_long)
+    train_rows, val_rows, test_rows = rows["train"], rows["val"], rows["test"]
+    if not train_rows:
+        raise SystemExit(f"no usable training rows in {cfg.data} (see {run_dir}/skipped.json)")
     if is_main():
         print(f"run {run_dir} | {device} {dtype} | {len(train_rows)} train / {len(val_rows)} val / "
               f"{len(test_rows)} test rows | config in {run_dir}/config.json" + (f" | {world()} ranks" * (world() > 1)))
@@ -1180,7 +1514,6 @@ def main(argv=None):
     final_report(cfg, run_dir, train_rows, test_rows, device, dtype)
     if is_main():
         print(f"done: {step} steps in {(time.time() - t0) / 60:.1f} min; outputs in {run_dir}/")
-    dist_close()
 
 
 if __name__ == "__main__":
