@@ -2158,7 +2158,7 @@ def test_two_ranks_equal_one_process_write_once_and_resume():
                 "--sft_lr", "3e-3", "--lr", "1e-3"]
         cfg = train.parse_config(base)               # data and tiny model made first: both runs find them made
         train.ensure_data(cfg)
-        train.ensure_model(cfg, train.load_split(cfg, "train"))
+        train.ensure_model(cfg, train.load_split(cfg, "train")[0])           # (rows, skipped)
         with _stand_ins(train):
             train.main(base + ["--name", "one", "--batch", "2", "--sft_batch", "2"])
         _spawn_ranks(base + ["--name", "two", "--batch", "1", "--sft_batch", "1"])
