@@ -1498,7 +1498,7 @@ def test_videos_checked_and_decoded():
             assert "missing.mp4" in str(e)
         kept, n_missing = ev.check_videos(rows, skip_bad=True)
         assert len(kept) == 1 and n_missing == 1
-        frames, times = ev.read_video(kept[0], 2)[:2]
+        frames, times = ev.read_video(kept[0], 2)[:2]                   # a data.Clip: frames, times, ...
         assert frames.shape[0] == 2 and frames.shape[-1] == 3 and len(times) == 2
 
 
@@ -1804,16 +1804,20 @@ def test_kill_9_at_a_random_instant_then_resume_ends_the_same():
     """A real kill -9 of a training process at a random instant after the warm-up (GRPO steps, checkpoint writes,
     exports, the final evaluation), then --resume in this process: the same final weights as the uninterrupted
     run, each step logged once."""
+    _kill_9_then_resume("kill9", float(np.random.default_rng().uniform(0.0, 2.5)))
+
+
+def _kill_9_then_resume(name, delay):
+    """The test above, killing `delay` seconds after warmup/ appears."""
     import subprocess
     import train
     ref = _reference_run()
     base = _run_base()[0]
-    run = os.path.join(base, "kill9")
+    run = os.path.join(base, name)
     code = ("import sys, test_all, train; train.rewards.total_reward = test_all._varied_reward; "
             "train.main(sys.argv[1:])")
-    proc = subprocess.Popen([sys.executable, "-c", code, *_smoke_args("kill9")], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-c", code, *_smoke_args(name)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, cwd=os.path.dirname(os.path.abspath(__file__)))
-    delay = float(np.random.default_rng().uniform(0.0, 2.0))
     try:
         while not os.path.isdir(os.path.join(run, "warmup")) and proc.poll() is None:
             time.sleep(0.05)
@@ -1823,9 +1827,10 @@ def test_kill_9_at_a_random_instant_then_resume_ends_the_same():
         proc.wait()
     with _patched(train.rewards, "total_reward", _varied_reward), contextlib.redirect_stdout(io.StringIO()), \
             warnings.catch_warnings(record=True):
-        train.main(["--out", base, "--name", "kill9", "--resume"])
+        train.main(["--out", base, "--name", name, "--resume"])
     assert _same_weights(os.path.join(ref, "final"), os.path.join(run, "final")), f"killed {delay:.2f} s in"
     assert _steps(run, "grpo") == [4, 5] and _steps(run, "eval") == [2, 3, 4, 5], f"killed {delay:.2f} s in"
+    assert _steps(run, None, "samples.jsonl") == _steps(ref, None, "samples.jsonl"), f"killed {delay:.2f} s in"
 
 
 def test_write_file_is_atomic_when_the_disk_fills():
