@@ -1300,6 +1300,8 @@ def run_grpo(cfg, run_dir, train_rows, val_rows, step, device, dtype):
         rows, bad = drop_unreadable(cfg, [train_rows[i] for i in shard(batch_indices(len(train_rows), k,
                                                                                       cfg.batch * world(), cfg.seed + 1))])
         report_skipped(run_dir, "GRPO steps", bad)
+        # `step` counts both phases (warm-up steps, then GRPO steps: metrics.jsonl's x axis); k is the GRPO index.
+        # The sampling seed uses the global step, so a resumed run redraws exactly the same completions.
         generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + step + rank() * 2 ** 40)
         if rows:
             ro = rollout(cfg, mdl, tok, rows, device, dtype, generator)
@@ -1313,7 +1315,7 @@ def run_grpo(cfg, run_dir, train_rows, val_rows, step, device, dtype):
         step += 1
         if not rows:
             log(run_dir, {"phase": "grpo", "step": step, "skipped": len(bad)},
-                f"grpo step {step:5d}/{total} no readable row in the batch: no update")
+                f"grpo step {step - cfg.sft_steps:4d}/{cfg.grpo_steps} (step {step}) no readable row: no update")
         else:
             log_grpo_step(cfg, run_dir, step, ro, {**stats, **({"skipped": len(bad)} if bad else {})}, t_update,
                           opt.param_groups[0]["lr"])
@@ -1343,7 +1345,8 @@ def log_grpo_step(cfg, run_dir, step, ro, stats, t_update, lr):
            "zero_var": zero_var, "t_sample": ro["t_sample"], "t_score": ro["t_score"], "t_update": t_update,
            "tok_per_s": n_tok / max(ro["t_sample"], 1e-9), "lr": lr}
     log(run_dir, rec,
-        f"grpo step {step:5d}/{cfg.sft_steps + cfg.grpo_steps} | R {rec['reward']:.3f} (fmt {mean['format']:.2f} ans {mean['answer']:.2f} "
+        f"grpo step {step - cfg.sft_steps:4d}/{cfg.grpo_steps} (step {step}) | R {rec['reward']:.3f} "
+        f"(fmt {mean['format']:.2f} ans {mean['answer']:.2f} "
         f"graph {mean['graph']:.2f} len {mean['length']:.2f}) | " + " ".join(f"{k} {v:.2f}" for k, v in acc.items())
         + f" | kl {stats['kl']:.4f} clip {stats['clip_frac']:.3f} tokens {rec['length']:.0f} zero_var {zero_var:.2f}"
         f" | s sample {ro['t_sample']:.1f} score {ro['t_score']:.2f} update {t_update:.1f} "
