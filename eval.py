@@ -771,6 +771,9 @@ def report(summaries, meta, out_dir, dumps=(), title=""):
     print(f"wrote {out_dir}/results.json, results.png" + (", dump.jsonl" if dumps else ""))
 
 
+TINY_PIXELS = 56 * 56   # = model.TINY_MIN_PIXELS = TINY_MAX_PIXELS (test_all checks; eval.py imports no torch here)
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description="Score checkpoints with each benchmark's own metric (see docstring).")
     p.add_argument("--model", action="append", required=True, help="checkpoint folder; repeat for side by side")
@@ -781,8 +784,8 @@ def parse_args(argv):
     p.add_argument("--limit", type=int, default=None, help="score only the first N rows")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--max_new_tokens", type=int, default=512)
-    p.add_argument("--min_pixels", type=int, default=56 * 56, help="per frame (tiny default; 7B: 16*28*28)")
-    p.add_argument("--max_pixels", type=int, default=56 * 56, help="per frame (tiny default; 7B: 128*28*28)")
+    p.add_argument("--min_pixels", type=int, default=TINY_PIXELS, help="per frame (tiny default; 7B: 16*28*28)")
+    p.add_argument("--max_pixels", type=int, default=TINY_PIXELS, help="per frame (tiny default; 7B: 128*28*28)")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dump", type=int, default=0, help="write N completions per model with their metrics")
@@ -984,8 +987,8 @@ def parse_rotation_args(argv):
     p.add_argument("--axis", default="yaw", choices=["yaw", "roll", "orbit"])
     p.add_argument("--data", default="data/synth/test.jsonl", help="synthetic rows; scenes.jsonl beside it")
     p.add_argument("--scenes", type=int, default=20, help="first N scenes of the file")
-    for flag, default in (("--frames", 32), ("--batch", 8), ("--max_new_tokens", 512), ("--min_pixels", 56 * 56),
-                          ("--max_pixels", 56 * 56), ("--threads", 2), ("--seed", 0), ("--n_boot", N_BOOT),
+    for flag, default in (("--frames", 32), ("--batch", 8), ("--max_new_tokens", 512), ("--min_pixels", TINY_PIXELS),
+                          ("--max_pixels", TINY_PIXELS), ("--threads", 2), ("--seed", 0), ("--n_boot", N_BOOT),
                           ("--max_prompt_tokens", 1024)):
         p.add_argument(flag, type=int, default=default)
     p.add_argument("--device", default=None)

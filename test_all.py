@@ -1538,6 +1538,11 @@ def test_offset_pose_keeps_edges_and_moves_coordinates():
     assert np.allclose(data.offset_pose(R0, c0, {"axis": "roll", "deg": 0.0})[0], R0)
 
 
+def test_one_pixel_budget():
+    import train
+    assert ev.TINY_PIXELS == M.TINY_MIN_PIXELS == M.TINY_MAX_PIXELS == train.Config.min_pixels == train.Config.max_pixels
+
+
 def test_every_flag_has_help():
     import train
     helps = train.field_help()
