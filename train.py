@@ -408,8 +408,25 @@ def sft_step(cfg, mdl, tok, rows, opt, device, dtype):
     return all_mean({"loss": loss.item(), "grad_norm": grad_norm, "tokens": int(mask.sum())}, sums=("tokens",))
 
 
+@dataclass
+class Rollout:
+    """One GRPO step's samples, what the update and the log need (N = B*G completions, T tokens)."""
+    rows: list                  # the B prompts' dataset rows
+    inputs: dict | None         # their model inputs (None once gathered from the ranks)
+    ids: torch.Tensor | None    # (N, T) completion tokens
+    mask: torch.Tensor          # (N, T) 1 up to and with the EOS
+    old_logp: torch.Tensor | None  # (N, T) log pi_old at sampling time
+    reward: torch.Tensor        # (N,) R_i
+    adv: torch.Tensor           # (N,) A_i
+    parts: list                 # N dicts of reward parts
+    texts: list                 # N completions
+    lengths: list               # N token counts
+    t_sample: float             # seconds sampling
+    t_score: float              # seconds scoring
+
+
 def rollout(cfg, mdl, tok, rows, device, dtype, generator):
-    """Sample G completions per prompt (no grad) and score them. Returns a dict for the update."""
+    """Sample G completions per prompt (no grad), score them, group advantages: a Rollout for the update."""
     eos, suppress = qwen.special_ids(tok)
     inputs = prompt_batch(cfg, tok, mdl, rows, device, dtype)
     mdl.eval()
@@ -421,9 +438,8 @@ def rollout(cfg, mdl, tok, rows, device, dtype, generator):
     texts, lengths = qwen.decode_completions(tok, ids, mask)
     reward, parts = score(cfg, texts, lengths, rows, cfg.G)                              # (N,)
     adv = grpo.group_advantages(reward, cfg.G, scale=cfg.scale_adv)                      # (N,)
-    return {"inputs": inputs, "ids": ids, "mask": mask.float(), "old_logp": sample_logp.float(), "reward": reward,
-            "adv": adv.to(device), "parts": parts, "texts": texts, "lengths": lengths, "rows": rows,
-            "t_sample": t1 - t0, "t_score": time.time() - t1}
+    return Rollout(rows, inputs, ids, mask.float(), sample_logp.float(), reward, adv.to(device), parts, texts,
+                   lengths, t_sample=t1 - t0, t_score=time.time() - t1)
 
 
 def grpo_update(cfg, mdl, ref_mdl, tok, ro, opt, device, dtype):
@@ -431,16 +447,16 @@ def grpo_update(cfg, mdl, ref_mdl, tok, ro, opt, device, dtype):
 
     Each micro-batch's loss is weighted by its share of the batch aggregate (sequences for "seq" / "const",
     tokens for "token"), so the accumulated gradient equals that of one big batch."""
-    B, G = len(ro["rows"]), cfg.G
+    B, G = len(ro.rows), cfg.G
     chunks = [(lo, min(B, lo + cfg.micro_batch)) for lo in range(0, B, cfg.micro_batch)]
-    inputs = [ro["inputs"] if (lo, hi) == (0, B) else prompt_batch(cfg, tok, mdl, ro["rows"][lo:hi], device, dtype)
+    inputs = [ro.inputs if (lo, hi) == (0, B) else prompt_batch(cfg, tok, mdl, ro.rows[lo:hi], device, dtype)
               for lo, hi in chunks]
-    part = [{k: ro[k][lo * G:hi * G] for k in ("ids", "mask", "old_logp", "adv")} for lo, hi in chunks]
+    part = [{k: getattr(ro, k)[lo * G:hi * G] for k in ("ids", "mask", "old_logp", "adv")} for lo, hi in chunks]
     ref_logp = [None] * len(chunks)
     if cfg.beta > 0:                                   # pi_ref log-probs, once per rollout: (n, T) per chunk
         with torch.no_grad(), autocast(device, dtype), reference(mdl, ref_mdl) as ref:
             ref_logp = [grpo.token_logprobs(ref, x, p["ids"], p["mask"]).float() for x, p in zip(inputs, part)]
-    n_tok_all = dist_norm(ro["mask"].sum())
+    n_tok_all = dist_norm(ro.mask.sum())
     stats_sum, n = {}, 0
     for _ in range(cfg.mu):
         mdl.train()
@@ -949,19 +965,20 @@ def rank_rng(state, path):
 
 
 def gather_rollout(ro):
-    """What log_grpo_step and write_samples read of a rollout, from every rank in rank order (ro in one process):
+    """What log_grpo_step and write_samples read of a Rollout, from every rank in rank order (ro in one process):
     texts, parts, rows, lengths, reward (N_all,), adv (N_all,), mask (N_all, T_max) rebuilt from the lengths
     (completion masks are 1 up to the EOS), and the slowest rank's seconds."""
     if world() == 1:
         return ro
-    every = gather([{"texts": ro["texts"], "parts": ro["parts"], "rows": ro["rows"], "lengths": ro["lengths"],
-                     "reward": ro["reward"].tolist(), "adv": ro["adv"].tolist(),
-                     "t_sample": ro["t_sample"], "t_score": ro["t_score"]}])
+    every = gather([{"texts": ro.texts, "parts": ro.parts, "rows": ro.rows, "lengths": ro.lengths,
+                     "reward": ro.reward.tolist(), "adv": ro.adv.tolist(),
+                     "t_sample": ro.t_sample, "t_score": ro.t_score}])
     out = {k: [x for e in every for x in e[k]] for k in ("texts", "parts", "rows", "lengths", "reward", "adv")}
     lengths = torch.tensor(out["lengths"])                                               # (N_all,)
-    out["mask"] = (torch.arange(int(lengths.max())) < lengths[:, None]).float()        # (N_all, T_max)
-    out["reward"], out["adv"] = torch.tensor(out["reward"]), torch.tensor(out["adv"])
-    return {**out, "t_sample": max(e["t_sample"] for e in every), "t_score": max(e["t_score"] for e in every)}
+    mask = (torch.arange(int(lengths.max())) < lengths[:, None]).float()               # (N_all, T_max)
+    return Rollout(out["rows"], None, None, mask, None, torch.tensor(out["reward"]), torch.tensor(out["adv"]),
+                   out["parts"], out["texts"], out["lengths"], t_sample=max(e["t_sample"] for e in every),
+                   t_score=max(e["t_score"] for e in every))
 
 # FSDP2 (--fsdp): full fine-tuning too big for one GPU. Parameters, gradients and AdamW state are split over the
 # ranks (DTensors); a unit's full weights exist only during its forward / backward.
@@ -1334,22 +1351,22 @@ def run_grpo(cfg, run_dir, train_rows, val_rows, step, device, dtype):
 def log_grpo_step(cfg, run_dir, step, ro, stats, t_update, lr):
     """The per-step line: reward and parts, accuracy by answer type, KL, clipping, length, zero-variance groups,
     seconds per stage and sampling throughput."""
-    parts, G = ro["parts"], cfg.G
+    parts, G = ro.parts, cfg.G
     mean = {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
-    acc = {f"acc_{t}": float(np.mean([p["answer"] for i, p in enumerate(parts) if ro["rows"][i // G]["answer_type"] == t]))
-           for t in ("mc", "num", "iou") if any(r["answer_type"] == t for r in ro["rows"])}
-    zero_var = float((ro["reward"].view(-1, G).std(dim=1) < 1e-6).float().mean())
-    n_tok = int(ro["mask"].sum())
-    rec = {"phase": "grpo", "step": step, "reward": float(ro["reward"].mean()),
+    acc = {f"acc_{t}": float(np.mean([p["answer"] for i, p in enumerate(parts) if ro.rows[i // G]["answer_type"] == t]))
+           for t in ("mc", "num", "iou") if any(r["answer_type"] == t for r in ro.rows)}
+    zero_var = float((ro.reward.view(-1, G).std(dim=1) < 1e-6).float().mean())
+    n_tok = int(ro.mask.sum())
+    rec = {"phase": "grpo", "step": step, "reward": float(ro.reward.mean()),
            **{f"r_{k}": v for k, v in mean.items()}, **acc, **stats, "length": n_tok / len(parts),
-           "zero_var": zero_var, "t_sample": ro["t_sample"], "t_score": ro["t_score"], "t_update": t_update,
-           "tok_per_s": n_tok / max(ro["t_sample"], 1e-9), "lr": lr}
+           "zero_var": zero_var, "t_sample": ro.t_sample, "t_score": ro.t_score, "t_update": t_update,
+           "tok_per_s": n_tok / max(ro.t_sample, 1e-9), "lr": lr}
     log(run_dir, rec,
         f"grpo step {step - cfg.sft_steps:4d}/{cfg.grpo_steps} (step {step}) | R {rec['reward']:.3f} "
         f"(fmt {mean['format']:.2f} ans {mean['answer']:.2f} "
         f"graph {mean['graph']:.2f} len {mean['length']:.2f}) | " + " ".join(f"{k} {v:.2f}" for k, v in acc.items())
         + f" | kl {stats['kl']:.4f} clip {stats['clip_frac']:.3f} tokens {rec['length']:.0f} zero_var {zero_var:.2f}"
-        f" | s sample {ro['t_sample']:.1f} score {ro['t_score']:.2f} update {t_update:.1f} "
+        f" | s sample {ro.t_sample:.1f} score {ro.t_score:.2f} update {t_update:.1f} "
         f"| {rec['tok_per_s']:.0f} tok/s")
 
 
@@ -1358,11 +1375,11 @@ def write_samples(run_dir, step, ro, G, n=4):
     if not is_main():
         return
     with open(os.path.join(run_dir, "samples.jsonl"), "a") as fh:
-        for i in range(min(n, len(ro["texts"]))):
-            row = ro["rows"][i // G]
+        for i in range(min(n, len(ro.texts))):
+            row = ro.rows[i // G]
             fh.write(json.dumps({"step": step, "question": row["question"], "answer": row["answer"],
-                                 "completion": ro["texts"][i], "reward": float(ro["reward"][i]),
-                                 "parts": ro["parts"][i], "advantage": float(ro["adv"][i])}) + "\n")
+                                 "completion": ro.texts[i], "reward": float(ro.reward[i]),
+                                 "parts": ro.parts[i], "advantage": float(ro.adv[i])}) + "\n")
 
 
 def final_report(cfg, run_dir, train_rows, test_rows, device, dtype):
