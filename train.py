@@ -66,7 +66,7 @@ class Config:
     seed: int = 0                   # seeds data order, sampling and init of new weights
     device: str = "auto"            # auto (cuda if present) | cpu | cuda
     dtype: str = "auto"             # auto (bf16 on cuda, fp32 on cpu: faster here, `python grpo.py bench`) | bf16 | fp32
-    threads: int = 2                # torch CPU threads
+    threads: int = 2                # torch CPU threads (1 on a busy machine: README, Benchmarks)
     resume: bool = False            # continue runs/NAME from its last checkpoint; only RESUMABLE flags may differ
     # data
     frames: int = data.TRAIN_FRAMES  # frames per video (paper: 16 for training)
