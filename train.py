@@ -1124,7 +1124,8 @@ def graph_targets(items, categories):
 
 
 def key_frame_graphs(rows):
-    """{video: {source frame: nodes}} from the rows' ground-truth graphs (every row of a video adds its frames)."""
+    """{(video, time window): {source frame: nodes}} from the rows' ground-truth graphs (every row of a clip adds
+    its frames)."""
     by_video = {}
     for r in rows:
         for g in r.get("graphs") or []:
