@@ -105,23 +105,22 @@ def frame_interval(times):
     return (times[-1] - times[0]) / max(len(times) - 1, 1) or 1.0
 
 
-def sample_indices(times, num_frames=16, fps=None, start=None, end=None, path="video"):
+def sample_indices(times, num_frames=16, fps=None, window=None):
     """Qwen-style uniform sampling over presentation times.
 
-    times: (N,) seconds, increasing. Window: frames with start <= t <= end. F = num_frames, capped at
-    floor(fps x window duration) when fps is given, clamped to the frames in the window, rounded down to even
-    (>= 2). Returns idx (F,) int into times: round(linspace(0, M-1, F)) over the M window frames.
+    times: (N,) seconds, increasing; window: (M,) positions of the frames to sample from (window_of; None: all).
+    F = num_frames, capped at floor(fps x window duration) when fps is given, clamped to M, rounded down to even
+    (>= 2). Returns idx (F,) int into times: window[round(linspace(0, M-1, F))].
     """
     times = np.asarray(times, dtype=np.float64)                          # (N,)
-    window = window_of(times, start, end, path)                          # (M,)
+    window = np.arange(len(times)) if window is None else window         # (M,)
     n = int(num_frames)
     if fps is not None:
         duration = times[window[-1]] - times[window[0]] + frame_interval(times)   # VFR safe
         n = min(n, int(math.floor(float(fps) * duration + 1e-9)))
     n = min(n, len(window))
     n = max(2, n - n % 2)                                                # even, at least 2
-    pick = np.round(np.linspace(0, len(window) - 1, n)).astype(np.int64)  # (F,)
-    return window[pick]
+    return window[np.round(np.linspace(0, len(window) - 1, n)).astype(np.int64)]   # (F,)
 
 
 def _open_video(path):
@@ -269,7 +268,8 @@ def read_clip(path, num_frames=16, fps=None, start=None, end=None):
         pts, key, truncated = _packet_index(container, vs, path)
         tb = float(vs.time_base)
         times = pts * tb                                                 # (N,) seconds, true presentation times
-        idx = sample_indices(times, num_frames, fps, start, end, path)   # (F,)
+        window = window_of(times, start, end, path)                      # (M,)
+        idx = sample_indices(times, num_frames, fps, window)             # (F,)
         got = _decode_at(container, vs, pts, key, sorted(set(idx.tolist())), path)
     finally:
         container.close()
@@ -287,7 +287,6 @@ def read_clip(path, num_frames=16, fps=None, start=None, end=None):
         raise VideoError(f"{path}: frame size changes inside the video {sorted(shapes)}")
     frames = np.stack([got[i] for i in keep])                           # (F, H, W, 3)
     keep = np.array(keep, dtype=np.int64)                               # (F,) source-frame indices
-    window = window_of(times, start, end, path)                         # (M,)
     sample_fps = len(keep) / len(window) / frame_interval(times)        # F / M x video_fps (qwen-vl-utils)
     return Clip(frames, times[keep], keep, float(sample_fps))
 
@@ -295,6 +294,12 @@ def read_clip(path, num_frames=16, fps=None, start=None, end=None):
 def read_frames(path, num_frames=16, fps=None, start=None, end=None):
     """(frames uint8 (F, H, W, 3), times (F,) seconds) of read_clip."""
     return read_clip(path, num_frames, fps, start, end)[:2]
+
+
+def row_clip(row, num_frames):
+    """read_clip of a row's video within its time_window (if any): the clip train.py and eval.py give the model."""
+    start, end = row.get("time_window") or (None, None)
+    return read_clip(row["video"], num_frames, start=start, end=end)
 
 
 def write_video(path, frames, fps=CLIP_FPS, times=None, codec="libx264", gop=None, rotation=None,
@@ -1048,7 +1053,7 @@ def contact_sheet(shown, path, n_frames=4):
     plt.close(fig)
 
 
-# ============================================================================ files a run writes and reads back
+# ============================================================================ files: written atomically, read tolerantly
 
 def write_file(path, content):
     """Write text (str) or bytes through a temporary file in the same folder, flushed to disk, then a rename: a
@@ -1067,26 +1072,56 @@ def write_file(path, content):
         raise
 
 
-def read_jsonl(path):
-    """The JSON objects of a file that is appended to line by line (metrics.jsonl, samples.jsonl); [] when it
-    does not exist. A line that is not a JSON object (the cut-off last line of a killed write, a damaged one) is
-    dropped with a warning naming FILE:LINE, so a resume never stops on it."""
+class BadRow(ValueError):
+    """Bad input (a file, a row, a field), in data.py and eval.py alike: the message names where ("FILE:LINE",
+    "FILE: item N", "FILE row K"), the field and why."""
+
+    def __init__(self, field, why, where=None):
+        super().__init__(": ".join(s for s in (where, field and f"field '{field}'", why) if s))
+        self.field, self.why, self.where = field, why, where
+
+    def at(self, where, hint=""):
+        """The same error placed at `where` (a reader knows the line, a validator does not), `hint` appended."""
+        return BadRow(self.field, self.why + hint, where)
+
+
+def read_records(path):
+    """(records, unit) of a JSON list (unit "item") or a JSONL file (unit "line", blank lines skipped); records are
+    (N, parsed object), N counted from 1. A line that is not JSON is (N, a BadRow naming FILE:N, "cut off" when it
+    is the last line and has no line end), for the caller to skip or raise; a JSON list that does not parse raises.
+    The one reader of rows (load_rows, eval.load_benchmark) and of run logs (read_jsonl)."""
+    path = os.fspath(path)
     if not os.path.exists(path):
-        return []
-    out = []
+        raise FileNotFoundError(f"{path}: no such file")
     with open(path, encoding="utf-8", errors="replace") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                rec = e
-            if isinstance(rec, dict):
-                out.append(rec)
-            else:
-                cut = "" if line.endswith("\n") else " (cut off: no line end)"
-                warnings.warn(f"{path}:{n}: not a JSON object{cut}; dropped", stacklevel=2)
+        text = fh.read()
+    if not path.endswith(".jsonl") and text.lstrip().startswith("["):
+        try:
+            return list(enumerate(json.loads(text), 1)), "item"
+        except json.JSONDecodeError as e:
+            raise BadRow(None, f"not valid JSON ({e.msg})", f"{path}:{e.lineno}") from None
+    lines, out = text.split("\n"), []
+    for n, line in enumerate(lines, 1):
+        try:
+            if line.strip():
+                out.append((n, json.loads(line)))
+        except json.JSONDecodeError as e:
+            cut = " (cut off: no line end)" if n == len(lines) else ""
+            out.append((n, BadRow("json", f"not valid JSON ({e.msg}){cut}", f"{path}:{n}")))
+    return out, "line"
+
+
+def read_jsonl(path):
+    """The JSON objects of a file appended to line by line (metrics.jsonl, samples.jsonl); [] when it does not
+    exist. A line that is not a JSON object (the cut-off last line of a killed write, a damaged one) is dropped
+    with a warning naming FILE:LINE, so a resume never stops on it."""
+    out = []
+    for n, rec in read_records(path)[0] if os.path.exists(path) else []:
+        if isinstance(rec, dict):
+            out.append(rec)
+        else:
+            why = rec if isinstance(rec, BadRow) else f"{path}:{n}: not a JSON object"
+            warnings.warn(f"{why}; dropped", stacklevel=2)
     return out
 
 
@@ -1094,74 +1129,62 @@ def read_jsonl(path):
 
 ANSWER_TYPES = ("mc", "num", "iou")
 VIDEO_R1_TYPES = {"multiple choice": "mc", "numerical": "num", "regression": "num"}
-
-
-class BadRow(ValueError):
-    """A row that does not validate: carries the field name."""
-
-    def __init__(self, field, why):
-        super().__init__(f"field '{field}': {why}")
-        self.field = field
+ROW_DEFAULTS = {"options": None, "time_window": None, "graphs": None, "task": "unknown", "reasoning": None}
 
 
 def _is_num(x):
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _check_answer(row):
-    at, ans, opts = row["answer_type"], row["answer"], row["options"]
-    if at == "mc":
-        if not (isinstance(opts, list) and 2 <= len(opts) <= len(LETTERS)
-                and all(isinstance(o, str) and o.strip() for o in opts)):
-            raise BadRow("options", "mc needs a list of 2-10 non-empty option texts")
-        if not (isinstance(ans, str) and ans in LETTERS[: len(opts)]):
-            raise BadRow("answer", f"mc answer must be one letter A-{LETTERS[len(opts) - 1]}, got {ans!r}")
-    elif at == "num":
-        if not _is_num(ans):
-            raise BadRow("answer", f"num answer must be a finite number, got {ans!r}")
-    elif not (isinstance(ans, list) and len(ans) in (2, 4) and all(_is_num(a) for a in ans)
-              and ans[0] <= ans[len(ans) // 2] and ans[1] <= ans[-1]):
-        raise BadRow("answer", f"iou answer must be [start, end] or [x1, y1, x2, y2] in order, got {ans!r}")
+def _is_text(x):
+    return isinstance(x, str) and bool(x.strip())
 
 
-def _check_graphs(graphs):
-    if not isinstance(graphs, list):
-        raise BadRow("graphs", "must be a list of {frame, nodes} or null")
-    for g in graphs:
-        if not (isinstance(g, dict) and isinstance(g.get("frame"), int) and g["frame"] >= 0
-                and isinstance(g.get("nodes"), list)):
-            raise BadRow("graphs", f"each graph needs an int frame >= 0 and a node list, got {str(g)[:60]}")
-        for n in g["nodes"]:
-            if not (isinstance(n, dict) and isinstance(n.get("category"), str) and isinstance(n.get("center"), list)
-                    and len(n["center"]) == 3 and all(_is_num(c) for c in n["center"])):
-                raise BadRow("graphs", f"bad node {str(n)[:60]}")
+def _is_graph(g):
+    return (isinstance(g, dict) and isinstance(g.get("frame"), int) and g["frame"] >= 0
+            and isinstance(g.get("nodes"), list) and all(
+                isinstance(n, dict) and isinstance(n.get("category"), str) and isinstance(n.get("center"), list)
+                and len(n["center"]) == 3 and all(map(_is_num, n["center"])) for n in g["nodes"]))
+
+
+def _is_answer(r):
+    a, kind = r["answer"], r["answer_type"]
+    if kind == "mc":
+        return isinstance(a, str) and len(a) == 1 and a in LETTERS[:len(r["options"])]
+    if kind == "num":
+        return _is_num(a)
+    return (isinstance(a, list) and len(a) in (2, 4) and all(map(_is_num, a))
+            and a[0] <= a[len(a) // 2] and a[1] <= a[-1])
+
+
+ROW_CHECKS = (                          # (field, test of the row, what it must be): the first that fails is named
+    ("video", lambda r: _is_text(r.get("video")), "a non-empty string"),
+    ("question", lambda r: _is_text(r.get("question")), "a non-empty string"),
+    ("answer_type", lambda r: r.get("answer_type") in ANSWER_TYPES, f"one of {ANSWER_TYPES}"),
+    ("answer", lambda r: "answer" in r, "given"),
+    ("options", lambda r: r["options"] in (None, []) if r["answer_type"] != "mc" else (
+        isinstance(r["options"], list) and 2 <= len(r["options"]) <= len(LETTERS) and all(map(_is_text, r["options"]))),
+     "a list of 2-10 non-empty option texts for mc, null for num / iou"),
+    ("answer", _is_answer, "an option letter (mc), a finite number (num), [start, end] or [x1, y1, x2, y2] in "
+                           "order (iou)"),
+    ("time_window", lambda r: r["time_window"] is None or (isinstance(r["time_window"], list) and len(
+        r["time_window"]) == 2 and all(map(_is_num, r["time_window"])) and r["time_window"][0] < r["time_window"][1]),
+     "[start, end] seconds with start < end, or null"),
+    ("graphs", lambda r: r["graphs"] is None or (isinstance(r["graphs"], list) and all(map(_is_graph, r["graphs"]))),
+     "null or a list of {frame: int >= 0, nodes: [{category, center: [x, y, z]}]}"),
+    *((f, lambda r, f=f: r.get(f) is None or isinstance(r[f], str), "a string or null")
+      for f in ("task", "reasoning", "id")))
 
 
 def validate_row(row, folder):
-    """Our row format: checks every field, fills defaults, makes `video` absolute. Returns the row."""
+    """Our row format: fills the defaults, checks every field (ROW_CHECKS), makes `video` absolute. Returns it."""
     if not isinstance(row, dict):
         raise BadRow("row", "not a JSON object")
-    for field in ("video", "question"):
-        if not (isinstance(row.get(field), str) and row[field].strip()):
-            raise BadRow(field, "missing or not a non-empty string")
-    if row.get("answer_type") not in ANSWER_TYPES:
-        raise BadRow("answer_type", f"must be one of {ANSWER_TYPES}, got {row.get('answer_type')!r}")
-    if "answer" not in row:
-        raise BadRow("answer", "missing")
-    row.setdefault("options", None)
-    if row["answer_type"] != "mc" and row["options"] not in (None, []):
-        raise BadRow("options", f"{row['answer_type']} rows take no options")
-    _check_answer(row)
-    tw = row.setdefault("time_window", None)
-    if tw is not None and not (isinstance(tw, list) and len(tw) == 2 and all(_is_num(x) for x in tw) and tw[0] < tw[1]):
-        raise BadRow("time_window", f"must be [start, end] seconds with start < end, or null; got {tw!r}")
-    if row.setdefault("graphs", None) is not None:
-        _check_graphs(row["graphs"])
-    for field in ("task", "reasoning", "id"):
-        if row.get(field) is not None and not isinstance(row[field], str):
-            raise BadRow(field, "must be a string")
-    row.setdefault("task", "unknown")
-    row.setdefault("reasoning", None)
+    for field, default in ROW_DEFAULTS.items():
+        row.setdefault(field, default)
+    for field, ok, what in ROW_CHECKS:
+        if not ok(row):
+            raise BadRow(field, f"must be {what}; got {row.get(field)!r:.60}")
     row["video"] = os.path.normpath(os.path.join(folder, os.path.expanduser(row["video"])))
     return row
 
@@ -1207,40 +1230,19 @@ def from_video_r1(item):
             if isinstance(process, str) and process.strip() else None}
 
 
-def _records(path):
-    """(line number, parsed object or the JSON error) of a JSONL file, or (item number, object) of a JSON list."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-        return list(enumerate(items, 1)), "item"
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                out.append((n, json.loads(line)))
-            except json.JSONDecodeError as e:
-                out.append((n, BadRow("json", f"not valid JSON ({e.msg})")))
-    return out, "line"
-
-
 def load_rows(path, skip_bad=False, skipped=None):
     """Rows of a JSONL file in our format, or of a Video-R1 JSON / JSONL file, validated.
 
     Relative video paths resolve against the file's folder (made absolute); each row's `file_line` says where it
-    came from ("FILE:LINE", or "FILE: item N" of a JSON list). A bad row raises ValueError
+    came from ("FILE:LINE", or "FILE: item N" of a JSON list). A bad row raises BadRow (a ValueError)
     "FILE:LINE: field 'F': why"; with skip_bad=True it is skipped, the count is printed, and (FILE:LINE, why) is
     appended to the list `skipped` when one is given."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file")
     folder = os.path.dirname(os.path.abspath(path))
-    records, unit = _records(path)
-    rows, bad, first = [], 0, None
+    records, unit = read_records(path)
+    rows, bad = [], []
     for n, rec in records:
+        where = f"{path}:{n}" if unit == "line" else f"{path}: item {n}"
         try:
             if isinstance(rec, BadRow):
                 raise rec
@@ -1248,17 +1250,16 @@ def load_rows(path, skip_bad=False, skipped=None):
                 rec = from_video_r1(rec)
             row = validate_row(rec, folder)
             row["id"] = row.get("id") or f"{os.path.basename(path)}:{n}"
-            row["file_line"] = f"{path}:{n}" if unit == "line" else f"{path}: item {n}"     # for skip reports
+            row["file_line"] = where                                      # for skip reports
             rows.append(row)
         except BadRow as e:
-            where = f"{path}:{n}" if unit == "line" else f"{path}: item {n}"
             if not skip_bad:
-                raise ValueError(f"{where}: {e}") from None
-            bad, first = bad + 1, first or f"{where}: {e}"
-            if skipped is not None:
-                skipped.append((where, str(e)))
+                raise e.at(where) from None
+            bad.append((where, str(e.at(None))))
     if bad:
-        print(f"load_rows: skipped {bad} bad row(s) of {len(records)} in {path} (first: {first})")
+        print(f"load_rows: skipped {len(bad)} bad row(s) of {len(records)} in {path} (first: {': '.join(bad[0])})")
+    if skipped is not None:
+        skipped.extend(bad)
     return rows
 
 

@@ -84,8 +84,10 @@ import time
 
 import numpy as np
 
+import data
 import graph
 import rewards
+from data import BadRow
 
 R_AT = (0.3, 0.5, 0.7)              # V-STaR R1@k thresholds on tIoU
 N_BOOT = 1000                       # bootstrap resamples
@@ -338,26 +340,23 @@ def summarize(rows, scored, n_boot=N_BOOT, seed=0):
 
 
 # ------------------------------------------------------------------------------------ benchmark adapters
-
-class BadInput(ValueError):
-    """An input file or row that cannot be read; the message names the file, the row and the field."""
-
+# Each raises data.BadRow(field, why, where) for a bad row; `where` is "FILE row K" (K counted from 0).
 
 def need(rec, field, where):
     if field not in rec or rec[field] is None:
-        raise BadInput(f"{where}: missing field {field!r} (has {sorted(rec)[:12]})")
+        raise BadRow(field, f"missing (the row has {sorted(rec)[:12]})", where)
     return rec[field]
 
 
 def option_texts(options, where):
     """['A. chair', 'B. table'] or ['(A) chair', ...] or ['chair', ...] -> ['chair', 'table'] (letter = position)."""
     if not isinstance(options, (list, tuple)) or not options:
-        raise BadInput(f"{where}: field 'options' must be a non-empty list, got {options!r:.80}")
+        raise BadRow("options", f"must be a non-empty list, got {options!r:.80}", where)
     out = []
     for k, opt in enumerate(options):
         m = OPTION_PREFIX_RE.match(str(opt))
         if m and m.group(1).upper() != chr(ord("A") + k):
-            raise BadInput(f"{where}: option {k} is labelled {m.group(1)!r}, expected {chr(ord('A') + k)!r}")
+            raise BadRow("options", f"option {k} is labelled {m.group(1)!r}, expected {chr(ord('A') + k)!r}", where)
         out.append(str(opt)[m.end():].strip() if m else str(opt).strip())
     return out
 
@@ -366,7 +365,7 @@ def letter(value, n_options, where, field):
     """'B', 'b', 'B.', '(B)' -> 'B', checked against the number of options."""
     s = str(value).strip().strip("().").upper()
     if len(s) != 1 or not "A" <= s < chr(ord("A") + n_options):
-        raise BadInput(f"{where}: field {field!r} must be an option letter of {n_options} options, got {value!r:.40}")
+        raise BadRow(field, f"must be an option letter of {n_options} options, got {value!r:.40}", where)
     return s
 
 
@@ -374,9 +373,9 @@ def to_float(value, where, field):
     try:
         x = float(value)
     except (TypeError, ValueError):
-        raise BadInput(f"{where}: field {field!r} must be a number, got {value!r:.40}") from None
+        raise BadRow(field, f"must be a number, got {value!r:.40}", where) from None
     if not math.isfinite(x):
-        raise BadInput(f"{where}: field {field!r} is not finite ({value!r})")
+        raise BadRow(field, f"is not finite ({value!r})", where)
     return x
 
 
@@ -386,12 +385,11 @@ def from_vsibench(rec, root, where):
     video = os.path.join(root, str(need(rec, "dataset", where)), f"{need(rec, 'scene_name', where)}.mp4")
     row = {"id": f"vsi-{rec.get('id', where.rsplit(' ', 1)[-1])}", "video": video, "rule": "vsibench",
            "question": str(need(rec, "question", where)), "task": qtype, "time_window": None, "graphs": None}
+    gt = need(rec, "ground_truth", where)
     if qtype in VSI_NUMERIC:
-        return {**row, "options": None, "answer": to_float(need(rec, "ground_truth", where), where, "ground_truth"),
-                "answer_type": "num"}
+        return {**row, "options": None, "answer": to_float(gt, where, "ground_truth"), "answer_type": "num"}
     options = option_texts(need(rec, "options", where), where)
-    return {**row, "options": options, "answer": letter(need(rec, "ground_truth", where), len(options), where,
-                                                        "ground_truth"), "answer_type": "mc"}
+    return {**row, "options": options, "answer": letter(gt, len(options), where, "ground_truth"), "answer_type": "mc"}
 
 
 def from_stibench(rec, root, where):
@@ -401,14 +399,13 @@ def from_stibench(rec, root, where):
         try:
             cands = json.loads(cands)
         except json.JSONDecodeError as e:
-            raise BadInput(f"{where}: field 'Candidates' is not JSON ({e})") from None
+            raise BadRow("Candidates", f"not JSON ({e})", where) from None
     if not isinstance(cands, dict) or not cands:
-        raise BadInput(f"{where}: field 'Candidates' must be a JSON object of letter -> text")
-    keys = sorted(cands)
-    options = option_texts([f"{k}. {cands[k]}" for k in keys], where)
+        raise BadRow("Candidates", "must be a JSON object of letter -> text", where)
+    options = option_texts([f"{k}. {cands[k]}" for k in sorted(cands)], where)
     ts, te = (to_float(need(rec, f, where), where, f) for f in ("time_start", "time_end"))
     if te < ts:
-        raise BadInput(f"{where}: time_end {te} < time_start {ts}")
+        raise BadRow("time_end", f"{te} < time_start {ts}", where)
     return {"id": f"sti-{need(rec, 'ID', where)}", "video": os.path.join(root, str(need(rec, "Video", where))),
             "question": str(need(rec, "Question", where)), "options": options,
             "answer": letter(need(rec, "Answer", where), len(options), where, "Answer"), "answer_type": "mc",
@@ -427,24 +424,22 @@ def where_question(rec, boxes):
 
 def from_vstar(rec, root, where):
     """V-STaR item -> [when row (iou on [s, e] seconds)] + [where row (boxes)] if bboxes are given."""
-    vid = str(need(rec, "vid", where))
-    video = os.path.join(root, f"{vid}.mp4")
-    base = {"video": video, "options": None, "time_window": None, "graphs": None, "domain": rec.get("domain"),
-            "rule": "vstar"}
+    base = {"video": os.path.join(root, f"{need(rec, 'vid', where)}.mp4"), "options": None, "time_window": None,
+            "graphs": None, "domain": rec.get("domain"), "rule": "vstar"}
     idx = where.rsplit(" ", 1)[-1]
     ts = need(rec, "timestamps", where)
     if not isinstance(ts, (list, tuple)) or len(ts) != 2:
-        raise BadInput(f"{where}: field 'timestamps' must be [start, end] seconds, got {ts!r:.60}")
-    s, e = (to_float(v, where, "timestamps") for v in ts)
+        raise BadRow("timestamps", f"must be [start, end] seconds, got {ts!r:.60}", where)
     rows = [{**base, "id": f"vstar-{idx}-when", "question": str(need(rec, "temporal_question", where)) +
-             " Answer with [start, end] in seconds.", "answer": [s, e], "answer_type": "iou", "task": "when"}]
+             " Answer with [start, end] in seconds.", "answer": [to_float(v, where, "timestamps") for v in ts],
+             "answer_type": "iou", "task": "when"}]
     boxes = []
     for k, b in enumerate(rec.get("bboxes") or []):
         if not isinstance(b, dict):
-            raise BadInput(f"{where}: bboxes[{k}] must be an object with frame_index, xmin, ymin, xmax, ymax")
-        box = [to_float(need(b, f, f"{where} bboxes[{k}]"), where, f"bboxes[{k}].{f}")
-               for f in ("xmin", "ymin", "xmax", "ymax")]
-        boxes.append({"frame": int(to_float(need(b, "frame_index", f"{where} bboxes[{k}]"), where, "frame_index")),
+            raise BadRow(f"bboxes[{k}]", "must be an object with frame_index, xmin, ymin, xmax, ymax", where)
+        at = f"{where} bboxes[{k}]"
+        box = [to_float(need(b, f, at), where, f"bboxes[{k}].{f}") for f in ("xmin", "ymin", "xmax", "ymax")]
+        boxes.append({"frame": int(to_float(need(b, "frame_index", at), where, f"bboxes[{k}].frame_index")),
                       "box": box})
     if boxes:
         rows.append({**base, "id": f"vstar-{idx}-where", "question": where_question(rec, boxes), "answer": boxes,
@@ -454,13 +449,12 @@ def from_vstar(rec, root, where):
 
 def from_videor1(rec, root, where):
     """Video-R1 eval row -> our row: data.from_video_r1 (the one mapping of that format), with the video path
-    resolved against root and its errors reported as BadInput naming the row; task = data_source (VideoMME...).
-    Scored by Video-R1's rules, which need the problem type and the solution's answer text as written."""
-    import data
+    resolved against root; task = data_source (VideoMME...). Scored by Video-R1's rules, which need the problem
+    type and the solution's answer text as written."""
     try:
         row = data.from_video_r1(rec)
-    except data.BadRow as err:
-        raise BadInput(f"{where}: {err}") from None
+    except BadRow as e:
+        raise e.at(where) from None
     video = os.path.normpath(os.path.join(root, row["video"]))
     return {**row, "id": f"r1-{rec.get('problem_id', where.rsplit(' ', 1)[-1])}", "video": video, "reasoning": None,
             "rule": "videor1", "problem_type": rec["problem_type"], "gt_text": r1_extract(str(rec.get("solution")))}
@@ -474,6 +468,7 @@ FORMAT_KEYS = {                        # a format is detected when the first row
     "ours": ("video", "question", "answer", "answer_type"),
 }
 ADAPTERS = {"vsibench": from_vsibench, "stibench": from_stibench, "vstar": from_vstar, "videor1": from_videor1}
+KNOWN_KEYS = "known formats need: " + "; ".join(f"{n}: {', '.join(k)}" for n, k in FORMAT_KEYS.items())
 
 
 def detect_format(rec, where="row 0"):
@@ -482,83 +477,64 @@ def detect_format(rec, where="row 0"):
         if isinstance(rec, dict) and all(k in rec for k in keys):
             return name
     keys = sorted(rec) if isinstance(rec, dict) else type(rec).__name__
-    raise BadInput(f"{where}: cannot detect the format from keys {keys}; "
-                 f"known formats need: " + "; ".join(f"{n}: {', '.join(k)}" for n, k in FORMAT_KEYS.items()))
+    raise BadRow(None, f"cannot detect the format from keys {keys}; {KNOWN_KEYS}", where)
 
 
 def first_format(records, path, skip_bad):
     """The format of the first record; with skip_bad, of the first record whose format can be detected (a bad
     first row then is skipped and counted like any other, instead of defeating --format auto)."""
     for k, rec in enumerate(records):
-        if isinstance(rec, BadInput):
+        if isinstance(rec, BadRow):
             continue
         try:
             return detect_format(rec, f"{path} row {k}" if skip_bad else f"{path} first row")
-        except BadInput:
+        except BadRow:
             if not skip_bad:
                 raise
-    raise BadInput(f"{path}: no row has the keys of a known format (" +
-                   "; ".join(f"{n}: {', '.join(k)}" for n, k in FORMAT_KEYS.items()) + ")")
+    raise BadRow(None, f"no row has the keys of a known format ({KNOWN_KEYS})", path)
 
 
 def read_records(path):
-    """Raw records of a .jsonl (one object per line), .json (a list of objects) or .parquet (needs pandas)."""
-    if path.endswith(".parquet"):
-        try:
-            import pandas
-        except ImportError:
-            raise BadInput(f"{path}: reading parquet needs pandas + pyarrow, which are not installed here; "
-                             "install them or export the rows to JSON/JSONL (same columns)") from None
-        return pandas.read_parquet(path).to_dict(orient="records")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if path.endswith(".jsonl") or not text.lstrip().startswith("["):
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    records.append(BadInput(f"{path} line {n}: not JSON ({e})"))
-        return records
+    """Raw records of a .jsonl / .json file (data.read_records: a line that is not JSON is a BadRow naming it) or
+    a .parquet file (needs pandas)."""
+    if not path.endswith(".parquet"):
+        return [rec for _, rec in data.read_records(path)[0]]
     try:
-        records = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise BadInput(f"{path}: not a JSON list ({e})") from None
-    if not isinstance(records, list):
-        raise BadInput(f"{path}: a .json file must hold a list of rows")
-    return records
+        import pandas
+    except ImportError:
+        raise BadRow(None, "reading parquet needs pandas + pyarrow, which are not installed here; install them or "
+                           "export the rows to JSON/JSONL (same columns)", path) from None
+    return pandas.read_parquet(path).to_dict(orient="records")
 
 
 def load_benchmark(path, fmt="auto", video_root=None, skip_bad=False):
     """Rows in our format (data.py's row format) from any supported file -> (rows, fmt, n_skipped).
     A bad row raises a clear error naming the file, row and field, or is skipped and counted with skip_bad."""
+    hint = " (use --skip_bad to skip and count such rows)"
     records = read_records(path)
-    good = [r for r in records if not isinstance(r, BadInput)]
-    if not good:
-        raise BadInput(f"{path}: no readable rows" + (f" ({records[0]})" if records else ""))
+    if all(isinstance(r, BadRow) for r in records):
+        raise BadRow(None, "no readable rows" + (f" ({records[0]})" if records else ""), path)
     if fmt == "auto":
         fmt = first_format(records, path, skip_bad)
     if fmt == "ours":
-        import data
         try:
             rows = data.load_rows(path, skip_bad=skip_bad)
-        except ValueError as e:                                   # data.py names the file, line and field
-            raise BadInput(f"{e} (use --skip_bad to skip and count such rows)") from None
+        except BadRow as e:                                       # data.py names the file, line and field
+            raise e.at(e.where, hint) from None
         return rows, fmt, len(records) - len(rows)
     root = video_root or os.path.dirname(os.path.abspath(path))
     rows, skipped = [], 0
     for k, rec in enumerate(records):
         try:
-            if isinstance(rec, BadInput):
+            if isinstance(rec, BadRow):
                 raise rec
             if not isinstance(rec, dict):
-                raise BadInput(f"{path} row {k}: not an object")
+                raise BadRow("row", "not an object", f"{path} row {k}")
             out = ADAPTERS[fmt](rec, root, f"{path} row {k}")
             rows.extend({**r, "file_line": f"{path} row {k}"} for r in (out if isinstance(out, list) else [out]))
-        except BadInput as e:
+        except BadRow as e:
             if not skip_bad:
-                raise BadInput(f"{e} (use --skip_bad to skip and count such rows)") from None
+                raise e.at(e.where, hint) from None
             skipped += 1
     return rows, fmt, skipped
 
@@ -629,7 +605,6 @@ def plot_results(summaries, path, title=""):
 def save_png(fig, path):
     """Render a figure to PNG bytes and write them atomically (data.write_file); closes the figure."""
     import io
-    import data
     import matplotlib.pyplot as plt
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=100)
@@ -643,14 +618,6 @@ def prompt_row(row):
     """The row model.build_prompt sees: a 'boxes' row is asked as a box question (its question text already
     says one box per frame)."""
     return {**row, "answer_type": "iou", "answer": [0.0, 0.0, 0.0, 0.0]} if row["answer_type"] == "boxes" else row
-
-
-def read_video(row, frames):
-    """data.Clip (frames (F,H,W,3) uint8, times (F,) s, ..., Qwen's sample_fps) of the row's clip (its
-    time_window if any)."""
-    import data
-    start, end = row.get("time_window") or (None, None)
-    return data.read_clip(row["video"], frames, start=start, end=end)
 
 
 def greedy_batch(mdl, tokenizer, rows, videos, args):
@@ -692,13 +659,12 @@ def run_model(path, rows, args, tag):
 def clip_or_problem(row, tokenizer, args):
     """(clip, None) for a row that can be asked, else (None, why): its prompt is longer than --max_prompt_tokens,
     or its video does not decode (data.VideoError / FileNotFoundError: damage the cheap checks cannot see)."""
-    import data
     import model as qwen
     n = qwen.prompt_tokens(tokenizer, prompt_row(row))
     if n > args.max_prompt_tokens:
         return None, f"prompt of {n} tokens exceeds --max_prompt_tokens {args.max_prompt_tokens}"
     try:
-        return read_video(row, args.frames), None
+        return data.row_clip(row, args.frames), None
     except (data.VideoError, FileNotFoundError) as e:
         return None, str(e)
 
@@ -706,7 +672,7 @@ def clip_or_problem(row, tokenizer, args):
 def complete(mdl, tokenizer, rows, args, tag):
     """Greedy completions of a loaded model for every row, batch by batch; videos decoded per batch.
     Returns (completions, {row index: why}) with None for a row that cannot be asked (clip_or_problem): with
-    --skip_bad it is left out and the rest goes on; without, BadInput names it."""
+    --skip_bad it is left out and the rest goes on; without, BadRow names it."""
     completions, problems, t0 = [None] * len(rows), {}, time.time()
     for lo in range(0, len(rows), args.batch):
         asked, videos = [], []
@@ -718,8 +684,8 @@ def complete(mdl, tokenizer, rows, args, tag):
             elif args.skip_bad:
                 problems[i] = why
             else:
-                raise BadInput(f"{rows[i].get('file_line', rows[i].get('id'))}: {why} (use --skip_bad to skip "
-                               f"and count such rows)")
+                raise BadRow(None, f"{why} (use --skip_bad to skip and count such rows)",
+                             rows[i].get("file_line", rows[i].get("id")))
         if asked:
             texts = greedy_batch(mdl, tokenizer, [rows[i] for i in asked], videos, args)[0]
             for i, text in zip(asked, texts):
@@ -744,11 +710,10 @@ def model_names(paths):
 def check_videos(rows, skip_bad):
     """Rows whose video passes data.video_problem's cheap checks (exists, opens, the window lies inside it); the
     others are an error naming the first (row and why), or skipped and counted. (rows kept, number skipped)"""
-    import data
     keep, bad = data.check_videos(rows)
     if bad and not skip_bad:
-        raise BadInput(f"{len(bad)} row(s) with an unusable video, e.g. " + "; ".join(f"{w}: {y}" for w, y in bad[:3])
-                       + " (check --video_root, or --skip_bad to skip their rows)")
+        raise BadRow(None, f"{len(bad)} row(s) with an unusable video, e.g. " + "; ".join(
+            f"{w}: {y}" for w, y in bad[:3]) + " (check --video_root, or --skip_bad to skip their rows)")
     return keep, len(bad)
 
 
@@ -761,7 +726,6 @@ def dump_records(name, rows, completions, scored, n):
 
 def report(summaries, meta, out_dir, dumps=(), title=""):
     """Print the table; write results.json, results.png and (if any) dump.jsonl into out_dir."""
-    import data
     os.makedirs(out_dir, exist_ok=True)
     print(markdown_table(summaries))
     data.write_file(os.path.join(out_dir, "results.json"), json.dumps({**meta, "models": summaries}, indent=1))
@@ -804,7 +768,7 @@ def main(argv):
     args = parse_args(argv)
     for path in args.model:
         if not os.path.isfile(os.path.join(path, "config.json")):
-            raise BadInput(f"--model {path}: no checkpoint folder there (config.json, *.safetensors, tokenizer)")
+            raise BadRow(None, "no checkpoint folder there (config.json, *.safetensors, tokenizer)", f"--model {path}")
     import torch
     torch.set_num_threads(args.threads)
     rows, fmt, skipped = load_benchmark(args.data, args.format, args.video_root, args.skip_bad)
@@ -847,7 +811,6 @@ def main(argv):
 
 def with_offset(scene, axis, deg):
     """A copy of a scene whose camera is turned by deg degrees (the pivot of an orbit: objects' start centroid)."""
-    import data
     pivot = np.mean([data.object_center(o, 0.0) for o in scene["objects"]], axis=0) * [1, 1, 0]
     return {**scene, "camera": {**scene["camera"], "offset": {"axis": axis, "deg": float(deg),
                                                              "pivot": pivot.tolist()}}}
@@ -857,7 +820,7 @@ def scene_ids(rows):
     """Scene indices of synthetic rows: 'synth-000123-04' -> 123."""
     ids = sorted({int(m.group(1)) for r in rows for m in [re.match(r"synth-(\d+)-", str(r.get("id")))] if m})
     if not ids:
-        raise BadInput("rotation: no synthetic rows (ids 'synth-NNNNNN-KK') in the data file")
+        raise BadRow(None, "no synthetic rows (ids 'synth-NNNNNN-KK') in the data file", "rotation")
     return ids
 
 
@@ -865,19 +828,18 @@ def load_scenes(folder, ids):
     """Scene dicts from data.make_dataset's scenes.jsonl, by scene id."""
     path = os.path.join(folder, "scenes.jsonl")
     if not os.path.isfile(path):
-        raise BadInput(f"{path}: missing (data.make_dataset writes it with the videos; remake the set)")
+        raise BadRow(None, "missing (data.make_dataset writes it with the videos; remake the set)", path)
     with open(path) as f:
         scenes = {s["id"]: s for s in map(json.loads, filter(str.strip, f))}
     missing = [i for i in ids if i not in scenes]
     if missing:
-        raise BadInput(f"{path}: no scene for ids {missing[:5]}")
+        raise BadRow(None, f"no scene for ids {missing[:5]}", path)
     return [scenes[i] for i in ids]
 
 
 def rotated_rows(scene, axis, deg, seed, video_dir):
     """Render one scene with the turned camera, write its video, and make its questions with a fixed rng
     (same question texts at every angle; answers and graphs from the turned camera)."""
-    import data
     rs = with_offset(scene, axis, deg)
     clip = data.render_clip(rs)                                               # (F, H, W, 3)
     rows = data.make_questions(rs, np.random.default_rng([seed, int(scene["id"])]))
@@ -890,7 +852,6 @@ def rotated_rows(scene, axis, deg, seed, video_dir):
 
 def visible_share(scene, rows):
     """Share of (key frame, object) pairs whose centre projects inside the image in front of the camera."""
-    import data
     H, W = scene["size"]
     hits = []
     for g in (rows[0]["graphs"] if rows else []):
@@ -1000,7 +961,6 @@ def parse_rotation_args(argv):
 def rotation_main(argv):
     """Render every angle, score the model at each, print the table, write rotation.json and rotation.png."""
     import torch
-    import data
     import model as qwen
     args = parse_rotation_args(argv)
     torch.set_num_threads(args.threads)
@@ -1065,5 +1025,5 @@ if __name__ == "__main__":
             rotation_main(sys.argv[2:])
         else:
             main(sys.argv[1:])
-    except BadInput as e:
+    except BadRow as e:
         sys.exit(f"eval.py: {e}")

@@ -1434,7 +1434,7 @@ def test_format_detection():
     try:
         ev.detect_format({"foo": 1}, "file.json row 0")
         raise AssertionError("no error")
-    except ev.BadInput as e:
+    except data.BadRow as e:
         assert "file.json row 0" in str(e) and "foo" in str(e)
 
 
@@ -1448,14 +1448,14 @@ def test_bad_rows_named_or_skipped_and_counted():
         try:
             ev.load_benchmark(path)
             raise AssertionError("no error")
-        except ev.BadInput as e:
+        except data.BadRow as e:
             assert "vsi.jsonl row 1" in str(e) and "ground_truth" in str(e) and "--skip_bad" in str(e)
         rows, fmt, skipped = ev.load_benchmark(path, skip_bad=True)
         assert fmt == "vsibench" and len(rows) == 2 and skipped == 3
         assert rows[0]["video"] == os.path.join(d, "scannet", "scene0011_00.mp4")   # root = the file's folder
         try:
             ev.from_vsibench(no_field, "/r", "vsi.jsonl row 2")
-        except ev.BadInput as e:
+        except data.BadRow as e:
             assert "row 2" in str(e) and "'question'" in str(e)
 
 
@@ -1478,7 +1478,7 @@ def test_json_list_jsonl_and_parquet_message():
             try:
                 ev.load_benchmark(pq)
                 raise AssertionError("no error")
-            except ev.BadInput as e:
+            except data.BadRow as e:
                 assert "pandas" in str(e)
 
 
@@ -1491,11 +1491,11 @@ def test_videos_checked_and_decoded():
         try:
             ev.check_videos(rows, skip_bad=False)
             raise AssertionError("no error")
-        except ev.BadInput as e:
+        except data.BadRow as e:
             assert "missing.mp4" in str(e)
         kept, n_missing = ev.check_videos(rows, skip_bad=True)
         assert len(kept) == 1 and n_missing == 1
-        frames, times = ev.read_video(kept[0], 2)[:2]                   # a data.Clip: frames, times, ...
+        frames, times = data.row_clip(kept[0], 2)[:2]                   # a data.Clip: frames, times, ...
         assert frames.shape[0] == 2 and frames.shape[-1] == 3 and len(times) == 2
 
 
@@ -2072,11 +2072,11 @@ def test_eval_skips_a_bad_first_row_and_unreadable_videos_and_writes_what_it_sco
         args = ["--model", _tiny_dir(), "--data", os.path.join(d, "qa.json"), "--frames", "4", "--max_new_tokens",
                 "4", "--batch", "2", "--n_boot", "20", "--max_prompt_tokens", "600", "--threads", "1",
                 "--out", os.path.join(d, "out")]
-        _raises(ev.BadInput, ev.main, args, contains=("first row", "cannot detect the format"))
+        _raises(data.BadRow, ev.main, args, contains=("first row", "cannot detect the format"))
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), \
                 warnings.catch_warnings(record=True):
-            _raises(ev.BadInput, ev.main, args + ["--format", "stibench"], contains=("row 0", "Candidates"))
+            _raises(data.BadRow, ev.main, args + ["--format", "stibench"], contains=("row 0", "Candidates"))
             ev.main(args + ["--skip_bad"])
         res = json.load(open(os.path.join(d, "out", "results.json")))
         assert res["format"] == "stibench" and res["rows"] == 2 and res["skipped_bad"] == 1
@@ -2086,7 +2086,7 @@ def test_eval_skips_a_bad_first_row_and_unreadable_videos_and_writes_what_it_sco
         json.dump(rows[1:3], open(os.path.join(d, "qa2.json"), "w"))      # without --skip_bad: the row is named
         args[args.index(os.path.join(d, "qa.json"))] = os.path.join(d, "qa2.json")
         with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings(record=True):
-            e = _error_of(ev.BadInput, ev.main, args)
+            e = _error_of(data.BadRow, ev.main, args)
         assert "qa2.json row 1" in str(e) and "zero frames" in str(e) and "--skip_bad" in str(e)
 
 

@@ -325,10 +325,9 @@ def ensure_model(cfg, train_rows):
 
 
 @functools.lru_cache(maxsize=None)
-def load_video(path, num_frames, start=None, end=None):
-    """data.Clip (frames (F, H, W, 3) uint8, times (F,) s, source-frame indices (F,), Qwen's sample_fps) of one
-    clip, decoded once per run."""
-    return data.read_clip(path, num_frames, start=start, end=end)
+def load_video(video, num_frames, window=()):
+    """data.row_clip of one (video, time_window tuple), decoded once per run."""
+    return data.row_clip({"video": video, "time_window": window}, num_frames)
 
 
 def clip_problem(cfg, row):
@@ -336,7 +335,7 @@ def clip_problem(cfg, row):
     a readable clip is then in load_video's cache. The cheap checks at load time (data.check_videos) cannot see
     a file damaged inside: each step drops such a row and goes on with the rest of its batch."""
     try:
-        load_video(row["video"], cfg.frames, *(row.get("time_window") or (None, None)))
+        load_video(row["video"], cfg.frames, tuple(row.get("time_window") or ()))
     except (data.VideoError, FileNotFoundError) as e:
         return str(e)
     return None
@@ -356,7 +355,7 @@ def drop_unreadable(cfg, rows):
 
 def row_videos(cfg, rows):
     """The clips of B rows (each within its time_window, if any), from the per-run cache."""
-    return [load_video(r["video"], cfg.frames, *(r.get("time_window") or (None, None))) for r in rows]
+    return [load_video(r["video"], cfg.frames, tuple(r.get("time_window") or ())) for r in rows]
 
 
 def prompt_batch(cfg, tok, mdl, rows, device, dtype):
@@ -1150,7 +1149,7 @@ def vision_step(cfg, mdl, tok, head, videos, graphs, device, dtype):
     tp = mdl.config.vision_config.temporal_patch_size
     preds, nodes = [], []
     for (v, w), f, grid in zip(videos, feats, inputs["video_grid_thw"]):
-        idx = load_video(v, cfg.frames, *(w or (None, None))).indices         # (F,)
+        idx = load_video(v, cfg.frames, w).indices                            # (F,)
         f = f.view(int(grid[0]), -1, f.shape[-1])                             # (t, tokens per slice, H)
         for frame, frame_nodes in graphs[(v, w)].items():
             k = int(np.abs(idx - frame).argmin()) // tp                       # the slice holding that frame
