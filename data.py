@@ -52,6 +52,7 @@ the same vocabulary that are not in the scene. Also read: Video-R1 JSON / JSONL 
 "A. ...", problem_type multiple choice / numerical / regression, solution "<answer>..</answer>").
 """
 import contextlib
+import itertools
 import json
 import math
 import multiprocessing
@@ -304,12 +305,13 @@ def row_clip(row, num_frames):
 
 def write_video(path, frames, fps=CLIP_FPS, times=None, codec="libx264", gop=None, rotation=None,
                 qp=23, preset="veryfast"):
-    """Write frames (F, H, W, 3) uint8 to an mp4 (index at the front). times (F,) seconds give a variable
-    frame rate; rotation (degrees counter-clockwise) writes a display matrix. libx264 needs even H and W
-    (yuv420p); odd sizes are written as yuv444p. A constant quantiser qp, not crf: libx264's crf rate control
-    gave different bytes for the same frames from run to run (PyAV 18.1), qp gives the same bytes."""
-    frames = np.asarray(frames, dtype=np.uint8)                         # (F, H, W, 3)
-    _, H, W, _ = frames.shape
+    """Write frames ((F, H, W, 3) uint8, or an iterable of (H, W, 3)) to an mp4 (index at the front). times (F,)
+    seconds give a variable frame rate; rotation (degrees counter-clockwise) writes a display matrix. libx264 needs
+    even H and W (yuv420p); odd sizes are written as yuv444p. A constant quantiser qp, not crf: libx264's crf rate
+    control gave different bytes for the same frames from run to run (PyAV 18.1), qp gives the same bytes."""
+    frames = iter(frames)
+    first = next(frames)                                                # (H, W, 3)
+    H, W = np.shape(first)[:2]
     tb = Fraction(1, 1000) if times is not None else Fraction(1, int(fps))
     with av.open(os.fspath(path), "w", options={"movflags": "+faststart"}) as c:
         s = c.add_stream(codec, rate=int(fps))
@@ -324,8 +326,8 @@ def write_video(path, frames, fps=CLIP_FPS, times=None, codec="libx264", gop=Non
                                           if gop else {})}
         if rotation:
             s.set_display_rotation(rotation)
-        for i, img in enumerate(frames):
-            fr = av.VideoFrame.from_ndarray(img, format="rgb24")
+        for i, img in enumerate(itertools.chain([first], frames)):
+            fr = av.VideoFrame.from_ndarray(np.ascontiguousarray(img, dtype=np.uint8), format="rgb24")
             fr.pts = int(round(times[i] * 1000)) if times is not None else i
             fr.time_base = tb
             for pkt in s.encode(fr):
@@ -356,12 +358,12 @@ def frame_times(scene):
 
 
 def object_center(obj, sec):
-    """World centre (3,) at time sec: ground position + velocity x time moved so far, z = height / 2.
-    World frame: X right and Y forward as the camera starts, Z up, metres."""
+    """World centre (3,) at time sec, or (F, 3) at times sec (F,): ground position + velocity x time moved so
+    far, z = height / 2. World frame: X right and Y forward as the camera starts, Z up, metres."""
     t0, t1 = obj["move"] or (0.0, 0.0)
-    moved = min(max(sec, t0), t1) - t0                                      # seconds of motion before sec
-    return np.array([obj["pos"][0] + obj["vel"][0] * moved, obj["pos"][1] + obj["vel"][1] * moved,
-                     obj["height"] / 2.0])
+    moved = np.clip(np.asarray(sec, dtype=np.float64), t0, t1) - t0      # seconds of motion before sec
+    return np.stack([obj["pos"][0] + obj["vel"][0] * moved, obj["pos"][1] + obj["vel"][1] * moved,
+                     np.full_like(moved, obj["height"] / 2.0)], axis=-1)
 
 
 def present(obj, sec):
@@ -483,10 +485,7 @@ def _poses(scene):
 def _track(scene, o, poses):
     """World centres (F, 3), camera-frame centres (F, 3), pixel centres (F, 2), presence (F,) of o."""
     ts = frame_times(scene)                                              # (F,)
-    t0, t1 = o["move"] or (0.0, 0.0)
-    moved = np.clip(ts, t0, t1) - t0                                     # (F,) seconds moved so far
-    cw = np.column_stack([o["pos"][0] + o["vel"][0] * moved, o["pos"][1] + o["vel"][1] * moved,
-                          np.full(len(ts), o["height"] / 2)])           # (F, 3)
+    cw = object_center(o, ts)                                            # (F, 3)
     pc = np.einsum("fij,fj->fi", poses[0], cw - poses[1])               # (F, 3)
     return cw, pc, project(scene, pc), ts >= o["appear"] - 1e-9
 
@@ -618,15 +617,9 @@ def _fill_edges(img, a, b, colour):
     img[v0:v1, u0:u1][(u >= lo) & (u <= hi)] = colour
 
 
-@lru_cache(maxsize=32)
-def _next(k):
-    """Index of the next vertex around a k-gon: [1, 2, ..., k-1, 0]."""
-    return np.r_[1:k, 0]
-
-
 def _fill_poly(img, poly, colour):
     """A convex polygon (M, 2) with vertices in order (either direction)."""
-    _fill_edges(img, poly, poly[_next(len(poly))], colour)
+    _fill_edges(img, poly, np.roll(poly, -1, axis=0), colour)
 
 
 def _disk(img, centre, r, colour):
@@ -641,21 +634,10 @@ def _disk(img, centre, r, colour):
     img[v0:v1, u0:u1][v * v + u * u <= r * r] = colour
 
 
-@lru_cache(maxsize=32)
-def _unit_ring(k):
-    """cos and sin of k evenly spaced angles: (k,) each."""
-    ang = np.arange(k) * (2 * np.pi / k)
-    return np.cos(ang), np.sin(ang)
-
-
 def _ring(centre, radius, z, k=10, phase=0.0):
     """k points (k, 3) of a horizontal circle (or regular polygon) at height z around a world centre."""
-    cos, sin = _unit_ring(k)
-    if phase:
-        cos, sin = cos * math.cos(phase) - sin * math.sin(phase), sin * math.cos(phase) + cos * math.sin(phase)
-    out = np.empty((k, 3))
-    out[:, 0], out[:, 1], out[:, 2] = centre[0] + radius * cos, centre[1] + radius * sin, z
-    return out
+    ang = np.arange(k) * (2 * np.pi / k) + phase                        # (k,)
+    return np.column_stack([centre[0] + radius * np.cos(ang), centre[1] + radius * np.sin(ang), np.full(k, z)])
 
 
 def _draw_object(img, scene, o, p, R, c):
@@ -671,15 +653,14 @@ def _draw_object(img, scene, o, p, R, c):
         return
     cube = o["shape"] == "cube"
     k, phase, rad = (4, o["yaw"], w * math.sqrt(2)) if cube else (10, 0.0, w)
-    nxt = _next(k)
     bottom = proj(_ring(p, rad, 0.0, k, phase))                          # (k, 2)
     if o["shape"] == "cone":
         apex = np.repeat(proj(np.array([[p[0], p[1], h]])), k, axis=0)  # (k, 2)
-        _fill_edges(img, np.vstack([bottom, bottom]), np.vstack([bottom[nxt], apex]), _shade(o["colour"], 0.9))
+        _fill_edges(img, np.vstack([bottom, bottom]), np.vstack([np.roll(bottom, -1, 0), apex]), _shade(o["colour"], 0.9))
         return
     top = proj(_ring(p, rad, h, k, phase))                               # (k, 2)
     edges_a = np.vstack([bottom, top, bottom])                           # bottom, top and vertical edges
-    edges_b = np.vstack([bottom[nxt], top[nxt], top])
+    edges_b = np.vstack([np.roll(bottom, -1, 0), np.roll(top, -1, 0), top])
     _fill_edges(img, edges_a, edges_b, _shade(o["colour"], 0.75))
     _fill_poly(img, top, _shade(o["colour"], 1.0))
 
@@ -753,18 +734,25 @@ def gt_graph(scene, frame):
     to the millimetre, left to right. The text form prints them to 0.1 m and derives the edges from these exact
     centres, so a written d_ij is the true distance rounded, the same number an abs_distance answer gives."""
     sec = frame / scene["fps"]
-    live = [o for o in scene["objects"] if present(o, sec)]
+    live = _live(scene, frame)
     centres = [to_camera(scene, object_center(o, sec), sec) for o in live]            # (3,) each, metres
     nodes = [graph.Node(o["name"], tuple(round(float(x), 3) + 0.0 for x in c)) for o, c in zip(live, centres)]
     return graph.Graph(int(frame), sorted(nodes, key=lambda n: n.center[0]))
 
 
-def _mc(rng, correct, distractors, k=4):
-    """Options (texts) with the correct one at a uniformly random position among min(k, 1 + len) options."""
+def _num(question, value, sentence, frames, digits=1):
+    """A num question: what a q_* function returns (make_questions turns it into a row)."""
+    return dict(question=question, options=None, answer=value, answer_type="num", text=graph.fmt_num(value, digits),
+                sentence=sentence, frames=frames)
+
+
+def _choice(rng, question, correct, distractors, sentence, frames, k=4):
+    """An mc question: the correct text at a uniformly random position among min(k, 1 + len) options."""
     n = min(k, 1 + len(distractors))
     pos = int(rng.integers(n))
     others = [distractors[i] for i in rng.permutation(len(distractors))[: n - 1]]
-    return others[:pos] + [correct] + others[pos:], LETTERS[pos]
+    return dict(question=question, options=others[:pos] + [correct] + others[pos:], answer=LETTERS[pos],
+                answer_type="mc", text=LETTERS[pos], sentence=sentence, frames=frames)
 
 
 def _when(scene, frame):
@@ -790,8 +778,7 @@ def _absent(scene):
 
 def q_object_count(scene, rng, keys):
     n = len(scene["objects"])
-    return dict(question="How many objects appear in the video?", options=None, answer=float(n),
-                answer_type="num", text=graph.fmt_num(n, 0), sentence=f"I count {n} objects.", frames=keys[-1:])
+    return _num("How many objects appear in the video?", float(n), f"I count {n} objects.", keys[-1:], 0)
 
 
 def q_abs_distance(scene, rng, keys):
@@ -803,10 +790,8 @@ def q_abs_distance(scene, rng, keys):
     a, b = [live[i] for i in rng.permutation(len(live))[:2]]
     d = round(_dist(scene, a, b, f), 1)
     when = f" {_when(scene, f)}" if a["move"] or b["move"] else ""
-    return dict(question=f"What is the distance between the {a['name']} and the {b['name']}{when}, "
-                         f"in metres (centre to centre)?", options=None, answer=d, answer_type="num",
-                text=graph.fmt_num(d), frames=[f],
-                sentence=f"The {a['name']} and the {b['name']} are {graph.fmt_num(d)} m apart.")
+    return _num(f"What is the distance between the {a['name']} and the {b['name']}{when}, in metres (centre to "
+                f"centre)?", d, f"The {a['name']} and the {b['name']} are {graph.fmt_num(d)} m apart.", [f])
 
 
 def q_closest_object(scene, rng, keys):
@@ -818,13 +803,11 @@ def q_closest_object(scene, rng, keys):
             others = sorted((_dist(scene, x, o, f), o["name"]) for o in live if o is not x)
             if others[1][0] - others[0][0] >= 0.3:
                 pad = _absent(scene)
-                opts, letter = _mc(rng, others[0][1], [n for _, n in others[1:]] +
-                                   [pad[i] for i in rng.permutation(len(pad))[: max(0, 4 - len(others))]])
-                moving = any(o["move"] for o in live)
-                when = f" {_when(scene, f)}" if moving else ""
-                return dict(question=f"Which object is closest to the {x['name']}{when}?", options=opts,
-                            answer=letter, answer_type="mc", text=letter,
-                            sentence=f"The {others[0][1]} is closest, {graph.fmt_num(others[0][0])} m.", frames=[f])
+                pad = [pad[i] for i in rng.permutation(len(pad))[: max(0, 4 - len(others))]]
+                when = f" {_when(scene, f)}" if any(o["move"] for o in live) else ""
+                return _choice(rng, f"Which object is closest to the {x['name']}{when}?", others[0][1],
+                               [n for _, n in others[1:]] + pad,
+                               f"The {others[0][1]} is closest, {graph.fmt_num(others[0][0])} m.", [f])
     return None
 
 
@@ -839,19 +822,17 @@ def q_relative_direction(scene, rng, keys):
             dx, _, dz = to_camera(scene, object_center(b, sec), sec) - to_camera(scene, object_center(a, sec), sec)
             if abs(dx) >= 0.4 and abs(dz) >= 0.4:
                 ans = f"{'left' if dx < 0 else 'right'} and {'nearer' if dz < 0 else 'farther'}"
-                opts, letter = _mc(rng, ans, [d for d in DIRECTIONS if d != ans])
-                return dict(question=f"Seen from the camera {_when(scene, f)}, where is the {b['name']} "
-                                     f"relative to the {a['name']}?", options=opts, answer=letter,
-                            answer_type="mc", text=letter, sentence=f"The {b['name']} is {ans}.", frames=[f])
+                return _choice(rng, f"Seen from the camera {_when(scene, f)}, where is the {b['name']} relative "
+                               f"to the {a['name']}?", ans, [d for d in DIRECTIONS if d != ans],
+                               f"The {b['name']} is {ans}.", [f])
     return None
 
 
 def q_object_size(scene, rng, keys):
     o = scene["objects"][int(rng.integers(len(scene["objects"])))]
     h = round(o["height"], 1)
-    return dict(question=f"How tall is the {o['name']}, in metres?", options=None, answer=h,
-                answer_type="num", text=graph.fmt_num(h), frames=keys[-1:],
-                sentence=f"The {o['name']} is {graph.fmt_num(h)} m tall.")
+    return _num(f"How tall is the {o['name']}, in metres?", h, f"The {o['name']} is {graph.fmt_num(h)} m tall.",
+                keys[-1:])
 
 
 def _movers(scene, rng, from_start=False):
@@ -872,9 +853,8 @@ def q_displacement(scene, rng, keys):
     for o in _movers(scene, rng, from_start=True):
         d = round(float(np.linalg.norm(object_center(o, T) - object_center(o, 0.0))), 1)
         if d >= 0.5:
-            return dict(question=f"How far is the {o['name']} at the end of the video from where it was at "
-                                 f"the start, in metres?", options=None, answer=d, answer_type="num",
-                        text=graph.fmt_num(d), sentence=f"The {o['name']} moved {graph.fmt_num(d)} m.", frames=keys)
+            return _num(f"How far is the {o['name']} at the end of the video from where it was at the start, in "
+                        f"metres?", d, f"The {o['name']} moved {graph.fmt_num(d)} m.", keys)
     return None
 
 
@@ -885,9 +865,8 @@ def q_average_speed(scene, rng, keys):
         path = _path(o, 0.0, T)
         v = round(path / T, 2)
         if v >= 0.1:
-            return dict(question=f"What is the average speed of the {o['name']} over the whole video, in metres "
-                                 f"per second?", options=None, answer=v, answer_type="num", text=graph.fmt_num(v, 2),
-                        sentence=f"It covers {graph.fmt_num(path)} m in {graph.fmt_num(T)} s.", frames=keys)
+            return _num(f"What is the average speed of the {o['name']} over the whole video, in metres per "
+                        f"second?", v, f"It covers {graph.fmt_num(path)} m in {graph.fmt_num(T)} s.", keys, 2)
     return None
 
 
@@ -901,10 +880,8 @@ def q_motion_direction(scene, rng, keys):
         x, z = float(step @ right), float(step @ fwd)
         if max(abs(x), abs(z)) >= 2 * min(abs(x), abs(z)):
             ans = (MOTIONS[0] if x < 0 else MOTIONS[1]) if abs(x) > abs(z) else (MOTIONS[2] if z < 0 else MOTIONS[3])
-            opts, letter = _mc(rng, ans, [m for m in MOTIONS if m != ans])
-            return dict(question=f"Seen from the camera, in which direction does the {o['name']} move?",
-                        options=opts, answer=letter, answer_type="mc", text=letter,
-                        sentence=f"The {o['name']} moves {ans}.", frames=keys)
+            return _choice(rng, f"Seen from the camera, in which direction does the {o['name']} move?", ans,
+                           [m for m in MOTIONS if m != ans], f"The {o['name']} moves {ans}.", keys)
     return None
 
 
@@ -920,10 +897,8 @@ def q_appearance_order(scene, rng, keys):
         perm = [right[i] for i in rng.permutation(len(right))]
         if perm != right:
             wrong.add(", ".join(perm))
-    opts, letter = _mc(rng, ", ".join(right), sorted(wrong))
-    return dict(question="In which order do the objects first appear in the video?", options=opts, answer=letter,
-                answer_type="mc", text=letter,
-                sentence="They appear at " + ", ".join(f"{graph.fmt_num(sec)} s" for sec in times) + ".", frames=keys)
+    return _choice(rng, "In which order do the objects first appear in the video?", ", ".join(right), sorted(wrong),
+                   "They appear at " + ", ".join(f"{graph.fmt_num(sec)} s" for sec in times) + ".", keys)
 
 
 def q_when_moving(scene, rng, keys):
@@ -1189,11 +1164,15 @@ def validate_row(row, folder):
     return row
 
 
-def _answer_tag(text):
-    """Content of the first <answer>...</answer> (or the whole text when there is no tag), stripped."""
-    s = str(text)
-    i, j = s.find("<answer>"), s.find("</answer>")
-    return (s[i + 8: j] if 0 <= i < j else s).strip()
+def r1_extract(text):
+    r"""Video-R1's extract_answer: the first <answer>\s*(.*?)\s*</answer>, stripped, or '' without one. The same
+    match as the regex (eval.R1_ANSWER_RE.search), found with str.find (linear: the regex rescans the rest of the
+    text from every unclosed <answer>)."""
+    if not isinstance(text, str):
+        return ""
+    i = text.find("<answer>")
+    j = text.find("</answer>", i + 8) if i >= 0 else -1
+    return text[i + 8:j].strip() if j >= 0 else ""
 
 
 def from_video_r1(item):
@@ -1205,7 +1184,9 @@ def from_video_r1(item):
     ptype = item.get("problem_type")
     if ptype not in VIDEO_R1_TYPES:
         raise BadRow("problem_type", f"unsupported {ptype!r} (supported: {', '.join(VIDEO_R1_TYPES)})")
-    at, ans = VIDEO_R1_TYPES[ptype], _answer_tag(item.get("solution", ""))
+    solution = str(item.get("solution", ""))
+    at = VIDEO_R1_TYPES[ptype]
+    ans = text = r1_extract(solution) or solution.strip()
     options = None
     if at == "mc":
         options = []
@@ -1226,7 +1207,7 @@ def from_video_r1(item):
     return {"id": str(item.get("problem_id", "")) or None, "video": item["path"], "question": item.get("problem"),
             "options": options, "answer": ans, "answer_type": at,
             "task": str(item.get("data_source") or ptype), "time_window": None, "graphs": None,
-            "reasoning": f"{process.strip()}<answer>{ans if at == 'mc' else _answer_tag(item['solution'])}</answer>"
+            "reasoning": f"{process.strip()}<answer>{ans if at == 'mc' else text}</answer>"
             if isinstance(process, str) and process.strip() else None}
 
 
@@ -1306,25 +1287,14 @@ def check_videos(rows):
 
 def _bench_video(path, seconds=120, fps=30, size=(360, 640), gop=30):
     """A long test video (made once, cached): a textured panorama panning by 2 px per frame."""
-    if os.path.exists(path):
-        return path
-    H, W = size
-    rng = np.random.default_rng(0)
-    coarse = rng.integers(0, 256, (H // 8 + 1, (W + 2 * fps * seconds) // 8 + 2, 3), dtype=np.uint8)
-    pano = np.repeat(np.repeat(coarse, 8, 0), 8, 1)[:H]                   # (H, W', 3) blocky texture
-    frames = (pano[:, 2 * i: 2 * i + W] for i in range(fps * seconds))  # (H, W, 3) each, lazily
-    tmp = path + ".part.mp4"
-    with av.open(tmp, "w", options={"movflags": "+faststart"}) as c:
-        s = c.add_stream("libx264", rate=fps)
-        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
-        s.codec_context.options = {"preset": "ultrafast", "crf": "28",
-                                   "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
-        for img in frames:
-            for pkt in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
-                c.mux(pkt)
-        for pkt in s.encode():
-            c.mux(pkt)
-    os.replace(tmp, path)
+    if not os.path.exists(path):
+        H, W = size
+        coarse = np.random.default_rng(0).integers(0, 256, (H // 8 + 1, (W + 2 * fps * seconds) // 8 + 2, 3),
+                                                   dtype=np.uint8)
+        pano = np.repeat(np.repeat(coarse, 8, 0), 8, 1)[:H]               # (H, W', 3) blocky texture
+        write_video(path + ".part.mp4", (pano[:, 2 * i: 2 * i + W] for i in range(fps * seconds)), fps, gop=gop,
+                    qp=28, preset="ultrafast")                           # frames made lazily: (H, W, 3) each
+        os.replace(path + ".part.mp4", path)
     return path
 
 

@@ -87,7 +87,7 @@ import numpy as np
 import data
 import graph
 import rewards
-from data import BadRow
+from data import BadRow, r1_extract
 
 R_AT = (0.3, 0.5, 0.7)              # V-STaR R1@k thresholds on tIoU
 N_BOOT = 1000                       # bootstrap resamples
@@ -156,17 +156,6 @@ def number_mra(pred_text, gt):
     """VSI-Bench MRA of the first token against gt (rewards.mra); unparseable -> 0."""
     value = vsi_number(pred_text)
     return 0.0 if value is None else rewards.mra(value, float(gt))
-
-
-def r1_extract(text):
-    r"""Video-R1's extract_answer: the first <answer>\s*(.*?)\s*</answer>, stripped, or '' without one. The
-    same match as R1_ANSWER_RE.search, found with str.find (linear: the regex rescans the rest of the text from
-    every unclosed <answer>)."""
-    if not isinstance(text, str):
-        return ""
-    i = text.find("<answer>")
-    j = text.find("</answer>", i + 8) if i >= 0 else -1
-    return text[i + 8:j].strip() if j >= 0 else ""
 
 
 def r1_number(text):
