@@ -1166,7 +1166,7 @@ def validate_row(row, folder):
 
 def r1_extract(text):
     r"""Video-R1's extract_answer: the first <answer>\s*(.*?)\s*</answer>, stripped, or '' without one. The same
-    match as the regex (eval.R1_ANSWER_RE.search), found with str.find (linear: the regex rescans the rest of the
+    match as that regex's search, found with str.find (linear: the regex rescans the rest of the
     text from every unclosed <answer>)."""
     if not isinstance(text, str):
         return ""

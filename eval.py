@@ -63,12 +63,14 @@ forms above); the benchmarks' scripts score the whole reply, here the text in th
 model.build_prompt's for every benchmark (not each benchmark's own wording; a "where" row is asked as a box
 question whose text asks for one box per frame); STI-Bench uses at most 30 frames (pass --frames 30).
 
-Rotation stress test (Theorem 1, Phi(RX, C) = Phi(X, C)): the synthetic test scenes (scenes.jsonl beside the
-rows) are re-rendered with the camera turned by each angle, the questions remade with a fixed rng (same question
-texts kept at every angle; answers and graphs from the turned camera), and the model scored at each angle.
---axis yaw | roll | orbit, as data.offset_pose defines them (yaw: objects leave the 60 deg view beyond ~20 deg, so
-the plot shows the share in view). The plot puts the model's answer
-score and node / edge rewards next to the ground truth's change: camera-frame coordinates move, edges do not.
+Rotation stress test (Theorem 1: Phi(RX, C) = Phi(X, C) for a rotation R about the camera centre C): the synthetic
+test scenes (scenes.jsonl beside the rows) are re-rendered with the camera turned by each angle (scene["camera"]
+["offset"], applied by data.camera_pose, through which every pose of data.py passes), the questions remade with a
+fixed rng (same question texts at every angle; answers and graphs from the turned camera), and the model scored at
+each angle. --axis yaw | roll | orbit as data.offset_pose defines them (yaw, roll: about C, Theorem 1 exactly; orbit
+round the objects' start centroid keeps d_ij, not a_ij; under yaw objects leave the 60 deg view beyond ~20 deg, so
+the plot shows the share in view). The plot puts the model's answer score and node / edge rewards next to the ground
+truth's change: camera-frame coordinates move, edges do not, so a model that has learned relations keeps R_e.
 
 Run: `python eval.py --model PATH [--model PATH2] --data FILE --frames 32` (table, results.json, results.png in
 --out); `python eval.py rotation --model PATH --angles 0 30 60 90 180 [--axis yaw|roll|orbit] [--scenes 20]`
@@ -103,7 +105,6 @@ RULES = ("vsibench", "stibench", "vstar", "videor1", "ours")        # module doc
 STI_PATTERNS = [re.compile(p, re.IGNORECASE | re.MULTILINE) for p in (   # STI-Bench's ANSWER_PATTERNS, in order
     r"\(([A-E])\)", r"Ans\s*=\s*['\"]?([A-E])['\"]?", r"Answer\s*[:=]\s*([A-E])", r"Option\s+([A-E])",
     r"\b([A-E])\s*(?:is|was)\s*correct", r"\b([A-E])[\.\)]\s*$")]
-R1_ANSWER_RE = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)  # Video-R1's extract_answer
 
 
 def answer_text(completion):
@@ -266,14 +267,9 @@ def score_completion(completion, row):
 
 def bootstrap_mean_ci(values, n_boot=N_BOOT, seed=0, level=0.95):
     """Percentile bootstrap interval of the mean: resample the n values with replacement n_boot times,
-    (lo, hi) = the (1-level)/2 and (1+level)/2 quantiles of the resampled means. Deterministic for a seed."""
-    x = np.asarray(values, dtype=np.float64)                      # (n,)
-    if len(x) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = np.array([x[rng.integers(0, len(x), len(x))].mean() for _ in range(n_boot)])  # (n_boot,)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
+    (lo, hi) = the (1-level)/2 and (1+level)/2 quantiles of the resampled means. Deterministic for a seed.
+    (The stratified bootstrap of one task: the same draws.)"""
+    return bootstrap_task_mean_ci({"": values}, n_boot, seed, level)
 
 
 def task_family(task):
@@ -727,29 +723,36 @@ def report(summaries, meta, out_dir, dumps=(), title=""):
 TINY_PIXELS = 56 * 56   # = model.TINY_MIN_PIXELS = TINY_MAX_PIXELS (test_all checks; eval.py imports no torch here)
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(description="Score checkpoints with each benchmark's own metric (see docstring).")
-    p.add_argument("--model", action="append", required=True, help="checkpoint folder; repeat for side by side")
-    p.add_argument("--data", required=True, help="rows: .jsonl / .json / .parquet")
-    p.add_argument("--format", default="auto", choices=["auto", *FORMAT_KEYS])
-    p.add_argument("--video_root", default=None, help="videos of benchmark rows (default: the data file's folder)")
+def parse_args(argv, rotation=False):
+    """The flags of `eval.py`, or of `eval.py rotation`; both share the model and decoding flags."""
+    p = argparse.ArgumentParser(description="Rotation stress test on the synthetic scenes (see docstring)." if
+                                rotation else "Score checkpoints with each benchmark's own metric (see docstring).")
+    if rotation:
+        p.add_argument("--model", required=True)
+        p.add_argument("--angles", type=float, nargs="+", default=[0, 30, 60, 90, 180])
+        p.add_argument("--axis", default="yaw", choices=["yaw", "roll", "orbit"])
+        p.add_argument("--data", default="data/synth/test.jsonl", help="synthetic rows; scenes.jsonl beside it")
+        p.add_argument("--scenes", type=int, default=20, help="first N scenes of the file")
+    else:
+        p.add_argument("--model", action="append", required=True, help="checkpoint folder; repeat for side by side")
+        p.add_argument("--data", required=True, help="rows: .jsonl / .json / .parquet")
+        p.add_argument("--format", default="auto", choices=["auto", *FORMAT_KEYS])
+        p.add_argument("--video_root", default=None, help="videos of benchmark rows (default: the data file's folder)")
+        p.add_argument("--limit", type=int, default=None, help="score only the first N rows")
+        p.add_argument("--dump", type=int, default=0, help="write N completions per model with their metrics")
     p.add_argument("--frames", type=int, default=32, help="frames per video (paper: 32 at inference)")
-    p.add_argument("--limit", type=int, default=None, help="score only the first N rows")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--max_new_tokens", type=int, default=512)
     p.add_argument("--min_pixels", type=int, default=TINY_PIXELS, help="per frame (tiny default; 7B: 16*28*28)")
     p.add_argument("--max_pixels", type=int, default=TINY_PIXELS, help="per frame (tiny default; 7B: 128*28*28)")
+    for flag, default in (("--batch", 8), ("--max_new_tokens", 512), ("--threads", 2), ("--n_boot", N_BOOT),
+                          ("--seed", 0)):
+        p.add_argument(flag, type=int, default=default)
     p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--dump", type=int, default=0, help="write N completions per model with their metrics")
-    p.add_argument("--out", default="out/eval")
+    p.add_argument("--out", default="out/rotation" if rotation else "out/eval")
     p.add_argument("--skip_bad", action="store_true", help="skip and count bad rows (a bad field, a video that "
                    "does not open or decode, a prompt over --max_prompt_tokens) instead of stopping; the rest is "
                    "scored and written")
     p.add_argument("--max_prompt_tokens", type=int, default=1024, help="rows whose prompt text has more tokens "
                    "(model.prompt_tokens, video not counted) are bad rows")
-    p.add_argument("--n_boot", type=int, default=N_BOOT)
-    p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
 
@@ -787,16 +790,7 @@ def main(argv):
     report(summaries, meta, args.out, dumps, f"{os.path.basename(args.data)} ({fmt}, {len(kept)} questions)")
 
 
-# ------------------------------------------------------------------------------------ rotation stress test
-#
-# Theorem 1: Phi(R X, C) = Phi(X, C) for R in SO(3) about the camera centre C. Re-render each synthetic test scene
-# with its camera turned by phi (same objects and motions, same question texts), score the model at each phi:
-# the ground-truth edges (d_ij, a_ij) stay put while the camera-frame coordinates move, so a model that has
-# learned relations keeps its edge reward while its coordinate-based node reward may fall. The three axes (yaw and
-# roll about C: Theorem 1 exactly; orbit round the objects' start centroid: d_ij kept, a_ij not) are data.offset_pose.
-# The offset lives in scene["camera"]["offset"]; data.camera_pose applies it (data.offset_pose), and every pose in
-# data.py (rendering, graphs, answers) goes through camera_pose.
-
+# ------------------------------------------------------------------------------------ rotation stress test (docstring)
 
 def with_offset(scene, axis, deg):
     """A copy of a scene whose camera is turned by deg degrees (the pivot of an orbit: objects' start centroid)."""
@@ -818,8 +812,7 @@ def load_scenes(folder, ids):
     path = os.path.join(folder, "scenes.jsonl")
     if not os.path.isfile(path):
         raise BadRow(None, "missing (data.make_dataset writes it with the videos; remake the set)", path)
-    with open(path) as f:
-        scenes = {s["id"]: s for s in map(json.loads, filter(str.strip, f))}
+    scenes = {s["id"]: s for s in data.read_jsonl(path)}
     missing = [i for i in ids if i not in scenes]
     if missing:
         raise BadRow(None, f"no scene for ids {missing[:5]}", path)
@@ -930,28 +923,11 @@ def plot_rotation(results, path, title):
     save_png(fig, path)
 
 
-def parse_rotation_args(argv):
-    p = argparse.ArgumentParser(description="Rotation stress test on the synthetic scenes (see docstring).")
-    p.add_argument("--model", required=True)
-    p.add_argument("--angles", type=float, nargs="+", default=[0, 30, 60, 90, 180])
-    p.add_argument("--axis", default="yaw", choices=["yaw", "roll", "orbit"])
-    p.add_argument("--data", default="data/synth/test.jsonl", help="synthetic rows; scenes.jsonl beside it")
-    p.add_argument("--scenes", type=int, default=20, help="first N scenes of the file")
-    for flag, default in (("--frames", 32), ("--batch", 8), ("--max_new_tokens", 512), ("--min_pixels", TINY_PIXELS),
-                          ("--max_pixels", TINY_PIXELS), ("--threads", 2), ("--seed", 0), ("--n_boot", N_BOOT),
-                          ("--max_prompt_tokens", 1024)):
-        p.add_argument(flag, type=int, default=default)
-    p.add_argument("--device", default=None)
-    p.add_argument("--skip_bad", action="store_true", help="skip rows whose clip cannot be asked")
-    p.add_argument("--out", default="out/rotation")
-    return p.parse_args(argv)
-
-
 def rotation_main(argv):
     """Render every angle, score the model at each, print the table, write rotation.json and rotation.png."""
     import torch
     import model as qwen
-    args = parse_rotation_args(argv)
+    args = parse_args(argv, rotation=True)
     torch.set_num_threads(args.threads)
     ids = scene_ids(data.load_rows(args.data))[:args.scenes]
     scenes = load_scenes(os.path.dirname(os.path.abspath(args.data)), ids)
