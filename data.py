@@ -393,14 +393,14 @@ def rz(phi):
 def offset_pose(R, c, offset):
     """(R', c') of a camera pose turned by offset = {"axis", "deg", "pivot"} (eval.py's rotation stress test):
     yaw   R' = R Rz(phi), c' = c                         (turn about the vertical through the camera centre)
-    roll  R' = Rroll(phi) R, c' = c                      (turn about the optical axis: objects stay in view)
+    roll  R' = Rz(-phi) R, c' = c                        (Rz of the camera's own axes: a turn about the optical
+                                                         axis, so objects stay in view)
     orbit R' = R Rz(phi), c' = p + Rz(-phi)(c - p)       (carry the camera round pivot p: d_ij kept, a_ij not)"""
     phi = math.radians(offset["deg"])
     if offset["axis"] == "yaw":
         return R @ rz(phi), c
     if offset["axis"] == "roll":
-        cs, sn = math.cos(phi), math.sin(phi)
-        return np.array([[cs, sn, 0.0], [-sn, cs, 0.0], [0.0, 0.0, 1.0]]) @ R, c
+        return rz(-phi) @ R, c
     if offset["axis"] == "orbit":
         p = np.asarray(offset["pivot"], dtype=np.float64)
         return R @ rz(phi), p + rz(-phi) @ (c - p)
@@ -1313,16 +1313,14 @@ def bench(folder=None):
     1 s (a typical GOP) and every 10 s (a long GOP); also the synthetic renderer per frame."""
     folder = folder or os.path.join(tempfile.gettempdir(), "videostr_bench")
     os.makedirs(folder, exist_ok=True)
+    def timed(fn, *args, **kwargs):                                     # (fn's result, seconds it took)
+        t = time.time()
+        return fn(*args, **kwargs), time.time() - t
+
     for gop in (30, 300):
-        t = time.time()
-        path = _bench_video(os.path.join(folder, f"pan_120s_640x360_gop{gop}.mp4"), gop=gop)
-        made = time.time() - t
-        t = time.time()
-        frames, times = read_frames(path, 16)
-        t_read = time.time() - t
-        t = time.time()
-        ref = decode_all(path, 16)
-        t_all = time.time() - t
+        path, made = timed(_bench_video, os.path.join(folder, f"pan_120s_640x360_gop{gop}.mp4"), gop=gop)
+        (frames, times), t_read = timed(read_frames, path, 16)
+        ref, t_all = timed(decode_all, path, 16)
         same = np.array_equal(frames, ref)
         print(f"GOP {gop:3d} ({os.path.getsize(path) / 1e6:.1f} MB{', made in %.0f s' % made if made > 1 else ''}): "
               f"read_frames(16) {t_read:.3f} s | decode all 3600 frames {t_all:.3f} s | "
