@@ -599,9 +599,7 @@ CKPT_FILES = ("trainable.safetensors", "state.pt")
 
 
 def save_checkpoint(run_dir, step, mdl, opt, keep):
-    """ckpt-STEP/: trainable weights (safetensors), optimizer, RNG; written to a temporary folder and renamed
-    into place, so a kill at any moment leaves the previous checkpoint intact. The last `keep` are kept (an old
-    one is renamed away before it is deleted, so no half-deleted checkpoint is ever taken for a whole one).
+    """ckpt-STEP/ (replace_folder): trainable weights (safetensors), optimizer, RNG. The last `keep` are kept.
     Non-finite weights are refused (NonFinite): every kept checkpoint holds finite weights."""
     from safetensors.torch import save_file
     rngs = gather([torch.get_rng_state()])            # every rank's RNG, in rank order; rank 0 writes
@@ -610,18 +608,25 @@ def save_checkpoint(run_dir, step, mdl, opt, keep):
         return
     if not weights_finite(weights.values()):
         raise NonFinite("non-finite weights (checkpoint not written)")
-    final = os.path.join(run_dir, f"ckpt-{step:07d}")
-    tmp = os.path.join(run_dir, f".tmp-ckpt-{step:07d}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    save_file(weights, os.path.join(tmp, "trainable.safetensors"))
-    torch.save({"optimizer": opt_state, "torch_rng": torch.get_rng_state(), "step": step,
-                **({"rank_rng": rngs} if world() > 1 else {})},
-               os.path.join(tmp, "state.pt"))
-    if os.path.exists(final):
-        discard(final)
-    os.replace(tmp, final)
+
+    def write(tmp):
+        os.makedirs(tmp)
+        save_file(weights, os.path.join(tmp, "trainable.safetensors"))
+        torch.save({"optimizer": opt_state, "torch_rng": torch.get_rng_state(), "step": step,
+                    **({"rank_rng": rngs} if world() > 1 else {})}, os.path.join(tmp, "state.pt"))
+    replace_folder(os.path.join(run_dir, f"ckpt-{step:07d}"), write)
     prune_checkpoints(run_dir, keep)
+
+
+def replace_folder(path, write):
+    """write(tmp) fills a temporary folder .tmp-NAME beside `path`, which then takes its place (an older `path`
+    discarded first): a kill at any moment leaves the previous folder intact or the new one whole."""
+    tmp = os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    if os.path.exists(path):
+        discard(path)
+    os.replace(tmp, path)
 
 
 def prune_checkpoints(run_dir, keep):
@@ -632,7 +637,8 @@ def prune_checkpoints(run_dir, keep):
 
 def discard(path):
     """Rename a folder out of the way (atomic), then delete it: a kill in between leaves a .old-* folder that
-    clean_leftovers removes, never a half-deleted checkpoint or export under its real name."""
+    clean_leftovers removes, never a half-deleted checkpoint or export under its real name (so none is ever
+    taken for a whole one)."""
     old = os.path.join(os.path.dirname(path), f".old-{os.path.basename(path)}")
     shutil.rmtree(old, ignore_errors=True)
     os.replace(path, old)
@@ -640,7 +646,8 @@ def discard(path):
 
 
 def clean_leftovers(run_dir):
-    """Remove what a killed process left half-written: .tmp-ckpt-*, .old-*, *.tmp folders and *.tmpPID files."""
+    """Remove what a killed process left half-written: .tmp-* and .old-* folders, *.tmpPID files (and *.tmp
+    folders of older versions)."""
     for name in os.listdir(run_dir):
         path = os.path.join(run_dir, name)
         if re.fullmatch(r"\.(tmp|old)-.*|.*\.tmp\d*", name):
@@ -679,8 +686,8 @@ def restore_checkpoint(path, mdl, opt):
 
 
 def export(mdl, tok, path):
-    """A plain Hugging Face folder (LoRA merged) that model.load / eval.py read; written atomically. Refuses
-    (NonFinite) to export non-finite weights."""
+    """A plain Hugging Face folder (LoRA merged) that model.load / eval.py read; written atomically
+    (replace_folder). Refuses (NonFinite) to export non-finite weights."""
     state = None                                       # save_pretrained reads the model itself ...
     if is_fsdp(mdl):                                   # ... but under FSDP2 the whole model is gathered on rank 0
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
@@ -689,14 +696,12 @@ def export(mdl, tok, path):
         return barrier()
     if not weights_finite(state.values() if state is not None else mdl.parameters()):
         raise NonFinite(f"non-finite weights ({path} not written)")
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     qwen.merge_lora(mdl)
-    mdl.save_pretrained(tmp, state_dict=state)
-    tok.save_pretrained(tmp)
-    if os.path.exists(path):
-        discard(path)
-    os.replace(tmp, path)
+
+    def write(tmp):
+        mdl.save_pretrained(tmp, state_dict=state)
+        tok.save_pretrained(tmp)
+    replace_folder(path, write)
     barrier()
 
 
@@ -1060,7 +1065,6 @@ def vision_step(cfg, mdl, tok, head, videos, graphs, device, dtype):
     rows = [{"video": v, "time_window": list(w) or None, "question": "", "answer_type": "num", "answer": 0.0}
             for v, w in videos]
     rows, bad = drop_unreadable(cfg, rows)
-    videos = [(r["video"], tuple(r["time_window"] or ())) for r in rows]
     if not rows:
         return None, None, bad
     inputs = prompt_batch(cfg, tok, mdl, rows, device, dtype)
@@ -1068,10 +1072,10 @@ def vision_step(cfg, mdl, tok, head, videos, graphs, device, dtype):
                                          return_dict=True).pooler_output       # B x (t*h*w/4, H)
     tp = mdl.config.vision_config.temporal_patch_size
     preds, nodes = [], []
-    for (v, w), f, grid in zip(videos, feats, inputs["video_grid_thw"]):
-        idx = load_video(v, cfg.frames, *(w or (None, None))).indices         # (F,)
+    for r, f, grid in zip(rows, feats, inputs["video_grid_thw"]):
+        idx = row_clip(cfg, r).indices                                        # (F,)
         f = f.view(int(grid[0]), -1, f.shape[-1])                             # (t, tokens per slice, H)
-        for frame, frame_nodes in graphs[(v, w)].items():
+        for frame, frame_nodes in graphs[(r["video"], tuple(r["time_window"] or ()))].items():
             k = int(np.abs(idx - frame).argmin()) // tp                       # the slice holding that frame
             preds.append(head(f[k]))
             nodes.append(frame_nodes)
