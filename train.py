@@ -362,6 +362,46 @@ def score(cfg, texts, lengths, rows, G):
     return torch.tensor([total for total, _ in scored]), [part for _, part in scored]
 
 
+def start_model(cfg, run_dir):
+    """The policy the warm-up (or GRPO, without a warm-up) starts from: phase 0's export, else --model."""
+    return os.path.join(run_dir, "vision") if cfg.vision_steps > 0 else cfg.model
+
+
+def run_warmup(cfg, run_dir, train_rows, val_rows, step, device, dtype):
+    """Supervised warm-up on the reference reasoning, steps [step, sft_steps); exports runs/NAME/warmup.
+    A row whose clip cannot be read is skipped at its step (counted in the step's `skipped` and in skipped.json);
+    a non-finite loss or gradient stops the run before the update (stop_message)."""
+    forget_test_results(run_dir, "after warm-up")
+    mdl, tok, _, opt, step = open_phase(cfg, run_dir, start_model(cfg, run_dir), cfg.sft_lr, step, 0, cfg.sft_steps,
+                                        train_rows, val_rows, device, dtype, "warm-up")
+    usable = [r for r in train_rows if r.get("reasoning")]
+    if not usable:
+        raise SystemExit("the warm-up needs rows with a reference `reasoning`; use --sft_steps 0 for data without")
+    while step < cfg.sft_steps:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg.sft_steps, cfg.sft_lr, cfg.warmup)
+        t0 = time.time()
+        rows, bad = step_rows(cfg, run_dir, usable, step, cfg.sft_batch, cfg.seed, "warm-up steps")
+        try:
+            out = sft_step(cfg, mdl, tok, rows, opt, device, dtype) if rows else None
+        except NonFinite as e:
+            raise SystemExit(stop_message(cfg, run_dir, "sft", step + 1, e)) from None
+        step += 1
+        dt, lr = time.time() - t0, opt.param_groups[0]["lr"]
+        if out is None:
+            log(run_dir, {"phase": "sft", "step": step, "skipped": len(bad)},
+                f"sft  step {step:5d}/{cfg.sft_steps} no readable row in the batch: no update")
+        else:
+            log(run_dir, {"phase": "sft", "step": step, "lr": lr, "seconds": dt, **out,
+                          **({"skipped": len(bad)} if bad else {})},
+                f"sft  step {step:5d}/{cfg.sft_steps} loss {out['loss']:.4f} grad {out['grad_norm']:.2f} lr {lr:.1e}"
+                f" | {dt:.2f}s {out['tokens'] / dt:.0f} tok/s" + (f" | {len(bad)} row(s) skipped" if bad else ""))
+        if end_step(cfg, run_dir, step, cfg.sft_steps, mdl, tok, opt, train_rows, val_rows, device, dtype, "warm-up"):
+            plot_curves(run_dir)
+    export(mdl, tok, os.path.join(run_dir, "warmup"))
+    return step
+
+
 def sft_step(cfg, mdl, tok, rows, opt, device, dtype):
     """One teacher-forced step: loss = -mean over completion tokens of log pi(reference token)."""
     mdl.train()
@@ -375,6 +415,48 @@ def sft_step(cfg, mdl, tok, rows, opt, device, dtype):
     average_grads(trainable(mdl))
     grad_norm = clipped_update(opt, trainable(mdl), cfg.grad_clip)
     return all_mean({"loss": loss.item(), "grad_norm": grad_norm, "tokens": int(mask.sum())}, sums=("tokens",))
+
+
+def run_grpo(cfg, run_dir, train_rows, val_rows, step, device, dtype):
+    """GRPO steps [step, sft_steps + grpo_steps) from the warm-up policy; exports runs/NAME/final. Unreadable
+    rows and non-finite values are handled as in run_warmup. One step: rollout (sample G completions per prompt,
+    score them, group advantages), then grpo_update (reference log-probs, loss, AdamW step)."""
+    forget_test_results(run_dir, "after GRPO", "wrong video")
+    start = os.path.join(run_dir, "warmup") if cfg.sft_steps > 0 else start_model(cfg, run_dir)
+    total = cfg.sft_steps + cfg.grpo_steps
+    mdl, tok, ref_mdl, opt, step = open_phase(cfg, run_dir, start, cfg.lr, step, cfg.sft_steps, total, train_rows,
+                                              val_rows, device, dtype, "grpo", ref=True)
+    while step < total:
+        k = step - cfg.sft_steps                   # GRPO step index
+        for group in opt.param_groups:
+            group["lr"] = lr_at(k, cfg.grpo_steps, cfg.lr, cfg.warmup)
+        rows, bad = step_rows(cfg, run_dir, train_rows, k, cfg.batch, cfg.seed + 1, "GRPO steps")
+        # `step` counts both phases (warm-up steps, then GRPO steps: metrics.jsonl's x axis); k is the GRPO index.
+        # The sampling seed uses the global step, so a resumed run redraws exactly the same completions.
+        generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + step + rank() * 2 ** 40)
+        if rows:
+            ro = rollout(cfg, mdl, tok, rows, device, dtype, generator)
+            t0 = time.time()
+            try:
+                stats = grpo_update(cfg, mdl, ref_mdl, tok, ro, opt, device, dtype)
+            except NonFinite as e:
+                raise SystemExit(stop_message(cfg, run_dir, "grpo", step + 1, e)) from None
+            t_update = time.time() - t0
+            ro, stats = gather_rollout(ro), all_mean(stats)   # every rank's samples and statistics, for the log
+        step += 1
+        if not rows:
+            log(run_dir, {"phase": "grpo", "step": step, "skipped": len(bad)},
+                f"grpo step {k + 1:4d}/{cfg.grpo_steps} (step {step}) no readable row: no update")
+        else:
+            log_grpo_step(cfg, run_dir, step, ro, {**stats, **({"skipped": len(bad)} if bad else {})}, t_update,
+                          opt.param_groups[0]["lr"])
+            if (k + 1) % cfg.sample_every == 0 or k == 0:
+                write_samples(run_dir, step, ro, cfg.G)
+        end_step(cfg, run_dir, step, total, mdl, tok, opt, train_rows, val_rows, device, dtype, "grpo")
+        if (k + 1) % cfg.plot_every == 0:
+            plot_curves(run_dir)
+    export(mdl, tok, os.path.join(run_dir, "final"))
+    return step
 
 
 @dataclass
@@ -444,6 +526,90 @@ def grpo_update(cfg, mdl, ref_mdl, tok, ro, opt, device, dtype):
         average_grads(trainable(mdl))
         grad_norm = clipped_update(opt, trainable(mdl), cfg.grad_clip)
     return {**{k: v / n for k, v in stats_sum.items()}, "grad_norm": grad_norm}
+
+
+def log_grpo_step(cfg, run_dir, step, ro, stats, t_update, lr):
+    """The per-step line: reward and parts, accuracy by answer type, KL, clipping, length, zero-variance groups,
+    seconds per stage and sampling throughput."""
+    parts, G = ro.parts, cfg.G
+    mean = {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
+    acc = {f"acc_{t}": float(np.mean([p["answer"] for i, p in enumerate(parts) if ro.rows[i // G]["answer_type"] == t]))
+           for t in ("mc", "num", "iou") if any(r["answer_type"] == t for r in ro.rows)}
+    zero_var = float((ro.reward.view(-1, G).std(dim=1) < 1e-6).float().mean())
+    n_tok = sum(ro.lengths)                    # = mask.sum(): the mask is 1 up to and with the EOS
+    rec = {"phase": "grpo", "step": step, "reward": float(ro.reward.mean()),
+           **{f"r_{k}": v for k, v in mean.items()}, **acc, **stats, "length": n_tok / len(parts),
+           "zero_var": zero_var, "t_sample": ro.t_sample, "t_score": ro.t_score, "t_update": t_update,
+           "tok_per_s": n_tok / max(ro.t_sample, 1e-9), "lr": lr}
+    log(run_dir, rec,
+        f"grpo step {step - cfg.sft_steps:4d}/{cfg.grpo_steps} (step {step}) | R {rec['reward']:.3f} "
+        f"(fmt {mean['format']:.2f} ans {mean['answer']:.2f} "
+        f"graph {mean['graph']:.2f} len {mean['length']:.2f}) | " + " ".join(f"{k} {v:.2f}" for k, v in acc.items())
+        + f" | kl {stats['kl']:.4f} clip {stats['clip_frac']:.3f} tokens {rec['length']:.0f} zero_var {zero_var:.2f}"
+        f" | s sample {ro.t_sample:.1f} score {ro.t_score:.2f} update {t_update:.1f} "
+        f"| {rec['tok_per_s']:.0f} tok/s")
+
+
+def write_samples(run_dir, step, ro, G, n=4):
+    """A few completions with their rewards, to read (samples.jsonl)."""
+    if not is_main():
+        return
+    with open(os.path.join(run_dir, "samples.jsonl"), "a") as fh:
+        for i in range(min(n, len(ro.texts))):
+            row = ro.rows[i // G]
+            fh.write(json.dumps({"step": step, "question": row["question"], "answer": row["answer"],
+                                 "completion": ro.texts[i], "reward": float(ro.reward[i]),
+                                 "parts": ro.parts[i], "advantage": float(ro.adv[i])}) + "\n")
+
+
+def open_phase(cfg, run_dir, path, lr, step, first, end, train_rows, val_rows, device, dtype, tag, ref=False):
+    """A phase's policy from the checkpoint folder `path` and its tokenizer, the frozen reference copy when `ref`
+    and full fine-tuning need one, and AdamW; moved on to the newest checkpoint when it lies past `first` (the
+    phase's first step), redoing a held-out evaluation whose line a kill lost. Returns (mdl, tok, ref_mdl, opt,
+    step). Full fine-tuning keeps fp32 master weights (a 1e-6 step is lost in bf16) and computes in bf16 under
+    autocast; with LoRA the frozen base is stored in `dtype` and the adapters are fp32."""
+    mdl, tok = qwen.load(path, dtype=torch.float32 if cfg.lora_rank == 0 else dtype, device=device)
+    if cfg.freeze_vision:
+        qwen.freeze_vision(mdl)
+    if cfg.lora_rank > 0:
+        qwen.add_lora(mdl, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
+    if cfg.grad_ckpt:
+        qwen.set_checkpointing(mdl, True)
+    ref_mdl = None
+    if ref and cfg.beta > 0 and cfg.lora_rank == 0:    # full fine-tuning: the reference is a frozen copy
+        ref_mdl = copy.deepcopy(mdl).eval().requires_grad_(False)
+    fsdp_shard(cfg, mdl), fsdp_shard(cfg, ref_mdl)
+    sync_params(trainable(mdl))                        # every rank starts from rank 0's weights (as DDP does)
+    opt = torch.optim.AdamW(trainable(mdl), lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    if checkpoint_step(run_dir) > first:
+        step = restore_checkpoint(latest_checkpoint(run_dir), mdl, opt)
+        if eval_due(cfg, step, end) and not eval_logged(run_dir, step):              # its line was lost to a kill
+            held_out(cfg, mdl, tok, train_rows, val_rows, run_dir, step, device, dtype, tag)
+    return mdl, tok, ref_mdl, opt, step
+
+
+def step_rows(cfg, run_dir, rows, k, batch, seed, where):
+    """(this rank's readable rows of step k of a phase, [(FILE:LINE, why)] of its unreadable ones, reported): the
+    global batch of batch x ranks rows is batch_indices', each rank takes its block (shard)."""
+    rows, bad = drop_unreadable(cfg, [rows[i] for i in shard(batch_indices(len(rows), k, batch * world(), seed))])
+    report_skipped(run_dir, where, bad)
+    return rows, bad
+
+
+def end_step(cfg, run_dir, step, end, mdl, tok, opt, train_rows, val_rows, device, dtype, tag):
+    """After a step of a phase ending at `end`: a checkpoint (every ckpt_every steps and at the end), then the
+    held-out evaluation when it is due (returns True then)."""
+    if step % cfg.ckpt_every == 0 or step == end:
+        save_checkpoint(run_dir, step, mdl, opt, cfg.keep_ckpts)
+    if eval_due(cfg, step, end):
+        held_out(cfg, mdl, tok, train_rows, val_rows, run_dir, step, device, dtype, tag)
+        return True
+    return False
+
+
+def eval_due(cfg, step, end):
+    """A held-out evaluation follows the checkpoint of this step (every eval_every steps and at a phase's end)."""
+    return step > 0 and (step % cfg.eval_every == 0 or step == end)
 
 
 def reference(mdl, ref_mdl):
@@ -1147,96 +1313,6 @@ def run_vision(cfg, run_dir, train_rows, val_rows, device, dtype):
     export(mdl, tok, os.path.join(run_dir, "vision"))
 
 
-def start_model(cfg, run_dir):
-    """The policy the warm-up (or GRPO, without a warm-up) starts from: phase 0's export, else --model."""
-    return os.path.join(run_dir, "vision") if cfg.vision_steps > 0 else cfg.model
-
-
-def run_warmup(cfg, run_dir, train_rows, val_rows, step, device, dtype):
-    """Supervised warm-up on the reference reasoning, steps [step, sft_steps); exports runs/NAME/warmup.
-    A row whose clip cannot be read is skipped at its step (counted in the step's `skipped` and in skipped.json);
-    a non-finite loss or gradient stops the run before the update (stop_message)."""
-    forget_test_results(run_dir, "after warm-up")
-    mdl, tok, _, opt, step = open_phase(cfg, run_dir, start_model(cfg, run_dir), cfg.sft_lr, step, 0, cfg.sft_steps,
-                                        train_rows, val_rows, device, dtype, "warm-up")
-    usable = [r for r in train_rows if r.get("reasoning")]
-    if not usable:
-        raise SystemExit("the warm-up needs rows with a reference `reasoning`; use --sft_steps 0 for data without")
-    while step < cfg.sft_steps:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.sft_steps, cfg.sft_lr, cfg.warmup)
-        t0 = time.time()
-        rows, bad = step_rows(cfg, run_dir, usable, step, cfg.sft_batch, cfg.seed, "warm-up steps")
-        try:
-            out = sft_step(cfg, mdl, tok, rows, opt, device, dtype) if rows else None
-        except NonFinite as e:
-            raise SystemExit(stop_message(cfg, run_dir, "sft", step + 1, e)) from None
-        step += 1
-        dt, lr = time.time() - t0, opt.param_groups[0]["lr"]
-        if out is None:
-            log(run_dir, {"phase": "sft", "step": step, "skipped": len(bad)},
-                f"sft  step {step:5d}/{cfg.sft_steps} no readable row in the batch: no update")
-        else:
-            log(run_dir, {"phase": "sft", "step": step, "lr": lr, "seconds": dt, **out,
-                          **({"skipped": len(bad)} if bad else {})},
-                f"sft  step {step:5d}/{cfg.sft_steps} loss {out['loss']:.4f} grad {out['grad_norm']:.2f} lr {lr:.1e}"
-                f" | {dt:.2f}s {out['tokens'] / dt:.0f} tok/s" + (f" | {len(bad)} row(s) skipped" if bad else ""))
-        if end_step(cfg, run_dir, step, cfg.sft_steps, mdl, tok, opt, train_rows, val_rows, device, dtype, "warm-up"):
-            plot_curves(run_dir)
-    export(mdl, tok, os.path.join(run_dir, "warmup"))
-    return step
-
-
-def open_phase(cfg, run_dir, path, lr, step, first, end, train_rows, val_rows, device, dtype, tag, ref=False):
-    """A phase's policy from the checkpoint folder `path` and its tokenizer, the frozen reference copy when `ref`
-    and full fine-tuning need one, and AdamW; moved on to the newest checkpoint when it lies past `first` (the
-    phase's first step), redoing a held-out evaluation whose line a kill lost. Returns (mdl, tok, ref_mdl, opt,
-    step). Full fine-tuning keeps fp32 master weights (a 1e-6 step is lost in bf16) and computes in bf16 under
-    autocast; with LoRA the frozen base is stored in `dtype` and the adapters are fp32."""
-    mdl, tok = qwen.load(path, dtype=torch.float32 if cfg.lora_rank == 0 else dtype, device=device)
-    if cfg.freeze_vision:
-        qwen.freeze_vision(mdl)
-    if cfg.lora_rank > 0:
-        qwen.add_lora(mdl, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
-    if cfg.grad_ckpt:
-        qwen.set_checkpointing(mdl, True)
-    ref_mdl = None
-    if ref and cfg.beta > 0 and cfg.lora_rank == 0:    # full fine-tuning: the reference is a frozen copy
-        ref_mdl = copy.deepcopy(mdl).eval().requires_grad_(False)
-    fsdp_shard(cfg, mdl), fsdp_shard(cfg, ref_mdl)
-    sync_params(trainable(mdl))                        # every rank starts from rank 0's weights (as DDP does)
-    opt = torch.optim.AdamW(trainable(mdl), lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    if checkpoint_step(run_dir) > first:
-        step = restore_checkpoint(latest_checkpoint(run_dir), mdl, opt)
-        if eval_due(cfg, step, end) and not eval_logged(run_dir, step):              # its line was lost to a kill
-            held_out(cfg, mdl, tok, train_rows, val_rows, run_dir, step, device, dtype, tag)
-    return mdl, tok, ref_mdl, opt, step
-
-
-def step_rows(cfg, run_dir, rows, k, batch, seed, where):
-    """(this rank's readable rows of step k of a phase, [(FILE:LINE, why)] of its unreadable ones, reported): the
-    global batch of batch x ranks rows is batch_indices', each rank takes its block (shard)."""
-    rows, bad = drop_unreadable(cfg, [rows[i] for i in shard(batch_indices(len(rows), k, batch * world(), seed))])
-    report_skipped(run_dir, where, bad)
-    return rows, bad
-
-
-def end_step(cfg, run_dir, step, end, mdl, tok, opt, train_rows, val_rows, device, dtype, tag):
-    """After a step of a phase ending at `end`: a checkpoint (every ckpt_every steps and at the end), then the
-    held-out evaluation when it is due (returns True then)."""
-    if step % cfg.ckpt_every == 0 or step == end:
-        save_checkpoint(run_dir, step, mdl, opt, cfg.keep_ckpts)
-    if eval_due(cfg, step, end):
-        held_out(cfg, mdl, tok, train_rows, val_rows, run_dir, step, device, dtype, tag)
-        return True
-    return False
-
-
-def eval_due(cfg, step, end):
-    """A held-out evaluation follows the checkpoint of this step (every eval_every steps and at a phase's end)."""
-    return step > 0 and (step % cfg.eval_every == 0 or step == end)
-
-
 def results_cache(run_dir, tag):
     """The file holding the final test evaluation of one model state ("after GRPO", "wrong video", ...)."""
     return os.path.join(run_dir, "test_" + tag.replace(" ", "_").replace("-", "") + ".json")
@@ -1247,82 +1323,6 @@ def forget_test_results(run_dir, *tags):
     for tag in tags:
         with contextlib.suppress(FileNotFoundError):
             os.remove(results_cache(run_dir, tag))
-
-
-def run_grpo(cfg, run_dir, train_rows, val_rows, step, device, dtype):
-    """GRPO steps [step, sft_steps + grpo_steps) from the warm-up policy; exports runs/NAME/final. Unreadable
-    rows and non-finite values are handled as in run_warmup. One step: rollout (sample G completions per prompt,
-    score them, group advantages), then grpo_update (reference log-probs, loss, AdamW step)."""
-    forget_test_results(run_dir, "after GRPO", "wrong video")
-    start = os.path.join(run_dir, "warmup") if cfg.sft_steps > 0 else start_model(cfg, run_dir)
-    total = cfg.sft_steps + cfg.grpo_steps
-    mdl, tok, ref_mdl, opt, step = open_phase(cfg, run_dir, start, cfg.lr, step, cfg.sft_steps, total, train_rows,
-                                              val_rows, device, dtype, "grpo", ref=True)
-    while step < total:
-        k = step - cfg.sft_steps                   # GRPO step index
-        for group in opt.param_groups:
-            group["lr"] = lr_at(k, cfg.grpo_steps, cfg.lr, cfg.warmup)
-        rows, bad = step_rows(cfg, run_dir, train_rows, k, cfg.batch, cfg.seed + 1, "GRPO steps")
-        # `step` counts both phases (warm-up steps, then GRPO steps: metrics.jsonl's x axis); k is the GRPO index.
-        # The sampling seed uses the global step, so a resumed run redraws exactly the same completions.
-        generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + step + rank() * 2 ** 40)
-        if rows:
-            ro = rollout(cfg, mdl, tok, rows, device, dtype, generator)
-            t0 = time.time()
-            try:
-                stats = grpo_update(cfg, mdl, ref_mdl, tok, ro, opt, device, dtype)
-            except NonFinite as e:
-                raise SystemExit(stop_message(cfg, run_dir, "grpo", step + 1, e)) from None
-            t_update = time.time() - t0
-            ro, stats = gather_rollout(ro), all_mean(stats)   # every rank's samples and statistics, for the log
-        step += 1
-        if not rows:
-            log(run_dir, {"phase": "grpo", "step": step, "skipped": len(bad)},
-                f"grpo step {k + 1:4d}/{cfg.grpo_steps} (step {step}) no readable row: no update")
-        else:
-            log_grpo_step(cfg, run_dir, step, ro, {**stats, **({"skipped": len(bad)} if bad else {})}, t_update,
-                          opt.param_groups[0]["lr"])
-            if (k + 1) % cfg.sample_every == 0 or k == 0:
-                write_samples(run_dir, step, ro, cfg.G)
-        end_step(cfg, run_dir, step, total, mdl, tok, opt, train_rows, val_rows, device, dtype, "grpo")
-        if (k + 1) % cfg.plot_every == 0:
-            plot_curves(run_dir)
-    export(mdl, tok, os.path.join(run_dir, "final"))
-    return step
-
-
-def log_grpo_step(cfg, run_dir, step, ro, stats, t_update, lr):
-    """The per-step line: reward and parts, accuracy by answer type, KL, clipping, length, zero-variance groups,
-    seconds per stage and sampling throughput."""
-    parts, G = ro.parts, cfg.G
-    mean = {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
-    acc = {f"acc_{t}": float(np.mean([p["answer"] for i, p in enumerate(parts) if ro.rows[i // G]["answer_type"] == t]))
-           for t in ("mc", "num", "iou") if any(r["answer_type"] == t for r in ro.rows)}
-    zero_var = float((ro.reward.view(-1, G).std(dim=1) < 1e-6).float().mean())
-    n_tok = sum(ro.lengths)                    # = mask.sum(): the mask is 1 up to and with the EOS
-    rec = {"phase": "grpo", "step": step, "reward": float(ro.reward.mean()),
-           **{f"r_{k}": v for k, v in mean.items()}, **acc, **stats, "length": n_tok / len(parts),
-           "zero_var": zero_var, "t_sample": ro.t_sample, "t_score": ro.t_score, "t_update": t_update,
-           "tok_per_s": n_tok / max(ro.t_sample, 1e-9), "lr": lr}
-    log(run_dir, rec,
-        f"grpo step {step - cfg.sft_steps:4d}/{cfg.grpo_steps} (step {step}) | R {rec['reward']:.3f} "
-        f"(fmt {mean['format']:.2f} ans {mean['answer']:.2f} "
-        f"graph {mean['graph']:.2f} len {mean['length']:.2f}) | " + " ".join(f"{k} {v:.2f}" for k, v in acc.items())
-        + f" | kl {stats['kl']:.4f} clip {stats['clip_frac']:.3f} tokens {rec['length']:.0f} zero_var {zero_var:.2f}"
-        f" | s sample {ro.t_sample:.1f} score {ro.t_score:.2f} update {t_update:.1f} "
-        f"| {rec['tok_per_s']:.0f} tok/s")
-
-
-def write_samples(run_dir, step, ro, G, n=4):
-    """A few completions with their rewards, to read (samples.jsonl)."""
-    if not is_main():
-        return
-    with open(os.path.join(run_dir, "samples.jsonl"), "a") as fh:
-        for i in range(min(n, len(ro.texts))):
-            row = ro.rows[i // G]
-            fh.write(json.dumps({"step": step, "question": row["question"], "answer": row["answer"],
-                                 "completion": ro.texts[i], "reward": float(ro.reward[i]),
-                                 "parts": ro.parts[i], "advantage": float(ro.adv[i])}) + "\n")
 
 
 def final_report(cfg, run_dir, train_rows, test_rows, device, dtype):
