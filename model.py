@@ -1,34 +1,25 @@
-"""The policy: Qwen2.5-VL offline, video preprocessing by hand, prompts, LoRA by hand, memory estimate.
+"""The policy: Qwen2.5-VL offline, with video preprocessing, prompts and LoRA written by hand; memory estimates.
 
-Paper: Video-STR (arXiv 2510.10976) trains Qwen2.5-VL-7B-Instruct with GRPO (Sec. 4); videos are fed as 16
-frames for training (32 for inference) at max_pixels = 128*28*28 per frame, as in Video-R1 / SpaceR. The
-reasoning inside <think> writes an inter-object relation graph (graph.py), the answer goes inside <answer>.
+Paper: Video-STR (arXiv 2510.10976) trains Qwen2.5-VL-7B-Instruct with GRPO (Sec. 4) on 16 frames (32 at
+inference) of at most 128*28*28 pixels each, as Video-R1 / SpaceR; the reasoning inside <think> writes an
+inter-object relation graph (graph.py), the answer goes inside <answer>.
+How this differs: the CPU default is build_tiny's RANDOM Qwen2.5-VL (about 0.55M parameters, a byte-level BPE
+tokenizer trained on the data's text) trained from scratch. It is saved and loaded (load) exactly like a real
+local checkpoint, so the code path is the same for the 7B.
 
-What is here:
-  * build_tiny(out_dir, texts): a tiny RANDOM Qwen2.5-VL (about 0.55M parameters) with a byte-level BPE
-    tokenizer trained locally on `texts`, saved with save_pretrained, so it loads exactly like a real
-    checkpoint with load(path). This is how this repo differs from the paper: the CPU default is this tiny
-    model trained from scratch, not the 7B model; the code path is the same for a real local checkpoint.
-  * preprocess_video: Qwen2.5-VL's video processor rewritten with torch only (the official one needs
-    torchvision): smart_resize to multiples of 28 within [min_pixels, max_pixels], bicubic resize,
-    CLIP normalisation, frame count padded to a multiple of temporal_patch_size, patchify in the official
-    order, video_grid_thw, and second_per_grid_ts = temporal_patch_size / fps with fps from the TRUE frame
-    times (Video-R1 and verl drop it; the default fps 24 then collapses the time axis of M-RoPE).
-    Parity with the official processor: fixtures/qwen_video_golden.npz, made by make_golden_fixture().
-  * build_prompt / make_inputs: chat template, instruction (graph grammar, answer per type), <|video_pad|>
-    expanded to t*h*w/merge^2 tokens, mm_token_type_ids (2 on video tokens: without it transformers silently
-    uses 1-D positions), left padding.
-  * rope_positions: the 3-D M-RoPE positions as Qwen's reference code computes them (temporal axis from the
-    frame times; text after a video continues at max + 1, where transformers 5.24 restarts it lower).
-  * LoRA by hand (add_lora, lora_disabled, merge_lora, lora_state_dict): the KL reference policy is the
-    base model with adapters switched off, so no second copy of the weights. lora rank 0 = full fine-tuning.
-  * estimate_memory: weights, gradients, AdamW state, reference model, activations with and without
-    checkpointing, for any config; `python model.py` prints it for Qwen2.5-VL-7B on one 80 GB GPU.
+What is here: train_tokenizer / tiny_config / build_tiny / load; preprocess_video, Qwen2.5-VL's video processor in
+torch alone (the official one needs torchvision; parity: fixtures/qwen_video_golden.npz from make_golden_fixture),
+with second_per_grid_ts from the TRUE frame times (Video-R1 and verl drop it, and M-RoPE's time axis collapses);
+rope_positions, the 3-D M-RoPE positions as Qwen's reference code computes them; build_prompt / make_inputs (chat
+template, instruction, <|video_pad|> expanded, left padding); LoRA by hand (add_lora; lora_disabled: the KL
+reference is the base model with its adapters off, no second copy; merge_lora); estimate_memory and shape7b for
+the paper's 7B.
 
-Run: `python model.py shape7b [--layers 2 ...]` runs one GRPO step of the paper preset on a random model with the
-7B's shapes, printing seconds and peak memory per stage (shape7b).
-`python model.py [OUT_DIR]` builds a demo tiny model into OUT_DIR (default: a new temporary folder; train.py
-builds its own tiny_model/ with a tokenizer fitted to its data), prints its parameter count and the 7B memory table. Everything is offline (HF_HUB_OFFLINE=1 is set here).
+Run: `python model.py [OUT_DIR]` builds a demo tiny model into OUT_DIR (default: a new temporary folder; train.py
+builds its own tiny_model/ fitted to its data) and prints its size and the 7B memory table for one 80 GB GPU;
+`python model.py shape7b [--layers 2 ...]` runs one GRPO step of the paper preset on a random model with the 7B's
+shapes, printing seconds and peak memory per stage; `python model.py --golden` remakes the golden fixture (in a
+side environment with torchvision). Everything is offline (HF_HUB_OFFLINE=1 is set here).
 """
 import contextlib
 import functools
@@ -124,11 +115,8 @@ def mrope_section(head_dim):
 
 
 def tiny_config(tokenizer, **overrides):
-    """A shrunken Qwen2_5_VLConfig whose special ids are those of `tokenizer` (sizes: TINY + overrides).
-
-    Facts checked here: mrope_section sums to head_dim/2; vision head_dim divisible by 4; vision
-    out_hidden_size = text hidden_size; window_size >= patch*merge = 28; tokens_per_second = 2 (Qwen2.5-VL).
-    """
+    """A shrunken Qwen2_5_VLConfig whose special ids are those of `tokenizer` (sizes: TINY + overrides; the
+    vision tower's output width is the text hidden size, mrope_section splits the text head's rotary pairs)."""
     unknown = set(overrides) - set(TINY)
     if unknown:
         raise ValueError(f"model.tiny_config: unknown size override(s) {sorted(unknown)}; known: {sorted(TINY)}")
@@ -146,6 +134,11 @@ def tiny_config(tokenizer, **overrides):
                   intermediate_size=s["vision_intermediate_size"], out_hidden_size=s["hidden_size"],
                   window_size=s["window_size"], tokens_per_second=s["tokens_per_second"], patch_size=s["patch_size"],
                   fullatt_block_indexes=[depth - 1] if depth < 8 else list(range(7, depth, 8)))
+    return vl_config(text, vision, ids)
+
+
+def vl_config(text, vision, ids):
+    """Qwen2_5_VLConfig from the text and vision sizes and {special token: id}."""
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids[IMAGE_PAD],
                             video_token_id=ids[VIDEO_PAD], vision_start_token_id=ids["<|vision_start|>"],
                             vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
@@ -358,7 +351,8 @@ def make_inputs(tokenizer, config, rows, videos, min_pixels=TINY_MIN_PIXELS, max
     """Model inputs for B prompts (one video each), left-padded. videos: list of (frames (F,H,W,3), times (F,)).
 
     A video may be a data.Clip: its sample_fps (Qwen's convention) then sets second_per_grid_ts.
-    Returns input_ids (B,P), attention_mask (B,P), mm_token_type_ids (B,P) (2 on video tokens), and
+    Returns input_ids (B,P), attention_mask (B,P), mm_token_type_ids (B,P) (2 on video tokens: without it
+    transformers silently uses 1-D positions), and
     pixel_values_videos (sum of t*h*w, 1176), video_grid_thw (B,3), second_per_grid_ts (B,).
     """
     vc = config.vision_config
@@ -442,12 +436,9 @@ def demo_texts():
 def set_checkpointing(model, on=True):
     """Activation (gradient) checkpointing: `activation_checkpointing_enable` in transformers 5 (verified on
     5.24), the older `gradient_checkpointing_enable` otherwise. Non-reentrant torch.utils.checkpoint."""
-    if on:
-        fn = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        fn({"use_reentrant": False})
-    else:
-        fn = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
-        fn()
+    verb = "enable" if on else "disable"
+    fn = getattr(model, f"activation_checkpointing_{verb}", None) or getattr(model, f"gradient_checkpointing_{verb}")
+    fn(*([{"use_reentrant": False}] if on else []))
     return model
 
 
@@ -555,9 +546,7 @@ def qwen25_vl_7b_config(layers=28, vision_layers=32, tokenizer=None):
                   patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
                   fullatt_block_indexes=[i for i in (7, 15, 23, 31) if i < vision_layers] or [vision_layers - 1],
                   tokens_per_second=2)
-    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids[IMAGE_PAD],
-                            video_token_id=ids[VIDEO_PAD], vision_start_token_id=ids["<|vision_start|>"],
-                            vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
+    return vl_config(text, vision, ids)
 
 
 def param_counts(config):

@@ -35,7 +35,6 @@ import contextlib
 import copy
 import functools
 import dataclasses
-import io
 import json
 import math
 import os
@@ -201,8 +200,7 @@ def resumed_config(cfg, given, error):
               + f" cannot change on resume (allowed: {', '.join('--' + k for k in RESUMABLE)}); "
               "start another run with --name NEW to change them")
     new = Config(**{**saved, **changed, "resume": True, "name": cfg.name, "out": cfg.out})
-    ckpt = latest_checkpoint(run_dir)
-    at = int(ckpt.rsplit("-", 1)[1]) if ckpt else 0
+    at = checkpoint_step(run_dir)
     if new.sft_steps + new.grpo_steps < at:
         error(f"--resume: the run is at step {at} (its last checkpoint); --sft_steps {new.sft_steps} + "
               f"--grpo_steps {new.grpo_steps} would end before it")
@@ -217,13 +215,9 @@ def resumed_config(cfg, given, error):
 
 def pick_device(cfg):
     """(device, dtype): CUDA with bf16 when present; on CPU fp32, which measured faster than bf16 here."""
-    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else (
-        "cpu" if cfg.device == "auto" else cfg.device)
-    if cfg.dtype == "auto":
-        dtype = qwen.best_dtype(device)
-    else:
-        dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[cfg.dtype]
-    return torch.device(device), dtype
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
+    return device, qwen.best_dtype(device) if cfg.dtype == "auto" else dtypes[cfg.dtype]
 
 
 def lr_at(step, total, peak, warmup):
@@ -272,8 +266,7 @@ def load_split(cfg, split):
     """Valid rows of a split whose videos pass data.check_videos, and [(FILE:LINE, why)] of those skipped."""
     path = cfg.data if os.path.isfile(cfg.data) else os.path.join(cfg.data, f"{split}.jsonl")
     skipped = []
-    rows = data.load_rows(path, skip_bad=True, skipped=skipped)
-    rows, bad_videos = data.check_videos(rows)
+    rows, bad_videos = data.check_videos(data.load_rows(path, skip_bad=True, skipped=skipped))
     return rows, skipped + bad_videos
 
 
@@ -298,14 +291,8 @@ def report_skipped(run_dir, where, bad):
     print(f"{where}: skipped {len(bad)} row(s): " + "; ".join(f"{w}: {y}" for w, y in bad[:3])
           + (" ..." if len(bad) > 3 else "") + f" (listed in {run_dir}/skipped.json)", flush=True)
     path = os.path.join(run_dir, "skipped.json")
-    try:
-        with open(path) as fh:
-            known = json.load(fh)
-    except FileNotFoundError:
-        known = {}
-    except (OSError, json.JSONDecodeError) as e:
-        print(f"{path}: unreadable ({e}); starting it again")
-        known = {}
+    known = read_json(path, "starting it again")
+    known = known if isinstance(known, dict) else {}
     for w, why in bad:
         known.setdefault(where, {}).setdefault(w, why)
     if is_main():                             # not write_json: one rank alone may meet a bad row (no barrier)
@@ -330,66 +317,88 @@ def load_video(video, num_frames, window=()):
     return data.row_clip({"video": video, "time_window": window}, num_frames)
 
 
-def clip_problem(cfg, row):
-    """Why a row's clip cannot be read (read_clip's VideoError / FileNotFoundError, naming the video), or None;
-    a readable clip is then in load_video's cache. The cheap checks at load time (data.check_videos) cannot see
-    a file damaged inside: each step drops such a row and goes on with the rest of its batch."""
-    try:
-        load_video(row["video"], cfg.frames, tuple(row.get("time_window") or ()))
-    except (data.VideoError, FileNotFoundError) as e:
-        return str(e)
-    return None
-
-
 def drop_unreadable(cfg, rows):
-    """(rows whose clip reads, [(FILE:LINE, why)] of the others)."""
+    """(rows whose clip reads, now in load_video's cache; [(FILE:LINE, why)] of the others, why = read_clip's
+    VideoError / FileNotFoundError, naming the video). The cheap checks at load time (data.check_videos) cannot
+    see a file damaged inside: each step drops such a row and goes on with the rest of its batch."""
     keep, bad = [], []
     for r in rows:
-        why = clip_problem(cfg, r)
-        if why is None:
-            keep.append(r)
+        try:
+            row_clip(cfg, r)
+        except (data.VideoError, FileNotFoundError) as e:
+            bad.append((r.get("file_line", r["video"]), str(e)))
         else:
-            bad.append((r.get("file_line", r["video"]), why))
+            keep.append(r)
     return keep, bad
 
 
-def row_videos(cfg, rows):
-    """The clips of B rows (each within its time_window, if any), from the per-run cache."""
-    return [load_video(r["video"], cfg.frames, tuple(r.get("time_window") or ())) for r in rows]
+def row_clip(cfg, row):
+    """The clip of a row (within its time_window, if any), from load_video's per-run cache."""
+    return load_video(row["video"], cfg.frames, tuple(row.get("time_window") or ()))
 
 
 def prompt_batch(cfg, tok, mdl, rows, device, dtype):
     """Tokenised prompts with their videos for B rows, on the device (model.make_inputs)."""
-    inputs = qwen.make_inputs(tok, mdl.config, rows, row_videos(cfg, rows), cfg.min_pixels, cfg.max_pixels)
+    inputs = qwen.make_inputs(tok, mdl.config, rows, [row_clip(cfg, r) for r in rows], cfg.min_pixels,
+                              cfg.max_pixels)
     return qwen.to_device(inputs, device, dtype)
 
 
 def completion_tensors(tok, texts, device):
     """Reference completions -> ids (N, T) ending in <|im_end|>, mask (N, T), right-padded."""
     eos, _ = qwen.special_ids(tok)
-    seqs = [tok(t, add_special_tokens=False)["input_ids"] + [eos[0]] for t in texts]
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), eos[0], dtype=torch.long)
-    mask = torch.zeros(len(seqs), T)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = 1
+    seqs = [torch.tensor(tok(t, add_special_tokens=False)["input_ids"] + [eos[0]]) for t in texts]
+    ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=eos[0])            # (N, T)
+    mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(s)) for s in seqs], batch_first=True)  # (N, T)
     return ids.to(device), mask.to(device)
 
 
-def reward_weights(cfg):
-    return {"format": cfg.w_format, "answer": cfg.w_answer, "graph": cfg.w_graph, "length": cfg.w_length}
-
-
 def score(cfg, texts, lengths, rows, G):
-    """R_i and its named parts for N = B*G completions (row i // G for completion i)."""
-    totals, parts = [], []
-    for i, (text, n_tok) in enumerate(zip(texts, lengths)):
-        total, part = rewards.total_reward(text, n_tok, rows[i // G], reward_weights(cfg),
-                                           cfg.len_lo, cfg.len_hi, cfg.len_bonus)
-        totals.append(total)
-        parts.append(part)
-    return torch.tensor(totals), parts
+    """R_i (N,) and its named parts for N = B*G completions (row i // G for completion i)."""
+    weights = {"format": cfg.w_format, "answer": cfg.w_answer, "graph": cfg.w_graph, "length": cfg.w_length}
+    scored = [rewards.total_reward(text, n_tok, rows[i // G], weights, cfg.len_lo, cfg.len_hi, cfg.len_bonus)
+              for i, (text, n_tok) in enumerate(zip(texts, lengths))]
+    return torch.tensor([total for total, _ in scored]), [part for _, part in scored]
+
+
+def start_model(cfg, run_dir):
+    """The policy the warm-up (or GRPO, without a warm-up) starts from: phase 0's export, else --model."""
+    return os.path.join(run_dir, "vision") if cfg.vision_steps > 0 else cfg.model
+
+
+def run_warmup(cfg, run_dir, train_rows, val_rows, step, device, dtype):
+    """Supervised warm-up on the reference reasoning, steps [step, sft_steps); exports runs/NAME/warmup.
+    A row whose clip cannot be read is skipped at its step (counted in the step's `skipped` and in skipped.json);
+    a non-finite loss or gradient stops the run before the update (stop_message)."""
+    forget_test_results(run_dir, "after warm-up")
+    mdl, tok, _, opt, step = open_phase(cfg, run_dir, start_model(cfg, run_dir), cfg.sft_lr, step, 0, cfg.sft_steps,
+                                        train_rows, val_rows, device, dtype, "warm-up")
+    usable = [r for r in train_rows if r.get("reasoning")]
+    if not usable:
+        raise SystemExit("the warm-up needs rows with a reference `reasoning`; use --sft_steps 0 for data without")
+    while step < cfg.sft_steps:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg.sft_steps, cfg.sft_lr, cfg.warmup)
+        t0 = time.time()
+        rows, bad = step_rows(cfg, run_dir, usable, step, cfg.sft_batch, cfg.seed, "warm-up steps")
+        try:
+            out = sft_step(cfg, mdl, tok, rows, opt, device, dtype) if rows else None
+        except NonFinite as e:
+            raise SystemExit(stop_message(cfg, run_dir, "sft", step + 1, e)) from None
+        step += 1
+        dt, lr = time.time() - t0, opt.param_groups[0]["lr"]
+        if out is None:
+            log(run_dir, {"phase": "sft", "step": step, "skipped": len(bad)},
+                f"sft  step {step:5d}/{cfg.sft_steps} no readable row in the batch: no update")
+        else:
+            log(run_dir, {"phase": "sft", "step": step, "lr": lr, "seconds": dt, **out,
+                          **({"skipped": len(bad)} if bad else {})},
+                f"sft  step {step:5d}/{cfg.sft_steps} loss {out['loss']:.4f} grad {out['grad_norm']:.2f} lr {lr:.1e}"
+                f" | {dt:.2f}s {out['tokens'] / dt:.0f} tok/s" + (f" | {len(bad)} row(s) skipped" if bad else ""))
+        if end_step(cfg, run_dir, step, cfg.sft_steps, mdl, tok, opt, train_rows, val_rows, device, dtype, "warm-up"):
+            plot_curves(run_dir)
+    export(mdl, tok, os.path.join(run_dir, "warmup"))
+    return step
 
 
 def sft_step(cfg, mdl, tok, rows, opt, device, dtype):
@@ -407,13 +416,55 @@ def sft_step(cfg, mdl, tok, rows, opt, device, dtype):
     return all_mean({"loss": loss.item(), "grad_norm": grad_norm, "tokens": int(mask.sum())}, sums=("tokens",))
 
 
+def run_grpo(cfg, run_dir, train_rows, val_rows, step, device, dtype):
+    """GRPO steps [step, sft_steps + grpo_steps) from the warm-up policy; exports runs/NAME/final. Unreadable
+    rows and non-finite values are handled as in run_warmup. One step: rollout (sample G completions per prompt,
+    score them, group advantages), then grpo_update (reference log-probs, loss, AdamW step)."""
+    forget_test_results(run_dir, "after GRPO", "wrong video")
+    start = os.path.join(run_dir, "warmup") if cfg.sft_steps > 0 else start_model(cfg, run_dir)
+    total = cfg.sft_steps + cfg.grpo_steps
+    mdl, tok, ref_mdl, opt, step = open_phase(cfg, run_dir, start, cfg.lr, step, cfg.sft_steps, total, train_rows,
+                                              val_rows, device, dtype, "grpo", ref=True)
+    while step < total:
+        k = step - cfg.sft_steps                   # GRPO step index
+        for group in opt.param_groups:
+            group["lr"] = lr_at(k, cfg.grpo_steps, cfg.lr, cfg.warmup)
+        rows, bad = step_rows(cfg, run_dir, train_rows, k, cfg.batch, cfg.seed + 1, "GRPO steps")
+        # `step` counts both phases (warm-up steps, then GRPO steps: metrics.jsonl's x axis); k is the GRPO index.
+        # The sampling seed uses the global step, so a resumed run redraws exactly the same completions.
+        generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + step + rank() * 2 ** 40)
+        if rows:
+            ro = rollout(cfg, mdl, tok, rows, device, dtype, generator)
+            t0 = time.time()
+            try:
+                stats = grpo_update(cfg, mdl, ref_mdl, tok, ro, opt, device, dtype)
+            except NonFinite as e:
+                raise SystemExit(stop_message(cfg, run_dir, "grpo", step + 1, e)) from None
+            t_update = time.time() - t0
+            ro, stats = gather_rollout(ro), all_mean(stats)   # every rank's samples and statistics, for the log
+        step += 1
+        if not rows:
+            log(run_dir, {"phase": "grpo", "step": step, "skipped": len(bad)},
+                f"grpo step {k + 1:4d}/{cfg.grpo_steps} (step {step}) no readable row: no update")
+        else:
+            log_grpo_step(cfg, run_dir, step, ro, {**stats, **({"skipped": len(bad)} if bad else {})}, t_update,
+                          opt.param_groups[0]["lr"])
+            if (k + 1) % cfg.sample_every == 0 or k == 0:
+                write_samples(run_dir, step, ro, cfg.G)
+        end_step(cfg, run_dir, step, total, mdl, tok, opt, train_rows, val_rows, device, dtype, "grpo")
+        if (k + 1) % cfg.plot_every == 0:
+            plot_curves(run_dir)
+    export(mdl, tok, os.path.join(run_dir, "final"))
+    return step
+
+
 @dataclass
 class Rollout:
     """One GRPO step's samples, what the update and the log need (N = B*G completions, T tokens)."""
     rows: list                  # the B prompts' dataset rows
     inputs: dict | None         # their model inputs (None once gathered from the ranks)
     ids: torch.Tensor | None    # (N, T) completion tokens
-    mask: torch.Tensor          # (N, T) 1 up to and with the EOS
+    mask: torch.Tensor | None   # (N, T) 1 up to and with the EOS (None once gathered)
     old_logp: torch.Tensor | None  # (N, T) log pi_old at sampling time
     reward: torch.Tensor        # (N,) R_i
     adv: torch.Tensor           # (N,) A_i
@@ -474,6 +525,90 @@ def grpo_update(cfg, mdl, ref_mdl, tok, ro, opt, device, dtype):
         average_grads(trainable(mdl))
         grad_norm = clipped_update(opt, trainable(mdl), cfg.grad_clip)
     return {**{k: v / n for k, v in stats_sum.items()}, "grad_norm": grad_norm}
+
+
+def log_grpo_step(cfg, run_dir, step, ro, stats, t_update, lr):
+    """The per-step line: reward and parts, accuracy by answer type, KL, clipping, length, zero-variance groups,
+    seconds per stage and sampling throughput."""
+    parts, G = ro.parts, cfg.G
+    mean = {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
+    acc = {f"acc_{t}": float(np.mean([p["answer"] for i, p in enumerate(parts) if ro.rows[i // G]["answer_type"] == t]))
+           for t in ("mc", "num", "iou") if any(r["answer_type"] == t for r in ro.rows)}
+    zero_var = float((ro.reward.view(-1, G).std(dim=1) < 1e-6).float().mean())
+    n_tok = sum(ro.lengths)                    # = mask.sum(): the mask is 1 up to and with the EOS
+    rec = {"phase": "grpo", "step": step, "reward": float(ro.reward.mean()),
+           **{f"r_{k}": v for k, v in mean.items()}, **acc, **stats, "length": n_tok / len(parts),
+           "zero_var": zero_var, "t_sample": ro.t_sample, "t_score": ro.t_score, "t_update": t_update,
+           "tok_per_s": n_tok / max(ro.t_sample, 1e-9), "lr": lr}
+    log(run_dir, rec,
+        f"grpo step {step - cfg.sft_steps:4d}/{cfg.grpo_steps} (step {step}) | R {rec['reward']:.3f} "
+        f"(fmt {mean['format']:.2f} ans {mean['answer']:.2f} "
+        f"graph {mean['graph']:.2f} len {mean['length']:.2f}) | " + " ".join(f"{k} {v:.2f}" for k, v in acc.items())
+        + f" | kl {stats['kl']:.4f} clip {stats['clip_frac']:.3f} tokens {rec['length']:.0f} zero_var {zero_var:.2f}"
+        f" | s sample {ro.t_sample:.1f} score {ro.t_score:.2f} update {t_update:.1f} "
+        f"| {rec['tok_per_s']:.0f} tok/s")
+
+
+def write_samples(run_dir, step, ro, G, n=4):
+    """A few completions with their rewards, to read (samples.jsonl)."""
+    if not is_main():
+        return
+    with open(os.path.join(run_dir, "samples.jsonl"), "a") as fh:
+        for i in range(min(n, len(ro.texts))):
+            row = ro.rows[i // G]
+            fh.write(json.dumps({"step": step, "question": row["question"], "answer": row["answer"],
+                                 "completion": ro.texts[i], "reward": float(ro.reward[i]),
+                                 "parts": ro.parts[i], "advantage": float(ro.adv[i])}) + "\n")
+
+
+def open_phase(cfg, run_dir, path, lr, step, first, end, train_rows, val_rows, device, dtype, tag, ref=False):
+    """A phase's policy from the checkpoint folder `path` and its tokenizer, the frozen reference copy when `ref`
+    and full fine-tuning need one, and AdamW; moved on to the newest checkpoint when it lies past `first` (the
+    phase's first step), redoing a held-out evaluation whose line a kill lost. Returns (mdl, tok, ref_mdl, opt,
+    step). Full fine-tuning keeps fp32 master weights (a 1e-6 step is lost in bf16) and computes in bf16 under
+    autocast; with LoRA the frozen base is stored in `dtype` and the adapters are fp32."""
+    mdl, tok = qwen.load(path, dtype=torch.float32 if cfg.lora_rank == 0 else dtype, device=device)
+    if cfg.freeze_vision:
+        qwen.freeze_vision(mdl)
+    if cfg.lora_rank > 0:
+        qwen.add_lora(mdl, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
+    if cfg.grad_ckpt:
+        qwen.set_checkpointing(mdl, True)
+    ref_mdl = None
+    if ref and cfg.beta > 0 and cfg.lora_rank == 0:    # full fine-tuning: the reference is a frozen copy
+        ref_mdl = copy.deepcopy(mdl).eval().requires_grad_(False)
+    fsdp_shard(cfg, mdl), fsdp_shard(cfg, ref_mdl)
+    sync_params(trainable(mdl))                        # every rank starts from rank 0's weights (as DDP does)
+    opt = torch.optim.AdamW(trainable(mdl), lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    if checkpoint_step(run_dir) > first:
+        step = restore_checkpoint(latest_checkpoint(run_dir), mdl, opt)
+        if eval_due(cfg, step, end) and not eval_logged(run_dir, step):              # its line was lost to a kill
+            held_out(cfg, mdl, tok, train_rows, val_rows, run_dir, step, device, dtype, tag)
+    return mdl, tok, ref_mdl, opt, step
+
+
+def step_rows(cfg, run_dir, rows, k, batch, seed, where):
+    """(this rank's readable rows of step k of a phase, [(FILE:LINE, why)] of its unreadable ones, reported): the
+    global batch of batch x ranks rows is batch_indices', each rank takes its block (shard)."""
+    rows, bad = drop_unreadable(cfg, [rows[i] for i in shard(batch_indices(len(rows), k, batch * world(), seed))])
+    report_skipped(run_dir, where, bad)
+    return rows, bad
+
+
+def end_step(cfg, run_dir, step, end, mdl, tok, opt, train_rows, val_rows, device, dtype, tag):
+    """After a step of a phase ending at `end`: a checkpoint (every ckpt_every steps and at the end), then the
+    held-out evaluation when it is due (returns True then)."""
+    if step % cfg.ckpt_every == 0 or step == end:
+        save_checkpoint(run_dir, step, mdl, opt, cfg.keep_ckpts)
+    if eval_due(cfg, step, end):
+        held_out(cfg, mdl, tok, train_rows, val_rows, run_dir, step, device, dtype, tag)
+        return True
+    return False
+
+
+def eval_due(cfg, step, end):
+    """A held-out evaluation follows the checkpoint of this step (every eval_every steps and at a phase's end)."""
+    return step > 0 and (step % cfg.eval_every == 0 or step == end)
 
 
 def reference(mdl, ref_mdl):
@@ -545,15 +680,13 @@ def evaluate(cfg, mdl, tok, rows, device, dtype, swap=None, batch=16):
     mdl.eval()
     results = []
     rows = rows if is_fsdp(mdl) else shard(rows)       # this rank's block of the questions (all in one process)
-    for lo in range(0, len(rows), batch):
-        chunk = rows[lo:lo + batch]
-        seen = [{**r, "video": swap.get(r["video"], r["video"])} for r in chunk] if swap else chunk
-        pairs = [(r, v) for r, v in zip(chunk, seen) if clip_problem(cfg, v) is None]
-        if not pairs:
+    for lo in range(0, len(rows), batch):           # a row's prompt never names its video: swapping it is enough
+        chunk, _ = drop_unreadable(cfg, [{**r, "video": swap.get(r["video"], r["video"])} if swap else r
+                                         for r in rows[lo:lo + batch]])
+        if not chunk:
             continue
-        chunk, seen = [r for r, _ in pairs], [v for _, v in pairs]
         with autocast(device, dtype):
-            texts, lengths = ev.greedy_batch(mdl, tok, chunk, row_videos(cfg, seen), cfg)
+            texts, lengths = ev.greedy_batch(mdl, tok, chunk, [row_clip(cfg, r) for r in chunk], cfg)
         _, parts = score(cfg, texts, lengths, chunk, 1)
         for row, part, text, n_tok in zip(chunk, parts, texts, lengths):
             results.append({**part, "task": row["task"], "answer_type": row["answer_type"], "tokens": n_tok,
@@ -563,13 +696,11 @@ def evaluate(cfg, mdl, tok, rows, device, dtype, swap=None, batch=16):
 
 def heldout_means(results):
     """Means of the held-out parts, answer reward per answer type (mc accuracy, num MRA, iou IoU)."""
-    out = {k: float(np.mean([r[k] for r in results])) if results else float("nan")
+    out = {k: float(np.mean(metric_values(results, k))) if results else float("nan")
            for k in ("answer", "graph", "graph_node", "graph_edge", "format", "tokens")}
     out["n"] = len(results)
-    for kind in ("mc", "num", "iou"):
-        vals = [r["answer"] for r in results if r["answer_type"] == kind]
-        if vals:
-            out[f"answer_{kind}"] = float(np.mean(vals))
+    out.update({k: float(np.mean(v)) for k in ("answer_mc", "answer_num", "answer_iou")
+                if (v := metric_values(results, k))})
     return out
 
 
@@ -633,29 +764,34 @@ CKPT_FILES = ("trainable.safetensors", "state.pt")
 
 
 def save_checkpoint(run_dir, step, mdl, opt, keep):
-    """ckpt-STEP/: trainable weights (safetensors), optimizer, RNG; written to a temporary folder and renamed
-    into place, so a kill at any moment leaves the previous checkpoint intact. The last `keep` are kept (an old
-    one is renamed away before it is deleted, so no half-deleted checkpoint is ever taken for a whole one).
+    """ckpt-STEP/ (replace_folder): trainable weights (safetensors), optimizer, RNG. The last `keep` are kept.
     Non-finite weights are refused (NonFinite): every kept checkpoint holds finite weights."""
     from safetensors.torch import save_file
     rngs = gather([torch.get_rng_state()])            # every rank's RNG, in rank order; rank 0 writes
-    weights, opt_state = trainable_state(mdl), optimizer_state(mdl, opt)   # FSDP2: gathered from every rank
+    weights, opt_state = checkpoint_state(mdl, opt)   # FSDP2: gathered from every rank
     if not is_main():
         return
     if not weights_finite(weights.values()):
         raise NonFinite("non-finite weights (checkpoint not written)")
-    final = os.path.join(run_dir, f"ckpt-{step:07d}")
-    tmp = os.path.join(run_dir, f".tmp-ckpt-{step:07d}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    save_file(weights, os.path.join(tmp, "trainable.safetensors"))
-    torch.save({"optimizer": opt_state, "torch_rng": torch.get_rng_state(), "step": step,
-                **({"rank_rng": rngs} if world() > 1 else {})},
-               os.path.join(tmp, "state.pt"))
-    if os.path.exists(final):
-        discard(final)
-    os.replace(tmp, final)
+
+    def write(tmp):
+        os.makedirs(tmp)
+        save_file(weights, os.path.join(tmp, "trainable.safetensors"))
+        torch.save({"optimizer": opt_state, "torch_rng": torch.get_rng_state(), "step": step,
+                    **({"rank_rng": rngs} if world() > 1 else {})}, os.path.join(tmp, "state.pt"))
+    replace_folder(os.path.join(run_dir, f"ckpt-{step:07d}"), write)
     prune_checkpoints(run_dir, keep)
+
+
+def replace_folder(path, write):
+    """write(tmp) fills a temporary folder .tmp-NAME beside `path`, which then takes its place (an older `path`
+    discarded first): a kill at any moment leaves the previous folder intact or the new one whole."""
+    tmp = os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    if os.path.exists(path):
+        discard(path)
+    os.replace(tmp, path)
 
 
 def prune_checkpoints(run_dir, keep):
@@ -666,7 +802,8 @@ def prune_checkpoints(run_dir, keep):
 
 def discard(path):
     """Rename a folder out of the way (atomic), then delete it: a kill in between leaves a .old-* folder that
-    clean_leftovers removes, never a half-deleted checkpoint or export under its real name."""
+    clean_leftovers removes, never a half-deleted checkpoint or export under its real name (so none is ever
+    taken for a whole one)."""
     old = os.path.join(os.path.dirname(path), f".old-{os.path.basename(path)}")
     shutil.rmtree(old, ignore_errors=True)
     os.replace(path, old)
@@ -674,7 +811,8 @@ def discard(path):
 
 
 def clean_leftovers(run_dir):
-    """Remove what a killed process left half-written: .tmp-ckpt-*, .old-*, *.tmp folders and *.tmpPID files."""
+    """Remove what a killed process left half-written: .tmp-* and .old-* folders, *.tmpPID files (and *.tmp
+    folders of older versions)."""
     for name in os.listdir(run_dir):
         path = os.path.join(run_dir, name)
         if re.fullmatch(r"\.(tmp|old)-.*|.*\.tmp\d*", name):
@@ -691,6 +829,12 @@ def latest_checkpoint(run_dir):
     return os.path.join(run_dir, found[-1]) if found else None
 
 
+def checkpoint_step(run_dir):
+    """The step of the newest complete checkpoint (0 without one)."""
+    ckpt = latest_checkpoint(run_dir)
+    return int(ckpt.rsplit("-", 1)[1]) if ckpt else 0
+
+
 def restore_checkpoint(path, mdl, opt):
     """Weights, optimizer and RNG from ckpt-STEP/ (weights_only loading); returns the step to continue from."""
     from safetensors.torch import load_file
@@ -700,29 +844,29 @@ def restore_checkpoint(path, mdl, opt):
         raise RuntimeError(f"{path}: its weights do not match this model's trainable parameters "
                            f"({len(set(weights) ^ own)} names differ); was it made with other --lora_rank / "
                            f"--freeze_vision settings?")
-    load_trainable(mdl, weights)
     state = torch.load(os.path.join(path, "state.pt"), weights_only=True)
-    load_optimizer(mdl, opt, state["optimizer"])
+    load_checkpoint_state(mdl, opt, weights, state["optimizer"])
     torch.set_rng_state(rank_rng(state, path))
     return int(state["step"])
 
 
 def export(mdl, tok, path):
-    """A plain Hugging Face folder (LoRA merged) that model.load / eval.py read; written atomically. Refuses
-    (NonFinite) to export non-finite weights."""
-    state = full_state(mdl)                            # FSDP2: the whole model, gathered on rank 0 (else None)
+    """A plain Hugging Face folder (LoRA merged) that model.load / eval.py read; written atomically
+    (replace_folder). Refuses (NonFinite) to export non-finite weights."""
+    state = None                                       # save_pretrained reads the model itself ...
+    if is_fsdp(mdl):                                   # ... but under FSDP2 the whole model is gathered on rank 0
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+        state = get_model_state_dict(mdl, options=full_state_options(cpu_offload=True))
     if not is_main():                                  # rank 0 writes; the others wait until it is there
         return barrier()
     if not weights_finite(state.values() if state is not None else mdl.parameters()):
         raise NonFinite(f"non-finite weights ({path} not written)")
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     qwen.merge_lora(mdl)
-    mdl.save_pretrained(tmp, state_dict=state)
-    tok.save_pretrained(tmp)
-    if os.path.exists(path):
-        discard(path)
-    os.replace(tmp, path)
+
+    def write(tmp):
+        mdl.save_pretrained(tmp, state_dict=state)
+        tok.save_pretrained(tmp)
+    replace_folder(path, write)
     barrier()
 
 
@@ -733,12 +877,6 @@ def log(run_dir, record, line):
     print(line, flush=True)
     with open(os.path.join(run_dir, "metrics.jsonl"), "a") as fh:
         fh.write(json.dumps(record) + "\n")
-
-
-def smooth(values, k=10):
-    """Trailing moving average over k points (the per-step GRPO means are noisy: B*G samples each)."""
-    v = np.asarray(values, dtype=np.float64)
-    return np.array([v[max(0, i - k + 1):i + 1].mean() for i in range(len(v))])
 
 
 def drop_metrics_after(run_dir, step):
@@ -782,9 +920,11 @@ def plot_curves(run_dir):
     vis.set_title("phase 0: the vision tower learns to see (held-out key frames)")
     ax[0, 1].semilogy([r["step"] for r in by["sft"]], [r["loss"] for r in by["sft"]], color="C1", label="warm-up loss")
     ax[0, 1].set_title("warm-up: cross-entropy per reference token (log)")
-    for key in ("reward", "r_format", "r_answer", "r_graph", "r_length"):
-        line, = ax[0, 2].plot(steps, smooth([r[key] for r in by["grpo"]]), label=f"{key} (mean of 10 steps)")
-        ax[0, 2].plot(steps, [r[key] for r in by["grpo"]], color=line.get_color(), alpha=0.15)
+    for key in ("reward", "r_format", "r_answer", "r_graph", "r_length"):   # per-step means are noisy (B*G samples)
+        v = np.array([r[key] for r in by["grpo"]], dtype=np.float64)
+        line, = ax[0, 2].plot(steps, [v[max(0, i - 9):i + 1].mean() for i in range(len(v))],
+                              label=f"{key} (mean of 10 steps)")
+        ax[0, 2].plot(steps, v, color=line.get_color(), alpha=0.15)
     ax[0, 2].set_title("GRPO: training reward and its parts")
     for key, label in (("answer", "answer, own video"), ("answer_wrong_video", "answer, another scene's video"),
                        ("answer_blind", "answer, blind baseline"), ("graph_node", "graph node R_n"),
@@ -805,10 +945,7 @@ def plot_curves(run_dir):
         a.legend(fontsize=7, loc="upper left")
         a.grid(alpha=0.3)
     fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=80)
-    plt.close(fig)
-    data.write_file(os.path.join(run_dir, "curves.png"), png.getvalue())
+    ev.save_png(fig, os.path.join(run_dir, "curves.png"))
 
 
 # ==================================================================================================================
@@ -818,8 +955,9 @@ def plot_curves(run_dir):
 # global (dist_norm) and gradients are averaged over the ranks before clipping (average_grads), so an update equals
 # one process's with the same global batch. Held-out questions are sharded and gathered (evaluate); rank 0 alone
 # writes files (log, plot_curves, write_samples, save_checkpoint, export, write_json). Phase 0 (tiny model only) is
-# not sharded: every rank runs it, rank 0's export is kept. Without torchrun (no WORLD_SIZE) every helper below is
-# a no-op and one process computes exactly what it did before.
+# not sharded: every rank runs it, rank 0's export is kept. With --fsdp (full fine-tuning too big for one GPU)
+# FSDP2 splits parameters, gradients and AdamW state over the ranks (DTensors). Without torchrun (no WORLD_SIZE)
+# every helper below is a no-op and one process computes exactly what it did before.
 # ==================================================================================================================
 
 
@@ -844,11 +982,6 @@ def dist_setup(device):
     return device
 
 
-def dist_close():
-    if dist_on():
-        torch.distributed.destroy_process_group()
-
-
 def world():
     """Number of ranks (1 without torchrun)."""
     return torch.distributed.get_world_size() if dist_on() else 1
@@ -868,15 +1001,8 @@ def barrier():
         torch.distributed.barrier()
 
 
-def record_errors(fn):
-    """torchrun's @record: a failing rank's exception goes into torchrun's summary (torchrun then stops the rest)."""
-    from torch.distributed.elastic.multiprocessing.errors import record
-    return record(fn)
-
-
 def main_first(fn, *args):
-    """fn(*args) on rank 0 first, then on the others (making the data set or the tiny model once; the others find
-    it made)."""
+    """fn(*args) on rank 0 first, then on the others (the data set or the tiny model is made once)."""
     if not is_main():
         barrier()
     out = fn(*args)
@@ -902,8 +1028,7 @@ def gather(items):
 
 
 def all_mean(stats, sums=()):
-    """A dict of numbers averaged over the ranks (the keys in `sums` summed instead); the dict itself in one
-    process."""
+    """A dict of numbers averaged over the ranks (the keys in `sums` summed instead); the dict in one process."""
     if world() == 1:
         return stats
     every = gather([stats])
@@ -925,21 +1050,23 @@ def average_grads(params, bucket=2 ** 25):
     DDP does), before clipping, so every rank takes the same step. A missing gradient counts as zeros."""
     if world() == 1:
         return
-    params = [p for p in params if not is_sharded(p)]  # FSDP2 has reduce-scattered (averaged) its own
+    groups, size = [], bucket
     for p in params:
+        if is_sharded(p):                              # FSDP2 has reduce-scattered (averaged) its own
+            continue
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    group, size = [], 0
-    for i, p in enumerate(params):
-        group.append(p)
+        if size >= bucket:
+            groups.append([])
+            size = 0
+        groups[-1].append(p)
         size += p.numel()
-        if size >= bucket or i == len(params) - 1:
-            flat = torch.cat([q.grad.reshape(-1).float() for q in group])          # (size,)
-            torch.distributed.all_reduce(flat)
-            flat /= world()
-            for q, g in zip(group, flat.split([q.numel() for q in group])):
-                q.grad.copy_(g.view_as(q.grad))
-            group, size = [], 0
+    for group in groups:
+        flat = torch.cat([q.grad.reshape(-1).float() for q in group])          # (size,)
+        torch.distributed.all_reduce(flat)
+        flat /= world()
+        for q, g in zip(group, flat.split([q.numel() for q in group])):
+            q.grad.copy_(g.view_as(q.grad))
 
 
 def sync_params(params):
@@ -952,6 +1079,20 @@ def sync_params(params):
                 torch.distributed.broadcast(p.data, 0)
 
 
+def gather_rollout(ro):
+    """What log_grpo_step and write_samples read of a Rollout (rows, texts, parts, lengths, reward, adv), from
+    every rank in rank order, and the slowest rank's seconds; ro itself in one process."""
+    if world() == 1:
+        return ro
+    mine = {"rows": ro.rows, "texts": ro.texts, "parts": ro.parts, "lengths": ro.lengths,
+            "reward": ro.reward.tolist(), "adv": ro.adv.tolist()}
+    every = gather([(mine, ro.t_sample, ro.t_score)])
+    out = {k: [x for e, _, _ in every for x in e[k]] for k in mine}
+    return Rollout(**{**out, "reward": torch.tensor(out["reward"]), "adv": torch.tensor(out["adv"])}, inputs=None,
+                   ids=None, mask=None, old_logp=None, t_sample=max(e[1] for e in every),
+                   t_score=max(e[2] for e in every))
+
+
 def rank_rng(state, path):
     """This rank's torch RNG state from a checkpoint's state.pt. A checkpoint made with another number of ranks is
     refused: its data position (step x global batch) would not match."""
@@ -961,26 +1102,6 @@ def rank_rng(state, path):
                          + ("python train.py --resume" if len(saved) == 1 else
                             f"torchrun --nproc_per_node {len(saved)} train.py --resume"))
     return saved[rank()]
-
-
-def gather_rollout(ro):
-    """What log_grpo_step and write_samples read of a Rollout, from every rank in rank order (ro in one process):
-    texts, parts, rows, lengths, reward (N_all,), adv (N_all,), mask (N_all, T_max) rebuilt from the lengths
-    (completion masks are 1 up to the EOS), and the slowest rank's seconds."""
-    if world() == 1:
-        return ro
-    every = gather([{"texts": ro.texts, "parts": ro.parts, "rows": ro.rows, "lengths": ro.lengths,
-                     "reward": ro.reward.tolist(), "adv": ro.adv.tolist(),
-                     "t_sample": ro.t_sample, "t_score": ro.t_score}])
-    out = {k: [x for e in every for x in e[k]] for k in ("texts", "parts", "rows", "lengths", "reward", "adv")}
-    lengths = torch.tensor(out["lengths"])                                               # (N_all,)
-    mask = (torch.arange(int(lengths.max())) < lengths[:, None]).float()               # (N_all, T_max)
-    return Rollout(out["rows"], None, None, mask, None, torch.tensor(out["reward"]), torch.tensor(out["adv"]),
-                   out["parts"], out["texts"], out["lengths"], t_sample=max(e["t_sample"] for e in every),
-                   t_score=max(e["t_score"] for e in every))
-
-# FSDP2 (--fsdp): full fine-tuning too big for one GPU. Parameters, gradients and AdamW state are split over the
-# ranks (DTensors); a unit's full weights exist only during its forward / backward.
 
 
 def fsdp_shard(cfg, mdl):
@@ -1012,64 +1133,33 @@ def is_fsdp(mdl):
     return world() > 1 and any(is_sharded(p) for p in mdl.parameters())
 
 
-def trainable_state(mdl):
-    """{name: full CPU tensor} of the trainable parameters (FSDP2 gathers each from every rank: call on all)."""
-    return {n: (p.detach().full_tensor() if is_sharded(p) else p.detach()).to("cpu").contiguous()
-            for n, p in mdl.named_parameters() if p.requires_grad}
+def full_state_options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+    return StateDictOptions(full_state_dict=True, **kw)
 
 
-def optimizer_state(mdl, opt):
-    """opt.state_dict(); under FSDP2 the full (unsharded) state, gathered (call on every rank)."""
+def checkpoint_state(mdl, opt):
+    """(trainable weights {name: full CPU tensor}, optimizer state dict); FSDP2 gathers both from every rank
+    (call on all)."""
+    weights = {n: (p.detach().full_tensor() if is_sharded(p) else p.detach()).to("cpu").contiguous()
+               for n, p in mdl.named_parameters() if p.requires_grad}
     if not is_fsdp(mdl):
-        return opt.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-    return get_optimizer_state_dict(mdl, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return weights, opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    return weights, get_optimizer_state_dict(mdl, opt, options=full_state_options(cpu_offload=True))
 
 
-def load_trainable(mdl, weights):
-    """Full tensors {name: tensor} into the model (FSDP2: each rank keeps its shard)."""
+def load_checkpoint_state(mdl, opt, weights, opt_state):
+    """checkpoint_state's pair back into the model and the optimizer (FSDP2: each rank keeps its shard)."""
     if not is_fsdp(mdl):
-        return mdl.load_state_dict(weights, strict=False)
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-    set_model_state_dict(mdl, weights, options=StateDictOptions(full_state_dict=True, strict=False))
-
-
-def load_optimizer(mdl, opt, state):
-    if not is_fsdp(mdl):
-        return opt.load_state_dict(state)
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-    set_optimizer_state_dict(mdl, opt, state, options=StateDictOptions(full_state_dict=True))
-
-
-def full_state(mdl):
-    """None without FSDP2 (save_pretrained reads the model itself); under FSDP2 the whole state dict, on rank 0
-    (call on every rank)."""
-    if not is_fsdp(mdl):
-        return None
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    return get_model_state_dict(mdl, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        mdl.load_state_dict(weights, strict=False)
+        return opt.load_state_dict(opt_state)
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    set_model_state_dict(mdl, weights, options=full_state_options(strict=False))
+    set_optimizer_state_dict(mdl, opt, opt_state, options=full_state_options())
 
 
 # ==================================================================================================================
-
-
-def load_policy(cfg, path, device, dtype):
-    """The policy (LoRA added when lora_rank > 0) and its tokenizer, from a local checkpoint folder.
-    Full fine-tuning keeps fp32 master weights (a 1e-6 step is lost in bf16) and computes in bf16 under autocast;
-    with LoRA the frozen base is stored in `dtype` and the adapters are fp32."""
-    mdl, tok = qwen.load(path, dtype=torch.float32 if cfg.lora_rank == 0 else dtype, device=device)
-    if cfg.freeze_vision:
-        qwen.freeze_vision(mdl)
-    if cfg.lora_rank > 0:
-        qwen.add_lora(mdl, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
-    if cfg.grad_ckpt:
-        qwen.set_checkpointing(mdl, True)
-    return mdl, tok
-
-
-def optimizer(mdl, lr, cfg):
-    sync_params(trainable(mdl))                        # every rank starts from rank 0's weights (as DDP does)
-    return torch.optim.AdamW(trainable(mdl), lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
 
 
 def held_out(cfg, mdl, tok, train_rows, rows, run_dir, step, device, dtype, tag):
@@ -1140,7 +1230,6 @@ def vision_step(cfg, mdl, tok, head, videos, graphs, device, dtype):
     rows = [{"video": v, "time_window": list(w) or None, "question": "", "answer_type": "num", "answer": 0.0}
             for v, w in videos]
     rows, bad = drop_unreadable(cfg, rows)
-    videos = [(r["video"], tuple(r["time_window"] or ())) for r in rows]
     if not rows:
         return None, None, bad
     inputs = prompt_batch(cfg, tok, mdl, rows, device, dtype)
@@ -1148,10 +1237,10 @@ def vision_step(cfg, mdl, tok, head, videos, graphs, device, dtype):
                                          return_dict=True).pooler_output       # B x (t*h*w/4, H)
     tp = mdl.config.vision_config.temporal_patch_size
     preds, nodes = [], []
-    for (v, w), f, grid in zip(videos, feats, inputs["video_grid_thw"]):
-        idx = load_video(v, cfg.frames, w).indices                            # (F,)
+    for r, f, grid in zip(rows, feats, inputs["video_grid_thw"]):
+        idx = row_clip(cfg, r).indices                                        # (F,)
         f = f.view(int(grid[0]), -1, f.shape[-1])                             # (t, tokens per slice, H)
-        for frame, frame_nodes in graphs[(v, w)].items():
+        for frame, frame_nodes in graphs[(r["video"], tuple(r["time_window"] or ()))].items():
             k = int(np.abs(idx - frame).argmin()) // tp                       # the slice holding that frame
             preds.append(head(f[k]))
             nodes.append(frame_nodes)
@@ -1223,64 +1312,6 @@ def run_vision(cfg, run_dir, train_rows, val_rows, device, dtype):
     export(mdl, tok, os.path.join(run_dir, "vision"))
 
 
-def start_model(cfg, run_dir):
-    """The policy the warm-up (or GRPO, without a warm-up) starts from: phase 0's export, else --model."""
-    return os.path.join(run_dir, "vision") if cfg.vision_steps > 0 else cfg.model
-
-
-def run_warmup(cfg, run_dir, train_rows, val_rows, step, device, dtype):
-    """Supervised warm-up on the reference reasoning, steps [step, sft_steps); exports runs/NAME/warmup.
-    A row whose clip cannot be read is skipped at its step (counted in the step's `skipped` and in skipped.json);
-    a non-finite loss or gradient stops the run before the update (stop_message)."""
-    forget_test_results(run_dir, "after warm-up")
-    mdl, tok = load_policy(cfg, start_model(cfg, run_dir), device, dtype)
-    fsdp_shard(cfg, mdl)
-    opt = optimizer(mdl, cfg.sft_lr, cfg)
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt:
-        step = restore_checkpoint(ckpt, mdl, opt)
-        if eval_due(cfg, step, cfg.sft_steps) and not eval_logged(run_dir, step):     # its line was lost to a kill
-            held_out(cfg, mdl, tok, train_rows, val_rows, run_dir, step, device, dtype, "warm-up")
-    usable = [r for r in train_rows if r.get("reasoning")]
-    if not usable:
-        raise SystemExit("the warm-up needs rows with a reference `reasoning`; use --sft_steps 0 for data without")
-    while step < cfg.sft_steps:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.sft_steps, cfg.sft_lr, cfg.warmup)
-        t0 = time.time()
-        rows, bad = drop_unreadable(cfg, [usable[i] for i in shard(batch_indices(len(usable), step,
-                                                                                  cfg.sft_batch * world(), cfg.seed))])
-        report_skipped(run_dir, "warm-up steps", bad)
-        try:
-            out = sft_step(cfg, mdl, tok, rows, opt, device, dtype) if rows else None
-        except NonFinite as e:
-            raise SystemExit(stop_message(cfg, run_dir, "sft", step + 1, e)) from None
-        step += 1
-        dt = time.time() - t0
-        lr = opt.param_groups[0]["lr"]
-        if out is None:
-            log(run_dir, {"phase": "sft", "step": step, "skipped": len(bad)},
-                f"sft  step {step:5d}/{cfg.sft_steps} no readable row in the batch: no update")
-        else:
-            log(run_dir, {"phase": "sft", "step": step, "lr": lr, "seconds": dt, **out,
-                          **({"skipped": len(bad)} if bad else {})},
-                f"sft  step {step:5d}/{cfg.sft_steps} loss {out['loss']:.4f} grad {out['grad_norm']:.2f} "
-                f"lr {lr:.1e} | {dt:.2f}s {out['tokens'] / dt:.0f} tok/s" + (f" | {len(bad)} row(s) skipped" if bad
-                                                                              else ""))
-        if step % cfg.ckpt_every == 0 or step == cfg.sft_steps:
-            save_checkpoint(run_dir, step, mdl, opt, cfg.keep_ckpts)
-        if eval_due(cfg, step, cfg.sft_steps):
-            held_out(cfg, mdl, tok, train_rows, val_rows, run_dir, step, device, dtype, "warm-up")
-            plot_curves(run_dir)
-    export(mdl, tok, os.path.join(run_dir, "warmup"))
-    return step
-
-
-def eval_due(cfg, step, end):
-    """A held-out evaluation follows the checkpoint of this step (every eval_every steps and at a phase's end)."""
-    return step > 0 and (step % cfg.eval_every == 0 or step == end)
-
-
 def results_cache(run_dir, tag):
     """The file holding the final test evaluation of one model state ("after GRPO", "wrong video", ...)."""
     return os.path.join(run_dir, "test_" + tag.replace(" ", "_").replace("-", "") + ".json")
@@ -1291,95 +1322,6 @@ def forget_test_results(run_dir, *tags):
     for tag in tags:
         with contextlib.suppress(FileNotFoundError):
             os.remove(results_cache(run_dir, tag))
-
-
-def run_grpo(cfg, run_dir, train_rows, val_rows, step, device, dtype):
-    """GRPO steps [step, sft_steps + grpo_steps) from the warm-up policy; exports runs/NAME/final. Unreadable
-    rows and non-finite values are handled as in run_warmup."""
-    forget_test_results(run_dir, "after GRPO", "wrong video")
-    start = os.path.join(run_dir, "warmup") if cfg.sft_steps > 0 else start_model(cfg, run_dir)
-    mdl, tok = load_policy(cfg, start, device, dtype)
-    ref_mdl = None
-    if cfg.beta > 0 and cfg.lora_rank == 0:       # full fine-tuning: the reference is a frozen copy
-        ref_mdl = copy.deepcopy(mdl).eval().requires_grad_(False)
-    fsdp_shard(cfg, mdl), fsdp_shard(cfg, ref_mdl)
-    opt = optimizer(mdl, cfg.lr, cfg)
-    ckpt = latest_checkpoint(run_dir)
-    total = cfg.sft_steps + cfg.grpo_steps
-    if ckpt and int(ckpt.rsplit("-", 1)[1]) > cfg.sft_steps:
-        step = restore_checkpoint(ckpt, mdl, opt)
-        if eval_due(cfg, step, total) and not eval_logged(run_dir, step):               # its line was lost to a kill
-            held_out(cfg, mdl, tok, train_rows, val_rows, run_dir, step, device, dtype, "grpo")
-    while step < total:
-        k = step - cfg.sft_steps                   # GRPO step index
-        for group in opt.param_groups:
-            group["lr"] = lr_at(k, cfg.grpo_steps, cfg.lr, cfg.warmup)
-        rows, bad = drop_unreadable(cfg, [train_rows[i] for i in shard(batch_indices(len(train_rows), k,
-                                                                                      cfg.batch * world(), cfg.seed + 1))])
-        report_skipped(run_dir, "GRPO steps", bad)
-        # `step` counts both phases (warm-up steps, then GRPO steps: metrics.jsonl's x axis); k is the GRPO index.
-        # The sampling seed uses the global step, so a resumed run redraws exactly the same completions.
-        generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + step + rank() * 2 ** 40)
-        if rows:
-            ro = rollout(cfg, mdl, tok, rows, device, dtype, generator)
-            t0 = time.time()
-            try:
-                stats = grpo_update(cfg, mdl, ref_mdl, tok, ro, opt, device, dtype)
-            except NonFinite as e:
-                raise SystemExit(stop_message(cfg, run_dir, "grpo", step + 1, e)) from None
-            t_update = time.time() - t0
-            ro, stats = gather_rollout(ro), all_mean(stats)   # every rank's samples and statistics, for the log
-        step += 1
-        if not rows:
-            log(run_dir, {"phase": "grpo", "step": step, "skipped": len(bad)},
-                f"grpo step {step - cfg.sft_steps:4d}/{cfg.grpo_steps} (step {step}) no readable row: no update")
-        else:
-            log_grpo_step(cfg, run_dir, step, ro, {**stats, **({"skipped": len(bad)} if bad else {})}, t_update,
-                          opt.param_groups[0]["lr"])
-            if (k + 1) % cfg.sample_every == 0 or k == 0:
-                write_samples(run_dir, step, ro, cfg.G)
-        if step % cfg.ckpt_every == 0 or step == total:
-            save_checkpoint(run_dir, step, mdl, opt, cfg.keep_ckpts)
-        if eval_due(cfg, step, total):
-            held_out(cfg, mdl, tok, train_rows, val_rows, run_dir, step, device, dtype, "grpo")
-        if (k + 1) % cfg.plot_every == 0:
-            plot_curves(run_dir)
-    export(mdl, tok, os.path.join(run_dir, "final"))
-    return step
-
-
-def log_grpo_step(cfg, run_dir, step, ro, stats, t_update, lr):
-    """The per-step line: reward and parts, accuracy by answer type, KL, clipping, length, zero-variance groups,
-    seconds per stage and sampling throughput."""
-    parts, G = ro.parts, cfg.G
-    mean = {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
-    acc = {f"acc_{t}": float(np.mean([p["answer"] for i, p in enumerate(parts) if ro.rows[i // G]["answer_type"] == t]))
-           for t in ("mc", "num", "iou") if any(r["answer_type"] == t for r in ro.rows)}
-    zero_var = float((ro.reward.view(-1, G).std(dim=1) < 1e-6).float().mean())
-    n_tok = int(ro.mask.sum())
-    rec = {"phase": "grpo", "step": step, "reward": float(ro.reward.mean()),
-           **{f"r_{k}": v for k, v in mean.items()}, **acc, **stats, "length": n_tok / len(parts),
-           "zero_var": zero_var, "t_sample": ro.t_sample, "t_score": ro.t_score, "t_update": t_update,
-           "tok_per_s": n_tok / max(ro.t_sample, 1e-9), "lr": lr}
-    log(run_dir, rec,
-        f"grpo step {step - cfg.sft_steps:4d}/{cfg.grpo_steps} (step {step}) | R {rec['reward']:.3f} "
-        f"(fmt {mean['format']:.2f} ans {mean['answer']:.2f} "
-        f"graph {mean['graph']:.2f} len {mean['length']:.2f}) | " + " ".join(f"{k} {v:.2f}" for k, v in acc.items())
-        + f" | kl {stats['kl']:.4f} clip {stats['clip_frac']:.3f} tokens {rec['length']:.0f} zero_var {zero_var:.2f}"
-        f" | s sample {ro.t_sample:.1f} score {ro.t_score:.2f} update {t_update:.1f} "
-        f"| {rec['tok_per_s']:.0f} tok/s")
-
-
-def write_samples(run_dir, step, ro, G, n=4):
-    """A few completions with their rewards, to read (samples.jsonl)."""
-    if not is_main():
-        return
-    with open(os.path.join(run_dir, "samples.jsonl"), "a") as fh:
-        for i in range(min(n, len(ro.texts))):
-            row = ro.rows[i // G]
-            fh.write(json.dumps({"step": step, "question": row["question"], "answer": row["answer"],
-                                 "completion": ro.texts[i], "reward": float(ro.reward[i]),
-                                 "parts": ro.parts[i], "advantage": float(ro.adv[i])}) + "\n")
 
 
 def final_report(cfg, run_dir, train_rows, test_rows, device, dtype):
@@ -1395,7 +1337,8 @@ def final_report(cfg, run_dir, train_rows, test_rows, device, dtype):
     for tag, path in states:
         runs = [(tag, None)] + ([("wrong video", wrong_videos(test_rows, cfg.seed))] if tag == final else [])
         for t, _ in runs:
-            results[t] = cached_results(results_cache(run_dir, t))
+            found = read_json(results_cache(run_dir, t), "evaluating again")
+            results[t] = found if isinstance(found, list) else None
         if any(results[t] is None for t, _ in runs):
             mdl, tok = qwen.load(path, dtype=dtype, device=device)
             for t, swap in runs:
@@ -1417,17 +1360,17 @@ def final_report(cfg, run_dir, train_rows, test_rows, device, dtype):
     plot_curves(run_dir)
 
 
-def cached_results(path):
-    """The list a final test evaluation saved, or None when it is missing or unreadable (then it is redone)."""
+def read_json(path, redo):
+    """A JSON file's content, or None when it is missing or unreadable (a kill, an old version): then `redo` says
+    what happens instead."""
     try:
         with open(path) as fh:
-            found = json.load(fh)
+            return json.load(fh)
     except FileNotFoundError:
         return None
     except (OSError, json.JSONDecodeError) as e:
-        print(f"{path}: unreadable ({e}); evaluating again")
+        print(f"{path}: unreadable ({e}); {redo}")
         return None
-    return found if isinstance(found, list) else None
 
 
 def write_json(path, obj, indent=None):
@@ -1469,11 +1412,10 @@ def run_lock(run_dir):
 
 def pid_alive(pid):
     try:
-        os.kill(pid, 0)
+        with contextlib.suppress(PermissionError):       # alive, another user's
+            os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:                   # alive, another user's
-        return True
     return True
 
 
@@ -1497,7 +1439,8 @@ def main(argv=None):
             run(cfg, run_dir, device, dtype)
         except NonFinite as e:                    # a save or export refused (the steps stop earlier, with advice)
             raise SystemExit(f"train.py: {e}; resume with --resume and a lower learning rate") from None
-    dist_close()
+    if dist_on():
+        torch.distributed.destroy_process_group()
 
 
 def run(cfg, run_dir, device, dtype):
@@ -1519,8 +1462,7 @@ def run(cfg, run_dir, device, dtype):
     if is_main():
         print(f"run {run_dir} | {device} {dtype} | {len(train_rows)} train / {len(val_rows)} val / "
               f"{len(test_rows)} test rows | config in {run_dir}/config.json" + (f" | {world()} ranks" * (world() > 1)))
-    ckpt = latest_checkpoint(run_dir)
-    step = int(ckpt.rsplit("-", 1)[1]) if ckpt else 0
+    step = checkpoint_step(run_dir)
     if is_main():
         drop_metrics_after(run_dir, step)
     total = cfg.sft_steps + cfg.grpo_steps
@@ -1537,4 +1479,7 @@ def run(cfg, run_dir, device, dtype):
 
 
 if __name__ == "__main__":
-    (record_errors(main) if launched_by_torchrun() else main)()   # torchrun: a rank's error reaches its summary
+    if launched_by_torchrun():              # torchrun's @record: a rank's error reaches torchrun's summary
+        from torch.distributed.elastic.multiprocessing.errors import record
+        main = record(main)
+    main()
