@@ -341,7 +341,7 @@ def test_iou_by_hand_and_never_nan_on_huge_values():
     assert all(math.isfinite(v) for v in parts.values())
 
 
-def test_length_and_total_reward():
+def test_length_total_reward_and_eval_graph_parts():
     assert rewards.length_reward(400, True) == 0.2
     assert rewards.length_reward(400, False) == 0.0 and rewards.length_reward(600, True) == 0.0
     g = graph.Graph(0, [graph.Node("red cube", (1.2, 0.4, 5.1)), graph.Node("blue ball", (-0.8, 0.4, 6.0))])
@@ -355,6 +355,13 @@ def test_length_and_total_reward():
     # a graph written inside the answer earns nothing
     _, parts = rewards.total_reward(f"<think>x</think><answer>{graph.to_text(g)}</answer>", 20, row)
     assert parts["graph"] == 0.0
+    # eval.py reports the graph parts where a row has graphs
+    row = {"answer_type": "mc", "answer": "B", "graphs": [g.to_dict()]}
+    s = ev.score_completion(f"<think>{graph.to_text(g)}</think><answer>B</answer>", row)
+    assert s["node"] == 1.0 and s["edge"] > 0.95 and s["format"] == 1.0
+    s = ev.score_completion(f"<think>x</think><answer>B {graph.to_text(g)}</answer>", row)
+    assert s["node"] == 0.0                                             # a graph in the answer earns nothing
+    assert "node" not in ev.score_completion("B", {"answer_type": "mc", "answer": "B"})
 
 
 def test_extract_answer_linear_and_same_pairs_as_the_regex():
@@ -697,7 +704,7 @@ def _expected(row, s):
     raise AssertionError(task)
 
 
-def test_answers_recomputed_from_scene():
+def test_answers_recomputed_from_scene_and_mc_letters_balanced():
     seen = set()
     for s in _scenes(80, seed=2):
         for row in data.make_questions(s, np.random.default_rng(s["id"])):
@@ -717,6 +724,15 @@ def test_answers_recomputed_from_scene():
                 assert json.loads(ans_text) == row["answer"]
             seen.add(row["task"])
     assert seen == set(data.TASKS)
+    counts = {}
+    for s in _scenes(150, seed=4, n_objects=(3, 3)):
+        for row in data.make_questions(s, np.random.default_rng([s["id"], 1])):
+            if row["answer_type"] == "mc" and len(row["options"]) == 4:
+                counts[row["answer"]] = counts.get(row["answer"], 0) + 1
+    total = sum(counts.values())
+    assert total >= 300 and set(counts) == set("ABCD")
+    for letter, c in counts.items():
+        assert abs(c / total - 0.25) < 0.06, counts                     # ~4.5 sigma band at n >= 300
 
 
 def test_reasoning_never_contradicts_the_answer():
@@ -734,18 +750,6 @@ def test_reasoning_never_contradicts_the_answer():
             assert written[tuple(sorted(pair))] == row["answer"], (row["question"], row["reasoning"])
             checked += 1
     assert checked >= 20
-
-
-def test_mc_letter_balance():
-    counts = {}
-    for s in _scenes(150, seed=4, n_objects=(3, 3)):
-        for row in data.make_questions(s, np.random.default_rng([s["id"], 1])):
-            if row["answer_type"] == "mc" and len(row["options"]) == 4:
-                counts[row["answer"]] = counts.get(row["answer"], 0) + 1
-    total = sum(counts.values())
-    assert total >= 300 and set(counts) == set("ABCD")
-    for letter, c in counts.items():
-        assert abs(c / total - 0.25) < 0.06, counts                     # ~4.5 sigma band at n >= 300
 
 
 def test_make_dataset_deterministic_and_split_by_scene():
@@ -1083,7 +1087,7 @@ def test_lora_zero_init_adapters_off_grads_and_merge():
     assert torch.allclose(_logits(m, inputs), tuned, atol=1e-4)
 
 
-def test_checkpointing_gives_same_gradients():
+def test_checkpointing_same_gradients_and_bf16_close_to_fp32():
     m, tok, inputs, _ = _tiny_inputs()
     ids, mask, _ = grpo.sample(m, inputs, 2, 6, generator=torch.Generator().manual_seed(0))
     grads = []
@@ -1097,9 +1101,6 @@ def test_checkpointing_gives_same_gradients():
     for n in grads[0]:
         assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-4), n
     M.set_checkpointing(m, False)
-
-
-def test_bf16_forward_close_to_fp32():
     m32, tok = _tiny(torch.float32)
     m16, _ = _tiny(torch.bfloat16)
     inputs = _inputs(tok, m32)
@@ -1146,7 +1147,7 @@ def _write_tiny_video(path, n=4, size=32, fps=4):
 
 # ---------------------------------------------------------------------------- metrics by hand
 
-def test_mc_vsi_rule():
+def test_mc_vsi_and_sti_rules():
     # VSI-Bench: exact_match(fuzzy_matching(pred), gt), fuzzy_matching = pred.split(' ')[0].rstrip('.').strip(),
     # compared lower-cased; the split is at ' ' only
     for pred, want in (("B", 1), ("b", 1), ("b.", 1), ("B.", 1), ("B chair", 1), ("B. The chair", 1), ("B\n", 1),
@@ -1164,9 +1165,6 @@ def test_mc_vsi_rule():
     # the training reward is stricter: 'B chair' scores 0 there, 1 here
     s = ev.score_completion("<answer>B chair</answer>", row)
     assert s["score"] == 1.0 and s["train_reward"] == 0.0
-
-
-def test_mc_sti_rule():
     # STI-Bench opensource_test.py: the first of its answer patterns found, else the stripped text; then
     # correct = out[-1] in "ABCDE" and out[-1] == gt
     for pred, want in (("B", 1), ("(B)", 1), ("(b)", 1), ("Answer: B", 1), ("answer=b", 1), ("Ans='B'", 1),
@@ -1240,16 +1238,6 @@ def test_tiou_recall_at_k_box_iou_and_viou():
     assert close(ev.viou("[0, 0, 10, 10]", gt), 0.5)                    # a bare box is used for every frame
     assert ev.viou("nothing", gt) == 0.0 and ev.viou("3: [0, 0, 10]", gt) == 0.0
     assert ev.parse_frame_boxes("3: [1, 2, 3, 4]; 3: [5, 6, 7, 8]") == {3: [1.0, 2.0, 3.0, 4.0]}  # first wins
-
-
-def test_graph_rewards_where_rows_have_graphs():
-    g = graph.Graph(0, [graph.Node("red cube", (1.2, 0.4, 5.1)), graph.Node("blue ball", (-0.8, 0.4, 6.0))])
-    row = {"answer_type": "mc", "answer": "B", "graphs": [g.to_dict()]}
-    s = ev.score_completion(f"<think>{graph.to_text(g)}</think><answer>B</answer>", row)
-    assert s["node"] == 1.0 and s["edge"] > 0.95 and s["format"] == 1.0
-    s = ev.score_completion(f"<think>x</think><answer>B {graph.to_text(g)}</answer>", row)
-    assert s["node"] == 0.0                                             # a graph in the answer earns nothing
-    assert "node" not in ev.score_completion("B", {"answer_type": "mc", "answer": "B"})
 
 
 # ---------------------------------------------------------------------------- aggregates
@@ -1376,7 +1364,7 @@ def test_load_benchmark_json_jsonl_bad_rows_named_or_skipped():
             _raises(ev.BadInput, ev.load_benchmark, _file(os.path.join(d, "qa.parquet"), b"PAR1"), contains=("pandas",))
 
 
-def test_videos_checked_and_decoded():
+def test_videos_checked_decoded_and_end_to_end_two_columns():
     with tempfile.TemporaryDirectory() as d:
         _write_tiny_video(os.path.join(d, "VideoMME", "v1.mp4"))
         path = os.path.join(d, "r1.json")
@@ -1387,9 +1375,6 @@ def test_videos_checked_and_decoded():
         assert len(kept) == 1 and n_missing == 1
         frames, times = ev.read_video(kept[0], 2)[:2]                   # a data.Clip: frames, times, ...
         assert frames.shape[0] == 2 and frames.shape[-1] == 3 and len(times) == 2
-
-
-def test_end_to_end_tiny_model_two_columns():
     tiny = _tiny_dir()
     with tempfile.TemporaryDirectory() as d:
         _write_tiny_video(os.path.join(d, "videos", "clip1.mp4"), n=8, size=32)
@@ -1408,7 +1393,7 @@ def test_end_to_end_tiny_model_two_columns():
 
 # ---------------------------------------------------------------------------- rotation stress test (no model)
 
-def test_offset_pose_keeps_edges_and_moves_coordinates():
+def test_offset_pose_and_rotated_scene_keep_edges_and_move_coordinates():
     R0, c0 = np.eye(3), np.array([0.0, 0.0, 1.6])
     pts = np.array([[1.0, 5.0, 0.5], [-1.0, 6.0, 0.4], [0.5, 3.0, 0.6]])       # world (N, 3)
     for axis in ("yaw", "roll", "orbit"):
@@ -1422,6 +1407,20 @@ def test_offset_pose_keeps_edges_and_moves_coordinates():
         if axis != "orbit":                                                    # Theorem 1: about C, angles kept
             assert np.allclose(a0, a1, atol=1e-4)
     assert np.allclose(data.offset_pose(R0, c0, {"axis": "roll", "deg": 0.0})[0], R0)
+    scene = data.make_scene(np.random.default_rng([0, 3]))
+    scene["id"] = 3
+    with tempfile.TemporaryDirectory() as d:
+        by_angle = {a: ev.rotated_rows(scene, "roll", a, 0, os.path.join(d, str(a))) for a in (0.0, 90.0)}
+        by_angle = ev.common_questions(by_angle)
+        r0, r90 = by_angle[0.0], by_angle[90.0]
+        assert len(r0) == len(r90) >= 2 and [r["question"] for r in r0] == [r["question"] for r in r90]
+        change = ev.coordinate_change(r0, r90)
+        assert change["coord_change_m"] > 0.5                                  # camera-frame centres move
+        assert change["edge_d_change_m"] < 0.1 and change["edge_a_change_deg"] < 2.0   # edges: rounding only
+        assert r90[0]["visible"] == 1.0 and os.path.isfile(r90[0]["video"])
+        frames, _ = data.read_frames(r90[0]["video"], 2)
+        assert frames.shape[0] == 2
+    assert ev.scene_ids([{"id": "synth-000012-01"}, {"id": "synth-000003-00"}, {"id": "synth-000012-02"}]) == [3, 12]
 
 
 def test_every_flag_has_help_and_one_pixel_budget():
@@ -1436,7 +1435,7 @@ def test_every_flag_has_help_and_one_pixel_budget():
     assert "--len_bonus" in out.getvalue() and "default 0.2" in out.getvalue()
 
 
-def test_wrong_videos_is_a_fixed_derangement():
+def test_wrong_videos_derangement_and_comparison_table_by_hand():
     import train
     rows = [{"video": f"v{k % 7}.mp4"} for k in range(20)]                  # 7 scenes, several questions each
     swap = train.wrong_videos(rows, seed=0)
@@ -1446,10 +1445,6 @@ def test_wrong_videos_is_a_fixed_derangement():
     assert swap == train.wrong_videos(list(reversed(rows)), seed=0)       # fixed: a function of the set and seed
     assert swap != train.wrong_videos(rows, seed=1)
     assert train.wrong_videos([{"video": "a"}], seed=0) == {}
-
-
-def test_comparison_table_by_hand():
-    import train
     res = lambda answers, kind="num": [{"answer": a, "answer_type": kind, "graph": 0.5, "graph_node": 0.2,
                                         "graph_edge": 0.3, "format": 1.0} for a in answers]
     blind = [{"answer": a, "answer_type": "num"} for a in (0.5, 0.5, 0.5, 0.5)]     # no graph, no format
@@ -1478,23 +1473,6 @@ def test_roll_renders_the_turned_picture():
         for deg, k in ((90.0, 1), (-90.0, -1), (180.0, 2)):
             turned = data.render_clip(ev.with_offset(scene, "roll", deg))
             assert np.array_equal(turned, np.rot90(clip, k, axes=(1, 2))), (seed, deg)
-
-
-def test_rotated_scene_same_questions_invariant_edges():
-    scene = data.make_scene(np.random.default_rng([0, 3]))
-    scene["id"] = 3
-    with tempfile.TemporaryDirectory() as d:
-        by_angle = {a: ev.rotated_rows(scene, "roll", a, 0, os.path.join(d, str(a))) for a in (0.0, 90.0)}
-        by_angle = ev.common_questions(by_angle)
-        r0, r90 = by_angle[0.0], by_angle[90.0]
-        assert len(r0) == len(r90) >= 2 and [r["question"] for r in r0] == [r["question"] for r in r90]
-        change = ev.coordinate_change(r0, r90)
-        assert change["coord_change_m"] > 0.5                                  # camera-frame centres move
-        assert change["edge_d_change_m"] < 0.1 and change["edge_a_change_deg"] < 2.0   # edges: rounding only
-        assert r90[0]["visible"] == 1.0 and os.path.isfile(r90[0]["video"])
-        frames, _ = data.read_frames(r90[0]["video"], 2)
-        assert frames.shape[0] == 2
-    assert ev.scene_ids([{"id": "synth-000012-01"}, {"id": "synth-000003-00"}, {"id": "synth-000012-02"}]) == [3, 12]
 
 
 # ---------------------------------------------------------------------------- train.py: the whole loop
