@@ -27,7 +27,7 @@ Run:
 `--n` counts scenes (= videos); each scene gets `--questions` questions of different tasks, split by scene into
 train / val / test (80/10/10). Files: videos/000123.mp4, train.jsonl, val.jsonl, test.jsonl, scenes.jsonl (the
 scene parameters), contact_sheet.png. Default clip: 32 frames at 8 fps (4 s), 112 x 112, 2-3 objects; ground-truth
-graphs at k = 2 key frames (first and last). `--n 2000` takes ~2 min and ~60 MB on 2 CPU cores (from --n 200).
+graphs at the key frames a question needs (first and last frame; the last alone for a static question). `--n 2000` takes ~2 min and ~60 MB on 2 CPU cores (from --n 200).
 
 Row format (one JSON object per line; `video` relative to the JSONL's folder; `options` are texts, the letter
 is the position; `answer`: letter for mc, float for num, [start, end] seconds for iou; `graphs` at the key
@@ -57,6 +57,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import sys
 import tempfile
 import textwrap
@@ -74,11 +75,12 @@ import graph
 
 CLIP_FRAMES, CLIP_FPS, CLIP_SIZE = 32, 8, 112   # default synthetic clip: 32 frames at 8 fps (4 s), 112 x 112
 TRAIN_FRAMES = 16                               # frames the model is given in training (paper: 16 train, 32 test)
-KEY_FRAMES = 2                                  # k graphs per row: first and last frame of the clip
+KEY_FRAMES = 2                                  # k key frames per scene (first, last); a row has the 1 or 2 it needs
 SEEK_GAP = 12                                   # seek when a keyframe lets us skip more than this many frames
 HFOV = math.radians(60.0)                       # horizontal field of view of the synthetic camera
 CAM_HEIGHT, CAM_PITCH, MAX_YAW = 1.6, 0.30, 0.35  # metres, radians down, radians of yaw over a clip
 LETTERS = "ABCDEFGHIJ"
+MAX_PROMPT_TOKENS = 1024                        # rows with a longer prompt (text tokens) are skipped: train.py, eval.py
 
 
 # ============================================================================ reading frames
@@ -385,7 +387,8 @@ def camera_pose(scene, sec):
 
 
 def rz(phi):
-    """World rotation about the vertical Z axis by phi radians."""
+    """Rotation by phi radians about a Z axis: the world's vertical (yaw, orbit) or, applied to the camera's own
+    axes, its optical axis (roll; offset_pose)."""
     c, s = math.cos(phi), math.sin(phi)
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
@@ -1047,6 +1050,9 @@ def write_file(path, content):
         raise
 
 
+OPTION_PREFIX_RE = re.compile(r"^\s*\(?([A-Za-z])[.):]\s+")    # "A. ", "(A) ", "A) ", "A: "
+
+
 class BadRow(ValueError):
     """Bad input (a file, a row, a field), in data.py and eval.py alike: the message names where ("FILE:LINE",
     "FILE: item N", "FILE row K"), the field and why."""
@@ -1175,6 +1181,20 @@ def r1_extract(text):
     return text[i + 8:j].strip() if j >= 0 else ""
 
 
+def option_texts(options, where=None):
+    """['A. chair', 'B. table'] or ['(A) chair', ...] or ['chair', ...] -> ['chair', 'table'] (letter = position;
+    a prefix with another letter is a BadRow). Video-R1 rows here and the benchmark adapters of eval.py."""
+    if not isinstance(options, (list, tuple)) or not options:
+        raise BadRow("options", f"must be a non-empty list, got {options!r:.80}", where)
+    out = []
+    for k, opt in enumerate(options):
+        m = OPTION_PREFIX_RE.match(str(opt))
+        if m and m.group(1).upper() != chr(ord("A") + k):
+            raise BadRow("options", f"option {k} is labelled {m.group(1)!r}, expected {chr(ord('A') + k)!r}", where)
+        out.append(str(opt)[m.end():].strip() if m else str(opt).strip())
+    return out
+
+
 def from_video_r1(item):
     """Video-R1 item (problem, options ["A. ...", ...], problem_type, solution "<answer>B</answer>", path)
     -> our row. multiple choice -> mc (prefixes stripped), numerical / regression -> num; other types
@@ -1189,12 +1209,7 @@ def from_video_r1(item):
     ans = text = r1_extract(solution) or solution.strip()
     options = None
     if at == "mc":
-        options = []
-        for k, o in enumerate(item.get("options") or []):
-            o = str(o).strip()
-            if len(o) >= 2 and o[0] == LETTERS[k % len(LETTERS)] and o[1] in ".):":
-                o = o[2:].strip()                                        # "A. text" -> "text"
-            options.append(o)
+        options = option_texts(item.get("options"))                     # "A. text" -> "text"
         ans = ans.strip("().: ")[:1].upper()
     else:
         try:
@@ -1266,6 +1281,15 @@ def video_problem(path, window=None):
     if window and end is not None and (window[0] >= end or window[1] < start):
         return f"{path}: time_window {list(window)} s lies outside the video ({start:.2f} to {end:.2f} s)"
     return None
+
+
+def clip_problem(read, row):
+    """(read(row), None), or (None, why) when the row's video does not decode (VideoError / FileNotFoundError,
+    naming the video): damage inside a file that the cheap checks at load time (check_videos) cannot see."""
+    try:
+        return read(row), None
+    except (VideoError, FileNotFoundError) as e:
+        return None, str(e)
 
 
 def check_videos(rows):

@@ -96,7 +96,6 @@ N_BOOT = 1000                       # bootstrap resamples
 VSI_NUMERIC = ("object_counting", "object_abs_distance", "object_size_estimation", "room_size_estimation")
 LEVEL_RE = re.compile(r"_(easy|medium|hard)$")
 FRAME_BOX_RE = re.compile(r"(\d{1,7})\s*:\s*(\[[^\[\]]{1,160}\])")
-OPTION_PREFIX_RE = re.compile(r"^\s*\(?([A-Za-z])[.):]\s+")
 
 
 # ------------------------------------------------------------------------------------ answer rules
@@ -333,19 +332,6 @@ def need(rec, field, where):
     return rec[field]
 
 
-def option_texts(options, where):
-    """['A. chair', 'B. table'] or ['(A) chair', ...] or ['chair', ...] -> ['chair', 'table'] (letter = position)."""
-    if not isinstance(options, (list, tuple)) or not options:
-        raise BadRow("options", f"must be a non-empty list, got {options!r:.80}", where)
-    out = []
-    for k, opt in enumerate(options):
-        m = OPTION_PREFIX_RE.match(str(opt))
-        if m and m.group(1).upper() != chr(ord("A") + k):
-            raise BadRow("options", f"option {k} is labelled {m.group(1)!r}, expected {chr(ord('A') + k)!r}", where)
-        out.append(str(opt)[m.end():].strip() if m else str(opt).strip())
-    return out
-
-
 def letter(value, n_options, where, field):
     """'B', 'b', 'B.', '(B)' -> 'B', checked against the number of options."""
     s = str(value).strip().strip("().").upper()
@@ -373,7 +359,7 @@ def from_vsibench(rec, root, where):
     gt = need(rec, "ground_truth", where)
     if qtype in VSI_NUMERIC:
         return {**row, "options": None, "answer": to_float(gt, where, "ground_truth"), "answer_type": "num"}
-    options = option_texts(need(rec, "options", where), where)
+    options = data.option_texts(need(rec, "options", where), where)
     return {**row, "options": options, "answer": letter(gt, len(options), where, "ground_truth"), "answer_type": "mc"}
 
 
@@ -387,7 +373,7 @@ def from_stibench(rec, root, where):
             raise BadRow("Candidates", f"not JSON ({e})", where) from None
     if not isinstance(cands, dict) or not cands:
         raise BadRow("Candidates", "must be a JSON object of letter -> text", where)
-    options = option_texts([f"{k}. {cands[k]}" for k in sorted(cands)], where)
+    options = data.option_texts([f"{k}. {cands[k]}" for k in sorted(cands)], where)
     ts, te = (to_float(need(rec, f, where), where, f) for f in ("time_start", "time_end"))
     if te < ts:
         raise BadRow("time_end", f"{te} < time_start {ts}", where)
@@ -479,7 +465,7 @@ def first_format(records, path, skip_bad):
     raise BadRow(None, f"no row has the keys of a known format ({KNOWN_KEYS})", path)
 
 
-def read_records(path):
+def benchmark_records(path):
     """Raw records of a .jsonl / .json file (data.read_records: a line that is not JSON is a BadRow naming it) or
     a .parquet file (needs pandas)."""
     if not path.endswith(".parquet"):
@@ -496,7 +482,7 @@ def load_benchmark(path, fmt="auto", video_root=None, skip_bad=False):
     """Rows in our format (data.py's row format) from any supported file -> (rows, fmt, n_skipped).
     A bad row raises a clear error naming the file, row and field, or is skipped and counted with skip_bad."""
     hint = " (use --skip_bad to skip and count such rows)"
-    records = read_records(path)
+    records = benchmark_records(path)
     if all(isinstance(r, BadRow) for r in records):
         raise BadRow(None, "no readable rows" + (f" ({records[0]})" if records else ""), path)
     if fmt == "auto":
@@ -645,13 +631,8 @@ def clip_or_problem(row, tokenizer, args):
     """(clip, None) for a row that can be asked, else (None, why): its prompt is longer than --max_prompt_tokens,
     or its video does not decode (data.VideoError / FileNotFoundError: damage the cheap checks cannot see)."""
     import model as qwen
-    n = qwen.prompt_tokens(tokenizer, prompt_row(row))
-    if n > args.max_prompt_tokens:
-        return None, f"prompt of {n} tokens exceeds --max_prompt_tokens {args.max_prompt_tokens}"
-    try:
-        return data.row_clip(row, args.frames), None
-    except (data.VideoError, FileNotFoundError) as e:
-        return None, str(e)
+    why = qwen.prompt_problem(tokenizer, prompt_row(row), args.max_prompt_tokens)
+    return (None, why) if why else data.clip_problem(lambda r: data.row_clip(r, args.frames), row)
 
 
 def complete(mdl, tokenizer, rows, args, tag):
@@ -692,7 +673,7 @@ def model_names(paths):
     return [f"{b}#{k + 1}" if base.count(b) > 1 else b for k, b in enumerate(base)]
 
 
-def check_videos(rows, skip_bad):
+def rows_with_videos(rows, skip_bad):
     """Rows whose video passes data.video_problem's cheap checks (exists, opens, the window lies inside it); the
     others are an error naming the first (row and why), or skipped and counted. (rows kept, number skipped)"""
     keep, bad = data.check_videos(rows)
@@ -751,8 +732,8 @@ def parse_args(argv, rotation=False):
     p.add_argument("--skip_bad", action="store_true", help="skip and count bad rows (a bad field, a video that "
                    "does not open or decode, a prompt over --max_prompt_tokens) instead of stopping; the rest is "
                    "scored and written")
-    p.add_argument("--max_prompt_tokens", type=int, default=1024, help="rows whose prompt text has more tokens "
-                   "(model.prompt_tokens, video not counted) are bad rows")
+    p.add_argument("--max_prompt_tokens", type=int, default=data.MAX_PROMPT_TOKENS,
+                   help="rows whose prompt text has more tokens (model.prompt_tokens, video not counted) are bad rows")
     return p.parse_args(argv)
 
 
@@ -764,7 +745,7 @@ def main(argv):
     import torch
     torch.set_num_threads(args.threads)
     rows, fmt, skipped = load_benchmark(args.data, args.format, args.video_root, args.skip_bad)
-    rows, missing = check_videos(rows[:args.limit] if args.limit else rows, args.skip_bad)
+    rows, missing = rows_with_videos(rows[:args.limit] if args.limit else rows, args.skip_bad)
     print(f"{args.data}: format {fmt}, {len(rows)} rows to score, {skipped} bad rows and {missing} rows without a "
           f"usable video skipped; {args.frames} frames, greedy, at most {args.max_new_tokens} new tokens; each row "
           f"scored by its benchmark's own rule (docstring), not train.py's training-reward table", file=sys.stderr)

@@ -3,7 +3,7 @@
 Paper: Video-STR (arXiv 2510.10976) trains Qwen2.5-VL-7B-Instruct with GRPO (Sec. 4) on 16 frames (32 at
 inference) of at most 128*28*28 pixels each, as Video-R1 / SpaceR; the reasoning inside <think> writes an
 inter-object relation graph (graph.py), the answer goes inside <answer>.
-How this differs: the CPU default is build_tiny's RANDOM Qwen2.5-VL (about 0.55M parameters, a byte-level BPE
+How this differs: the CPU default is build_tiny's RANDOM Qwen2.5-VL (about 0.57M parameters, a byte-level BPE
 tokenizer trained on the data's text) trained from scratch. It is saved and loaded (load) exactly like a real
 local checkpoint, so the code path is the same for the 7B.
 
@@ -324,8 +324,7 @@ def build_prompt(row):
         text += f"From {s:.1f} s to {e:.1f} s. "
     text += row["question"].strip()
     if row.get("options"):
-        letters = "ABCDEFGHIJ"
-        text += "\n" + "\n".join(f"({letters[i]}) {opt}" for i, opt in enumerate(row["options"]))
+        text += "\n" + "\n".join(f"({chr(ord('A') + i)}) {opt}" for i, opt in enumerate(row["options"]))
     frames = [g["frame"] for g in row.get("graphs") or []]     # the key frames the graph reward checks
     which = "frames " + ", ".join(f"t={f}" for f in frames) if frames else "a few key frames"
     text += "\n" + GRAPH_INSTRUCTION.format(frames=which) + ANSWER_INSTRUCTION[kind]
@@ -341,10 +340,16 @@ def chat_template():
 
 
 def prompt_tokens(tokenizer, row):
-    """Text tokens of a row's prompt (build_prompt; the video's tokens not counted, its placeholder counts 1).
-    train.py and eval.py skip rows above their stated limit (--max_prompt_tokens) instead of running out of
-    memory on them: a 1 MB question is ~400k tokens."""
+    """Text tokens of a row's prompt (build_prompt; the video's tokens not counted, its placeholder counts 1)."""
     return len(tokenizer(build_prompt(row), add_special_tokens=False)["input_ids"])
+
+
+def prompt_problem(tokenizer, row, max_tokens):
+    """Why a row's prompt is too long to ask (more than max_tokens text tokens), or None. train.py and eval.py
+    skip such rows (--max_prompt_tokens) instead of running out of memory on them: a 1 MB question is ~400k
+    tokens."""
+    n = prompt_tokens(tokenizer, row)
+    return f"prompt of {n} tokens exceeds --max_prompt_tokens {max_tokens}" if n > max_tokens else None
 
 
 def make_inputs(tokenizer, config, rows, videos, min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS):
@@ -642,8 +647,10 @@ def shape7b(argv=()):
     """One GRPO step of the paper preset on a RANDOMLY initialised model with Qwen2.5-VL-7B's shapes (no weights
     needed): LoRA r=64, gradient checkpointing, bf16, G completions of one prompt with a video, every completion
     max_new_tokens long (no EOS: the worst case). Prints seconds and peak memory per stage, and estimate_memory's
-    figure for the same shape and for the full 28-layer model. Defaults: the paper's sizes on CUDA; on a CPU the 7B's
-    widths with 2 + 2 layers, 4 frames of 112x112, G=2, 16 tokens (every size is a flag)."""
+    figure for the same shape and for the full 28-layer model. Defaults: the paper preset's sizes on CUDA; on a CPU
+    the 7B's widths with 2 + 2 layers, 4 frames of 112x112, G=2, 16 tokens (every size is a flag). The step is
+    train.py's (sample, group advantages, pi_ref, policy_loss, AdamW) written out with the paper's constants
+    (beta 0.04, lr 1e-6), so that it runs without data or a run folder."""
     import argparse
     import resource
     import time
@@ -656,7 +663,7 @@ def shape7b(argv=()):
     p.add_argument("--frames", type=int, default=16 if cuda else 4)
     p.add_argument("--max_pixels", type=int, default=TRAIN_MAX_PIXELS if cuda else 16 * 28 * 28, help="per frame")
     p.add_argument("--G", type=int, default=8 if cuda else 2)
-    p.add_argument("--max_new_tokens", type=int, default=512 if cuda else 16)
+    p.add_argument("--max_new_tokens", type=int, default=768 if cuda else 16)
     p.add_argument("--lora_rank", type=int, default=64)
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     p.add_argument("--threads", type=int, default=2)
@@ -696,11 +703,12 @@ def shape7b(argv=()):
           f"{count_params(model) / 1e9:.2f}B params ({count_params(model, True) / 1e6:.1f}M LoRA r={a.lora_rank}), "
           f"{device} {dtype}, G={a.G}, {a.frames} frames at <= {a.max_pixels} px, {a.max_new_tokens} new tokens")
     t0 = stage("build", t0)
-    h, w = smart_resize(224, 448, min_pixels=56 * 56, max_pixels=a.max_pixels)
+    min_pixels = 16 * 28 * 28 if cuda else 56 * 56                # the paper preset's lower budget on CUDA
+    h, w = smart_resize(224, 448, min_pixels=min_pixels, max_pixels=a.max_pixels)
     frames = np.random.default_rng(0).integers(0, 256, (a.frames, h, w, 3), dtype=np.uint8)
     row = {"id": "shape7b", "question": "How far is the red cube from the blue ball?", "answer_type": "num",
            "answer": 1.0}
-    inputs = make_inputs(tok, config, [row], [(frames, np.arange(a.frames) / 2.0)], 56 * 56, a.max_pixels)
+    inputs = make_inputs(tok, config, [row], [(frames, np.arange(a.frames) / 2.0)], min_pixels, a.max_pixels)
     inputs = to_device(inputs, device, dtype)
     P, patches = inputs["input_ids"].shape[1], inputs["pixel_values_videos"].shape[0]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)

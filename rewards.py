@@ -33,6 +33,7 @@ import graph
 
 MRA_THRESHOLDS = np.linspace(0.5, 0.95, 10)           # theta in 0.50, 0.55, ..., 0.95, as VSI-Bench builds them
 CORRECT = 0.5                                          # R_ans at or above this counts as "correct" for R_l
+LEN_LO, LEN_HI, LEN_BONUS = 320, 512, 0.2                # the paper's R_l window (tokens of 768) and bonus
 DEFAULT_WEIGHTS = {"format": 1.0, "answer": 1.0, "graph": 1.0, "length": 1.0}
 
 _BODY = r"(?:(?!</?think>|</?answer>).)*"               # text with no think/answer tag inside
@@ -153,19 +154,20 @@ def answer_reward(pred_text, gt, answer_type):
     raise ValueError(f"answer_type must be mc, num or iou, got {answer_type!r}")
 
 
-def length_reward(n_tokens, correct, lo=320, hi=512, bonus=0.2):
+def length_reward(n_tokens, correct, lo=LEN_LO, hi=LEN_HI, bonus=LEN_BONUS):
     """R_l: bonus for a correct answer whose completion length lies in [lo, hi] tokens."""
     return bonus if correct and lo <= n_tokens <= hi else 0.0
 
 
 def graph_reward_of(completion, graphs):
     """R_graph of a completion: the graph blocks written before <answer> against the row's ground-truth graphs
-    (dicts, data.py's row format). Returns (R_graph, {"node": R_n, "edge": R_e}) of graph.graph_reward."""
+    (dicts, data.py's row format). Returns graph.graph_reward's (R_graph, {"node": R_n, "edge": R_e,
+    "frames_found": ...})."""
     reasoning = completion.split("<answer>", 1)[0] if isinstance(completion, str) else ""
     return graph.graph_reward(graph.parse_graphs(reasoning), [graph.Graph.from_dict(g) for g in graphs or []])
 
 
-def total_reward(completion, n_tokens, sample, weights=None, lo=320, hi=512, bonus=0.2):
+def total_reward(completion, n_tokens, sample, weights=None, lo=LEN_LO, hi=LEN_HI, bonus=LEN_BONUS):
     """R = w_f R_format + w_a R_ans + w_g R_graph + w_l R_l for one completion of one dataset row.
 
     sample: a dataset row (data.py): answer, answer_type, and optionally graphs (list of Graph dicts).

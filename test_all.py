@@ -387,8 +387,7 @@ def test_import_is_light():
     assert out.strip() == "[]", out
 
 
-# ---------------------------------------------------------------------------- data.py
-# ---------------------------------------------------------------------------- helpers: stamped test videos
+# ---------------------------------------------------------------------------- data.py: stamped test videos
 
 def _stamp(i, H=48, W=64, noise=False):
     """A frame whose 8 vertical bands spell i in binary (survives lossy coding); noise=True adds a noisy
@@ -1311,10 +1310,10 @@ def _has(row, **want):
 
 
 def test_adapters_and_format_detection():
-    a, b = (ev.from_vsibench(r, "/root", f"f row {k}") for k, r in enumerate(_VSI_ROW))
-    _has(a, video="/root/scannet/scene0011_00.mp4", answer_type="mc", answer="C", task="object_rel_distance",
+    a, b = (ev.from_vsibench(r, "/videos", f"f row {k}") for k, r in enumerate(_VSI_ROW))
+    _has(a, video="/videos/scannet/scene0011_00.mp4", answer_type="mc", answer="C", task="object_rel_distance",
          options=["chair", "table", "lamp", "bed"], id="vsi-7", time_window=None, rule="vsibench")
-    _has(b, video="/root/arkitscenes/41069025.mp4", answer_type="num", answer=2.3, options=None, rule="vsibench")
+    _has(b, video="/videos/arkitscenes/41069025.mp4", answer_type="num", answer=2.3, options=None, rule="vsibench")
     _has(ev.from_stibench(_STI_ROW, "/data", "f row 0"), video="/data/videos/clip1.mp4", time_window=[1.5, 4.0],
          options=["1 m", "2 m", "3 m", "4 m", "5 m"], answer="D", answer_type="mc", id="sti-12", rule="stibench",
          task="Displacement & Path Length")
@@ -1370,8 +1369,8 @@ def test_videos_checked_decoded_and_end_to_end_two_columns():
         path = os.path.join(d, "r1.json")
         json.dump([R1, {**R1, "problem_id": 4, "path": "./VideoMME/missing.mp4"}], open(path, "w"))
         rows, fmt, _ = ev.load_benchmark(path)
-        _raises(data.BadRow, ev.check_videos, rows, skip_bad=False, contains=("missing.mp4",))
-        kept, n_missing = ev.check_videos(rows, skip_bad=True)
+        _raises(data.BadRow, ev.rows_with_videos, rows, skip_bad=False, contains=("missing.mp4",))
+        kept, n_missing = ev.rows_with_videos(rows, skip_bad=True)
         assert len(kept) == 1 and n_missing == 1
         frames, times = data.row_clip(kept[0], 2)[:2]                   # a data.Clip: frames, times, ...
         assert frames.shape[0] == 2 and frames.shape[-1] == 3 and len(times) == 2

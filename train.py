@@ -1,4 +1,5 @@
-"""Video-STR training: a supervised warm-up, then GRPO with the graph reward (paper Sec. 4), on one device.
+"""Video-STR training: a supervised warm-up, then GRPO with the graph reward (paper Sec. 4), on one device or N
+ranks under torchrun.
 
 What one GRPO step does (DeepSeekMath's GRPO, as the paper uses it):
   1. B prompts (video + question); grpo.sample draws G completions each, no grad       -> N = B*G sequences
@@ -16,7 +17,7 @@ Before that, for the tiny model only, phase 0 (--vision_steps, `run_vision`): it
 the rows' ground-truth graphs which objects a key frame shows and where (a VisionHead reads the tower's tokens),
 and stays frozen afterwards. A real Qwen2.5-VL already sees, so `--preset paper` skips it.
 
-Presets: `--preset tiny` (default: a 0.54M-parameter Qwen2.5-VL built locally, synthetic videos, 2 CPU cores,
+Presets: `--preset tiny` (default: a ~0.57M-parameter Qwen2.5-VL built locally, synthetic videos, 2 CPU cores,
 minutes) and `--preset paper` (Qwen2.5-VL-7B from `--model PATH`, G=8, beta=0.04, 16 frames at 128*28*28 pixels,
 lr 1e-6, 768 new tokens, length window 320-512 with bonus 0.2, LoRA so it fits one 80 GB GPU).
 Differences from the paper: the data is synthetic (data.py), the tiny model starts from random weights and so
@@ -25,10 +26,12 @@ needs phase 0 and the warm-up; everything else is the paper's recipe with smalle
 Run: `python train.py` (everything, about 12 min on 2 CPU cores), `python train.py --resume` after an interruption,
 `python train.py --preset paper --model /path/to/Qwen2.5-VL-7B-Instruct --data /path/to/rows`;
 `torchrun --nproc_per_node N train.py ...` runs N data-parallel ranks (the marked block "Data parallelism" below).
-Outputs in runs/NAME/: config.json, metrics.jsonl, samples.jsonl, curves.png, ckpt-*/, warmup/, final/,
+Outputs in runs/NAME/: config.json, metrics.jsonl, samples.jsonl, curves.png, ckpt-*/, vision/, warmup/, final/,
+results.md + results.json + test_*.json (the final table and its per-question results),
 skipped.json (rows left out: FILE:LINE and why), run.lock (the PID of the process using the run). A kill at any
 instant leaves a run that --resume finishes (README: "When a run is interrupted or the data is bad").
-Letters: B prompts, G completions per prompt, N = B*G, T completion tokens, P prompt tokens.
+Letters: B prompts, G completions per prompt, N = B*G, n rows of one GRPO micro-batch, T completion tokens, P prompt
+tokens.
 """
 import argparse
 import contextlib
@@ -64,16 +67,16 @@ class Config:
     out: str = "runs"               # folder of all runs
     seed: int = 0                   # seeds data order, sampling and init of new weights
     device: str = "auto"            # auto (cuda if present) | cpu | cuda
-    dtype: str = "auto"             # auto (bf16 on cuda, fp32 on cpu: faster here, `python grpo.py bench`) | bf16 | fp32
+    dtype: str = "auto"             # auto (bf16 on a GPU that has it, else fp32: faster on cpu, `python grpo.py bench`) | bf16 | fp32
     threads: int = 2                # torch CPU threads (1 on a busy machine: README, Benchmarks)
     resume: bool = False            # continue runs/NAME from its last checkpoint; only RESUMABLE flags may differ
     # data
     frames: int = data.TRAIN_FRAMES  # frames per video (paper: 16 for training)
-    data: str = "data/synth"        # folder with train.jsonl / val.jsonl / test.jsonl (made here if missing)
+    max_prompt_tokens: int = data.MAX_PROMPT_TOKENS  # skip rows whose prompt has more text tokens (video not counted)
+    data: str = "data/synth"        # folder with train.jsonl / val.jsonl / test.jsonl (--preset tiny makes it if missing)
     data_scenes: int = 1500         # scenes to render when the synthetic set is made (4 questions each)
-    min_pixels: int = qwen.TINY_MIN_PIXELS  # per-frame pixel budget of Qwen2.5-VL's smart_resize (tiny: 56x56)
+    min_pixels: int = qwen.TINY_MIN_PIXELS  # lower per-frame pixel budget of Qwen2.5-VL's smart_resize (tiny: 56x56)
     max_pixels: int = qwen.TINY_MAX_PIXELS  # upper pixel budget per frame (paper: 128x28x28)
-    max_prompt_tokens: int = 1024   # skip rows whose prompt has more text tokens (video not counted)
     # model
     model: str = "tiny_model"       # local folder of a Qwen2.5-VL checkpoint (built here if it is the tiny one)
     lora_rank: int = 0              # 0 = full fine-tuning
@@ -81,29 +84,29 @@ class Config:
     lora_dropout: float = 0.0       # dropout on the LoRA input (0: none)
     fsdp: bool = False              # under torchrun, full fine-tuning: shard weights, grads, AdamW state (FSDP2)
     freeze_vision: bool = True      # keep the vision tower fixed in the warm-up and GRPO (it learned in phase 0)
+    grad_ckpt: bool = False         # gradient checkpointing in the warm-up and GRPO (on for the paper preset)
     # phase 0: the vision tower learns to see (tiny model only; a real checkpoint already sees)
     vision_steps: int = 700         # supervised steps on the rows' ground-truth graphs (0 skips the phase)
     vision_batch: int = 16          # videos per step
     vision_lr: float = 3e-3         # phase 0 learning rate (vision tower and its head)
-    grad_ckpt: bool = False         # gradient checkpointing (on for the paper preset)
     # supervised warm-up
     sft_steps: int = 1300           # teacher-forced steps on the reference reasoning
-    sft_batch: int = 8              # rows per warm-up step
+    sft_batch: int = 8              # rows per warm-up step (per rank under torchrun)
     sft_lr: float = 3e-3            # warm-up learning rate
     # GRPO
     grpo_steps: int = 130           # GRPO steps after the warm-up
-    batch: int = 4                  # B prompts per step
-    micro_batch: int = 4            # prompts per forward/backward (gradient accumulation over B / micro_batch)
+    batch: int = 4                  # B prompts per GRPO step (per rank under torchrun)
+    micro_batch: int = 4            # GRPO prompts per forward/backward (gradient accumulation over B / micro_batch)
     G: int = 8                      # completions per prompt (paper: 8)
     max_new_tokens: int = 180       # completion budget T (the synthetic reference reasoning is 50-170 tokens)
     temperature: float = 1.0        # sampling temperature (paper / Video-R1: 1.0)
     top_p: float = 1.0              # nucleus sampling mass (1.0: off)
     lr: float = 2e-4                # GRPO learning rate (paper: 1e-6 for the 7B)
-    warmup: int = 10                # linear warm-up steps of each phase, then cosine to 10 %
+    lr_warmup: int = 10             # learning rate: linear warm-up steps of each phase, then cosine to 10 %
     weight_decay: float = 0.0       # AdamW weight decay
     beta: float = 0.04              # KL weight (paper: 0.04); 0 skips the reference model
-    clip_eps: float = 0.2           # PPO clip range [1 - eps, 1 + eps_high]
-    clip_eps_high: float = 0.2      # DAPO clip-higher uses 0.28
+    clip_eps: float = 0.2           # PPO clip range [1 - clip_eps, 1 + clip_eps_high]; acts only when mu > 1
+    clip_eps_high: float = 0.2      # upper clip bound 1 + clip_eps_high (DAPO clip-higher: 0.28)
     agg: str = "seq"                # loss aggregation: seq (GRPO) | token (DAPO) | const (Dr. GRPO)
     scale_adv: bool = True          # divide advantages by the group std (False: Dr. GRPO)
     mu: int = 1                     # inner epochs per batch of samples (1: on-policy)
@@ -117,15 +120,16 @@ class Config:
     len_hi: int = 170               # upper end of the R_l window in tokens (paper: 512)
     len_bonus: float = 0.2          # R_l when the answer is correct and the length in the window (paper: 0.2)
     # logging, evaluation, checkpoints
-    eval_every: int = 500           # held-out evaluation every N steps (both phases)
+    eval_every: int = 500           # held-out evaluation every N warm-up / GRPO steps (phase 0 reports every 100)
     eval_n: int = 96                # val questions per evaluation during training
     test_n: int = 300               # test questions of the final before/after table
-    ckpt_every: int = 100           # checkpoint (for --resume) every N steps
+    ckpt_every: int = 100           # checkpoint (for --resume) every N warm-up / GRPO steps (phase 0 has none)
     keep_ckpts: int = 2             # newest checkpoints kept
     sample_every: int = 25          # write a few completions to samples.jsonl every N GRPO steps
     plot_every: int = 25            # redraw curves.png every N GRPO steps
 
 
+ADAM_BETAS = (0.9, 0.99)       # AdamW (beta1, beta2) of every phase
 RESUMABLE = ("lr", "sft_lr", "vision_lr", "sft_steps", "grpo_steps", "eval_every", "ckpt_every", "keep_ckpts",
              "threads", "plot_every", "sample_every")   # what --resume may change; anything else makes another run
 POSITIVE = ("frames", "sft_batch", "batch", "micro_batch", "G", "max_new_tokens", "eval_every", "eval_n", "ckpt_every",
@@ -133,10 +137,11 @@ POSITIVE = ("frames", "sft_batch", "batch", "micro_batch", "G", "max_new_tokens"
 
 PRESETS = {
     "tiny": {},
-    "paper": dict(model="", data="", frames=16, min_pixels=16 * 28 * 28, max_pixels=128 * 28 * 28,
-                  vision_steps=0, freeze_vision=False, lora_rank=64, lora_alpha=128.0, grad_ckpt=True, sft_steps=0, grpo_steps=1000, batch=1,
-                  micro_batch=1, G=8, max_new_tokens=768, temperature=1.0, lr=1e-6, beta=0.04, len_lo=320,
-                  len_hi=512, len_bonus=0.2, eval_every=100, eval_n=200, ckpt_every=100, threads=8),
+    "paper": dict(model="", data="", frames=data.TRAIN_FRAMES, min_pixels=16 * 28 * 28,
+                  max_pixels=qwen.TRAIN_MAX_PIXELS, vision_steps=0, freeze_vision=False, lora_rank=64,
+                  lora_alpha=128.0, grad_ckpt=True, sft_steps=0, grpo_steps=1000, batch=1, micro_batch=1,
+                  max_new_tokens=768, lr=1e-6, len_lo=rewards.LEN_LO, len_hi=rewards.LEN_HI, eval_every=100,
+                  eval_n=200, ckpt_every=100, threads=8),   # G, temperature, beta, len_bonus: Config's defaults
 }
 
 
@@ -250,16 +255,9 @@ def ensure_data(cfg):
 
 
 def make_folder(path, build):
-    """build(tmp) fills a temporary folder beside `path`, which is then renamed to `path`: a kill while building
-    leaves no half-made folder that a later run would take for a finished one."""
-    tmp = f"{os.path.normpath(path)}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    build(tmp)
-    try:
-        os.rename(tmp, os.path.normpath(path))
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise SystemExit(f"{path} exists but is not complete ({e.strerror}); delete it and run again") from None
+    """build(tmp) makes the data or model folder through replace_folder: a kill while building leaves no half-made
+    folder that a later run would take for a finished one."""
+    replace_folder(os.path.normpath(path), build)
 
 
 def load_split(cfg, split):
@@ -272,14 +270,18 @@ def load_split(cfg, split):
 
 def fitting_prompts(cfg, tok, rows):
     """(rows whose prompt has at most max_prompt_tokens text tokens, [(FILE:LINE, why)] of the others)."""
+    return split_by(rows, lambda r: qwen.prompt_problem(tok, r, cfg.max_prompt_tokens))
+
+
+def split_by(rows, problem):
+    """(rows for which problem(row) is None, [(FILE:LINE, why)] of the others, why = problem(row))."""
     keep, bad = [], []
     for r in rows:
-        n = qwen.prompt_tokens(tok, r)
-        if n <= cfg.max_prompt_tokens:
+        why = problem(r)
+        if why is None:
             keep.append(r)
         else:
-            bad.append((r.get("file_line", r.get("id")),
-                        f"prompt of {n} tokens exceeds --max_prompt_tokens {cfg.max_prompt_tokens}"))
+            bad.append((r.get("file_line", r.get("id", r.get("video"))), why))
     return keep, bad
 
 
@@ -318,18 +320,9 @@ def load_video(video, num_frames, window=()):
 
 
 def drop_unreadable(cfg, rows):
-    """(rows whose clip reads, now in load_video's cache; [(FILE:LINE, why)] of the others, why = read_clip's
-    VideoError / FileNotFoundError, naming the video). The cheap checks at load time (data.check_videos) cannot
-    see a file damaged inside: each step drops such a row and goes on with the rest of its batch."""
-    keep, bad = [], []
-    for r in rows:
-        try:
-            row_clip(cfg, r)
-        except (data.VideoError, FileNotFoundError) as e:
-            bad.append((r.get("file_line", r["video"]), str(e)))
-        else:
-            keep.append(r)
-    return keep, bad
+    """(rows whose clip reads, now in load_video's cache; [(FILE:LINE, why)] of the others, data.clip_problem).
+    Each step drops such a row and goes on with the rest of its batch."""
+    return split_by(rows, lambda r: data.clip_problem(functools.partial(row_clip, cfg), r)[1])
 
 
 def row_clip(cfg, row):
@@ -378,7 +371,7 @@ def run_warmup(cfg, run_dir, train_rows, val_rows, step, device, dtype):
         raise SystemExit("the warm-up needs rows with a reference `reasoning`; use --sft_steps 0 for data without")
     while step < cfg.sft_steps:
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.sft_steps, cfg.sft_lr, cfg.warmup)
+            group["lr"] = lr_at(step, cfg.sft_steps, cfg.sft_lr, cfg.lr_warmup)
         t0 = time.time()
         rows, bad = step_rows(cfg, run_dir, usable, step, cfg.sft_batch, cfg.seed, "warm-up steps")
         try:
@@ -426,12 +419,12 @@ def run_grpo(cfg, run_dir, train_rows, val_rows, step, device, dtype):
     mdl, tok, ref_mdl, opt, step = open_phase(cfg, run_dir, start, cfg.lr, step, cfg.sft_steps, total, train_rows,
                                               val_rows, device, dtype, "grpo", ref=True)
     while step < total:
-        k = step - cfg.sft_steps                   # GRPO step index
-        for group in opt.param_groups:
-            group["lr"] = lr_at(k, cfg.grpo_steps, cfg.lr, cfg.warmup)
-        rows, bad = step_rows(cfg, run_dir, train_rows, k, cfg.batch, cfg.seed + 1, "GRPO steps")
         # `step` counts both phases (warm-up steps, then GRPO steps: metrics.jsonl's x axis); k is the GRPO index.
         # The sampling seed uses the global step, so a resumed run redraws exactly the same completions.
+        k = step - cfg.sft_steps
+        for group in opt.param_groups:
+            group["lr"] = lr_at(k, cfg.grpo_steps, cfg.lr, cfg.lr_warmup)
+        rows, bad = step_rows(cfg, run_dir, train_rows, k, cfg.batch, cfg.seed + 1, "GRPO steps")
         generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + step + rank() * 2 ** 40)
         if rows:
             ro = rollout(cfg, mdl, tok, rows, device, dtype, generator)
@@ -441,16 +434,16 @@ def run_grpo(cfg, run_dir, train_rows, val_rows, step, device, dtype):
             except NonFinite as e:
                 raise SystemExit(stop_message(cfg, run_dir, "grpo", step + 1, e)) from None
             t_update = time.time() - t0
-            ro, stats = gather_rollout(ro), all_mean(stats)   # every rank's samples and statistics, for the log
+            logged, stats = gather_rollout(ro), all_mean(stats)   # every rank's samples and statistics, for the log
         step += 1
         if not rows:
             log(run_dir, {"phase": "grpo", "step": step, "skipped": len(bad)},
                 f"grpo step {k + 1:4d}/{cfg.grpo_steps} (step {step}) no readable row: no update")
         else:
-            log_grpo_step(cfg, run_dir, step, ro, {**stats, **({"skipped": len(bad)} if bad else {})}, t_update,
+            log_grpo_step(cfg, run_dir, step, logged, {**stats, **({"skipped": len(bad)} if bad else {})}, t_update,
                           opt.param_groups[0]["lr"])
             if (k + 1) % cfg.sample_every == 0 or k == 0:
-                write_samples(run_dir, step, ro, cfg.G)
+                write_samples(run_dir, step, logged, cfg.G)
         end_step(cfg, run_dir, step, total, mdl, tok, opt, train_rows, val_rows, device, dtype, "grpo")
         if (k + 1) % cfg.plot_every == 0:
             plot_curves(run_dir)
@@ -462,9 +455,9 @@ def run_grpo(cfg, run_dir, train_rows, val_rows, step, device, dtype):
 class Rollout:
     """One GRPO step's samples, what the update and the log need (N = B*G completions, T tokens)."""
     rows: list                  # the B prompts' dataset rows
-    inputs: dict | None         # their model inputs (None once gathered from the ranks)
-    ids: torch.Tensor | None    # (N, T) completion tokens
-    mask: torch.Tensor | None   # (N, T) 1 up to and with the EOS (None once gathered)
+    inputs: dict | None         # their model inputs                  (inputs, ids, mask, old_logp: None once
+    ids: torch.Tensor | None    # (N, T) completion tokens              gathered from the ranks for the log)
+    mask: torch.Tensor | None   # (N, T) 1 up to and with the EOS
     old_logp: torch.Tensor | None  # (N, T) log pi_old at sampling time
     reward: torch.Tensor        # (N,) R_i
     adv: torch.Tensor           # (N,) A_i
@@ -479,16 +472,15 @@ def rollout(cfg, mdl, tok, rows, device, dtype, generator):
     """Sample G completions per prompt (no grad), score them, group advantages: a Rollout for the update."""
     eos, suppress = qwen.special_ids(tok)
     inputs = prompt_batch(cfg, tok, mdl, rows, device, dtype)
-    mdl.eval()
     t0 = time.time()
-    with torch.no_grad(), autocast(device, dtype):
-        ids, mask, sample_logp = grpo.sample(mdl, inputs, cfg.G, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                                             eos_ids=eos, suppress_ids=suppress, generator=generator)  # (N, T)
+    with autocast(device, dtype):                                                        # sample: eval, no grad
+        ids, mask, old_logp = grpo.sample(mdl, inputs, cfg.G, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                                          eos_ids=eos, suppress_ids=suppress, generator=generator)  # (N, T) each
     t1 = time.time()
-    texts, lengths = qwen.decode_completions(tok, ids, mask)
-    reward, parts = score(cfg, texts, lengths, rows, cfg.G)                              # (N,)
+    texts, lengths = qwen.decode_completions(tok, ids, mask)                             # N strings, N counts
+    reward, parts = score(cfg, texts, lengths, rows, cfg.G)                              # (N,), N dicts
     adv = grpo.group_advantages(reward, cfg.G, scale=cfg.scale_adv)                      # (N,)
-    return Rollout(rows, inputs, ids, mask.float(), sample_logp.float(), reward, adv.to(device), parts, texts,
+    return Rollout(rows, inputs, ids, mask.float(), old_logp.float(), reward, adv.to(device), parts, texts,
                    lengths, t_sample=t1 - t0, t_score=time.time() - t1)
 
 
@@ -497,34 +489,35 @@ def grpo_update(cfg, mdl, ref_mdl, tok, ro, opt, device, dtype):
 
     Each micro-batch's loss is weighted by its share of the batch aggregate (sequences for "seq" / "const",
     tokens for "token"), so the accumulated gradient equals that of one big batch."""
-    B, G = len(ro.rows), cfg.G
-    chunks = [(lo, min(B, lo + cfg.micro_batch)) for lo in range(0, B, cfg.micro_batch)]
+    B, G = len(ro.rows), cfg.G                         # n = (hi - lo) * G rows of one micro-batch [lo, hi)
+    chunks = [(lo, min(B, lo + cfg.micro_batch)) for lo in range(0, B, cfg.micro_batch)]   # prompt ranges
     inputs = [ro.inputs if (lo, hi) == (0, B) else prompt_batch(cfg, tok, mdl, ro.rows[lo:hi], device, dtype)
-              for lo, hi in chunks]
-    part = [{k: getattr(ro, k)[lo * G:hi * G] for k in ("ids", "mask", "old_logp", "adv")} for lo, hi in chunks]
+              for lo, hi in chunks]                    # model inputs of each micro-batch's prompts
+    micro = [{k: getattr(ro, k)[lo * G:hi * G] for k in ("ids", "mask", "old_logp", "adv")}
+             for lo, hi in chunks]                     # ids, mask, old_logp (n, T); adv (n,)
     ref_logp = [None] * len(chunks)
     if cfg.beta > 0:                                   # pi_ref log-probs, once per rollout: (n, T) per chunk
-        with torch.no_grad(), autocast(device, dtype), reference(mdl, ref_mdl) as ref:
-            ref_logp = [grpo.token_logprobs(ref, x, p["ids"], p["mask"]).float() for x, p in zip(inputs, part)]
-    n_tok_all = dist_norm(ro.mask.sum())
-    stats_sum, n = {}, 0
+        with torch.no_grad(), autocast(device, dtype), ref_policy(mdl, ref_mdl) as ref:
+            ref_logp = [grpo.token_logprobs(ref, x, m["ids"], m["mask"]).float() for x, m in zip(inputs, micro)]
+    n_tok_all = dist_norm(ro.mask.sum())               # scalar: tokens of all ranks / ranks
+    stats_sum, n_backward = {}, 0
     for _ in range(cfg.mu):
         mdl.train()
-        for (lo, hi), x, p, ref_lp in zip(chunks, inputs, part, ref_logp):
+        for (lo, hi), x, m, ref_lp in zip(chunks, inputs, micro, ref_logp):
             with autocast(device, dtype):
-                logp = grpo.token_logprobs(mdl, x, p["ids"], p["mask"]).float()                # (n, T)
-            loss, stats = grpo.policy_loss(logp, p["old_logp"] if cfg.mu > 1 else None, ref_lp, p["adv"],
-                                           p["mask"], cfg.clip_eps, cfg.clip_eps_high, cfg.beta, cfg.agg,
+                logp = grpo.token_logprobs(mdl, x, m["ids"], m["mask"]).float()                # (n, T)
+            loss, stats = grpo.policy_loss(logp, m["old_logp"] if cfg.mu > 1 else None, ref_lp, m["adv"],
+                                           m["mask"], cfg.clip_eps, cfg.clip_eps_high, cfg.beta, cfg.agg,
                                            const_len=cfg.max_new_tokens)
             check_finite(loss, "the GRPO loss")
-            share = p["mask"].sum() / n_tok_all if cfg.agg == "token" else (hi - lo) / B
+            share = m["mask"].sum() / n_tok_all if cfg.agg == "token" else (hi - lo) / B   # scalar weight
             (loss * share).backward()
             for k, v in stats.items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + v
-            n += 1
+            n_backward += 1
         average_grads(trainable(mdl))
         grad_norm = clipped_update(opt, trainable(mdl), cfg.grad_clip)
-    return {**{k: v / n for k, v in stats_sum.items()}, "grad_norm": grad_norm}
+    return {**{k: v / n_backward for k, v in stats_sum.items()}, "grad_norm": grad_norm}
 
 
 def log_grpo_step(cfg, run_dir, step, ro, stats, t_update, lr):
@@ -534,7 +527,7 @@ def log_grpo_step(cfg, run_dir, step, ro, stats, t_update, lr):
     mean = {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
     acc = {f"acc_{t}": float(np.mean([p["answer"] for i, p in enumerate(parts) if ro.rows[i // G]["answer_type"] == t]))
            for t in ("mc", "num", "iou") if any(r["answer_type"] == t for r in ro.rows)}
-    zero_var = float((ro.reward.view(-1, G).std(dim=1) < 1e-6).float().mean())
+    zero_var = float(grpo.flat_groups(ro.reward, G).float().mean())
     n_tok = sum(ro.lengths)                    # = mask.sum(): the mask is 1 up to and with the EOS
     rec = {"phase": "grpo", "step": step, "reward": float(ro.reward.mean()),
            **{f"r_{k}": v for k, v in mean.items()}, **acc, **stats, "length": n_tok / len(parts),
@@ -579,7 +572,7 @@ def open_phase(cfg, run_dir, path, lr, step, first, end, train_rows, val_rows, d
         ref_mdl = copy.deepcopy(mdl).eval().requires_grad_(False)
     fsdp_shard(cfg, mdl), fsdp_shard(cfg, ref_mdl)
     sync_params(trainable(mdl))                        # every rank starts from rank 0's weights (as DDP does)
-    opt = torch.optim.AdamW(trainable(mdl), lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(trainable(mdl), lr=lr, weight_decay=cfg.weight_decay, betas=ADAM_BETAS)
     if checkpoint_step(run_dir) > first:
         step = restore_checkpoint(latest_checkpoint(run_dir), mdl, opt)
         if eval_due(cfg, step, end) and not eval_logged(run_dir, step):              # its line was lost to a kill
@@ -611,7 +604,7 @@ def eval_due(cfg, step, end):
     return step > 0 and (step % cfg.eval_every == 0 or step == end)
 
 
-def reference(mdl, ref_mdl):
+def ref_policy(mdl, ref_mdl):
     """Context giving pi_ref: a frozen copy (full fine-tuning) or the same model with its adapters off (LoRA)."""
     return contextlib.nullcontext(ref_mdl) if ref_mdl is not None else qwen.lora_disabled(mdl)
 
@@ -1280,12 +1273,12 @@ def run_vision(cfg, run_dir, train_rows, val_rows, device, dtype):
         raise SystemExit("phase 0 needs rows with ground-truth `graphs`; use --vision_steps 0 for data without")
     head = VisionHead(mdl.config.text_config.hidden_size, categories).to(device)
     params = list(mdl.model.visual.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=cfg.weight_decay, betas=ADAM_BETAS)
     videos, held_videos = sorted(graphs), sorted(held)[:64]
     mdl.train()
     for step in range(cfg.vision_steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.vision_steps, cfg.vision_lr, cfg.warmup)
+            group["lr"] = lr_at(step, cfg.vision_steps, cfg.vision_lr, cfg.lr_warmup)
         t0 = time.time()
         batch = [videos[i] for i in batch_indices(len(videos), step, cfg.vision_batch, cfg.seed + 2)]
         pred, target, bad = vision_step(cfg, mdl, tok, head, batch, graphs, device, dtype)
