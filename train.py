@@ -68,7 +68,7 @@ class Config:
     seed: int = 0                   # seeds data order, sampling and init of new weights
     device: str = "auto"            # auto (cuda if present) | cpu | cuda
     dtype: str = "auto"             # auto (bf16 on a GPU that has it, else fp32: faster on cpu, `python grpo.py bench`) | bf16 | fp32
-    threads: int = 2                # torch CPU threads (1 on a busy machine: README, Benchmarks)
+    threads: int = 1                # torch CPU threads (1 degrades gracefully beside other work; 2: ~10 % faster idle)
     resume: bool = False            # continue runs/NAME from its last checkpoint; only RESUMABLE flags may differ
     # data
     frames: int = data.TRAIN_FRAMES  # frames per video (paper: 16 for training)
