@@ -23,7 +23,7 @@ lr 1e-6, 768 new tokens, length window 320-512 with bonus 0.2, LoRA so it fits o
 Differences from the paper: the data is synthetic (data.py), the tiny model starts from random weights and so
 needs phase 0 and the warm-up; everything else is the paper's recipe with smaller numbers.
 
-Run: `python train.py` (everything, about 12 min on 2 CPU cores), `python train.py --resume` after an interruption,
+Run: `python train.py` (everything, about 13 min on 2 CPU cores), `python train.py --resume` after an interruption,
 `python train.py --preset paper --model /path/to/Qwen2.5-VL-7B-Instruct --data /path/to/rows`;
 `torchrun --nproc_per_node N train.py ...` runs N data-parallel ranks (the marked block "Data parallelism" below).
 Outputs in runs/NAME/: config.json, metrics.jsonl, samples.jsonl, curves.png, ckpt-*/, vision/, warmup/, final/,
