@@ -724,9 +724,9 @@ def parse_args(argv, rotation=False):
     p.add_argument("--frames", type=int, default=32, help="frames per video (paper: 32 at inference)")
     p.add_argument("--min_pixels", type=int, default=TINY_PIXELS, help="per frame (tiny default; 7B: 16*28*28)")
     p.add_argument("--max_pixels", type=int, default=TINY_PIXELS, help="per frame (tiny default; 7B: 128*28*28)")
-    for flag, default in (("--batch", 8), ("--max_new_tokens", 512), ("--threads", 2), ("--n_boot", N_BOOT),
-                          ("--seed", 0)):
+    for flag, default in (("--batch", 8), ("--max_new_tokens", 512), ("--n_boot", N_BOOT), ("--seed", 0)):
         p.add_argument(flag, type=int, default=default)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (train.py's default: 1)")
     p.add_argument("--device", default=None)
     p.add_argument("--out", default="out/rotation" if rotation else "out/eval")
     p.add_argument("--skip_bad", action="store_true", help="skip and count bad rows (a bad field, a video that "

@@ -1425,6 +1425,7 @@ def test_offset_pose_and_rotated_scene_keep_edges_and_move_coordinates():
 def test_every_flag_has_help_and_one_pixel_budget():
     import train
     assert ev.TINY_PIXELS == M.TINY_MIN_PIXELS == M.TINY_MAX_PIXELS == train.Config.min_pixels == train.Config.max_pixels
+    assert ev.parse_args(["--model", "m", "--data", "d"]).threads == train.Config.threads       # one default
     helps = train.field_help()
     assert set(helps) == {f.name for f in dataclasses.fields(train.Config)}
     assert all(helps.values()), [k for k, v in helps.items() if not v]
