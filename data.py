@@ -980,7 +980,8 @@ def make_scene_files(job):
 def make_dataset(out_dir, n, seed=0, questions=4, n_objects=(2, 3), size=CLIP_SIZE, num_frames=CLIP_FRAMES,
                  fps=CLIP_FPS, sheet=True, log=print, workers=None):
     """Write n scenes: videos/NNNNNN.mp4, up to `questions` rows per scene (distinct tasks) into
-    train/val/test.jsonl (split by scene), scenes.jsonl (the scene parameters) and contact_sheet.png.
+    train/val/test.jsonl (split by scene), scenes.jsonl (the scene parameters), dataset.json (n, seed) and
+    contact_sheet.png.
     Scene i uses rng = default_rng([seed, i]): the files are byte-identical for a seed, however many worker
     processes render (default: one per CPU core, at most 4)."""
     os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
@@ -1005,6 +1006,7 @@ def make_dataset(out_dir, n, seed=0, questions=4, n_objects=(2, 3), size=CLIP_SI
                     f"~{el / (i + 1) * (n - i - 1):.0f}s left", end="" if i + 1 < n else "\n", flush=True)
     for f in files.values():
         f.close()
+    write_file(os.path.join(out_dir, "dataset.json"), json.dumps({"scenes": n, "seed": seed, "questions": questions}))
     if sheet:
         contact_sheet(shown, os.path.join(out_dir, "contact_sheet.png"))
     return counts

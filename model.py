@@ -175,7 +175,9 @@ def load(path, dtype=None, device=None):
             "Qwen2.5-VL-7B-Instruct must be copied there beforehand (nothing is downloaded here).")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or best_dtype(device)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True)
+    # use_kernels=False: never swap in transformers' Hub kernels (downloaded code; offline it crashes on CUDA)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True,
+                                                               use_kernels=False)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     tokenizer.padding_side = "left"
     return model.to(device), tokenizer

@@ -778,6 +778,23 @@ def test_make_dataset_deterministic_and_split_by_scene():
     assert np.allclose(times, np.round(np.linspace(0, 31, 16)) / 8.0, atol=1e-3)
 
 
+def test_base_scenes_are_disjoint_from_the_default_runs_scenes():
+    """The base preset renders its scenes from BASE_SCENE_SEED; a run with --seed 0, 1 or 2 (the README's seeds)
+    renders from its seed: no scene of one set is a scene of the other (all parameters but the index compared)."""
+    import train
+    base = train.scene_seed(train.parse_config(["--preset", "base"]))
+    seeds = {train.scene_seed(train.parse_config(["--seed", str(s)])) for s in range(3)}
+    assert base == train.BASE_SCENE_SEED and seeds == {0, 1, 2}
+
+    def scenes(seed, n):
+        return {json.dumps({**data.make_scene(np.random.default_rng([seed, i])), "id": None}, sort_keys=True)
+                for i in range(n)}
+    ours = scenes(base, 150)
+    assert len(ours) == 150
+    for seed in seeds:
+        assert not ours & scenes(seed, 50), seed
+
+
 # ---------------------------------------------------------------------------- load_rows
 
 _GOOD_ROW = {"id": "x-1", "video": "videos/a.mp4", "question": "Which?", "options": ["red cube", "blue ball"],
@@ -1494,7 +1511,8 @@ def _run_base():
     the training tests (each run writes its own runs/NAME in the folder)."""
     import train
     d = _tmp()
-    cfg = train.Config(data=os.path.join(d, "data"), model=os.path.join(d, "tiny"), data_scenes=10)
+    cfg = train.Config(data=os.path.join(d, "data"), model=os.path.join(d, "tiny"), data_scenes=10,
+                       vision_steps=1)                                  # a run that builds the random tiny model
     with contextlib.redirect_stdout(io.StringIO()):
         train.ensure_data(cfg)
         train.ensure_model(cfg, data.load_rows(os.path.join(cfg.data, "train.jsonl")))
@@ -1565,6 +1583,36 @@ def test_train_loop_smoke_checkpoint_and_exact_resume():
     assert _same_weights(os.path.join(run, "final"), os.path.join(copy, "final"))
     assert _steps(copy, "grpo") == [4, 5] and _steps(copy, "eval") == [2, 3, 4, 5]   # each step's line once
     assert _steps(copy, None, "samples.jsonl") == _steps(run, None, "samples.jsonl") == [4] * 4 + [5] * 4
+    table = open(os.path.join(run, "results.md")).read()
+    assert ("| held-out metric | blind | wrong video | blank clip | after warm-up | after GRPO | "
+            "after GRPO - after warm-up | after GRPO - blind |") in table
+    tasks = {r["task"] for r in data.load_rows(os.path.join(_run_base()[1], "test.jsonl"))}
+    assert {line.split(" |")[0] for line in table.splitlines() if line.startswith("| answer: ")} == {
+        f"| answer: {t}" for t in tasks}
+
+
+def test_base_preset_writes_its_card_and_grpo_starts_from_it():
+    """A tiny --preset base run (phase 0 and the warm-up, no GRPO) writes CARD.md beside its weights: the weights'
+    sha256, the held-out table with the blind, wrong-video and blank-clip controls, and one scaling-table line
+    per held-out evaluation; a default run (GRPO only) from that folder reports it as the base."""
+    import train
+    base, data_dir, _ = _run_base()
+    flags = ["--out", base, "--data", data_dir, "--threads", "1", "--vision_steps", "2", "--vision_batch", "2",
+             "--sft_steps", "4", "--sft_batch", "2", "--eval_every", "2", "--eval_n", "2", "--test_n", "2",
+             "--max_new_tokens", "12"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        train.main(flags + ["--preset", "base", "--name", "base_card", "--model", os.path.join(base, "base_init")])
+    folder = os.path.join(base, "base_card", "warmup")
+    card = open(os.path.join(folder, "CARD.md")).read()
+    assert re.search(r"sha256 ([0-9a-f]{64})", card).group(1) == train.sha256(os.path.join(folder, "model.safetensors"))
+    assert "| held-out metric | blind | wrong video | blank clip | after warm-up | after warm-up - blind |" in card
+    assert len(re.findall(r"^\| [24] \| ", card, re.M)) == 2                  # scaling lines at warm-up steps 2, 4
+    assert "scenes default_rng([0, i]) for i < 10 " in card                    # the data's own seed, not the preset's
+    with _stand_ins(train), contextlib.redirect_stdout(io.StringIO()):
+        train.main(flags[:4] + ["--threads", "1", "--name", "from_base", "--model", folder, "--grpo_steps", "1",
+                                "--batch", "2", "--G", "2", "--max_new_tokens", "12", "--eval_n", "2", "--test_n", "2"])
+    table = open(os.path.join(base, "from_base", "results.md")).read()
+    assert "| blind | wrong video | blank clip | base | after GRPO | after GRPO - base | after GRPO - blind |" in table
 
 
 # ---------------------------------------------------------------------------- train.py: interruptions, bad data
@@ -1977,8 +2025,9 @@ def _spawn_ranks(*argvs, world=2):
 
 
 def test_two_ranks_equal_one_process_write_once_and_resume():
-    """torchrun-style data parallelism on CPU (gloo): two ranks of --batch 1 / --sft_batch 1 end with the same
-    weights as one process of --batch 2 / --sft_batch 2 (same global batches, same data order), with replicated
+    """torchrun-style data parallelism on CPU (gloo): two ranks of --batch 1 / --sft_batch 1 / --vision_batch 1 end
+    with the same weights as one process of --batch 2 / --sft_batch 2 / --vision_batch 2 (same global batches, same
+    data order; phase 0's vision tower is part of the weights compared), with replicated
     weights and with FSDP2 (--fsdp); only rank 0 writes (each step logged once, one set of checkpoints); a two-rank
     FSDP2 run resumed after GRPO step 1 ends where the uninterrupted one did; a one-process resume of a two-rank
     checkpoint is refused by name."""
@@ -1986,13 +2035,13 @@ def test_two_ranks_equal_one_process_write_once_and_resume():
     _, data_dir, model_dir = _run_base()
     with tempfile.TemporaryDirectory() as tmp:
         base = ["--out", tmp, "--data", data_dir, "--model", model_dir, "--threads", "1", "--vision_steps", "2",
-                "--vision_batch", "2", "--sft_steps", "2", "--grpo_steps", "2", "--micro_batch", "1", "--G", "2",
+                "--sft_steps", "2", "--grpo_steps", "2", "--micro_batch", "1", "--G", "2",
                 "--max_new_tokens", "12", "--eval_every", "2", "--eval_n", "2", "--test_n", "2", "--ckpt_every", "1",
                 "--keep_ckpts", "10", "--sft_lr", "3e-3", "--lr", "1e-3"]
         with _stand_ins(train), contextlib.redirect_stdout(io.StringIO()):
-            train.main(base + ["--name", "one", "--batch", "2", "--sft_batch", "2"])
-        _spawn_ranks(base + ["--name", "two", "--batch", "1", "--sft_batch", "1"],
-                     base + ["--name", "fsdp", "--batch", "1", "--sft_batch", "1", "--fsdp"])
+            train.main(base + ["--name", "one", "--batch", "2", "--sft_batch", "2", "--vision_batch", "2"])
+        _spawn_ranks(base + ["--name", "two", "--batch", "1", "--sft_batch", "1", "--vision_batch", "1"],
+                     base + ["--name", "fsdp", "--batch", "1", "--sft_batch", "1", "--vision_batch", "1", "--fsdp"])
         one, two, fsdp = (_weights(os.path.join(tmp, n, "final")) for n in ("one", "two", "fsdp"))
         for name, other in (("two ranks", two), ("two FSDP2 ranks", fsdp)):
             worst = max(float((one[k] - other[k]).abs().max()) for k in one)

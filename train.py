@@ -43,6 +43,8 @@ import math
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -62,7 +64,7 @@ import rewards
 @dataclass
 class Config:
     # run
-    preset: str = "tiny"            # tiny (CPU, synthetic, minutes) | paper (7B from --model, one GPU)
+    preset: str = "tiny"            # tiny (GRPO from the shipped tiny base, CPU, minutes) | base (remake that base: 2 CPU cores, < 2 h) | scratch (phase 0, warm-up and GRPO from random weights in minutes: stays blind) | paper (7B from --model, one GPU)
     name: str = "default"           # outputs go to OUT/NAME
     out: str = "runs"               # folder of all runs
     seed: int = 0                   # seeds data order, sampling and init of new weights
@@ -75,10 +77,11 @@ class Config:
     max_prompt_tokens: int = data.MAX_PROMPT_TOKENS  # skip rows whose prompt has more text tokens (video not counted)
     data: str = "data/synth"        # folder with train.jsonl / val.jsonl / test.jsonl (--preset tiny makes it if missing)
     data_scenes: int = 1500         # scenes to render when the synthetic set is made (4 questions each)
+    scene_seed: int = -1            # seed of the rendered scenes (-1: --seed); the base preset renders its own
     min_pixels: int = qwen.TINY_MIN_PIXELS  # lower per-frame pixel budget of Qwen2.5-VL's smart_resize (tiny: 56x56)
     max_pixels: int = qwen.TINY_MAX_PIXELS  # upper pixel budget per frame (paper: 128x28x28)
     # model
-    model: str = "tiny_model"       # local folder of a Qwen2.5-VL checkpoint (built here if it is the tiny one)
+    model: str = "tiny_base"        # local folder of a Qwen2.5-VL checkpoint (tiny_base: shipped; built here when phase 0 will teach it to see)
     lora_rank: int = 0              # 0 = full fine-tuning
     lora_alpha: float = 16.0        # LoRA scale alpha / rank
     lora_dropout: float = 0.0       # dropout on the LoRA input (0: none)
@@ -86,15 +89,15 @@ class Config:
     freeze_vision: bool = True      # keep the vision tower fixed in the warm-up and GRPO (it learned in phase 0)
     grad_ckpt: bool = False         # gradient checkpointing in the warm-up and GRPO (on for the paper preset)
     # phase 0: the vision tower learns to see (tiny model only; a real checkpoint already sees)
-    vision_steps: int = 700         # supervised steps on the rows' ground-truth graphs (0 skips the phase)
-    vision_batch: int = 16          # videos per step
+    vision_steps: int = 0           # supervised steps on the rows' ground-truth graphs (0 skips the phase: the base sees)
+    vision_batch: int = 16          # videos per step (per rank under torchrun)
     vision_lr: float = 3e-3         # phase 0 learning rate (vision tower and its head)
     # supervised warm-up
-    sft_steps: int = 1300           # teacher-forced steps on the reference reasoning
+    sft_steps: int = 0              # teacher-forced steps on the reference reasoning before GRPO (the base had its own)
     sft_batch: int = 8              # rows per warm-up step (per rank under torchrun)
     sft_lr: float = 3e-3            # warm-up learning rate
     # GRPO
-    grpo_steps: int = 130           # GRPO steps after the warm-up
+    grpo_steps: int = 300           # GRPO steps (after the warm-up, if any)
     batch: int = 4                  # B prompts per GRPO step (per rank under torchrun)
     micro_batch: int = 4            # GRPO prompts per forward/backward (gradient accumulation over B / micro_batch)
     G: int = 8                      # completions per prompt (paper: 8)
@@ -120,7 +123,7 @@ class Config:
     len_hi: int = 170               # upper end of the R_l window in tokens (paper: 512)
     len_bonus: float = 0.2          # R_l when the answer is correct and the length in the window (paper: 0.2)
     # logging, evaluation, checkpoints
-    eval_every: int = 500           # held-out evaluation every N warm-up / GRPO steps (phase 0 reports every 100)
+    eval_every: int = 100           # held-out evaluation every N warm-up / GRPO steps (phase 0 reports every 100)
     eval_n: int = 96                # val questions per evaluation during training
     test_n: int = 300               # test questions of the final before/after table
     ckpt_every: int = 100           # checkpoint (for --resume) every N warm-up / GRPO steps (phase 0 has none)
@@ -130,6 +133,7 @@ class Config:
 
 
 ADAM_BETAS = (0.9, 0.99)       # AdamW (beta1, beta2) of every phase
+BASE_SCENE_SEED = 1000         # the base preset's scenes: default_rng([1000, i]); other runs use --seed (0, 1, 2, ...)
 RESUMABLE = ("lr", "sft_lr", "vision_lr", "sft_steps", "grpo_steps", "eval_every", "ckpt_every", "keep_ckpts",
              "threads", "plot_every", "sample_every")   # what --resume may change; anything else makes another run
 POSITIVE = ("frames", "sft_batch", "batch", "micro_batch", "G", "max_new_tokens", "eval_every", "eval_n", "ckpt_every",
@@ -137,11 +141,21 @@ POSITIVE = ("frames", "sft_batch", "batch", "micro_batch", "G", "max_new_tokens"
 
 PRESETS = {
     "tiny": {},
+    # The earlier default: the random tiny model learns to see and to write graphs in minutes, then GRPO. Its answers
+    # stay at the blind level (README "From scratch in 13 minutes"); kept to show why the base exists.
+    "scratch": dict(name="scratch", model="tiny_model", vision_steps=700, sft_steps=1300, grpo_steps=130,
+                    eval_every=500),
     "paper": dict(model="", data="", frames=data.TRAIN_FRAMES, min_pixels=16 * 28 * 28,
                   max_pixels=qwen.TRAIN_MAX_PIXELS, vision_steps=0, freeze_vision=False, lora_rank=64,
                   lora_alpha=128.0, grad_ckpt=True, sft_steps=0, grpo_steps=1000, batch=1, micro_batch=1,
                   max_new_tokens=768, lr=1e-6, len_lo=rewards.LEN_LO, len_hi=rewards.LEN_HI, eval_every=100,
                   eval_n=200, ckpt_every=100, threads=8),   # G, temperature, beta, len_bonus: Config's defaults
+    # The tiny base that sees (README "Remaking the base"): phase 0 and the warm-up on many fresh scenes, each seen
+    # about twice, no GRPO; run with `torchrun --standalone --nproc_per_node 2` (batches per rank). Its scenes come
+    # from BASE_SCENE_SEED, which no other preset's seeds reach, so GRPO from the base sees scenes it never saw.
+    "base": dict(name="base", data="data/base", model="base_init", scene_seed=BASE_SCENE_SEED, data_scenes=20000,
+                 vision_steps=5000, vision_batch=8, sft_steps=9000, sft_batch=8, grpo_steps=0, eval_every=1500,
+                 eval_n=200, ckpt_every=500),
 }
 
 
@@ -248,10 +262,15 @@ def ensure_data(cfg):
     """The synthetic set is made on first use; a user's own folder must already exist."""
     if os.path.exists(os.path.join(cfg.data, "train.jsonl")) or os.path.isfile(cfg.data):
         return
-    if cfg.preset != "tiny":
+    if cfg.preset == "paper":
         raise SystemExit(f"no data at {cfg.data!r}: pass --data with train.jsonl / val.jsonl / test.jsonl")
-    print(f"making the synthetic data set in {cfg.data} ({cfg.data_scenes} scenes) ...")
-    make_folder(cfg.data, lambda tmp: data.make_dataset(tmp, cfg.data_scenes, seed=cfg.seed))
+    print(f"making the synthetic data set in {cfg.data} ({cfg.data_scenes} scenes, scene seed {scene_seed(cfg)}) ...")
+    make_folder(cfg.data, lambda tmp: data.make_dataset(tmp, cfg.data_scenes, seed=scene_seed(cfg)))
+
+
+def scene_seed(cfg):
+    """The seed of the synthetic scenes: scene i is rendered from default_rng([scene_seed, i])."""
+    return cfg.scene_seed if cfg.scene_seed >= 0 else cfg.seed
 
 
 def make_folder(path, build):
@@ -302,20 +321,24 @@ def report_skipped(run_dir, where, bad):
 
 
 def ensure_model(cfg, train_rows):
-    """The tiny model (and its tokenizer, trained on this data's text) is built on first use."""
+    """A random tiny model (and its tokenizer, trained on this data's text) is built on first use by a run whose
+    phase 0 teaches it to see (--preset base or scratch); any other run starts from an existing --model."""
     if os.path.exists(os.path.join(cfg.model, "config.json")):
         return
-    if cfg.preset != "tiny":
-        raise SystemExit(f"no model at {cfg.model!r}: pass --model with a local Qwen2.5-VL folder")
+    if cfg.preset == "paper" or cfg.vision_steps == 0:
+        raise SystemExit(f"no model at {cfg.model!r}: pass --model with a local Qwen2.5-VL folder (the tiny base, "
+                         f"tiny_base/, is part of the repo: restore it with `git checkout tiny_base`, or remake it "
+                         f"as the README's \"Remaking the base\" says)")
     texts = [qwen.build_prompt(r) + (r.get("reasoning") or "") for r in train_rows]
     print(f"building the tiny Qwen2.5-VL in {cfg.model} ...")
     torch.manual_seed(cfg.seed)
     make_folder(cfg.model, lambda tmp: qwen.build_tiny(tmp, texts, seed=cfg.seed))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=4096)
 def load_video(video, num_frames, window=()):
-    """data.row_clip of one (video, time_window tuple), decoded once per run."""
+    """data.row_clip of one (video, time_window tuple), kept for the next 4096 clips (a 56x56 tiny run's 1500
+    scenes fit; the base's 20,000 are decoded again when met again: 16 frames of 112x112 are 0.6 MB)."""
     return data.row_clip({"video": video, "time_window": window}, num_frames)
 
 
@@ -666,6 +689,17 @@ def wrong_videos(rows, seed=0):
     return {v: order[(k + 1) % len(order)] for k, v in enumerate(order)} if len(order) > 1 else {}
 
 
+def blank_videos(run_dir, rows):
+    """The blank-clip control: {video: runs/NAME/blank.mp4}, a mid-grey clip as long as the longest time window
+    (at least the synthetic clip's 4 s), so every question is asked about a video that shows nothing."""
+    path = os.path.join(run_dir, "blank.mp4")
+    seconds = max([data.CLIP_FRAMES / data.CLIP_FPS] + [r["time_window"][1] + 1 for r in rows if r.get("time_window")])
+    frames = np.full((int(np.ceil(seconds * data.CLIP_FPS)), data.CLIP_SIZE, data.CLIP_SIZE, 3), 128, np.uint8)
+    if not os.path.exists(path):
+        replace_folder(path, lambda tmp: data.write_video(tmp, frames, data.CLIP_FPS))
+    return {r["video"]: path for r in rows}
+
+
 def evaluate(cfg, mdl, tok, rows, device, dtype, swap=None, batch=16):
     """Greedy completions (eval.greedy_batch) on held-out rows, scored with the training reward's parts.
     swap: {video: other video} (wrong_videos) asks each question about another scene's clip. A row whose clip
@@ -700,9 +734,11 @@ def heldout_means(results):
 def blind_baseline(train_rows, test_rows):
     """Answers without the video: the majority letter (mc), the training mean (num) or mean interval (iou) per
     task. Scored like the model, this is the bar the warm-up must clear to show it uses the video."""
-    results = []
+    results, by_task = [], {}
+    for r in train_rows:
+        by_task.setdefault(r["task"], []).append(r["answer"])
     for row in test_rows:
-        same = [r["answer"] for r in train_rows if r["task"] == row["task"]]
+        same = by_task.get(row["task"], [])
         if row["answer_type"] == "mc":
             guess = max(set(same), key=same.count) if same else "A"
         elif row["answer_type"] == "num":
@@ -710,14 +746,17 @@ def blind_baseline(train_rows, test_rows):
         else:
             guess = "[" + ", ".join(f"{x:.2f}" for x in np.mean(same, axis=0)) + "]" if same else "[0, 0]"
         results.append({"answer": rewards.answer_reward(guess, row["answer"], row["answer_type"]),
-                        "answer_type": row["answer_type"]})
+                        "answer_type": row["answer_type"], "task": row["task"]})
     return results
 
 
 def metric_values(results, key):
-    """Per-question values of one metric: a reward part, or "answer_mc" = R_ans of the mc questions only."""
+    """Per-question values of one metric: a reward part, "answer_mc" = R_ans of the mc questions only, or
+    "answer: TASK" = R_ans of that task's questions."""
     if key.startswith("answer_") and key[len("answer_"):] in ("mc", "num", "iou"):
         return [r["answer"] for r in results if r["answer_type"] == key[len("answer_"):]]
+    if key.startswith("answer: "):
+        return [r["answer"] for r in results if r.get("task") == key[len("answer: "):]]
     return [r[key] for r in results if key in r]
 
 
@@ -944,11 +983,11 @@ def plot_curves(run_dir):
 # ==================================================================================================================
 # Data parallelism: `torchrun --nproc_per_node N train.py ...` (PyTorch's own torch.distributed; gloo on CPU, nccl
 # on CUDA). Every rank holds the whole model and takes its own block of each global batch (N x --batch prompts,
-# N x --sft_batch rows); a prompt's G completions stay on one rank, so advantages stay local. Loss normalisers are
-# global (dist_norm) and gradients are averaged over the ranks before clipping (average_grads), so an update equals
-# one process's with the same global batch. Held-out questions are sharded and gathered (evaluate); rank 0 alone
-# writes files (log, plot_curves, write_samples, save_checkpoint, export, write_json). Phase 0 (tiny model only) is
-# not sharded: every rank runs it, rank 0's export is kept. With --fsdp (full fine-tuning too big for one GPU)
+# N x --sft_batch rows, N x --vision_batch clips in phase 0); a prompt's G completions stay on one rank, so
+# advantages stay local. Loss normalisers are global (dist_norm) and gradients are averaged over the ranks before
+# clipping (average_grads), so an update equals one process's with the same global batch. Held-out questions are
+# sharded and gathered (evaluate); rank 0 alone writes files (log, plot_curves, write_samples, save_checkpoint,
+# export, write_json). With --fsdp (full fine-tuning too big for one GPU)
 # FSDP2 splits parameters, gradients and AdamW state over the ranks (DTensors). Without torchrun (no WORLD_SIZE)
 # every helper below is a no-op and one process computes exactly what it did before.
 # ==================================================================================================================
@@ -1241,11 +1280,13 @@ def vision_step(cfg, mdl, tok, head, videos, graphs, device, dtype):
 
 
 def vision_loss(pred, target, presence_weight=4.0):
-    """4 x BCE(presence) over every category + smooth L1 of the centres of the objects present (metres)."""
+    """4 x BCE(presence) over every category + smooth L1 of the centres of the objects present (metres), each a
+    mean over the global batch (dist_norm: under torchrun, over every rank's key frames)."""
     present = target[..., 0].bool()                                          # (K, C)
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(pred[..., 0], target[..., 0])
-    l1 = torch.nn.functional.smooth_l1_loss(pred[..., 1:][present], target[..., 1:][present])
-    return presence_weight * bce + l1
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(pred[..., 0], target[..., 0], reduction="sum")
+    l1 = torch.nn.functional.smooth_l1_loss(pred[..., 1:][present], target[..., 1:][present], reduction="sum")
+    n_bce, n_l1 = torch.tensor(float(present.numel())), 3.0 * present.sum().float().clamp(min=1)
+    return presence_weight * bce / dist_norm(n_bce) + l1 / dist_norm(n_l1)
 
 
 def vision_report(pred, target):
@@ -1273,6 +1314,7 @@ def run_vision(cfg, run_dir, train_rows, val_rows, device, dtype):
         raise SystemExit("phase 0 needs rows with ground-truth `graphs`; use --vision_steps 0 for data without")
     head = VisionHead(mdl.config.text_config.hidden_size, categories).to(device)
     params = list(mdl.model.visual.parameters()) + list(head.parameters())
+    sync_params(params)                                # every rank starts from rank 0's head (as DDP does)
     opt = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=cfg.weight_decay, betas=ADAM_BETAS)
     videos, held_videos = sorted(graphs), sorted(held)[:64]
     mdl.train()
@@ -1280,7 +1322,7 @@ def run_vision(cfg, run_dir, train_rows, val_rows, device, dtype):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.vision_steps, cfg.vision_lr, cfg.lr_warmup)
         t0 = time.time()
-        batch = [videos[i] for i in batch_indices(len(videos), step, cfg.vision_batch, cfg.seed + 2)]
+        batch = [videos[i] for i in shard(batch_indices(len(videos), step, cfg.vision_batch * world(), cfg.seed + 2))]
         pred, target, bad = vision_step(cfg, mdl, tok, head, batch, graphs, device, dtype)
         report_skipped(run_dir, "phase 0 steps", bad)
         if pred is None:
@@ -1289,6 +1331,7 @@ def run_vision(cfg, run_dir, train_rows, val_rows, device, dtype):
         try:
             check_finite(loss, "the vision loss")
             loss.backward()
+            average_grads(params)
             clipped_update(opt, params, cfg.grad_clip)
         except NonFinite as e:
             raise SystemExit(stop_message(cfg, run_dir, "vision", step + 1, e)) from None
@@ -1318,17 +1361,20 @@ def forget_test_results(run_dir, *tags):
 
 
 def final_report(cfg, run_dir, train_rows, test_rows, device, dtype):
-    """The table on the test split (results.md, results.json): blind baseline; wrong video (the final model, each
-    question asked about another test scene's clip); after warm-up (or the start model when there is none); after
-    GRPO; and the paired differences after GRPO - after warm-up and after GRPO - blind."""
+    """The table on the test split (results.md, results.json): blind baseline; the final model asked each question
+    about another test scene's clip (wrong video) and about a blank clip; after warm-up (or the base GRPO starts
+    from when there is none); after GRPO; the paired differences after GRPO - after warm-up (or base) and after
+    GRPO - blind; every metric overall, by answer type and the answer by task."""
     states = [("after warm-up", os.path.join(run_dir, "warmup")) if cfg.sft_steps > 0 else
-              ("start", start_model(cfg, run_dir)),
+              ("base", start_model(cfg, run_dir)),
               ("after GRPO", os.path.join(run_dir, "final"))]
     states = [(tag, path) for tag, path in states if os.path.isdir(path)]
     final = states[-1][0]
     results = {"blind": blind_baseline(train_rows, test_rows)}
+    controls = [("wrong video", wrong_videos(test_rows, cfg.seed)),
+                ("blank clip", main_first(blank_videos, run_dir, test_rows))]
     for tag, path in states:
-        runs = [(tag, None)] + ([("wrong video", wrong_videos(test_rows, cfg.seed))] if tag == final else [])
+        runs = [(tag, None)] + (controls if tag == final else [])
         for t, _ in runs:
             found = read_json(results_cache(run_dir, t), "evaluating again")
             results[t] = found if isinstance(found, list) else None
@@ -1338,9 +1384,10 @@ def final_report(cfg, run_dir, train_rows, test_rows, device, dtype):
                 if results[t] is None:        # written atomically: a kill leaves no half file to trip a resume
                     results[t] = evaluate(cfg, mdl, tok, test_rows, device, dtype, swap)
                     write_json(results_cache(run_dir, t), results[t])
-    columns = {t: results[t] for t in ["blind", "wrong video"] + [t for t, _ in states]}
+    columns = {t: results[t] for t in ["blind", "wrong video", "blank clip"] + [t for t, _ in states]}
     diffs = ([(final, states[0][0])] if len(states) > 1 else []) + [(final, "blind")]
-    table, stats = comparison_table(columns, diffs)
+    tasks = tuple(f"answer: {t}" for t in sorted({r["task"] for r in test_rows}))
+    table, stats = comparison_table(columns, diffs, TABLE_KEYS + tasks)
     header = (f"test split: {len(test_rows)} questions, seed {cfg.seed}, {time.strftime('%Y-%m-%d')}; scored with "
               f"the training reward's parts (rewards.py: answer inside the tags, one exact letter), greedy, "
               f"{cfg.frames} frames, at most {cfg.max_new_tokens} new tokens. eval.py scores with each benchmark's "
@@ -1351,6 +1398,76 @@ def final_report(cfg, run_dir, train_rows, test_rows, device, dtype):
     write_json(os.path.join(run_dir, "results.json"), {"header": header, "stats": stats})
     print("\n" + header + "\n" + table)
     plot_curves(run_dir)
+
+
+def write_card(cfg, run_dir):
+    """CARD.md beside the base's weights (runs/NAME/warmup, the folder the repo ships as tiny_base/): the command,
+    commit, seeds and wall time that made it, its held-out table (results.md: blind, another scene's video, a blank
+    clip, its own video), the scaling table along the run, and the sha256 of its weights (a test checks it)."""
+    folder = os.path.join(run_dir, "warmup")
+    started = read_json(os.path.join(run_dir, "started.json"), "the wall time is unknown") or {}
+    hours = (time.time() - started["time"]) / 3600 if "time" in started else float("nan")
+    ranks = f"torchrun --standalone --nproc_per_node {world()} " if world() > 1 else "python "
+    info = read_json(os.path.join(cfg.data, "dataset.json"), "the card does not name the scenes' seed") or {}
+    made = (f"scenes default_rng([{info['seed']}, i]) for i < {info['scenes']} (80/10/10 by scene)" if info else
+            "not made by data.make_dataset (no dataset.json)")
+    with open(os.path.join(run_dir, "results.md")) as fh:
+        table = fh.read()
+    card = "\n".join([
+        f"# The tiny Qwen2.5-VL base that sees ({cfg.name})", "",
+        "A ~0.57M-parameter Qwen2.5-VL built from a config and trained from random weights by this repo on its "
+        "synthetic scenes: phase 0 (the vision tower learns which objects a key frame shows and where) and the "
+        "supervised warm-up on the reference reasoning (graph blocks, a sentence, the answer). No GRPO: "
+        "`python train.py` fine-tunes it with GRPO on scenes it never saw.", "",
+        f"- command: `{ranks}{' '.join(['train.py'] + sys.argv[1:])}` ({world()} rank(s) x {cfg.threads} thread(s))",
+        f"- commit: {git_commit()}",
+        f"- seed {cfg.seed}; data {cfg.data}: {made}; phase 0 {cfg.vision_steps} steps x "
+        f"{cfg.vision_batch * world()} clips, warm-up {cfg.sft_steps} steps x {cfg.sft_batch * world()} rows",
+        f"- wall time {hours:.2f} h (from the run's first start: {started.get('date', '?')}; includes any pause "
+        f"before a --resume), finished {time.strftime('%Y-%m-%d %H:%M')}",
+        f"- weights: model.safetensors sha256 {sha256(os.path.join(folder, 'model.safetensors'))}", "",
+        "## Held-out table (the base's test split: scenes it never trained on)", "", table.strip(), "",
+        "`wrong video`: each question asked about another test scene's clip; `blank clip`: about a mid-grey clip; "
+        "`blind`: no video (majority letter, training mean)." , "",
+        f"## Scaling table (val split, {cfg.eval_n} questions, greedy; every {cfg.eval_every} warm-up steps)", "",
+        scaling_table(run_dir, cfg.sft_batch * world()), ""])
+    data.write_file(os.path.join(folder, "CARD.md"), card)
+    print(f"\nmodel card: {folder}/CARD.md (ship it: cp -r {folder}/. tiny_base/)")
+
+
+def scaling_table(run_dir, rows_per_step):
+    """Markdown rows of the held-out evaluations along the warm-up, from metrics.jsonl, after phase 0's last."""
+    lines = ["| warm-up step | rows seen | node R_n | edge R_e | answer | wrong video | blind |", "|---" * 7 + "|"]
+    records = data.read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+    for r in records:
+        if r.get("phase") == "eval" and r.get("tag") == "warm-up":
+            lines.append(f"| {r['step']} | {r['step'] * rows_per_step} | {r['graph_node']:.3f} | "
+                         f"{r['graph_edge']:.3f} | {r['answer']:.3f} | {r['answer_wrong_video']:.3f} | "
+                         f"{r['answer_blind']:.3f} |")
+    vision = [r for r in records if r.get("phase") == "vision"]
+    if vision:
+        v = vision[-1]
+        lines.append(f"\nphase 0, step {v['step']} (held-out key frames): names found {v['names']:.2f}, |error| "
+                     f"x {v['err_x']:.2f} y {v['err_y']:.2f} z {v['err_z']:.2f} m (blind {v['blind_x']:.2f} "
+                     f"{v['blind_y']:.2f} {v['blind_z']:.2f})")
+    return "\n".join(lines)
+
+
+def sha256(path):
+    import hashlib
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+def git_commit():
+    """HEAD of the checkout this file is in, marked when the tracked files differ from it; "unknown" without git."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=here).returncode != 0
+    except OSError:
+        return "unknown"
+    return (head.stdout.strip() or "unknown") + (" + uncommitted changes" if dirty else "")
 
 
 def read_json(path, redo):
@@ -1428,6 +1545,9 @@ def main(argv=None):
             clean_leftovers(run_dir)
             prune_checkpoints(run_dir, cfg.keep_ckpts)
         write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(cfg), indent=1)
+        started = os.path.join(run_dir, "started.json")          # kept on --resume: the model card's wall time
+        if is_main() and not os.path.exists(started):
+            data.write_file(started, json.dumps({"time": time.time(), "date": time.strftime("%Y-%m-%d %H:%M")}))
         try:
             run(cfg, run_dir, device, dtype)
         except NonFinite as e:                    # a save or export refused (the steps stop earlier, with advice)
@@ -1467,6 +1587,8 @@ def run(cfg, run_dir, device, dtype):
     if cfg.grpo_steps > 0 and (step < total or not os.path.isdir(os.path.join(run_dir, "final"))):
         step = run_grpo(cfg, run_dir, train_rows, val_rows, step, device, dtype)
     final_report(cfg, run_dir, train_rows, test_rows, device, dtype)
+    if cfg.preset == "base" and is_main():
+        write_card(cfg, run_dir)
     if is_main():
         print(f"done: {step} steps in {(time.time() - t0) / 60:.1f} min; outputs in {run_dir}/")
 
