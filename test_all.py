@@ -2,8 +2,10 @@
 
 Run: `python test_all.py` (its own small runner: prints each failure, ends with `N passed, N failed`,
 exits non-zero on a failure; `python test_all.py NAME` runs the tests whose name contains NAME) or
-`pytest test_all.py`. Tests use tiny inputs worked out by hand, plus one end-to-end smoke run and
-one learning check; nothing downloads anything.
+`pytest test_all.py`. `python test_all.py --video` runs the video tests (names with "read_frames") with PyAV
+and numpy alone, without importing torch: .ci/run runs them again on Python 3.12+ with the newest PyAV.
+Tests use tiny inputs worked out by hand, plus one end-to-end smoke run and one learning check; nothing
+downloads anything.
 """
 import atexit
 import contextlib
@@ -23,17 +25,21 @@ import traceback
 import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+VIDEO_TESTS = "read_frames"                      # `--video` runs the tests whose name contains this
+VIDEO_ONLY = __name__ == "__main__" and sys.argv[1:] == ["--video"]
 
 import av
 import numpy as np
-import torch
 
 import data
 import eval as ev
 import graph
-import grpo
-import model as M
 import rewards
+if not VIDEO_ONLY:                               # the video tests need PyAV and numpy only (.ci/run: no torch there)
+    import torch
+
+    import grpo
+    import model as M
 
 
 def close(a, b, tol=1e-6):
@@ -882,9 +888,9 @@ def _tiny_dir():
     return M.build_tiny(os.path.join(_tmp(), "tiny"), M.demo_texts())
 
 
-def _tiny(dtype=torch.float32):
+def _tiny(dtype=None):
     torch.manual_seed(0)
-    m, tok = M.load(_tiny_dir(), dtype=dtype, device="cpu")
+    m, tok = M.load(_tiny_dir(), dtype=dtype or torch.float32, device="cpu")
     return m.eval(), tok
 
 
@@ -2062,6 +2068,7 @@ def test_two_ranks_equal_one_process_write_once_and_resume():
 
 def main():
     pattern = sys.argv[1] if len(sys.argv) > 1 else ""
+    pattern = VIDEO_TESTS if VIDEO_ONLY else pattern
     tests = [(n, f) for n, f in globals().items() if n.startswith("test_") and callable(f) and pattern in n]
     passed = failed = 0
     for name, fn in tests:
