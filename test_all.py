@@ -944,6 +944,17 @@ def test_tiny_builds_offline_and_save_load_gives_equal_logits():
     assert tok2(text, add_special_tokens=False)["input_ids"] == ids
 
 
+def test_hub_kernels_off_after_load_train_and_build():
+    """transformers >= 5 would kernelize a loaded model from the Hub (use_kernels defaults to True; on CUDA the
+    first .train() downloads kernels-community code, offline a crash): every model the repo makes opts out."""
+    m, _ = _tiny()
+    assert m.use_kernels is False
+    assert m.train().use_kernels is False and m.eval().use_kernels is False
+    with torch.device("meta"):
+        built = M.new_model(m.config)                                    # build_tiny, param_counts, shape7b
+    assert built.train().use_kernels is False
+
+
 def test_prompt_and_inputs_layout():
     m, tok = _tiny()
     p = M.build_prompt(_ROWS[0])
