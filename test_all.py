@@ -2037,6 +2037,7 @@ def test_two_ranks_equal_one_process_write_once_and_resume():
     _, data_dir, model_dir = _run_base()
     with tempfile.TemporaryDirectory() as tmp:
         base = ["--out", tmp, "--data", data_dir, "--model", model_dir, "--threads", "1", "--vision_steps", "2",
+                "--device", "cpu",                                       # gloo ranks, also where CUDA is visible
                 "--vision_batch", "2", "--sft_steps", "2", "--grpo_steps", "2", "--micro_batch", "1", "--G", "2",
                 "--max_new_tokens", "12", "--eval_every", "2", "--eval_n", "2", "--test_n", "2", "--ckpt_every", "1",
                 "--keep_ckpts", "10", "--sft_lr", "3e-3", "--lr", "1e-3"]
@@ -2073,6 +2074,22 @@ def test_two_ranks_equal_one_process_write_once_and_resume():
         with _stand_ins(train):
             _raises(SystemExit, train.main, ["--out", tmp, "--name", "refused", "--resume"],
                     contains=("made by 2 rank(s)", "torchrun --nproc_per_node 2"))
+
+
+def test_more_ranks_than_gpus_stop_with_one_line():
+    """torchrun with 3 ranks on a (patched) 2-GPU machine stops before touching CUDA, saying what to do; 2 ranks on
+    2 GPUs go on: rank 1 gets cuda:1 (set_device and the process group patched to record their calls)."""
+    import train
+    calls = []
+    env = {**os.environ, "WORLD_SIZE": "3", "LOCAL_WORLD_SIZE": "3", "RANK": "1", "LOCAL_RANK": "1"}
+    with _patched(torch.cuda, "device_count", lambda: 2), _patched(torch.cuda, "set_device", calls.append), \
+            _patched(torch.distributed, "init_process_group", calls.append), _patched(os, "environ", env):
+        e = _raises(SystemExit, train.dist_setup, torch.device("cuda"),
+                    contains=("3 ranks", "2 GPU(s)", "--nproc_per_node 2", "--device cpu"))
+        assert "\n" not in str(e) and calls == []
+        os.environ.update(WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
+        assert train.dist_setup(torch.device("cuda")) == torch.device("cuda", 1)
+    assert calls == [torch.device("cuda", 1), "nccl"]
 
 
 # ---------------------------------------------------------------------------- runner
