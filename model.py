@@ -19,7 +19,8 @@ Run: `python model.py [OUT_DIR]` builds a demo tiny model into OUT_DIR (default:
 builds its own tiny_model/ fitted to its data) and prints its size and the 7B memory table for one 80 GB GPU;
 `python model.py shape7b [--layers 2 ...]` runs one GRPO step of the paper preset on a random model with the 7B's
 shapes, printing seconds and peak memory per stage; `python model.py --golden` remakes the golden fixture (in a
-side environment with torchvision). Everything is offline (HF_HUB_OFFLINE=1 is set here).
+side environment with torchvision). Everything is offline (HF_HUB_OFFLINE=1 is set here; transformers'
+Hub kernels are off: use_kernels=False).
 """
 import contextlib
 import functools
@@ -144,12 +145,19 @@ def vl_config(text, vision, ids):
                             vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
 
 
+def new_model(config):
+    """A random Qwen2.5-VL of `config` (default device and dtype) with transformers' Hub kernels off, as in load."""
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.use_kernels = False                                            # no Hub code in the training path: see load
+    return model
+
+
 def build_tiny(out_dir, texts, seed=0, **overrides):
     """Train the tokenizer on `texts`, build a random tiny Qwen2.5-VL, save both to out_dir. Returns out_dir."""
     tokenizer = train_tokenizer(texts, overrides.pop("vocab_size", TINY["vocab_size"]))
     config = tiny_config(tokenizer, **overrides)
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
+    model = new_model(config)
     im_end, eot = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
     model.generation_config = GenerationConfig(eos_token_id=[im_end, eot], pad_token_id=eot, bos_token_id=eot,
                                                do_sample=False)
@@ -175,7 +183,7 @@ def load(path, dtype=None, device=None):
             "Qwen2.5-VL-7B-Instruct must be copied there beforehand (nothing is downloaded here).")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or best_dtype(device)
-    # use_kernels=False: never swap in transformers' Hub kernels (downloaded code; offline it crashes on CUDA)
+    # use_kernels=False: else transformers >= 5 runs Hub-downloaded kernels in training (offline: a crash at .train())
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True,
                                                                use_kernels=False)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -559,7 +567,7 @@ def qwen25_vl_7b_config(layers=28, vision_layers=32, tokenizer=None):
 def param_counts(config):
     """(total, vision, lm_per_layer_linear_shapes) of a config, counted on the meta device (no memory)."""
     with torch.device("meta"):
-        m = Qwen2_5_VLForConditionalGeneration(config)
+        m = new_model(config)
     total = sum(p.numel() for p in m.parameters())
     vision = sum(p.numel() for p in m.model.visual.parameters())
     shapes = [(mod.in_features, mod.out_features) for name, mod in m.model.language_model.named_modules()
@@ -696,7 +704,7 @@ def shape7b(argv=()):
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = Qwen2_5_VLForConditionalGeneration(config)
+            model = new_model(config)
     finally:
         torch.set_default_dtype(default)
     add_lora(model, a.lora_rank, 2.0 * a.lora_rank)
