@@ -1642,6 +1642,23 @@ def test_train_loop_smoke_checkpoint_and_exact_resume():
         f"| answer: {t}" for t in tasks}
 
 
+def test_shipped_base_matches_its_card_and_answers_a_tiny_batch():
+    """tiny_base/ (the base `python train.py` starts from) is the model its CARD.md describes: the sha256 of its
+    weights is the card's; it loads, and given two synthetic questions it writes well-formed completions with
+    graphs in <think> (the format reward is 1) and an answer."""
+    import train
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_base")
+    card = open(os.path.join(folder, "CARD.md")).read()
+    assert re.search(r"sha256 ([0-9a-f]{64})", card).group(1) == train.sha256(os.path.join(folder, "model.safetensors"))
+    mdl, tok = M.load(folder, dtype=torch.float32, device="cpu")
+    cfg = train.Config(threads=1)
+    rows = data.load_rows(os.path.join(_run_base()[1], "test.jsonl"))[:2]
+    texts, _ = ev.greedy_batch(mdl, tok, rows, [train.row_clip(cfg, r) for r in rows], cfg)
+    for text, row in zip(texts, rows):
+        assert rewards.format_reward(text) == 1.0 and "<graph" in text, text
+        assert rewards.extract_answer(text), text
+
+
 def test_base_preset_writes_its_card_and_grpo_starts_from_it():
     """A tiny --preset base run (phase 0 and the warm-up, no GRPO) writes CARD.md beside its weights: the weights'
     sha256, the held-out table with the blind, wrong-video and blank-clip controls, and one scaling-table line
