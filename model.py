@@ -12,8 +12,8 @@ torch alone (the official one needs torchvision; parity: fixtures/qwen_video_gol
 with second_per_grid_ts from the TRUE frame times (Video-R1 and verl drop it, and M-RoPE's time axis collapses);
 rope_positions, the 3-D M-RoPE positions as Qwen's reference code computes them; build_prompt / make_inputs (chat
 template, instruction, <|video_pad|> expanded, left padding); LoRA by hand (add_lora; lora_disabled: the KL
-reference is the base model with its adapters off, no second copy; merge_lora); estimate_memory and shape7b for
-the paper's 7B.
+reference is the base model with its adapters off, no second copy; merge_lora); estimate_memory, and shape7b for
+the paper's 7B (random_model: a 7B-shaped model built on the GPU).
 
 Run: `python model.py [OUT_DIR]` builds a demo tiny model into OUT_DIR (default: a new temporary folder; train.py
 builds its own tiny_model/ fitted to its data) and prints its size and the 7B memory table for one 80 GB GPU;
@@ -643,6 +643,31 @@ def memory_table(config=None, G=8, prompt_len=1174, completion_len=768, vision_p
 # ---------------------------------------------------------------------------------------- 7B-shaped check
 
 
+def random_model(config, device, dtype, lora_rank, seed=0):
+    """A randomly initialised Qwen2.5-VL of `config`, built directly on `device` in `dtype` (a 7B-shaped model never
+    passes through the CPU or float32), with add_lora's adapters of rank lora_rank (alpha 2r; rank 0: none)."""
+    torch.manual_seed(seed)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = Qwen2_5_VLForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(default)
+    return add_lora(model, lora_rank, 2.0 * lora_rank)
+
+
+def video_prompt(tok, config, frames, min_pixels, max_pixels, device, dtype):
+    """make_inputs of one question with a random video of `frames` 224x448 frames resized to the pixel budget, on
+    `device` (the 7B-shaped check's prompt: 16 frames at 128x28x28 give 1136 tokens)."""
+    h, w = smart_resize(224, 448, min_pixels=min_pixels, max_pixels=max_pixels)
+    video = np.random.default_rng(0).integers(0, 256, (frames, h, w, 3), dtype=np.uint8)
+    row = {"id": "shape7b", "question": "How far is the red cube from the blue ball?", "answer_type": "num",
+           "answer": 1.0}
+    inputs = make_inputs(tok, config, [row], [(video, np.arange(frames) / 2.0)], min_pixels, max_pixels)
+    return to_device(inputs, device, dtype)
+
+
 def shape7b(argv=()):
     """One GRPO step of the paper preset on a RANDOMLY initialised model with Qwen2.5-VL-7B's shapes (no weights
     needed): LoRA r=64, gradient checkpointing, bf16, G completions of one prompt with a video, every completion
@@ -689,27 +714,14 @@ def shape7b(argv=()):
     t0 = time.time()
     tok = train_tokenizer(demo_texts())
     config = qwen25_vl_7b_config(a.layers, a.vision_layers, tok)
-    torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = Qwen2_5_VLForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(default)
-    add_lora(model, a.lora_rank, 2.0 * a.lora_rank)
+    model = random_model(config, device, dtype, a.lora_rank)
     set_checkpointing(model, True)
     print(f"Qwen2.5-VL-7B shapes, random weights: {a.layers}/28 decoder layers, {a.vision_layers}/32 vision blocks, "
           f"{count_params(model) / 1e9:.2f}B params ({count_params(model, True) / 1e6:.1f}M LoRA r={a.lora_rank}), "
           f"{device} {dtype}, G={a.G}, {a.frames} frames at <= {a.max_pixels} px, {a.max_new_tokens} new tokens")
     t0 = stage("build", t0)
     min_pixels = 16 * 28 * 28 if cuda else 56 * 56                # the paper preset's lower budget on CUDA
-    h, w = smart_resize(224, 448, min_pixels=min_pixels, max_pixels=a.max_pixels)
-    frames = np.random.default_rng(0).integers(0, 256, (a.frames, h, w, 3), dtype=np.uint8)
-    row = {"id": "shape7b", "question": "How far is the red cube from the blue ball?", "answer_type": "num",
-           "answer": 1.0}
-    inputs = make_inputs(tok, config, [row], [(frames, np.arange(a.frames) / 2.0)], min_pixels, a.max_pixels)
-    inputs = to_device(inputs, device, dtype)
+    inputs = video_prompt(tok, config, a.frames, min_pixels, a.max_pixels, device, dtype)
     P, patches = inputs["input_ids"].shape[1], inputs["pixel_values_videos"].shape[0]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
     eos, suppress = special_ids(tok)
