@@ -12,8 +12,8 @@ torch alone (the official one needs torchvision; parity: fixtures/qwen_video_gol
 with second_per_grid_ts from the TRUE frame times (Video-R1 and verl drop it, and M-RoPE's time axis collapses);
 rope_positions, the 3-D M-RoPE positions as Qwen's reference code computes them; build_prompt / make_inputs (chat
 template, instruction, <|video_pad|> expanded, left padding); LoRA by hand (add_lora; lora_disabled: the KL
-reference is the base model with its adapters off, no second copy; merge_lora); estimate_memory, and shape7b for
-the paper's 7B (random_model: a 7B-shaped model built on the GPU).
+reference is the base model with its adapters off, no second copy; lora_sampling: bf16 copies for the rollout;
+merge_lora); estimate_memory, and shape7b for the paper's 7B (random_model: a 7B-shaped model built on the GPU).
 
 Run: `python model.py [OUT_DIR]` builds a demo tiny model into OUT_DIR (default: a new temporary folder; train.py
 builds its own tiny_model/ fitted to its data) and prints its size and the 7B memory table for one 80 GB GPU;
@@ -456,7 +456,8 @@ def freeze_vision(model):
 
 class LoRALinear(nn.Module):
     """y = W x + b + (alpha / r) * B A dropout(x)  (Hu et al. 2021). A: (r, in) Kaiming, B: (out, r) zeros,
-    so a fresh adapter leaves the output unchanged. Adapters are float32 whatever the base dtype."""
+    so a fresh adapter leaves the output unchanged. Adapters are float32 whatever the base dtype; inside
+    lora_sampling they compute from copies in the base dtype instead."""
 
     def __init__(self, base: nn.Linear, rank, alpha, dropout=0.0):
         super().__init__()
@@ -466,11 +467,15 @@ class LoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.enabled = True
+        self.sampling = None          # (A, (alpha / r) B) in the base dtype inside lora_sampling, else None
 
     def forward(self, x):
         y = self.base(x)
         if not self.enabled:
             return y
+        if self.sampling is not None:                                  # no casts, no dropout, no gradient
+            A, scaled_B = self.sampling
+            return y + F.linear(F.linear(x, A), scaled_B)              # (..., out)
         a = self.dropout(x).to(self.lora_A.dtype) @ self.lora_A.t()   # (..., r)
         return y + (a @ self.lora_B.t() * self.scale).to(y.dtype)     # (..., out)
 
@@ -513,6 +518,23 @@ def lora_disabled(model):
     finally:
         for m, s in zip(mods, states):
             m.enabled = s
+
+
+@contextlib.contextmanager
+def lora_sampling(model):
+    """Inside this block every adapter computes (alpha/r) B A x from copies in its base weight's dtype, made once
+    on entry: A and (alpha/r) B. The plain forward casts x and both float32 matrices on every call (under bf16
+    autocast, to the same bf16 values: alpha = 2r makes the scale a power of two, exact). For sampling only: the
+    copies carry no gradient and skip dropout. The float32 adapters are never written; the copies go on exit."""
+    mods = lora_modules(model)
+    for m in mods:
+        dtype = m.base.weight.dtype
+        m.sampling = (m.lora_A.detach().to(dtype), (m.lora_B.detach() * m.scale).to(dtype))  # (r, in), (out, r)
+    try:
+        yield model
+    finally:
+        for m in mods:
+            m.sampling = None
 
 
 @torch.no_grad()
@@ -675,7 +697,8 @@ def shape7b(argv=()):
     figure for the same shape and for the full 28-layer model. Defaults: the paper preset's sizes on CUDA; on a CPU
     the 7B's widths with 2 + 2 layers, 4 frames of 112x112, G=2, 16 tokens (every size is a flag). The step is
     train.py's (sample, group advantages, pi_ref, policy_loss, AdamW) written out with the paper's constants
-    (beta 0.04, lr 1e-6), so that it runs without data or a run folder."""
+    (beta 0.04, lr 1e-6), so that it runs without data or a run folder; sampling uses train.py's decoder (grpo.sample
+    "auto": the CUDA graph on a GPU), --decoder picks another."""
     import argparse
     import resource
     import time
@@ -692,6 +715,8 @@ def shape7b(argv=()):
     p.add_argument("--lora_rank", type=int, default=64)
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--decoder", default="auto", choices=grpo.DECODERS,
+                   help="grpo.sample's decoder (auto: a CUDA graph on a GPU, the plain loop on a CPU)")
     a = p.parse_args(list(argv))
     torch.set_num_threads(a.threads)
     device, dtype = torch.device(a.device), torch.bfloat16 if a.dtype == "bf16" else torch.float32
@@ -728,9 +753,10 @@ def shape7b(argv=()):
     gen = torch.Generator(device).manual_seed(0)
     t0 = time.time()
     with torch.no_grad(), autocast:
+        decoder = grpo.rollout_decoder(model, a.decoder)
         ids, mask, _ = grpo.sample(model, inputs, a.G, a.max_new_tokens, 1.0, 1.0, eos_ids=(), suppress_ids=suppress,
-                                   generator=gen, pad_id=eos[0])                         # (G, T)
-    t0 = stage(f"sample {a.G} x {ids.shape[1]} tokens", t0)
+                                   generator=gen, pad_id=eos[0], decoder=decoder)        # (G, T)
+    t0 = stage(f"sample {a.G} x {ids.shape[1]} tokens ({decoder})", t0)
     reward = torch.rand(a.G, generator=torch.Generator().manual_seed(0))                # (G,) stand-in rewards
     adv = grpo.group_advantages(reward, a.G).to(device)                                  # (G,)
     mask = mask.float()
