@@ -28,7 +28,8 @@ runs a static KV cache whose one-token step is captured once as a CUDA graph (de
 the adapters in bf16 and no wait for the device per token: the same tokens and log-probs, up to rounding.
 
 Run: `python grpo.py` prints a worked example of the loss; `python grpo.py bench` times the sampler against
-`model.generate` and one update in fp32 vs bf16.
+`model.generate` and one update in fp32 vs bf16; `python grpo.py bench_rollout` prints ms per decode step of
+the decoders and `model.generate`, LoRA on and off, against the memory-bandwidth floor (the 7B shape on a GPU).
 """
 import contextlib
 import functools
@@ -518,9 +519,7 @@ def bench(G=8, lengths=(64, 256), frames=16, size=56, repeats=5):
             t_ours = min(t_ours, time.perf_counter() - t0)
             n_ours = int(mask.sum())
             t0 = time.perf_counter()
-            out = m.generate(**inputs, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=T,
-                             min_new_tokens=T, num_return_sequences=G, suppress_tokens=suppress,
-                             pad_token_id=tok.pad_token_id)
+            out = generate_all(m, inputs, G, T, suppress, tok.pad_token_id)
             t_gen = min(t_gen, time.perf_counter() - t0)
             n_gen = (out.shape[1] - inputs["input_ids"].shape[1]) * G
         print(f"T={T:4d}: sample {n_ours / t_ours:8.0f} tok/s ({t_ours:.3f} s)   generate {n_gen / t_gen:8.0f} tok/s "
@@ -537,6 +536,155 @@ def bench(G=8, lengths=(64, 256), frames=16, size=56, repeats=5):
             m.zero_grad(set_to_none=True)
             best = min(best, time.perf_counter() - t0)
         print(f"update (token_logprobs forward + backward, {G} x 128 tokens) {name}: {best * 1000:.0f} ms")
+
+
+def generate_all(model, inputs, G, T, suppress, pad_id):
+    """model.generate with the benchmarks' settings: G completions per prompt of exactly T tokens (min_new_tokens,
+    no early end), temperature 1, no top-k / top-p, the ids `suppress` never sampled."""
+    return model.generate(**inputs, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=T,
+                          min_new_tokens=T, num_return_sequences=G, suppress_tokens=suppress, pad_token_id=pad_id)
+
+
+def _timed(fn, device):
+    """Seconds that fn() takes, with the work it queued on the device."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def copy_bandwidth(device, nbytes):
+    """Bytes per second of one large copy on `device` (each byte read once and written once), best of 5."""
+    src = torch.ones(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    return 2 * nbytes / min(_timed(lambda: dst.copy_(src), device) for _ in range(5))
+
+
+def lm_weight_bytes(model):
+    """(bytes of weights, bytes of LoRA adapters) that one decode step reads at least: the language model's decoder
+    layers, final norm and head, not the embedding table (one row per token); adapters in the weights' dtype, as
+    the static decoders read them (lora_sampling)."""
+    lm, size = model.model.language_model, model.lm_head.weight.element_size()
+    table = {id(p) for p in lm.embed_tokens.parameters()}
+    weights = adapters = 0
+    for name, p in list(lm.named_parameters()) + list(model.lm_head.named_parameters()):
+        if ".lora_" in name:
+            adapters += p.numel() * size
+        elif id(p) not in table:
+            weights += p.numel() * p.element_size()
+    return weights, adapters
+
+
+def bench_rollout(argv=()):
+    """ms per decode step of sample()'s decoders and of model.generate, LoRA on and off, against the floor: the
+    language model's weights read once per step at the bandwidth of a large copy measured in the same run.
+
+    Defaults on CUDA: random weights with Qwen2.5-VL-7B's shapes built on the GPU (model.random_model), LoRA r=64
+    (B random, so that a wrong adapter path shows), bf16, G=8, 16 frames at 128x28x28 (1136 prompt tokens), 128
+    new tokens, no EOS. On a CPU: the tiny shape in float32, LoRA r=8, 64 new tokens. Then check_decoders."""
+    import argparse
+    import transformers
+    import model as M
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(prog="python grpo.py bench_rollout", description=bench_rollout.__doc__.split(":")[0])
+    p.add_argument("--shape", default="7b" if cuda else "tiny", choices=["7b", "tiny"])
+    p.add_argument("--G", type=int, default=8)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--new_tokens", type=int, default=128 if cuda else 64)
+    p.add_argument("--lora_rank", type=int, default=64 if cuda else 8)
+    p.add_argument("--decoders", default="plain,static,graph" if cuda else "plain,static",
+                   help="sample() decoders to time, comma-separated (model.generate is always timed)")
+    a = p.parse_args(list(argv))
+    device = torch.device("cuda" if cuda else "cpu")
+    dtype = M.best_dtype(device)
+    t0 = time.perf_counter()
+    tok = M.train_tokenizer(M.demo_texts())
+    if a.shape == "7b":
+        config, pixels = M.qwen25_vl_7b_config(tokenizer=tok), (16 * 28 * 28, M.TRAIN_MAX_PIXELS)
+    else:
+        config, pixels = M.tiny_config(tok), (M.TINY_MIN_PIXELS, M.TINY_MAX_PIXELS)
+    model = M.random_model(config, device, dtype, a.lora_rank).eval()
+    with torch.no_grad():
+        for mod in M.lora_modules(model):
+            mod.lora_B.normal_(0.0, 0.02)
+    inputs = M.video_prompt(tok, config, a.frames, *pixels, device, dtype)
+    eos, suppress = M.special_ids(tok)
+    where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{a.shape} shape, random weights, {M.count_params(model) / 1e6:,.1f}M params, LoRA r={a.lora_rank}, "
+          f"{dtype}, {where}; G={a.G}, prompt {inputs['input_ids'].shape[1]} tokens ({a.frames} frames), "
+          f"{a.new_tokens} new tokens; torch {torch.__version__}, transformers {transformers.__version__}; built in "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+
+    @torch.no_grad()
+    def run(name, n):                          # n new tokens per sequence from `name` (a decoder or "generate")
+        with autocast:
+            if name == "generate":
+                return generate_all(model, inputs, a.G, n, suppress, eos[0])
+            return sample(model, inputs, a.G, n, 1.0, 1.0, eos_ids=(), suppress_ids=suppress, pad_id=eos[0],
+                          generator=torch.Generator(device).manual_seed(0), decoder=name)
+
+    names = a.decoders.split(",")
+    ms = time_decoders(run, names + ["generate"], a.new_tokens, model, device)
+    bandwidth = copy_bandwidth(device, 2 * 1024 ** 3 if cuda else 256 * 1024 ** 2)
+    weights, adapters = lm_weight_bytes(model)
+    floor = {"on": (weights + adapters) / bandwidth * 1000, "off": weights / bandwidth * 1000}
+    print(f"floor: {weights / 1e6:,.1f} MB of language-model weights (+ {adapters / 1e6:,.1f} MB of adapters in "
+          f"{dtype}) read once per step at {bandwidth / 1e9:,.0f} GB/s (a large copy): {floor['on']:.2f} ms/step with "
+          f"LoRA, {floor['off']:.2f} without")
+    fast = next((ms[d, "on"] for d in ("graph", "static") if (d, "on") in ms), float("nan"))
+    print(f"rollout on one {'GPU' if cuda else 'CPU'} ({a.shape} shape, LoRA r={a.lora_rank}, G={a.G}): sample "
+          f"{fast:.1f} ms/step, generate {ms.get(('generate', 'on'), float('nan')):.1f} ms/step, floor "
+          f"{floor['on']:.2f} ms/step ({time.strftime('%Y-%m-%d')}, {where})", flush=True)
+    check_decoders(run, [d for d in names if (d, "on") in ms], model, inputs, autocast)
+
+
+def time_decoders(run, names, T, model, device):
+    """{(name, "on" | "off"): ms per decode step} of run(name, n) (n new tokens), LoRA on and off: (time for T
+    tokens - time for 2) / (T - 2), after one untimed call (first calls pay one-time costs); the prefill, the
+    vision tower and a graph's capture are in both and cancel. A name that fails with a RuntimeError (a graph
+    that cannot be captured, out of memory) is reported and skipped."""
+    import model as M
+    ms = {}
+    for lora in ("on", "off"):
+        for name in names:
+            with M.lora_disabled(model) if lora == "off" else contextlib.nullcontext():
+                try:
+                    run(name, 2)
+                    short, full = _timed(lambda: run(name, 2), device), _timed(lambda: run(name, T), device)
+                except RuntimeError as e:                           # GraphCaptureError included
+                    print(f"{name:9s} LoRA {lora:3s} failed, skipped: {type(e).__name__}: {e}", flush=True)
+                    continue
+            ms[name, lora] = (full - short) / (T - 2) * 1000
+            print(f"{name:9s} LoRA {lora:3s} {ms[name, lora]:8.2f} ms/step   ({T} tokens {full:6.2f} s, 2 tokens "
+                  f"{short:5.2f} s)", flush=True)
+    return ms
+
+
+def check_decoders(run, names, model, inputs, autocast, n=16):
+    """Print, for each fast decoder of names, the largest gap between its log-probs and token_logprobs' on its
+    own n tokens, and how long its tokens stay plain's from the same seed (rounding may part them after a
+    while; a wrong step parts them at once). A failure is reported, not raised."""
+    ref, _, ref_logp = run("plain", n) if "plain" in names else (None, None, None)
+    for name in [d for d in names if d != "plain"]:
+        try:
+            ids, mask, logp = run(name, n)                                          # (N, n)
+            with torch.no_grad(), autocast:
+                err = float((logp - token_logprobs(model, inputs, ids, mask).float()).abs().max())
+        except RuntimeError as e:
+            print(f"check {name} failed: {type(e).__name__}: {e}", flush=True)
+            continue
+        line = f"check {name}: max |logp - token_logprobs| {err:.3g}"
+        if ref is not None:
+            agree = (ids == ref).long().cumprod(1).sum(1)                           # (N,) tokens before a difference
+            gap = torch.where(agree[:, None] == n, logp - ref_logp, 0.0).abs().max()
+            line += (f"; the same {n} tokens as plain in {int((agree == n).sum())}/{len(agree)} sequences (mean "
+                     f"{float(agree.float().mean()):.1f} before a difference), max |logp - plain's| there "
+                     f"{float(gap):.3g}")
+        print(line, flush=True)
 
 
 def demo():
@@ -556,5 +704,7 @@ def demo():
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "bench":
         bench()
+    elif len(sys.argv) > 1 and sys.argv[1] == "bench_rollout":
+        bench_rollout(sys.argv[2:])
     else:
         demo()
