@@ -753,9 +753,9 @@ def shape7b(argv=()):
     gen = torch.Generator(device).manual_seed(0)
     t0 = time.time()
     with torch.no_grad(), autocast:
-        decoder = grpo.rollout_decoder(model, a.decoder)
+        decoder = grpo.rollout_decoder(model, a.decoder)       # auto's choice (a failed capture warns, then static)
         ids, mask, _ = grpo.sample(model, inputs, a.G, a.max_new_tokens, 1.0, 1.0, eos_ids=(), suppress_ids=suppress,
-                                   generator=gen, pad_id=eos[0], decoder=decoder)        # (G, T)
+                                   generator=gen, pad_id=eos[0], decoder=a.decoder)      # (G, T)
     t0 = stage(f"sample {a.G} x {ids.shape[1]} tokens ({decoder})", t0)
     reward = torch.rand(a.G, generator=torch.Generator().manual_seed(0))                # (G,) stand-in rewards
     adv = grpo.group_advantages(reward, a.G).to(device)                                  # (G,)

@@ -1079,6 +1079,15 @@ def test_static_decoder_gives_plain_tokens_logprobs_and_ends_and_leaves_the_weig
             assert (ids[1][mask[1] == 0] == tok.pad_token_id).all()
     assert all(torch.equal(weights[k], v) for k, v in m.state_dict().items())    # bit-equal, nothing written
     assert all(mod.sampling is None for mod in M.lora_modules(m))               # the sampling copies are gone
+    if torch.cuda.is_available():               # on a GPU, the captured graph too: plain's tokens and log-probs
+        mc, inputs_c = m.to("cuda"), M.to_device(inputs, "cuda", torch.float32)
+        for case in cases.values():
+            ids, mask, logp = zip(*(grpo.sample(mc, inputs_c, 3, 20, suppress_ids=sup, decoder=d, **case,
+                                                generator=torch.Generator("cuda").manual_seed(2))
+                                    for d in ("plain", "graph")))
+            assert torch.equal(ids[0], ids[1]) and torch.equal(mask[0], mask[1]), case
+            assert torch.allclose(logp[0], logp[1], atol=1e-4)
+        m = mc.to("cpu")
     # bf16 weights, with and without bf16 autocast: log-probs of its own tokens within bf16 rounding
     m16, _ = _tiny(torch.bfloat16)
     for auto in (False, True):
