@@ -27,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import av
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import data
 import eval as ev
@@ -1106,6 +1107,32 @@ def test_static_decoder_gives_plain_tokens_logprobs_and_ends_and_leaves_the_weig
     g, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
     for _ in range(10):
         assert torch.equal(grpo.pick_tokens(logits, 1.0, 1.0, banned, g), torch.multinomial(probs, 1, generator=g2)[:, 0])
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts the ops that read a tensor's value back to the host (.item(), bool(), int(), .tolist()): on a GPU
+    each one waits for the device, and a CUDA graph cannot hold one."""
+    n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+def test_static_decoder_reads_the_device_once_per_check_not_per_token():
+    m, tok, inputs, sup = _tiny_inputs()
+    M.add_lora(m, rank=4, alpha=8)
+    reads = {}
+    for decoder, n in ((d, n) for d in ("plain", "static") for n in (8, 24)):
+        with _HostReads() as r:
+            grpo.sample(m, inputs, 2, n, temperature=0.7, top_p=0.9, eos_ids=[5], suppress_ids=sup, decoder=decoder,
+                        generator=torch.Generator().manual_seed(0))
+        reads[decoder, n] = r.n
+    # 16 more tokens: static asks "all ended?" once per CHECK_EVERY tokens (once more, after token 16) and nothing
+    # else reads the device; the plain loop reads at least once per token (its end check, transformers' mask)
+    checks = 24 // grpo.CHECK_EVERY - 8 // grpo.CHECK_EVERY
+    assert reads["static", 24] - reads["static", 8] == checks < 16, reads
+    assert reads["plain", 24] - reads["plain", 8] >= 16, reads
 
 
 # ------------------------------------------------------------------------------------- LoRA, checkpointing, bf16
