@@ -475,7 +475,8 @@ class LoRALinear(nn.Module):
             return y
         if self.sampling is not None:                                  # no casts, no dropout, no gradient
             A, scaled_B = self.sampling
-            return y + F.linear(F.linear(x, A), scaled_B)              # (..., out)
+            a = F.linear(x, A).flatten(0, -2)                          # (n, r)
+            return torch.addmm(y.flatten(0, -2), a, scaled_B.t()).view_as(y)  # y + a (alpha/r) B^T, one kernel
         a = self.dropout(x).to(self.lora_A.dtype) @ self.lora_A.t()   # (..., r)
         return y + (a @ self.lora_B.t() * self.scale).to(y.dtype)     # (..., out)
 
