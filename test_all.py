@@ -1120,6 +1120,92 @@ def test_sampled_logprobs_equal_token_logprobs_and_suppressed_ids_never_sampled(
         h.remove()
 
 
+def test_static_decoder_gives_plain_tokens_logprobs_and_ends_and_leaves_the_weights():
+    m, tok, inputs, sup = _tiny_inputs()                                 # 2 prompts of different lengths
+    M.add_lora(m, rank=4, alpha=8)
+    with torch.no_grad():
+        for mod in M.lora_modules(m):
+            mod.lora_B.normal_(0, 0.3)                                   # adapters that change the output
+    weights = {k: v.clone() for k, v in m.state_dict().items()}
+    stops = list(range(0, m.config.text_config.vocab_size, 3))           # a third of the tokens end a sequence
+    cases = {"greedy": dict(temperature=0), "top-p": dict(temperature=0.8, top_p=0.9),
+             "eos": dict(temperature=1.0, eos_ids=stops, pad_id=tok.pad_token_id)}
+    for (name, case), off in ((c, off) for c in cases.items() for off in (False, True)):
+        with M.lora_disabled(m) if off else contextlib.nullcontext():      # adapters on, then off
+            ids, mask, logp = zip(*(grpo.sample(m, inputs, 3, 20, suppress_ids=sup, decoder=d, **case,
+                                                generator=torch.Generator().manual_seed(2))
+                                    for d in ("plain", "static")))
+            teacher = grpo.token_logprobs(m, inputs, ids[1], mask[1])
+        assert torch.equal(ids[0], ids[1]) and torch.equal(mask[0], mask[1]), (name, off)
+        assert torch.allclose(logp[0], logp[1], atol=1e-5) and torch.allclose(logp[1], teacher, atol=1e-5)
+        if off:                                                         # control: the adapters do change the model
+            assert not torch.allclose(logp[1], logp_on, atol=1e-3), name
+        logp_on = logp[1]
+        if name == "eos":                       # every sequence ended before CHECK_EVERY tokens, not all at once:
+            T = ids[1].shape[1]                 # the static loop ran on to step CHECK_EVERY - 1, then trimmed
+            assert T < grpo.CHECK_EVERY and mask[1].all(1).sum() < len(mask[1]) and mask[1][:, -1].any()
+            assert (ids[1][mask[1] == 0] == tok.pad_token_id).all()
+    assert all(torch.equal(weights[k], v) for k, v in m.state_dict().items())    # bit-equal, nothing written
+    assert all(mod.sampling is None for mod in M.lora_modules(m))               # the sampling copies are gone
+    if torch.cuda.is_available():               # on a GPU, the captured graph too: plain's tokens and log-probs
+        mc, inputs_c = m.to("cuda"), M.to_device(inputs, "cuda", torch.float32)
+        for case in cases.values():
+            ids, mask, logp = zip(*(grpo.sample(mc, inputs_c, 3, 20, suppress_ids=sup, decoder=d, **case,
+                                                generator=torch.Generator("cuda").manual_seed(2))
+                                    for d in ("plain", "graph")))
+            assert torch.equal(ids[0], ids[1]) and torch.equal(mask[0], mask[1]), case
+            assert torch.allclose(logp[0], logp[1], atol=1e-4)
+        m = mc.to("cpu")
+    # bf16 weights, with and without bf16 autocast: log-probs of its own tokens within bf16 rounding
+    m16, _ = _tiny(torch.bfloat16)
+    for auto in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=auto):
+            ids, mask, logp = grpo.sample(m16, inputs, 3, 12, suppress_ids=sup, decoder="static",
+                                          generator=torch.Generator().manual_seed(0))
+            assert (logp - grpo.token_logprobs(m16, inputs, ids, mask)).abs().max() < 0.03
+    # where the static decoders cannot run: auto picks plain, asking for them is an error; graph needs CUDA
+    assert grpo.rollout_decoder(m) == "plain" and grpo.rollout_decoder(m, "static") == "static"
+    _raises(ValueError, grpo.rollout_decoder, m, "graph", contains=("CUDA",))
+    with torch.autocast("cpu", dtype=torch.bfloat16):                   # float32 weights under bf16 autocast
+        _raises(ValueError, grpo.sample, m, inputs, 2, 4, decoder="static", contains=("autocast", "'plain'"))
+    # pick_tokens draws what torch.multinomial draws from the same generator state
+    logits, banned = torch.randn(5, 40, generator=torch.Generator().manual_seed(0)), torch.tensor([3, 4])
+    probs = logits.index_fill(1, banned, float("-inf")).softmax(-1)     # (5, 40)
+    g, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    for _ in range(10):
+        assert torch.equal(grpo.pick_tokens(logits, 1.0, 1.0, banned, g), torch.multinomial(probs, 1, generator=g2)[:, 0])
+
+
+def _host_reads():
+    """A dispatch mode counting (in .n) the ops that read a tensor's value back to the host (.item(), bool(),
+    int(), .tolist()): on a GPU each one waits for the device, and a CUDA graph cannot hold one."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class HostReads(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += func is torch.ops.aten._local_scalar_dense.default
+            return func(*args, **(kwargs or {}))
+    return HostReads()
+
+
+def test_static_decoder_reads_the_device_once_per_check_not_per_token():
+    m, tok, inputs, sup = _tiny_inputs()
+    M.add_lora(m, rank=4, alpha=8)
+    reads = {}
+    for decoder, n in ((d, n) for d in ("plain", "static") for n in (8, 24)):
+        with _host_reads() as r:
+            grpo.sample(m, inputs, 2, n, temperature=0.7, top_p=0.9, eos_ids=[5], suppress_ids=sup, decoder=decoder,
+                        generator=torch.Generator().manual_seed(0))
+        reads[decoder, n] = r.n
+    # 16 more tokens: static asks "all ended?" once per CHECK_EVERY tokens (once more, after token 16) and nothing
+    # else reads the device; the plain loop reads at least once per token (its end check, transformers' mask)
+    checks = 24 // grpo.CHECK_EVERY - 8 // grpo.CHECK_EVERY
+    assert reads["static", 24] - reads["static", 8] == checks < 16, reads
+    assert reads["plain", 24] - reads["plain", 8] >= 16, reads
+
+
 # ------------------------------------------------------------------------------------- LoRA, checkpointing, bf16
 
 def _logits(m, inputs):
