@@ -126,6 +126,16 @@ def sample_indices(times, num_frames=16, fps=None, window=None):
     return window[np.round(np.linspace(0, len(window) - 1, n)).astype(np.int64)]   # (F,)
 
 
+def _av_open(path):
+    """av.open(path) for reading, whatever the text encoding of its metadata: PyAV 18 decodes metadata strictly
+    unless given metadata_errors="ignore" (a Latin-1 title failed the read); PyAV 19 dropped that argument and
+    decodes with surrogateescape, which never fails."""
+    try:
+        return av.open(path, metadata_errors="ignore")
+    except TypeError:                                                    # PyAV >= 19: no such argument
+        return av.open(path)
+
+
 def _open_video(path):
     """av container and its first video stream, or a VideoError / FileNotFoundError naming the cause."""
     path = os.fspath(path)
@@ -138,7 +148,7 @@ def _open_video(path):
     if os.path.getsize(path) == 0:
         raise VideoError(f"{path}: empty file (0 bytes)")
     try:
-        container = av.open(path, metadata_errors="ignore")
+        container = _av_open(path)
     except av.error.FFmpegError as e:
         raise VideoError(f"{path}: not a readable video (not a video, or truncated before its index): "
                          f"{e.strerror or e}") from None
@@ -195,11 +205,11 @@ def _frames_from(container, vs, start_pts=None):
 def _to_rgb(frame, path):
     """(H, W, 3) uint8 in display orientation: the display matrix's rotation applied, a mirror refused."""
     img = frame.to_ndarray(format="rgb24")                               # (H, W, 3)
-    for sd in frame.side_data:
-        if str(sd.type).endswith("DISPLAYMATRIX"):
-            m = np.frombuffer(bytes(sd), dtype=np.int32).astype(np.int64)  # 3x3, 16.16 fixed point
-            if m[0] * m[4] - m[1] * m[3] < 0:                            # negative determinant: a mirror
-                raise VideoError(f"{path}: mirrored display matrix (flip metadata) is not supported")
+    sd = frame.side_data.get("DISPLAYMATRIX")                            # by name: PyAV 18 and 19 (19's is a mapping)
+    if sd is not None:
+        m = np.frombuffer(bytes(sd), dtype=np.int32).astype(np.int64)    # 3x3, 16.16 fixed point
+        if m[0] * m[4] - m[1] * m[3] < 0:                                # negative determinant: a mirror
+            raise VideoError(f"{path}: mirrored display matrix (flip metadata) is not supported")
     rot = frame.rotation
     if rot:
         img = np.ascontiguousarray(np.rot90(img, k=int(round(rot / 90.0)) % 4))  # counter-clockwise
@@ -269,7 +279,7 @@ def read_clip(path, num_frames=16, fps=None, start=None, end=None):
     container, vs = _open_video(path)
     try:
         pts, key, truncated = _packet_index(container, vs, path)
-        tb = float(vs.time_base)
+        tb, listed = float(vs.time_base), vs.frames or "?"                # PyAV 19 refuses vs.* once closed
         times = pts * tb                                                 # (N,) seconds, true presentation times
         window = window_of(times, start, end, path)                      # (M,)
         idx = sample_indices(times, num_frames, fps, window)             # (F,)
@@ -283,7 +293,7 @@ def read_clip(path, num_frames=16, fps=None, start=None, end=None):
     if truncated:
         if len(keep) < 2:
             raise VideoError(f"{path}: truncated or damaged, only {len(keep)} of the wanted frames decode")
-        warnings.warn(f"{path}: truncated or damaged ({len(pts)} of {vs.frames or '?'} frames readable); "
+        warnings.warn(f"{path}: truncated or damaged ({len(pts)} of {listed} frames readable); "
                       f"returning {len(keep)} frames of the readable part", stacklevel=2)
     shapes = {got[i].shape for i in keep}
     if len(shapes) > 1:

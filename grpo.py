@@ -23,16 +23,27 @@ does, so a bf16 outlier token cannot produce an inf.
 Letters used in shape comments: B prompts, G completions per prompt, N = B*G sequences,
 T completion tokens (padded), P prompt tokens, V vocabulary.
 
+Sampling (sample): the plain loop is the reference (the model's own forward per token); on a GPU the rollout
+runs a static KV cache whose one-token step is captured once as a CUDA graph (decode_step, cuda_graph), with
+the adapters in bf16 and no wait for the device per token: the same tokens and log-probs, up to rounding.
+
 Run: `python grpo.py` prints a worked example of the loss; `python grpo.py bench` times the sampler against
-`model.generate` and one update in fp32 vs bf16.
+`model.generate` and one update in fp32 vs bf16; `python grpo.py bench_rollout` prints ms per decode step of
+the decoders and `model.generate`, LoRA on and off, against the memory-bandwidth floor (the 7B shape on a GPU).
 """
+import contextlib
+import functools
 import sys
 import tempfile
 import time
+import warnings
 
 import numpy as np
 import torch
 import torch.utils.checkpoint
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+SDPA_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]   # decode_step's attention kernels
 
 
 def group_advantages(rewards, G, scale=True, eps=1e-4):
@@ -164,7 +175,10 @@ def prompt_embeds(model, prompt_inputs):
 
 def pick_tokens(logits, temperature, top_p, suppress, generator):
     """Next token from logits (N, V): greedy when temperature == 0, else softmax(logits / temperature)
-    restricted to the smallest top-p nucleus. Suppressed ids get -inf first (never chosen)."""
+    restricted to the smallest top-p nucleus. Suppressed ids get -inf first (never chosen).
+
+    The draw is torch.multinomial(probs, 1)'s own algorithm, argmax(probs / q) with q ~ Exp(1) from `generator`
+    (the same tokens from the same generator state), without its two validity checks that wait for the device."""
     logits = logits.float()
     if suppress is not None:
         logits = logits.index_fill(1, suppress, float("-inf"))
@@ -177,18 +191,33 @@ def pick_tokens(logits, temperature, top_p, suppress, generator):
         drop = probs.cumsum(-1) - probs >= top_p                                   # the nucleus already has p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))             # the top token always stays
         logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)  # (N,)
+    probs = logits.softmax(-1)                                                     # (N, V)
+    q = torch.empty_like(probs).exponential_(generator=generator)                  # (N, V) ~ Exp(1)
+    return (probs / q).argmax(-1)                                                  # (N,)
+
+
+DECODERS = ("auto", "plain", "static", "graph")
+CHECK_EVERY = 16            # the static decoders ask "has every sequence ended?" once per this many tokens
 
 
 @torch.no_grad()
 def sample(model, prompt_inputs, G, max_new_tokens, temperature=1.0, top_p=1.0, eos_ids=(), suppress_ids=(),
-           generator=None, pad_id=None):
+           generator=None, pad_id=None, decoder="auto"):
     """G completions per prompt with a KV cache: prefill each prompt (video included) ONCE, repeat its cache
     G times (rows i*G .. i*G+G-1 belong to prompt i), then one token per step for all N = B*G sequences.
 
     prompt_inputs: make_inputs(...) of B left-padded prompts. temperature 0 = greedy. A sequence stops at its
     first token in eos_ids (that token is kept and masked 1); later positions hold pad_id with mask 0.
     suppress_ids (e.g. the vision placeholder tokens) are never sampled.
+    decoder: how each step runs (the same tokens and log-probs either way, up to floating-point rounding):
+      "plain"  the reference: the model's own forward per token on its growing DynamicCache, every sequence's
+               end checked after each token;
+      "static" decode_step on a preallocated cache (StaticKV), adapters in the weights' dtype (lora_sampling),
+               the end checked every CHECK_EVERY tokens (after the last sequence ends it may draw up to
+               CHECK_EVERY - 1 more times from `generator`, whose state then differs from plain's);
+      "graph"  static, its step captured once as a CUDA graph and replayed (CUDA only);
+      "auto"   rollout_decoder's choice: graph on a CUDA model the static decoders can run, else plain (a graph
+               that fails to capture falls back to static, with a warning).
     Returns completion_ids (N, T) long, mask (N, T) long, logp (N, T) float32 where
       logp[n, t] = log softmax(logits)[token] of the RAW model (temperature 1, no top-p, no suppression),
     i.e. log pi_theta(o_t | q, o_<t), exactly what token_logprobs() computes by teacher forcing; it is NOT
@@ -196,17 +225,52 @@ def sample(model, prompt_inputs, G, max_new_tokens, temperature=1.0, top_p=1.0, 
     """
     if max_new_tokens < 1:
         raise ValueError(f"grpo.sample: max_new_tokens must be >= 1, got {max_new_tokens}")
+    import model as M
+    chosen = rollout_decoder(model, decoder)
     was_training = model.training
     model.eval()                                                           # no LoRA dropout while sampling
     try:
-        return _sample(model, prompt_inputs, G, max_new_tokens, temperature, top_p, eos_ids, suppress_ids,
-                       generator, pad_id)
+        with M.lora_sampling(model) if chosen != "plain" else contextlib.nullcontext():
+            return _sample(model, prompt_inputs, G, max_new_tokens, temperature, top_p, eos_ids, suppress_ids,
+                           generator, pad_id, chosen, fallback=decoder == "auto")
     finally:
         model.train(was_training)
 
 
-def _sample(model, prompt_inputs, G, max_new_tokens, temperature, top_p, eos_ids, suppress_ids, generator, pad_id):
-    """The decoding loop of sample() (model already in eval mode, no grad)."""
+def rollout_decoder(model, decoder="auto"):
+    """The decoder sample() runs for `decoder` (DECODERS): "auto" is "graph" on a CUDA model that the static
+    decoders can run (static_problem) and "plain" otherwise; asking for "static" or "graph" where they cannot run
+    raises ValueError."""
+    if decoder not in DECODERS:
+        raise ValueError(f"grpo.sample: decoder must be one of {DECODERS}, got {decoder!r}")
+    problem = static_problem(model)
+    if decoder == "auto":
+        return "graph" if problem is None and model.lm_head.weight.is_cuda else "plain"
+    if decoder != "plain" and problem:
+        raise ValueError(f"grpo.sample: decoder {decoder!r} cannot run {problem}; use 'plain'")
+    if decoder == "graph" and not model.lm_head.weight.is_cuda:
+        raise ValueError("grpo.sample: decoder 'graph' needs a model on CUDA (CUDA graphs); 'static' runs anywhere")
+    return decoder
+
+
+def static_problem(model):
+    """Why the static decoders cannot run `model` now, or None. They need an unsharded model whose text attention
+    is SDPA without a sliding window (the boolean key mask of decode_step), computing in its weights' dtype
+    (autocast off, or to that same dtype: decode_step turns autocast off)."""
+    if _sharded(model):
+        return "an FSDP-sharded model (each of its forwards is a collective)"
+    tc = model.config.text_config
+    if tc._attn_implementation != "sdpa" or getattr(tc, "use_sliding_window", False):
+        return f"attention {tc._attn_implementation!r} (sliding window {getattr(tc, 'use_sliding_window', False)})"
+    dtype, kind = model.lm_head.weight.dtype, model.lm_head.weight.device.type
+    if torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) != dtype:
+        return f"{dtype} weights under {torch.get_autocast_dtype(kind)} autocast"
+    return None
+
+
+def _sample(model, prompt_inputs, G, max_new_tokens, temperature, top_p, eos_ids, suppress_ids, generator, pad_id,
+            decoder, fallback):
+    """The decoding loop of sample() (model already in eval mode, no grad): prefill, then `decoder`'s step."""
     device = prompt_inputs["input_ids"].device
     if pad_id is None:
         pad_id = model.generation_config.pad_token_id
@@ -215,11 +279,12 @@ def _sample(model, prompt_inputs, G, max_new_tokens, temperature, top_p, eos_ids
     pos, next_pos = prompt_positions(model, prompt_inputs)                 # (3, B, P), (B,)
     out = model(inputs_embeds=prompt_embeds(model, prompt_inputs), attention_mask=attn, position_ids=pos,
                 use_cache=True, logits_to_keep=1)                          # prefill B prompts once
-    cache = out.cache
-    cache.batch_repeat_interleave(G)                                       # (B, ...) -> (N, ...)
     logits = out.logits[:, -1].repeat_interleave(G, 0)                     # (N, V)
     attn = attn.repeat_interleave(G, 0)                                    # (N, P)
     next_pos = next_pos.repeat_interleave(G, 0)                            # (N,)
+    step = decoder_step(model, out.cache, G, attn, next_pos, max_new_tokens, decoder, fallback)
+    every = 1 if decoder == "plain" else CHECK_EVERY
+    del out
     N = logits.shape[0]
     eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     suppress = torch.tensor(sorted(set(suppress_ids)), dtype=torch.long, device=device) if suppress_ids else None
@@ -233,15 +298,13 @@ def _sample(model, prompt_inputs, G, max_new_tokens, temperature, top_p, eos_ids
         ids.append(tok)
         masks.append(~done)
         done = done | torch.isin(tok, eos)
-        if _all_done(done, sync) or t == max_new_tokens - 1:
+        if ((t + 1) % every == 0 and _all_done(done, sync)) or t == max_new_tokens - 1:
             break
-        attn = torch.cat([attn, attn.new_ones(N, 1)], 1)                   # (N, P + t + 1)
-        step_pos = (next_pos + t).view(1, N, 1).expand(3, N, 1)            # (3, N, 1) text: same on all axes
-        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=step_pos, cache=cache, use_cache=True)
-        cache, logits = out.cache, out.logits[:, -1]                       # (N, V)
-    mask = torch.stack(masks, 1).long()                                    # (N, T)
+        logits = step(tok, t)                                              # (N, V)
+    mask = torch.stack(masks, 1).long()                                    # (N, T + steps past the last end)
+    T = int(mask.sum(1).max())                                             # the step where every sequence had ended
     logp = torch.where(mask.bool(), torch.stack(logps, 1), 0.0)            # (N, T)
-    return torch.stack(ids, 1), mask, logp
+    return torch.stack(ids, 1)[:, :T], mask[:, :T], logp[:, :T]
 
 
 def _sharded(model):
@@ -260,6 +323,137 @@ def _all_done(done, sync):
     flag = done.all().to(torch.int32).reshape(1)
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
     return bool(flag)
+
+
+def decoder_step(model, cache, G, attn, next_pos, max_new_tokens, decoder, fallback):
+    """`decoder`'s step(tok, t) -> logits (N, V) of the token after token t of every sequence, from the
+    prefill's DynamicCache `cache` of B prompts; attn (N, P) prompt mask, next_pos (N,) first completion position.
+    With fallback, a graph that cannot be captured gives the static step instead, with a warning."""
+    if decoder == "plain":
+        cache.batch_repeat_interleave(G)                                   # (B, ...) -> (N, ...)
+        return plain_step(model, cache, attn, next_pos)
+    try:
+        return static_step(model, cache, G, attn, next_pos, max_new_tokens, graph=decoder == "graph")
+    except GraphCaptureError as e:
+        if not fallback:
+            raise
+        warnings.warn(f"{e}; sampling with the static decoder, without a graph")
+        return static_step(model, cache, G, attn, next_pos, max_new_tokens, graph=False)
+
+
+def plain_step(model, cache, attn, next_pos):
+    """The reference decoder's step(tok, t) -> logits (N, V): the model's own forward on token t of every
+    sequence (tok (N,)), its DynamicCache `cache` growing by one column. attn (N, P) prompt mask, next_pos (N,)."""
+    N = attn.shape[0]
+
+    def step(tok, t):
+        step_attn = torch.cat([attn, attn.new_ones(N, t + 1)], 1)          # (N, P + t + 1)
+        step_pos = (next_pos + t).view(1, N, 1).expand(3, N, 1)            # (3, N, 1) text: same on all axes
+        out = model(input_ids=tok[:, None], attention_mask=step_attn, position_ids=step_pos, cache=cache,
+                    use_cache=True)
+        return out.logits[:, -1]                                           # (N, V)
+    return step
+
+
+# The fast decoders: a preallocated KV cache, one decode step with fixed shapes, captured once as a CUDA graph.
+# Per token, the plain loop runs the model's Python (mask building, a growing cache), launches every kernel one by
+# one and waits for the device; on a GPU that overhead, not arithmetic, is most of a step.
+
+
+class StaticKV:
+    """A preallocated KV cache in the shape of transformers' Cache protocol (update()), which the model's attention
+    layers write into: per layer, keys and values (N, Hkv, L, D). Columns 0..P-1 hold the prefill's B prompts,
+    each repeated for its G rows; update() writes one token per sequence at column `slot`, a (1,) tensor (a
+    captured graph reads it from memory), and returns every column: decode_step's key mask hides the unwritten."""
+
+    def __init__(self, cache, G, length):
+        self.length = -(-length // 64) * 64                    # L: rounded up to 64, aligned rows for attention
+        self.layers = [(_repeated(layer.keys, G, self.length), _repeated(layer.values, G, self.length))
+                       for layer in cache.layers]
+        keys = cache.layers[0].keys                            # (B, Hkv, P, D)
+        self.slot = torch.full((1,), keys.shape[2], dtype=torch.long, device=keys.device)
+
+    def update(self, keys, values, layer_idx, *args, **kwargs):
+        """keys / values (N, Hkv, 1, D) of one token per sequence into column slot; the layer's (N, Hkv, L, D)."""
+        k, v = self.layers[layer_idx]
+        k.index_copy_(2, self.slot, keys)
+        v.index_copy_(2, self.slot, values)
+        return k, v
+
+
+def _repeated(x, G, length):
+    """Prompt keys or values (B, H, P, D) -> (B*G, H, length, D): each prompt's rows G times, zeros after P."""
+    B, H, P, D = x.shape
+    out = x.new_zeros(B, G, H, length, D)
+    out[:, :, :, :P] = x.unsqueeze(1)
+    return out.view(B * G, H, length, D)
+
+
+def decode_step(model, kv, tok, pos, key_mask):
+    """Logits (N, V) of the token after tok (N,), at text position pos (N,), through the model's own embedding,
+    rotary embedding, decoder layers, norm and head; the layers' keys and values go to StaticKV kv (column
+    kv.slot), attention sees the columns where key_mask (N, L) is True. The same work at every call: nothing waits
+    for the device or changes shape, so it can be captured once as a CUDA graph (cuda_graph). Autocast is off (a
+    graph must not keep autocast's cast cache): it computes in the weights' dtype (static_problem), the attention
+    on the two SDPA kernels that take a boolean mask and capture (memory-efficient, or math)."""
+    lm = model.model.language_model
+    with torch.autocast(tok.device.type, enabled=False), sdpa_kernel(SDPA_BACKENDS):
+        h = lm.embed_tokens(tok[:, None])                                  # (N, 1, H)
+        rope = lm.rotary_emb(h, pos.view(1, -1, 1).expand(3, -1, 1))       # cos, sin (N, 1, D): text, 3 axes equal
+        mask = key_mask[:, None, None]                                     # (N, 1, 1, L)
+        for layer in lm.layers:
+            h = layer(h, attention_mask=mask, position_embeddings=rope, cache=kv)   # (N, 1, H)
+        return model.lm_head(lm.norm(h))[:, 0]                              # (N, V)
+
+
+def static_step(model, cache, G, attn, next_pos, max_new_tokens, graph):
+    """The static decoders' step(tok, t) -> logits (N, V): decode_step on a StaticKV of P + max_new_tokens columns
+    (the prompts' keys and values from the prefill's DynamicCache `cache`), its inputs copied into fixed buffers
+    first. With graph, decode_step is captured once here (cuda_graph) and each step replays it; the warm-up
+    and capture write only column P, which step 0 writes again before reading it. attn (N, P), next_pos (N,)."""
+    N, P = attn.shape
+    kv = StaticKV(cache, G, P + max_new_tokens)
+    key_mask = torch.zeros(N, kv.length, dtype=torch.bool, device=attn.device)   # (N, L)
+    key_mask[:, :P] = attn.bool()
+    tok_in, pos_in = torch.zeros_like(next_pos), next_pos.clone()              # (N,), (N,)
+    run = functools.partial(decode_step, model, kv, tok_in, pos_in, key_mask)
+    if graph and max_new_tokens > 1:                                           # one token never steps
+        run = cuda_graph(run)
+
+    def step(tok, t):
+        tok_in.copy_(tok)
+        torch.add(next_pos, t, out=pos_in)                                     # token t's position
+        kv.slot.fill_(P + t)                                                   # ... and its column
+        key_mask[:, P + t] = True
+        return run()
+    return step
+
+
+class GraphCaptureError(RuntimeError):
+    """A step could not be captured as a CUDA graph (sample's "auto" then decodes without one)."""
+
+
+def cuda_graph(fn, warmup=3):
+    """fn() captured once as a CUDA graph, as PyTorch's CUDA-graph notes prescribe: `warmup` calls on a side stream,
+    then the capture. fn takes no arguments and reads and writes only tensors that stay where they are. Returns
+    replay() -> fn's output tensor, rewritten in place by every replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            out = fn()
+    except RuntimeError as e:
+        raise GraphCaptureError(f"grpo.cuda_graph: the decode step could not be captured ({e})") from e
+
+    def replay():
+        graph.replay()
+        return out
+    return replay
 
 
 def _chunk_logprobs(lm_head, hidden, ids):
@@ -325,9 +519,7 @@ def bench(G=8, lengths=(64, 256), frames=16, size=56, repeats=5):
             t_ours = min(t_ours, time.perf_counter() - t0)
             n_ours = int(mask.sum())
             t0 = time.perf_counter()
-            out = m.generate(**inputs, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=T,
-                             min_new_tokens=T, num_return_sequences=G, suppress_tokens=suppress,
-                             pad_token_id=tok.pad_token_id)
+            out = generate_all(m, inputs, G, T, suppress, tok.pad_token_id)
             t_gen = min(t_gen, time.perf_counter() - t0)
             n_gen = (out.shape[1] - inputs["input_ids"].shape[1]) * G
         print(f"T={T:4d}: sample {n_ours / t_ours:8.0f} tok/s ({t_ours:.3f} s)   generate {n_gen / t_gen:8.0f} tok/s "
@@ -344,6 +536,155 @@ def bench(G=8, lengths=(64, 256), frames=16, size=56, repeats=5):
             m.zero_grad(set_to_none=True)
             best = min(best, time.perf_counter() - t0)
         print(f"update (token_logprobs forward + backward, {G} x 128 tokens) {name}: {best * 1000:.0f} ms")
+
+
+def generate_all(model, inputs, G, T, suppress, pad_id):
+    """model.generate with the benchmarks' settings: G completions per prompt of exactly T tokens (min_new_tokens,
+    no early end), temperature 1, no top-k / top-p, the ids `suppress` never sampled."""
+    return model.generate(**inputs, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=T,
+                          min_new_tokens=T, num_return_sequences=G, suppress_tokens=suppress, pad_token_id=pad_id)
+
+
+def _timed(fn, device):
+    """Seconds that fn() takes, with the work it queued on the device."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def copy_bandwidth(device, nbytes):
+    """Bytes per second of one large copy on `device` (each byte read once and written once), best of 5."""
+    src = torch.ones(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    return 2 * nbytes / min(_timed(lambda: dst.copy_(src), device) for _ in range(5))
+
+
+def lm_weight_bytes(model):
+    """(bytes of weights, bytes of LoRA adapters) that one decode step reads at least: the language model's decoder
+    layers, final norm and head, not the embedding table (one row per token); adapters in the weights' dtype, as
+    the static decoders read them (lora_sampling)."""
+    lm, size = model.model.language_model, model.lm_head.weight.element_size()
+    table = {id(p) for p in lm.embed_tokens.parameters()}
+    weights = adapters = 0
+    for name, p in list(lm.named_parameters()) + list(model.lm_head.named_parameters()):
+        if ".lora_" in name:
+            adapters += p.numel() * size
+        elif id(p) not in table:
+            weights += p.numel() * p.element_size()
+    return weights, adapters
+
+
+def bench_rollout(argv=()):
+    """ms per decode step of sample()'s decoders and of model.generate, LoRA on and off, against the floor: the
+    language model's weights read once per step at the bandwidth of a large copy measured in the same run.
+
+    Defaults on CUDA: random weights with Qwen2.5-VL-7B's shapes built on the GPU (model.random_model), LoRA r=64
+    (B random, so that a wrong adapter path shows), bf16, G=8, 16 frames at 128x28x28 (1136 prompt tokens), 128
+    new tokens, no EOS. On a CPU: the tiny shape in float32, LoRA r=8, 64 new tokens. Then check_decoders."""
+    import argparse
+    import transformers
+    import model as M
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(prog="python grpo.py bench_rollout", description=bench_rollout.__doc__.split(":")[0])
+    p.add_argument("--shape", default="7b" if cuda else "tiny", choices=["7b", "tiny"])
+    p.add_argument("--G", type=int, default=8)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--new_tokens", type=int, default=128 if cuda else 64)
+    p.add_argument("--lora_rank", type=int, default=64 if cuda else 8)
+    p.add_argument("--decoders", default="plain,static,graph" if cuda else "plain,static",
+                   help="sample() decoders to time, comma-separated (model.generate is always timed)")
+    a = p.parse_args(list(argv))
+    device = torch.device("cuda" if cuda else "cpu")
+    dtype = M.best_dtype(device)
+    t0 = time.perf_counter()
+    tok = M.train_tokenizer(M.demo_texts())
+    if a.shape == "7b":
+        config, pixels = M.qwen25_vl_7b_config(tokenizer=tok), (16 * 28 * 28, M.TRAIN_MAX_PIXELS)
+    else:
+        config, pixels = M.tiny_config(tok), (M.TINY_MIN_PIXELS, M.TINY_MAX_PIXELS)
+    model = M.random_model(config, device, dtype, a.lora_rank).eval()
+    with torch.no_grad():
+        for mod in M.lora_modules(model):
+            mod.lora_B.normal_(0.0, 0.02)
+    inputs = M.video_prompt(tok, config, a.frames, *pixels, device, dtype)
+    eos, suppress = M.special_ids(tok)
+    where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{a.shape} shape, random weights, {M.count_params(model) / 1e6:,.1f}M params, LoRA r={a.lora_rank}, "
+          f"{dtype}, {where}; G={a.G}, prompt {inputs['input_ids'].shape[1]} tokens ({a.frames} frames), "
+          f"{a.new_tokens} new tokens; torch {torch.__version__}, transformers {transformers.__version__}; built in "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+
+    @torch.no_grad()
+    def run(name, n):                          # n new tokens per sequence from `name` (a decoder or "generate")
+        with autocast:
+            if name == "generate":
+                return generate_all(model, inputs, a.G, n, suppress, eos[0])
+            return sample(model, inputs, a.G, n, 1.0, 1.0, eos_ids=(), suppress_ids=suppress, pad_id=eos[0],
+                          generator=torch.Generator(device).manual_seed(0), decoder=name)
+
+    names = a.decoders.split(",")
+    ms = time_decoders(run, names + ["generate"], a.new_tokens, model, device)
+    bandwidth = copy_bandwidth(device, 2 * 1024 ** 3 if cuda else 256 * 1024 ** 2)
+    weights, adapters = lm_weight_bytes(model)
+    floor = {"on": (weights + adapters) / bandwidth * 1000, "off": weights / bandwidth * 1000}
+    print(f"floor: {weights / 1e6:,.1f} MB of language-model weights (+ {adapters / 1e6:,.1f} MB of adapters in "
+          f"{dtype}) read once per step at {bandwidth / 1e9:,.0f} GB/s (a large copy): {floor['on']:.2f} ms/step with "
+          f"LoRA, {floor['off']:.2f} without")
+    fast = next((ms[d, "on"] for d in ("graph", "static") if (d, "on") in ms), float("nan"))
+    print(f"rollout on one {'GPU' if cuda else 'CPU'} ({a.shape} shape, LoRA r={a.lora_rank}, G={a.G}): sample "
+          f"{fast:.1f} ms/step, generate {ms.get(('generate', 'on'), float('nan')):.1f} ms/step, floor "
+          f"{floor['on']:.2f} ms/step ({time.strftime('%Y-%m-%d')}, {where})", flush=True)
+    check_decoders(run, [d for d in names if (d, "on") in ms], model, inputs, autocast)
+
+
+def time_decoders(run, names, T, model, device):
+    """{(name, "on" | "off"): ms per decode step} of run(name, n) (n new tokens), LoRA on and off: (time for T
+    tokens - time for 2) / (T - 2), after one untimed call (first calls pay one-time costs); the prefill, the
+    vision tower and a graph's capture are in both and cancel. A name that fails with a RuntimeError (a graph
+    that cannot be captured, out of memory) is reported and skipped."""
+    import model as M
+    ms = {}
+    for lora in ("on", "off"):
+        for name in names:
+            with M.lora_disabled(model) if lora == "off" else contextlib.nullcontext():
+                try:
+                    run(name, 2)
+                    short, full = _timed(lambda: run(name, 2), device), _timed(lambda: run(name, T), device)
+                except RuntimeError as e:                           # GraphCaptureError included
+                    print(f"{name:9s} LoRA {lora:3s} failed, skipped: {type(e).__name__}: {e}", flush=True)
+                    continue
+            ms[name, lora] = (full - short) / (T - 2) * 1000
+            print(f"{name:9s} LoRA {lora:3s} {ms[name, lora]:8.2f} ms/step   ({T} tokens {full:6.2f} s, 2 tokens "
+                  f"{short:5.2f} s)", flush=True)
+    return ms
+
+
+def check_decoders(run, names, model, inputs, autocast, n=16):
+    """Print, for each fast decoder of names, the largest gap between its log-probs and token_logprobs' on its
+    own n tokens, and how long its tokens stay plain's from the same seed (rounding may part them after a
+    while; a wrong step parts them at once). A failure is reported, not raised."""
+    ref, _, ref_logp = run("plain", n) if "plain" in names else (None, None, None)
+    for name in [d for d in names if d != "plain"]:
+        try:
+            ids, mask, logp = run(name, n)                                          # (N, n)
+            with torch.no_grad(), autocast:
+                err = float((logp - token_logprobs(model, inputs, ids, mask).float()).abs().max())
+        except RuntimeError as e:
+            print(f"check {name} failed: {type(e).__name__}: {e}", flush=True)
+            continue
+        line = f"check {name}: max |logp - token_logprobs| {err:.3g}"
+        if ref is not None:
+            agree = (ids == ref).long().cumprod(1).sum(1)                           # (N,) tokens before a difference
+            gap = torch.where(agree[:, None] == n, logp - ref_logp, 0.0).abs().max()
+            line += (f"; the same {n} tokens as plain in {int((agree == n).sum())}/{len(agree)} sequences (mean "
+                     f"{float(agree.float().mean()):.1f} before a difference), max |logp - plain's| there "
+                     f"{float(gap):.3g}")
+        print(line, flush=True)
 
 
 def demo():
@@ -363,5 +704,7 @@ def demo():
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "bench":
         bench()
+    elif len(sys.argv) > 1 and sys.argv[1] == "bench_rollout":
+        bench_rollout(sys.argv[2:])
     else:
         demo()

@@ -12,14 +12,15 @@ torch alone (the official one needs torchvision; parity: fixtures/qwen_video_gol
 with second_per_grid_ts from the TRUE frame times (Video-R1 and verl drop it, and M-RoPE's time axis collapses);
 rope_positions, the 3-D M-RoPE positions as Qwen's reference code computes them; build_prompt / make_inputs (chat
 template, instruction, <|video_pad|> expanded, left padding); LoRA by hand (add_lora; lora_disabled: the KL
-reference is the base model with its adapters off, no second copy; merge_lora); estimate_memory and shape7b for
-the paper's 7B.
+reference is the base model with its adapters off, no second copy; lora_sampling: bf16 copies for the rollout;
+merge_lora); estimate_memory, and shape7b for the paper's 7B (random_model: a 7B-shaped model built on the GPU).
 
 Run: `python model.py [OUT_DIR]` builds a demo tiny model into OUT_DIR (default: a new temporary folder; train.py
 builds its own tiny_model/ fitted to its data) and prints its size and the 7B memory table for one 80 GB GPU;
 `python model.py shape7b [--layers 2 ...]` runs one GRPO step of the paper preset on a random model with the 7B's
 shapes, printing seconds and peak memory per stage; `python model.py --golden` remakes the golden fixture (in a
-side environment with torchvision). Everything is offline (HF_HUB_OFFLINE=1 is set here).
+side environment with torchvision). Everything is offline (HF_HUB_OFFLINE=1 is set here; transformers'
+Hub kernels are off: use_kernels=False).
 """
 import contextlib
 import functools
@@ -144,12 +145,19 @@ def vl_config(text, vision, ids):
                             vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
 
 
+def new_model(config):
+    """A random Qwen2.5-VL of `config` (default device and dtype) with transformers' Hub kernels off, as in load."""
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.use_kernels = False                                            # no Hub code in the training path: see load
+    return model
+
+
 def build_tiny(out_dir, texts, seed=0, **overrides):
     """Train the tokenizer on `texts`, build a random tiny Qwen2.5-VL, save both to out_dir. Returns out_dir."""
     tokenizer = train_tokenizer(texts, overrides.pop("vocab_size", TINY["vocab_size"]))
     config = tiny_config(tokenizer, **overrides)
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
+    model = new_model(config)
     im_end, eot = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
     model.generation_config = GenerationConfig(eos_token_id=[im_end, eot], pad_token_id=eot, bos_token_id=eot,
                                                do_sample=False)
@@ -175,7 +183,7 @@ def load(path, dtype=None, device=None):
             "Qwen2.5-VL-7B-Instruct must be copied there beforehand (nothing is downloaded here).")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or best_dtype(device)
-    # use_kernels=False: never swap in transformers' Hub kernels (downloaded code; offline it crashes on CUDA)
+    # use_kernels=False: else transformers >= 5 runs Hub-downloaded kernels in training (offline: a crash at .train())
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True,
                                                                use_kernels=False)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -458,7 +466,8 @@ def freeze_vision(model):
 
 class LoRALinear(nn.Module):
     """y = W x + b + (alpha / r) * B A dropout(x)  (Hu et al. 2021). A: (r, in) Kaiming, B: (out, r) zeros,
-    so a fresh adapter leaves the output unchanged. Adapters are float32 whatever the base dtype."""
+    so a fresh adapter leaves the output unchanged. Adapters are float32 whatever the base dtype; inside
+    lora_sampling they compute from copies in the base dtype instead."""
 
     def __init__(self, base: nn.Linear, rank, alpha, dropout=0.0):
         super().__init__()
@@ -468,11 +477,16 @@ class LoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.enabled = True
+        self.sampling = None          # (A, (alpha / r) B) in the base dtype inside lora_sampling, else None
 
     def forward(self, x):
         y = self.base(x)
         if not self.enabled:
             return y
+        if self.sampling is not None:                                  # no casts, no dropout, no gradient
+            A, scaled_B = self.sampling
+            a = F.linear(x, A).flatten(0, -2)                          # (n, r)
+            return torch.addmm(y.flatten(0, -2), a, scaled_B.t()).view_as(y)  # y + a (alpha/r) B^T, one kernel
         a = self.dropout(x).to(self.lora_A.dtype) @ self.lora_A.t()   # (..., r)
         return y + (a @ self.lora_B.t() * self.scale).to(y.dtype)     # (..., out)
 
@@ -517,6 +531,23 @@ def lora_disabled(model):
             m.enabled = s
 
 
+@contextlib.contextmanager
+def lora_sampling(model):
+    """Inside this block every adapter computes (alpha/r) B A x from copies in its base weight's dtype, made once
+    on entry: A and (alpha/r) B. The plain forward casts x and both float32 matrices on every call (under bf16
+    autocast, to the same bf16 values: alpha = 2r makes the scale a power of two, exact). For sampling only: the
+    copies carry no gradient and skip dropout. The float32 adapters are never written; the copies go on exit."""
+    mods = lora_modules(model)
+    for m in mods:
+        dtype = m.base.weight.dtype
+        m.sampling = (m.lora_A.detach().to(dtype), (m.lora_B.detach() * m.scale).to(dtype))  # (r, in), (out, r)
+    try:
+        yield model
+    finally:
+        for m in mods:
+            m.sampling = None
+
+
 @torch.no_grad()
 def merge_lora(model):
     """W <- W + (alpha/r) B A for every adapter, and put the plain nn.Linear back (for save_pretrained)."""
@@ -559,7 +590,7 @@ def qwen25_vl_7b_config(layers=28, vision_layers=32, tokenizer=None):
 def param_counts(config):
     """(total, vision, lm_per_layer_linear_shapes) of a config, counted on the meta device (no memory)."""
     with torch.device("meta"):
-        m = Qwen2_5_VLForConditionalGeneration(config)
+        m = new_model(config)
     total = sum(p.numel() for p in m.parameters())
     vision = sum(p.numel() for p in m.model.visual.parameters())
     shapes = [(mod.in_features, mod.out_features) for name, mod in m.model.language_model.named_modules()
@@ -645,6 +676,31 @@ def memory_table(config=None, G=8, prompt_len=1174, completion_len=768, vision_p
 # ---------------------------------------------------------------------------------------- 7B-shaped check
 
 
+def random_model(config, device, dtype, lora_rank, seed=0):
+    """A randomly initialised Qwen2.5-VL of `config`, built directly on `device` in `dtype` (a 7B-shaped model never
+    passes through the CPU or float32), with add_lora's adapters of rank lora_rank (alpha 2r; rank 0: none)."""
+    torch.manual_seed(seed)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = new_model(config)
+    finally:
+        torch.set_default_dtype(default)
+    return add_lora(model, lora_rank, 2.0 * lora_rank)
+
+
+def video_prompt(tok, config, frames, min_pixels, max_pixels, device, dtype):
+    """make_inputs of one question with a random video of `frames` 224x448 frames resized to the pixel budget, on
+    `device` (the 7B-shaped check's prompt: 16 frames at 128x28x28 give 1136 tokens)."""
+    h, w = smart_resize(224, 448, min_pixels=min_pixels, max_pixels=max_pixels)
+    video = np.random.default_rng(0).integers(0, 256, (frames, h, w, 3), dtype=np.uint8)
+    row = {"id": "shape7b", "question": "How far is the red cube from the blue ball?", "answer_type": "num",
+           "answer": 1.0}
+    inputs = make_inputs(tok, config, [row], [(video, np.arange(frames) / 2.0)], min_pixels, max_pixels)
+    return to_device(inputs, device, dtype)
+
+
 def shape7b(argv=()):
     """One GRPO step of the paper preset on a RANDOMLY initialised model with Qwen2.5-VL-7B's shapes (no weights
     needed): LoRA r=64, gradient checkpointing, bf16, G completions of one prompt with a video, every completion
@@ -652,7 +708,8 @@ def shape7b(argv=()):
     figure for the same shape and for the full 28-layer model. Defaults: the paper preset's sizes on CUDA; on a CPU
     the 7B's widths with 2 + 2 layers, 4 frames of 112x112, G=2, 16 tokens (every size is a flag). The step is
     train.py's (sample, group advantages, pi_ref, policy_loss, AdamW) written out with the paper's constants
-    (beta 0.04, lr 1e-6), so that it runs without data or a run folder."""
+    (beta 0.04, lr 1e-6), so that it runs without data or a run folder; sampling uses train.py's decoder (grpo.sample
+    "auto": the CUDA graph on a GPU), --decoder picks another."""
     import argparse
     import resource
     import time
@@ -669,6 +726,8 @@ def shape7b(argv=()):
     p.add_argument("--lora_rank", type=int, default=64)
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--decoder", default="auto", choices=grpo.DECODERS,
+                   help="grpo.sample's decoder (auto: a CUDA graph on a GPU, the plain loop on a CPU)")
     a = p.parse_args(list(argv))
     torch.set_num_threads(a.threads)
     device, dtype = torch.device(a.device), torch.bfloat16 if a.dtype == "bf16" else torch.float32
@@ -691,36 +750,24 @@ def shape7b(argv=()):
     t0 = time.time()
     tok = train_tokenizer(demo_texts())
     config = qwen25_vl_7b_config(a.layers, a.vision_layers, tok)
-    torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = Qwen2_5_VLForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(default)
-    add_lora(model, a.lora_rank, 2.0 * a.lora_rank)
+    model = random_model(config, device, dtype, a.lora_rank)
     set_checkpointing(model, True)
     print(f"Qwen2.5-VL-7B shapes, random weights: {a.layers}/28 decoder layers, {a.vision_layers}/32 vision blocks, "
           f"{count_params(model) / 1e9:.2f}B params ({count_params(model, True) / 1e6:.1f}M LoRA r={a.lora_rank}), "
           f"{device} {dtype}, G={a.G}, {a.frames} frames at <= {a.max_pixels} px, {a.max_new_tokens} new tokens")
     t0 = stage("build", t0)
     min_pixels = 16 * 28 * 28 if cuda else 56 * 56                # the paper preset's lower budget on CUDA
-    h, w = smart_resize(224, 448, min_pixels=min_pixels, max_pixels=a.max_pixels)
-    frames = np.random.default_rng(0).integers(0, 256, (a.frames, h, w, 3), dtype=np.uint8)
-    row = {"id": "shape7b", "question": "How far is the red cube from the blue ball?", "answer_type": "num",
-           "answer": 1.0}
-    inputs = make_inputs(tok, config, [row], [(frames, np.arange(a.frames) / 2.0)], min_pixels, a.max_pixels)
-    inputs = to_device(inputs, device, dtype)
+    inputs = video_prompt(tok, config, a.frames, min_pixels, a.max_pixels, device, dtype)
     P, patches = inputs["input_ids"].shape[1], inputs["pixel_values_videos"].shape[0]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
     eos, suppress = special_ids(tok)
     gen = torch.Generator(device).manual_seed(0)
     t0 = time.time()
     with torch.no_grad(), autocast:
+        decoder = grpo.rollout_decoder(model, a.decoder)       # auto's choice (a failed capture warns, then static)
         ids, mask, _ = grpo.sample(model, inputs, a.G, a.max_new_tokens, 1.0, 1.0, eos_ids=(), suppress_ids=suppress,
-                                   generator=gen, pad_id=eos[0])                         # (G, T)
-    t0 = stage(f"sample {a.G} x {ids.shape[1]} tokens", t0)
+                                   generator=gen, pad_id=eos[0], decoder=a.decoder)      # (G, T)
+    t0 = stage(f"sample {a.G} x {ids.shape[1]} tokens ({decoder})", t0)
     reward = torch.rand(a.G, generator=torch.Generator().manual_seed(0))                # (G,) stand-in rewards
     adv = grpo.group_advantages(reward, a.G).to(device)                                  # (G,)
     mask = mask.float()

@@ -2,8 +2,10 @@
 
 Run: `python test_all.py` (its own small runner: prints each failure, ends with `N passed, N failed`,
 exits non-zero on a failure; `python test_all.py NAME` runs the tests whose name contains NAME) or
-`pytest test_all.py`. Tests use tiny inputs worked out by hand, plus one end-to-end smoke run and
-one learning check; nothing downloads anything.
+`pytest test_all.py`. `python test_all.py --video` runs the video tests (names with "read_frames") with PyAV
+and numpy alone, without importing torch: .ci/run runs them again on Python 3.12+ with the newest PyAV.
+Tests use tiny inputs worked out by hand, plus one end-to-end smoke run and one learning check; nothing
+downloads anything.
 """
 import atexit
 import contextlib
@@ -23,17 +25,21 @@ import traceback
 import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+VIDEO_TESTS = "read_frames"                      # `--video` runs the tests whose name contains this
+VIDEO_ONLY = __name__ == "__main__" and sys.argv[1:] == ["--video"]
 
 import av
 import numpy as np
-import torch
 
 import data
 import eval as ev
 import graph
-import grpo
-import model as M
 import rewards
+if not VIDEO_ONLY:                               # the video tests need PyAV and numpy only (.ci/run: no torch there)
+    import torch
+
+    import grpo
+    import model as M
 
 
 def close(a, b, tol=1e-6):
@@ -413,10 +419,12 @@ def _stamped_video(path, n, fps=25, times=None, gop=None, noise=False, **kw):
     return path
 
 
-def _pyav_video(path, frames, rate=25, mirrored_rotation=None):
+def _pyav_video(path, frames, rate=25, mirrored_rotation=None, title=None):
     """64x48 H.264 written with PyAV directly, not data.write_video: the index at the end of an mp4 (no
-    faststart), optionally a mirrored display matrix; no frames -> a video stream that holds none."""
+    faststart), optionally a mirrored display matrix and a title; no frames -> a video stream that holds none."""
     with av.open(path, "w") as c:
+        if title:
+            c.metadata["title"] = title
         s = c.add_stream("libx264", rate=rate)
         s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
         if mirrored_rotation is not None:
@@ -577,6 +585,38 @@ def test_read_frames_truncated():
         tail = open(_pyav_video(os.path.join(d, "tail_index.mp4"), [_stamp(i) for i in range(50)]), "rb").read()
         cut = _file(os.path.join(d, "tail_cut.mp4"), tail[: len(tail) // 2])   # index at the end: cut -> unreadable
         _raises(data.VideoError, data.read_frames, cut, contains=(cut, "truncated"))
+
+
+def test_read_frames_metadata_not_utf8():
+    """A title in Latin-1, not UTF-8, as older tools write it: PyAV 18 fails the open unless told to ignore
+    metadata errors, PyAV 19 has no such argument and never fails (data._av_open serves both)."""
+    with tempfile.TemporaryDirectory() as d:
+        p = _pyav_video(os.path.join(d, "latin1.mp4"), [_stamp(i) for i in range(4)], title="Cafe du Monde")
+        blob = open(p, "rb").read()
+        assert blob.count(b"Cafe du Monde") == 1
+        _file(p, blob.replace(b"Cafe du Monde", b"Caf\xe9 du Monde"))       # e-acute in Latin-1: the same length
+        frames, _ = data.read_frames(p, 4)
+        assert np.array_equal(_unstamp(frames), [0, 1, 2, 3])
+
+
+def test_read_frames_of_rendered_scenes_plain_and_rotated():
+    """write -> read: a data set's videos (make_scene_files, as make_dataset writes them) read back as the rendered
+    frames at their times; written with a display rotation of 90 / 180 / 270 degrees, they read back turned
+    counter-clockwise (H.264 at qp 23: a mean error of ~3 of 255 here, a wrong orientation ~50)."""
+    with tempfile.TemporaryDirectory() as d:
+        os.makedirs(os.path.join(d, "videos"))
+        for i in range(2):
+            job = (d, i, 0, 4, (2, 3), data.CLIP_SIZE, data.CLIP_FRAMES, data.CLIP_FPS)
+            scene, _, clip = data.make_scene_files(job)                  # clip (F, H, W, 3): the rendered frames
+            frames, times = data.read_frames(os.path.join(d, "videos", f"{i:06d}.mp4"), data.CLIP_FRAMES)
+            assert frames.shape == clip.shape and np.abs(frames.astype(int) - clip).mean() < 6, i
+            assert np.allclose(times, data.frame_times(scene), atol=1e-3)
+        for deg in (90, 180, 270):
+            p = os.path.join(d, f"rot{deg}.mp4")
+            data.write_video(p, clip, data.CLIP_FPS, rotation=deg)
+            frames, _ = data.read_frames(p, data.CLIP_FRAMES)
+            turned = np.rot90(clip, deg // 90, axes=(1, 2))              # (F, W, H, 3) at 90 and 270
+            assert frames.shape == turned.shape and np.abs(frames.astype(int) - turned).mean() < 6, deg
 
 
 # ---------------------------------------------------------------------------- scenes, rendering, questions
@@ -865,9 +905,9 @@ def _tiny_dir():
     return M.build_tiny(os.path.join(_tmp(), "tiny"), M.demo_texts())
 
 
-def _tiny(dtype=torch.float32):
+def _tiny(dtype=None):
     torch.manual_seed(0)
-    m, tok = M.load(_tiny_dir(), dtype=dtype, device="cpu")
+    m, tok = M.load(_tiny_dir(), dtype=dtype or torch.float32, device="cpu")
     return m.eval(), tok
 
 
@@ -919,6 +959,17 @@ def test_tiny_builds_offline_and_save_load_gives_equal_logits():
             b = m2.eval()(**inputs).logits
     assert torch.equal(a, b)
     assert tok2(text, add_special_tokens=False)["input_ids"] == ids
+
+
+def test_hub_kernels_off_after_load_train_and_build():
+    """transformers >= 5 would kernelize a loaded model from the Hub (use_kernels defaults to True; on CUDA the
+    first .train() downloads kernels-community code, offline a crash): every model the repo makes opts out."""
+    m, _ = _tiny()
+    assert m.use_kernels is False
+    assert m.train().use_kernels is False and m.eval().use_kernels is False
+    with torch.device("meta"):
+        built = M.new_model(m.config)                                    # build_tiny, param_counts, shape7b
+    assert built.train().use_kernels is False
 
 
 def test_prompt_and_inputs_layout():
@@ -1067,6 +1118,92 @@ def test_sampled_logprobs_equal_token_logprobs_and_suppressed_ids_never_sampled(
             assert not torch.isin(ids, torch.tensor(sup)).any()
     finally:
         h.remove()
+
+
+def test_static_decoder_gives_plain_tokens_logprobs_and_ends_and_leaves_the_weights():
+    m, tok, inputs, sup = _tiny_inputs()                                 # 2 prompts of different lengths
+    M.add_lora(m, rank=4, alpha=8)
+    with torch.no_grad():
+        for mod in M.lora_modules(m):
+            mod.lora_B.normal_(0, 0.3)                                   # adapters that change the output
+    weights = {k: v.clone() for k, v in m.state_dict().items()}
+    stops = list(range(0, m.config.text_config.vocab_size, 3))           # a third of the tokens end a sequence
+    cases = {"greedy": dict(temperature=0), "top-p": dict(temperature=0.8, top_p=0.9),
+             "eos": dict(temperature=1.0, eos_ids=stops, pad_id=tok.pad_token_id)}
+    for (name, case), off in ((c, off) for c in cases.items() for off in (False, True)):
+        with M.lora_disabled(m) if off else contextlib.nullcontext():      # adapters on, then off
+            ids, mask, logp = zip(*(grpo.sample(m, inputs, 3, 20, suppress_ids=sup, decoder=d, **case,
+                                                generator=torch.Generator().manual_seed(2))
+                                    for d in ("plain", "static")))
+            teacher = grpo.token_logprobs(m, inputs, ids[1], mask[1])
+        assert torch.equal(ids[0], ids[1]) and torch.equal(mask[0], mask[1]), (name, off)
+        assert torch.allclose(logp[0], logp[1], atol=1e-5) and torch.allclose(logp[1], teacher, atol=1e-5)
+        if off:                                                         # control: the adapters do change the model
+            assert not torch.allclose(logp[1], logp_on, atol=1e-3), name
+        logp_on = logp[1]
+        if name == "eos":                       # every sequence ended before CHECK_EVERY tokens, not all at once:
+            T = ids[1].shape[1]                 # the static loop ran on to step CHECK_EVERY - 1, then trimmed
+            assert T < grpo.CHECK_EVERY and mask[1].all(1).sum() < len(mask[1]) and mask[1][:, -1].any()
+            assert (ids[1][mask[1] == 0] == tok.pad_token_id).all()
+    assert all(torch.equal(weights[k], v) for k, v in m.state_dict().items())    # bit-equal, nothing written
+    assert all(mod.sampling is None for mod in M.lora_modules(m))               # the sampling copies are gone
+    if torch.cuda.is_available():               # on a GPU, the captured graph too: plain's tokens and log-probs
+        mc, inputs_c = m.to("cuda"), M.to_device(inputs, "cuda", torch.float32)
+        for case in cases.values():
+            ids, mask, logp = zip(*(grpo.sample(mc, inputs_c, 3, 20, suppress_ids=sup, decoder=d, **case,
+                                                generator=torch.Generator("cuda").manual_seed(2))
+                                    for d in ("plain", "graph")))
+            assert torch.equal(ids[0], ids[1]) and torch.equal(mask[0], mask[1]), case
+            assert torch.allclose(logp[0], logp[1], atol=1e-4)
+        m = mc.to("cpu")
+    # bf16 weights, with and without bf16 autocast: log-probs of its own tokens within bf16 rounding
+    m16, _ = _tiny(torch.bfloat16)
+    for auto in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=auto):
+            ids, mask, logp = grpo.sample(m16, inputs, 3, 12, suppress_ids=sup, decoder="static",
+                                          generator=torch.Generator().manual_seed(0))
+            assert (logp - grpo.token_logprobs(m16, inputs, ids, mask)).abs().max() < 0.03
+    # where the static decoders cannot run: auto picks plain, asking for them is an error; graph needs CUDA
+    assert grpo.rollout_decoder(m) == "plain" and grpo.rollout_decoder(m, "static") == "static"
+    _raises(ValueError, grpo.rollout_decoder, m, "graph", contains=("CUDA",))
+    with torch.autocast("cpu", dtype=torch.bfloat16):                   # float32 weights under bf16 autocast
+        _raises(ValueError, grpo.sample, m, inputs, 2, 4, decoder="static", contains=("autocast", "'plain'"))
+    # pick_tokens draws what torch.multinomial draws from the same generator state
+    logits, banned = torch.randn(5, 40, generator=torch.Generator().manual_seed(0)), torch.tensor([3, 4])
+    probs = logits.index_fill(1, banned, float("-inf")).softmax(-1)     # (5, 40)
+    g, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    for _ in range(10):
+        assert torch.equal(grpo.pick_tokens(logits, 1.0, 1.0, banned, g), torch.multinomial(probs, 1, generator=g2)[:, 0])
+
+
+def _host_reads():
+    """A dispatch mode counting (in .n) the ops that read a tensor's value back to the host (.item(), bool(),
+    int(), .tolist()): on a GPU each one waits for the device, and a CUDA graph cannot hold one."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class HostReads(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += func is torch.ops.aten._local_scalar_dense.default
+            return func(*args, **(kwargs or {}))
+    return HostReads()
+
+
+def test_static_decoder_reads_the_device_once_per_check_not_per_token():
+    m, tok, inputs, sup = _tiny_inputs()
+    M.add_lora(m, rank=4, alpha=8)
+    reads = {}
+    for decoder, n in ((d, n) for d in ("plain", "static") for n in (8, 24)):
+        with _host_reads() as r:
+            grpo.sample(m, inputs, 2, n, temperature=0.7, top_p=0.9, eos_ids=[5], suppress_ids=sup, decoder=decoder,
+                        generator=torch.Generator().manual_seed(0))
+        reads[decoder, n] = r.n
+    # 16 more tokens: static asks "all ended?" once per CHECK_EVERY tokens (once more, after token 16) and nothing
+    # else reads the device; the plain loop reads at least once per token (its end check, transformers' mask)
+    checks = 24 // grpo.CHECK_EVERY - 8 // grpo.CHECK_EVERY
+    assert reads["static", 24] - reads["static", 8] == checks < 16, reads
+    assert reads["plain", 24] - reads["plain", 8] >= 16, reads
 
 
 # ------------------------------------------------------------------------------------- LoRA, checkpointing, bf16
@@ -1591,6 +1728,23 @@ def test_train_loop_smoke_checkpoint_and_exact_resume():
         f"| answer: {t}" for t in tasks}
 
 
+def test_shipped_base_matches_its_card_and_answers_a_tiny_batch():
+    """tiny_base/ (the base `python train.py` starts from) is the model its CARD.md describes: the sha256 of its
+    weights is the card's; it loads, and given two synthetic questions it writes well-formed completions with
+    graphs in <think> (the format reward is 1) and an answer."""
+    import train
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_base")
+    card = open(os.path.join(folder, "CARD.md")).read()
+    assert re.search(r"sha256 ([0-9a-f]{64})", card).group(1) == train.sha256(os.path.join(folder, "model.safetensors"))
+    mdl, tok = M.load(folder, dtype=torch.float32, device="cpu")
+    cfg = train.Config(threads=1)
+    rows = data.load_rows(os.path.join(_run_base()[1], "test.jsonl"))[:2]
+    texts, _ = ev.greedy_batch(mdl, tok, rows, [train.row_clip(cfg, r) for r in rows], cfg)
+    for text, row in zip(texts, rows):
+        assert rewards.format_reward(text) == 1.0 and "<graph" in text, text
+        assert rewards.extract_answer(text), text
+
+
 def test_base_preset_writes_its_card_and_grpo_starts_from_it():
     """A tiny --preset base run (phase 0 and the warm-up, no GRPO) writes CARD.md beside its weights: the weights'
     sha256, the held-out table with the blind, wrong-video and blank-clip controls, and one scaling-table line
@@ -2035,6 +2189,7 @@ def test_two_ranks_equal_one_process_write_once_and_resume():
     _, data_dir, model_dir = _run_base()
     with tempfile.TemporaryDirectory() as tmp:
         base = ["--out", tmp, "--data", data_dir, "--model", model_dir, "--threads", "1", "--vision_steps", "2",
+                "--device", "cpu",                                       # gloo ranks, also where CUDA is visible
                 "--sft_steps", "2", "--grpo_steps", "2", "--micro_batch", "1", "--G", "2",
                 "--max_new_tokens", "12", "--eval_every", "2", "--eval_n", "2", "--test_n", "2", "--ckpt_every", "1",
                 "--keep_ckpts", "10", "--sft_lr", "3e-3", "--lr", "1e-3"]
@@ -2073,10 +2228,27 @@ def test_two_ranks_equal_one_process_write_once_and_resume():
                     contains=("made by 2 rank(s)", "torchrun --nproc_per_node 2"))
 
 
+def test_more_ranks_than_gpus_stop_with_one_line():
+    """torchrun with 3 ranks on a (patched) 2-GPU machine stops before touching CUDA, saying what to do; 2 ranks on
+    2 GPUs go on: rank 1 gets cuda:1 (set_device and the process group patched to record their calls)."""
+    import train
+    calls = []
+    env = {**os.environ, "WORLD_SIZE": "3", "LOCAL_WORLD_SIZE": "3", "RANK": "1", "LOCAL_RANK": "1"}
+    with _patched(torch.cuda, "device_count", lambda: 2), _patched(torch.cuda, "set_device", calls.append), \
+            _patched(torch.distributed, "init_process_group", calls.append), _patched(os, "environ", env):
+        e = _raises(SystemExit, train.dist_setup, torch.device("cuda"),
+                    contains=("3 ranks", "2 GPU(s)", "--nproc_per_node 2", "--device cpu"))
+        assert "\n" not in str(e) and calls == []
+        os.environ.update(WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
+        assert train.dist_setup(torch.device("cuda")) == torch.device("cuda", 1)
+    assert calls == [torch.device("cuda", 1), "nccl"]
+
+
 # ---------------------------------------------------------------------------- runner
 
 def main():
     pattern = sys.argv[1] if len(sys.argv) > 1 else ""
+    pattern = VIDEO_TESTS if VIDEO_ONLY else pattern
     tests = [(n, f) for n, f in globals().items() if n.startswith("test_") and callable(f) and pattern in n]
     passed = failed = 0
     for name, fn in tests:

@@ -1004,10 +1004,15 @@ def dist_on():
 
 def dist_setup(device):
     """Join the process group when launched by torchrun (nccl on CUDA, one GPU per rank: cuda:LOCAL_RANK; gloo on
-    CPU). Returns this rank's device; the device unchanged in one process."""
+    CPU). Returns this rank's device; the device unchanged in one process. More ranks on a machine than it has GPUs
+    stop with one line (else rank N fails in CUDA with 'invalid device ordinal')."""
     if not launched_by_torchrun() or dist_on():
         return device
     if device.type == "cuda":
+        ranks, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])), torch.cuda.device_count()
+        if ranks > gpus:
+            raise SystemExit(f"torchrun started {ranks} ranks on this machine, which has {gpus} GPU(s): one rank per "
+                             f"GPU, so use --nproc_per_node {gpus} (or --device cpu for {ranks} CPU ranks)")
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
