@@ -636,7 +636,8 @@ def bench_rollout(argv=()):
           f"{dtype}) read once per step at {bandwidth / 1e9:,.0f} GB/s (a large copy): {floor['on']:.2f} ms/step with "
           f"LoRA, {floor['off']:.2f} without")
     fast = next((ms[d, "on"] for d in ("graph", "static") if (d, "on") in ms), float("nan"))
-    print(f"rollout on one {'GPU' if cuda else 'CPU'} ({a.shape} shape, LoRA r={a.lora_rank}, G={a.G}): sample "
+    shape = {"7b": "7B", "tiny": "tiny"}[a.shape]
+    print(f"rollout on one {'GPU' if cuda else 'CPU'} ({shape} shape, LoRA r={a.lora_rank}, G={a.G}): sample "
           f"{fast:.1f} ms/step, generate {ms.get(('generate', 'on'), float('nan')):.1f} ms/step, floor "
           f"{floor['on']:.2f} ms/step ({time.strftime('%Y-%m-%d')}, {where})", flush=True)
     check_decoders(run, [d for d in names if (d, "on") in ms], model, inputs, autocast)

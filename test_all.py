@@ -1723,7 +1723,8 @@ def test_train_loop_smoke_checkpoint_and_exact_resume():
     table = open(os.path.join(run, "results.md")).read()
     assert ("| held-out metric | blind | wrong video | blank clip | after warm-up | after GRPO | "
             "after GRPO - after warm-up | after GRPO - blind |") in table
-    tasks = {r["task"] for r in data.load_rows(os.path.join(_run_base()[1], "test.jsonl"))}
+    with open(os.path.join(run, "test_after_GRPO.json")) as fh:                  # the questions the table scored
+        tasks = {r["task"] for r in json.load(fh)}
     assert {line.split(" |")[0] for line in table.splitlines() if line.startswith("| answer: ")} == {
         f"| answer: {t}" for t in tasks}
 
