@@ -11,19 +11,23 @@ What one GRPO step does (DeepSeekMath's GRPO, as the paper uses it):
   5. grpo.policy_loss: the surrogate minus beta * k3 KL. With mu = 1 (the default) we are on policy: the ratio is
      1 and the clip never acts, so it is skipped; mu > 1 inner epochs reuse the sampling log-probs and clip
   6. clip the gradient norm, AdamW, cosine schedule with warm-up.
-Before GRPO, --sft_steps of teacher-forced cross-entropy on the reference reasoning (graph blocks + a sentence +
-answer) teach the tiny random model the output format; `--grpo_steps 0` is the paper's SFT baseline alone.
-Before that, for the tiny model only, phase 0 (--vision_steps, `run_vision`): its random vision tower learns from
-the rows' ground-truth graphs which objects a key frame shows and where (a VisionHead reads the tower's tokens),
-and stays frozen afterwards. A real Qwen2.5-VL already sees, so `--preset paper` skips it.
+The default run is GRPO alone, from tiny_base/: a tiny Qwen2.5-VL that already sees, as the paper starts from a
+pretrained Qwen2.5-VL. This file also made that base (`--preset base`): phase 0 (--vision_steps, `run_vision`),
+where the random vision tower learns from the rows' ground-truth graphs which objects a key frame shows and where
+(a VisionHead reads the tower's tokens) and then stays frozen, and the supervised warm-up (--sft_steps): teacher-
+forced cross-entropy on the reference reasoning (graph blocks + a sentence + answer). `--grpo_steps 0` after a
+warm-up is the paper's SFT baseline alone. A real Qwen2.5-VL already sees, so `--preset paper` skips both.
 
-Presets: `--preset tiny` (default: a ~0.57M-parameter Qwen2.5-VL built locally, synthetic videos, 2 CPU cores,
-minutes) and `--preset paper` (Qwen2.5-VL-7B from `--model PATH`, G=8, beta=0.04, 16 frames at 128*28*28 pixels,
-lr 1e-6, 768 new tokens, length window 320-512 with bonus 0.2, LoRA so it fits one 80 GB GPU).
-Differences from the paper: the data is synthetic (data.py), the tiny model starts from random weights and so
-needs phase 0 and the warm-up; everything else is the paper's recipe with smaller numbers.
+Presets: `--preset tiny` (default: GRPO from the shipped tiny base on synthetic videos, 2 CPU cores, ~11 min),
+`--preset base` (remakes tiny_base: phase 0 + warm-up on 20,000 fresh scenes, two torchrun ranks, ~1.7 h),
+`--preset scratch` (the earlier default: phase 0, warm-up and GRPO from random weights in ~13 min; its answers stay
+at the blind level) and `--preset paper` (Qwen2.5-VL-7B from `--model PATH`, G=8, beta=0.04, 16 frames at
+128*28*28 pixels, lr 1e-6, 768 new tokens, length window 320-512 with bonus 0.2, LoRA so it fits one 80 GB GPU).
+Differences from the paper: the data is synthetic (data.py), the tiny base was made from random weights by
+phase 0 and the warm-up; everything else is the paper's recipe with smaller numbers.
 
-Run: `python train.py` (everything, about 13 min on 2 CPU cores), `python train.py --resume` after an interruption,
+Run: `python train.py` (GRPO from tiny_base, about 11 min on 2 CPU cores), `python train.py --resume` after an
+interruption, `torchrun --standalone --nproc_per_node 2 train.py --preset base` (remake the base),
 `python train.py --preset paper --model /path/to/Qwen2.5-VL-7B-Instruct --data /path/to/rows`;
 `torchrun --nproc_per_node N train.py ...` runs N data-parallel ranks (the marked block "Data parallelism" below).
 Outputs in runs/NAME/: config.json, metrics.jsonl, samples.jsonl, curves.png, ckpt-*/, vision/, warmup/, final/,
