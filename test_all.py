@@ -1735,8 +1735,7 @@ def test_shipped_base_matches_its_card_and_answers_a_tiny_batch():
     graphs in <think> (the format reward is 1) and an answer."""
     import train
     folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_base")
-    card = open(os.path.join(folder, "CARD.md")).read()
-    assert re.search(r"sha256 ([0-9a-f]{64})", card).group(1) == train.sha256(os.path.join(folder, "model.safetensors"))
+    assert train.card_sha256(folder) == train.sha256(os.path.join(folder, "model.safetensors"))
     mdl, tok = M.load(folder, dtype=torch.float32, device="cpu")
     cfg = train.Config(threads=1)
     rows = data.load_rows(os.path.join(_run_base()[1], "test.jsonl"))[:2]
@@ -1759,7 +1758,7 @@ def test_base_preset_writes_its_card_and_grpo_starts_from_it():
         train.main(flags + ["--preset", "base", "--name", "base_card", "--model", os.path.join(base, "base_init")])
     folder = os.path.join(base, "base_card", "warmup")
     card = open(os.path.join(folder, "CARD.md")).read()
-    assert re.search(r"sha256 ([0-9a-f]{64})", card).group(1) == train.sha256(os.path.join(folder, "model.safetensors"))
+    assert train.card_sha256(folder) == train.sha256(os.path.join(folder, "model.safetensors"))
     assert "| held-out metric | blind | wrong video | blank clip | after warm-up | after warm-up - blind |" in card
     assert len(re.findall(r"^\| [24] \| ", card, re.M)) == 2                  # scaling lines at warm-up steps 2, 4
     assert "scenes default_rng([0, i]) for i < 10 " in card                    # the data's own seed, not the preset's

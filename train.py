@@ -42,6 +42,7 @@ import contextlib
 import copy
 import functools
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -1463,9 +1464,15 @@ def scaling_table(run_dir, rows_per_step):
 
 
 def sha256(path):
-    import hashlib
     with open(path, "rb") as fh:
         return hashlib.sha256(fh.read()).hexdigest()
+
+
+def card_sha256(folder):
+    """The weights' sha256 that folder/CARD.md states (write_card), or None: compare it with sha256 of the file."""
+    with open(os.path.join(folder, "CARD.md")) as fh:
+        found = re.search(r"model\.safetensors sha256 ([0-9a-f]{64})", fh.read())
+    return found.group(1) if found else None
 
 
 def git_commit():
