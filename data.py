@@ -930,6 +930,9 @@ TASKS = {"object_count": q_object_count, "abs_distance": q_abs_distance, "closes
          "when_moving": q_when_moving}
 
 
+TASK_FAMILIES = {"static spatial": ("object_count", "abs_distance", "closest_object", "relative_direction", "object_size"),
+                 "motion": ("displacement", "average_speed", "motion_direction"),
+                 "temporal": ("appearance_order", "when_moving")}    # the paper's groups (Table 2 reports them)
 TASK_WEIGHTS = {"closest_object": 4.0, "appearance_order": 4.0, "motion_direction": 1.5, "displacement": 1.3}
 
 
@@ -937,6 +940,22 @@ def reasoning_text(graphs, sentence, answer_text):
     """'<think>' + graph blocks + one sentence + '</think><answer>..</answer>': the reference completion."""
     blocks = " ".join(graph.to_text(g) for g in graphs)
     return f"<think>{blocks} {sentence} </think><answer>{answer_text}</answer>"
+
+
+GRAPH_BLOCK_RE = re.compile(r"<graph t=\d+>[^<]*</graph>\s*")
+EDGE_PART_RE = re.compile(r"\s*\|[^<]*(?=</graph>)")
+
+
+def with_think(row, think):
+    """The row as a variant asks and answers it (rewards.VARIANTS): row["think"] tells model.build_prompt what to
+    ask for, and the reference reasoning keeps its graph blocks ("graph"), their nodes alone ("nodes": the edge
+    half after '|' removed) or no block ("free": the sentence and answer stay)."""
+    text = row.get("reasoning")
+    if text and think == "nodes":
+        text = EDGE_PART_RE.sub(" ", text)
+    elif text and think == "free":
+        text = GRAPH_BLOCK_RE.sub("", text)
+    return {**row, "think": think, "reasoning": text}
 
 
 def make_questions(scene, rng, tasks=None, k=KEY_FRAMES):

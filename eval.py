@@ -72,9 +72,19 @@ round the objects' start centroid keeps d_ij, not a_ij; under yaw objects leave 
 the plot shows the share in view). The plot puts the model's answer score and node / edge rewards next to the ground
 truth's change: camera-frame coordinates move, edges do not, so a model that has learned relations keeps R_e.
 
+Every model is asked as it was trained: train.py saves its --variant in config.json (video_str_variant), and the
+rows are asked with that variant's instruction (data.with_think). For a model that writes centres alone (coords),
+`edge_from_centres` scores the edges its centres imply, so relations can be compared across variants.
+
+The toy Table 2 (`ablation`): finished train.py runs of several --variant values, their final test records pooled
+per variant over seeds, the answer per task family (data.TASK_FAMILIES) and overall with 95 % bootstrap intervals,
+and each variant minus graph paired question by question (same seed, same question id).
+
 Run: `python eval.py --model PATH [--model PATH2] --data FILE --frames 32` (table, results.json, results.png in
---out); `python eval.py rotation --model PATH --angles 0 30 60 90 180 [--axis yaw|roll|orbit] [--scenes 20]`
-(rotation.png, rotation.json); `python eval.py demo` scores hand-written completions without a model.
+--out); `python eval.py rotation --model PATH [--model PATH2] --angles 0 30 60 90 180 [--axis yaw|roll|orbit]
+[--scenes 20]` (rotation.png, rotation.json, the models side by side); `python eval.py ablation --run runs/A --run
+runs/B ...` (ablation.md, ablation.json, ablation.png in out/ablation); `python eval.py demo` scores hand-written
+completions without a model.
 """
 import argparse
 import json
@@ -259,7 +269,16 @@ def score_completion(completion, row):
     if row.get("graphs"):
         _, parts = rewards.graph_reward_of(completion, row["graphs"])
         out["node"], out["edge"] = parts["node"], parts["edge"]
+        out["edge_from_centres"] = edge_from_centres(completion, row["graphs"])
     return out
+
+
+def edge_from_centres(completion, graphs):
+    """R_e of the edges implied by the written centres (d, a computed from them, written edges ignored): the
+    relations a model that writes centres alone (--variant coords) states, comparable with a graph's R_e."""
+    reasoning = completion.split("<answer>", 1)[0] if isinstance(completion, str) else ""
+    implied = [graph.Graph(g.frame, g.nodes, graph.derive_edges(g.nodes)) for g in graph.parse_graphs(reasoning)]
+    return graph.graph_reward(implied, [graph.Graph.from_dict(g) for g in graphs])[1]["edge"]
 
 
 # ------------------------------------------------------------------------------------ aggregates
@@ -635,10 +654,19 @@ def clip_or_problem(row, tokenizer, args):
     return (None, why) if why else data.clip_problem(lambda r: data.row_clip(r, args.frames), row)
 
 
+def model_variant(mdl):
+    """The --variant a checkpoint was trained as (train.py saves it in config.json; "graph" when absent)."""
+    variant = getattr(mdl.config, "video_str_variant", None) or "graph"
+    if variant not in rewards.VARIANTS:
+        raise BadRow("video_str_variant", f"{variant!r} is not one of {', '.join(rewards.VARIANTS)}", "config.json")
+    return variant
+
+
 def complete(mdl, tokenizer, rows, args, tag):
-    """Greedy completions of a loaded model for every row, batch by batch; videos decoded per batch.
-    Returns (completions, {row index: why}) with None for a row that cannot be asked (clip_or_problem): with
-    --skip_bad it is left out and the rest goes on; without, BadRow names it."""
+    """Greedy completions of a loaded model for every row, batch by batch, asked as the model's variant asks
+    (data.with_think); videos decoded per batch. Returns (completions, {row index: why}) with None for a row that
+    cannot be asked (clip_or_problem): with --skip_bad it is left out and the rest goes on; without, BadRow names it."""
+    rows = [data.with_think(r, rewards.VARIANTS[model_variant(mdl)][0]) for r in rows]
     completions, problems, t0 = [None] * len(rows), {}, time.time()
     for lo in range(0, len(rows), args.batch):
         asked, videos = [], []
@@ -709,7 +737,7 @@ def parse_args(argv, rotation=False):
     p = argparse.ArgumentParser(description="Rotation stress test on the synthetic scenes (see docstring)." if
                                 rotation else "Score checkpoints with each benchmark's own metric (see docstring).")
     if rotation:
-        p.add_argument("--model", required=True)
+        p.add_argument("--model", action="append", required=True, help="checkpoint folder; repeat for side by side")
         p.add_argument("--angles", type=float, nargs="+", default=[0, 30, 60, 90, 180])
         p.add_argument("--axis", default="yaw", choices=["yaw", "roll", "orbit"])
         p.add_argument("--data", default="data/synth/test.jsonl", help="synthetic rows; scenes.jsonl beside it")
@@ -861,33 +889,37 @@ def coordinate_change(rows0, rows1):
 
 def rotation_table(results):
     """Markdown: one row per angle (x100 for scores, metres / degrees for the ground-truth changes)."""
-    out = ["| angle | answer score | node R_n | edge R_e | format | visible | GT coord change m | GT edge d change m "
-           "| GT edge a change deg |", "|---" * 9 + "|"]
+    out = ["| angle | answer score | node R_n | edge R_e | R_e from centres | format | visible | GT coord change m "
+           "| GT edge d change m | GT edge a change deg |", "|---" * 10 + "|"]
     for a, r in results.items():
         m = r["summary"]["metrics"]
         out.append(f"| {a:g} | {cell(r['summary']['overall_q'])} | {cell(m.get('node'))} | {cell(m.get('edge'))} | "
-                   f"{cell(m.get('format'))} | {100 * r['visible']:.0f}% | {r['coord_change_m']:.2f} | "
-                   f"{r['edge_d_change_m']:.3f} | {r['edge_a_change_deg']:.2f} |")
+                   f"{cell(m.get('edge_from_centres'))} | {cell(m.get('format'))} | {100 * r['visible']:.0f}% | "
+                   f"{r['coord_change_m']:.2f} | {r['edge_d_change_m']:.3f} | {r['edge_a_change_deg']:.2f} |")
     return "\n".join(out)
 
 
-def plot_rotation(results, path, title):
-    """Left: the model's answer score, node and edge rewards (95% CI) and the visible share against angle.
-    Right: ground truth against angle: camera-frame coordinates move, edge d and a stay put."""
+def plot_rotation(by_model, path, title):
+    """Per model (a colour each) against the angle, with 95 % CIs: the answer score; R_n; R_e (of the written edges,
+    or of the edges implied by the written centres for a variant that writes none). Right: the ground truth:
+    camera-frame coordinates move, edge d and a stay put."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4.2))
+    panels = (("answer score", lambda r: r["summary"]["overall_q"]), ("node reward R_n", lambda r: metric(r, "node")),
+              ("edge reward R_e", lambda r: metric(r, edge_key(r))))
+    for k, (name, results) in enumerate(by_model.items()):
+        angles = list(results)
+        for ax, (label, get) in zip(axes, panels):
+            st = [get(results[a]) or {"mean": np.nan, "lo": np.nan, "hi": np.nan} for a in angles]
+            suffix = " (from its centres)" if ax is axes[2] and edge_key(results[angles[0]]) != "edge" else ""
+            ax.plot(angles, [x["mean"] for x in st], "o-", c=f"C{k}", label=name + suffix)
+            ax.fill_between(angles, [x["lo"] for x in st], [x["hi"] for x in st], color=f"C{k}", alpha=0.15)
+            ax.set(xlabel="camera rotation (deg)", title=label, ylim=(-0.02, 1.02))
+        axes[0].plot(angles, [results[a]["visible"] for a in angles], "k--", label="objects in view (share)" * (k == 0))
+    bx, results = axes[3], next(iter(by_model.values()))
     angles = list(results)
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for label, key in (("answer score", None), ("node reward R_n", "node"), ("edge reward R_e", "edge")):
-        st = [(results[a]["summary"]["metrics"].get(key) if key else results[a]["summary"]["overall_q"])
-              or {"mean": np.nan, "lo": np.nan, "hi": np.nan} for a in angles]
-        mean = np.array([x["mean"] for x in st])
-        ax.plot(angles, mean, "o-", label=label)
-        ax.fill_between(angles, [x["lo"] for x in st], [x["hi"] for x in st], alpha=0.15)
-    ax.plot(angles, [results[a]["visible"] for a in angles], "k--", label="objects in view (share)")
-    ax.set(xlabel="camera rotation (deg)", ylabel="model (0..1, 95% CI)", ylim=(-0.02, 1.02), title="model")
-    ax.legend(fontsize=8)
     bx.plot(angles, [results[a]["coord_change_m"] for a in angles], "o-", c="C3",
             label="|delta x| camera-frame centres (m)")
     bx.plot(angles, [results[a]["edge_d_change_m"] for a in angles], "s-", c="C2", label="|delta d| edges (m)")
@@ -897,15 +929,27 @@ def plot_rotation(results, path, title):
     tx.set_ylabel("degrees")
     tx.set_ylim(0, max(5.0, 1.1 * max(results[a]["edge_a_change_deg"] for a in angles)))   # rounding noise stays small
     bx.legend(handles=bx.get_lines() + tx.get_lines(), fontsize=8, loc="upper left")
-    for a in (ax, bx):
-        a.grid(alpha=0.3)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    for ax in axes[:3]:
+        ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     save_png(fig, path)
 
 
+def metric(result, key):
+    return result["summary"]["metrics"].get(key)
+
+
+def edge_key(result):
+    """'edge' (the written edges) for a model that writes edges, else 'edge_from_centres'."""
+    return "edge" if result.get("writes_edges", True) else "edge_from_centres"
+
+
 def rotation_main(argv):
-    """Render every angle, score the model at each, print the table, write rotation.json and rotation.png."""
+    """Render every angle, score each model at each, print a table per model, write rotation.json and
+    rotation.png (the models side by side)."""
     import torch
     import model as qwen
     args = parse_args(argv, rotation=True)
@@ -917,24 +961,144 @@ def rotation_main(argv):
         video_dir = os.path.join(args.out, "videos", f"{args.axis}{a:g}")
         rows_by_angle[a] = [r for s in scenes for r in rotated_rows(s, args.axis, a, args.seed, video_dir)]
     rows_by_angle = common_questions(rows_by_angle)
-    mdl, tokenizer = qwen.load(args.model, device=args.device)
-    results, first = {}, args.angles[0]
-    for a, rows in rows_by_angle.items():
-        completions, _ = complete(mdl, tokenizer, rows, args, f"{args.axis} {a:g} deg")
-        asked = [(c, r) for c, r in zip(completions, rows) if c is not None]
-        scored = [score_completion(c, r) for c, r in asked]
-        results[a] = {"summary": summarize([r for _, r in asked], scored, args.n_boot, args.seed), "rows": len(asked),
-                      "visible": float(np.mean([r["visible"] for r in rows])),
-                      **coordinate_change(rows_by_angle[first], rows)}
-    title = (f"{os.path.basename(os.path.normpath(args.model))}: camera {args.axis} on {len(scenes)} scenes, "
-             f"{len(rows_by_angle[first])} questions per angle")
-    print(rotation_table(results))
+    first, by_model, variants = args.angles[0], {}, {}
+    for name, path in zip(model_names(args.model), args.model):
+        mdl, tokenizer = qwen.load(path, device=args.device)
+        variants[name] = model_variant(mdl)
+        by_model[name] = {}
+        for a, rows in rows_by_angle.items():
+            completions, _ = complete(mdl, tokenizer, rows, args, f"{name} {args.axis} {a:g} deg")
+            asked = [(c, r) for c, r in zip(completions, rows) if c is not None]
+            scored = [score_completion(c, r) for c, r in asked]
+            by_model[name][a] = {"summary": summarize([r for _, r in asked], scored, args.n_boot, args.seed),
+                                 "rows": len(asked), "visible": float(np.mean([r["visible"] for r in rows])),
+                                 "writes_edges": rewards.VARIANTS[variants[name]][0] == "graph",
+                                 **coordinate_change(rows_by_angle[first], rows)}
+        del mdl
+    title = (f"{' vs '.join(f'{n} ({v})' for n, v in variants.items())}: camera {args.axis} on {len(scenes)} "
+             f"scenes, {len(rows_by_angle[first])} questions per angle")
+    for name, results in by_model.items():
+        print(f"\n{name} (variant {variants[name]})\n" + rotation_table(results))
     os.makedirs(args.out, exist_ok=True)
     data.write_file(os.path.join(args.out, "rotation.json"), json.dumps(
-        {"model": args.model, "axis": args.axis, "data": args.data,
-         "angles": {f"{a:g}": r for a, r in results.items()}}, indent=1))
-    plot_rotation(results, os.path.join(args.out, "rotation.png"), title)
+        {"axis": args.axis, "data": args.data, "models": {
+            n: {"path": p, "variant": variants[n], "angles": {f"{a:g}": r for a, r in by_model[n].items()}}
+            for n, p in zip(by_model, args.model)}}, indent=1))
+    plot_rotation(by_model, os.path.join(args.out, "rotation.png"), title)
     print(f"wrote {args.out}/rotation.json, rotation.png")
+
+
+# ------------------------------------------------------------------------------------ the toy Table 2 (ablation)
+
+def load_run(run_dir):
+    """(variant, seed, {question id: record}) of a finished train.py run: its config.json and the per-question
+    test results of its final model (test_after_GRPO.json, the rows of its results.md)."""
+    cfg_path, res_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "test_after_GRPO.json")
+    for path in (cfg_path, res_path):
+        if not os.path.isfile(path):
+            raise BadRow(None, "missing: not a finished train.py run (finish it with --resume)", path)
+    with open(cfg_path, encoding="utf-8") as f:
+        cfg = json.load(f)
+    with open(res_path, encoding="utf-8") as f:
+        records = json.load(f)
+    if not isinstance(records, list) or any(not isinstance(r, dict) or "id" not in r for r in records):
+        raise BadRow("id", "per-question records without ids (delete the file and run train.py --resume)", res_path)
+    variant = cfg.get("variant", "graph")
+    if variant not in rewards.VARIANTS:
+        raise BadRow("variant", f"{variant!r} is not one of {', '.join(rewards.VARIANTS)}", cfg_path)
+    return variant, int(cfg.get("seed", 0)), {r["id"]: r for r in records}
+
+
+def family_values(records, family, key="answer"):
+    """{(seed, id): value} of the questions of one task family (data.TASK_FAMILIES; "overall": all)."""
+    tasks = data.TASK_FAMILIES.get(family)
+    return {k: r[key] for k, r in records.items() if key in r and (tasks is None or r["task"] in tasks)}
+
+
+def ablation_stats(by_variant, n_boot=N_BOOT, seed=0, ref="graph"):
+    """{variant: {family: (mean, lo, hi, n)}} of the answer score, and {variant: {family: (mean, lo, hi, n)}} of
+    the paired difference variant - ref over the questions both answered (same seed, same id)."""
+    families = list(data.TASK_FAMILIES) + ["overall"]
+    ci = lambda v: (float(np.mean(v)), *bootstrap_mean_ci(v, n_boot, seed), len(v)) if v else None
+    means = {v: {f: ci(list(family_values(recs, f).values())) for f in families} for v, recs in by_variant.items()}
+    diffs = {}
+    for v, recs in by_variant.items():
+        if v == ref or ref not in by_variant:
+            continue
+        diffs[v] = {}
+        for f in families:
+            a, b = family_values(recs, f), family_values(by_variant[ref], f)
+            diffs[v][f] = ci([a[k] - b[k] for k in a if k in b])
+    return means, diffs
+
+
+def ablation_table(means, diffs, runs, ref="graph"):
+    """Markdown: answer per family and overall (95 % CI) per variant, then each variant - ref, paired."""
+    families = list(data.TASK_FAMILIES) + ["overall"]
+    fmt = lambda st, sign="": "-" if st is None else (f"{st[0]:{sign}.3f} [{st[1]:{sign}.3f}, {st[2]:{sign}.3f}]")
+    lines = ["| variant | seeds | " + " | ".join(families) + " | questions |", "|---" * (len(families) + 3) + "|"]
+    for v, st in means.items():
+        lines.append(f"| {v} | {', '.join(map(str, sorted(runs[v])))} | " + " | ".join(fmt(st[f]) for f in families)
+                     + f" | {st['overall'][3] if st['overall'] else 0} |")
+    for v, st in diffs.items():
+        lines.append(f"| {v} - {ref} (paired) | | " + " | ".join(fmt(st[f], "+") for f in families)
+                     + f" | {st['overall'][3] if st['overall'] else 0} |")
+    return "\n".join(lines)
+
+
+def plot_ablation(means, path, title):
+    """Grouped bars: answer per family and overall, one bar per variant, 95 % CIs as error bars."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    families = list(data.TASK_FAMILIES) + ["overall"]
+    fig, ax = plt.subplots(figsize=(8.5, 4))
+    width = 0.8 / max(len(means), 1)
+    for k, (v, st) in enumerate(means.items()):
+        x = np.arange(len(families)) + (k - (len(means) - 1) / 2) * width
+        m = np.array([st[f][0] if st[f] else np.nan for f in families])
+        err = np.array([[m_ - st[f][1], st[f][2] - m_] if st[f] else [np.nan, np.nan]
+                        for f, m_ in zip(families, m)]).T
+        ax.bar(x, m, width, yerr=err, capsize=3, label=v, color=f"C{k}")
+    ax.set_xticks(np.arange(len(families)), families)
+    ax.set(ylabel="answer (R_ans, test split)", ylim=(0, 1), title=title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    save_png(fig, path)
+
+
+def ablation_main(argv):
+    """`eval.py ablation --run DIR [--run DIR ...]`: the runs' final test results pooled per variant (seeds
+    pooled), the table printed and written (ablation.md, ablation.json) with its chart (ablation.png)."""
+    p = argparse.ArgumentParser(description="The toy Table 2: finished train.py runs of several --variant values.")
+    p.add_argument("--run", action="append", required=True, help="a train.py run folder (runs/NAME); repeat")
+    p.add_argument("--out", default="out/ablation")
+    p.add_argument("--n_boot", type=int, default=N_BOOT)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    by_variant, runs = {}, {}
+    for run_dir in args.run:
+        variant, seed, records = load_run(run_dir)
+        if seed in runs.get(variant, ()):
+            raise BadRow(None, f"a second run of variant {variant} with seed {seed}", run_dir)
+        runs.setdefault(variant, []).append(seed)
+        by_variant.setdefault(variant, {}).update({(seed, i): r for i, r in records.items()})
+    by_variant = {v: by_variant[v] for v in rewards.VARIANTS if v in by_variant}       # the order of VARIANTS
+    means, diffs = ablation_stats(by_variant, args.n_boot, args.seed)
+    table = ablation_table(means, diffs, runs)
+    node_edge = {v: {k: float(np.mean([r[k] for r in recs.values()])) for k in ("graph_node", "graph_edge")}
+                 for v, recs in by_variant.items()}
+    lines = [table, "", "| variant | R_n written | R_e written |", "|---|---|---|"] + [
+        f"| {v} | {ne['graph_node']:.3f} | {ne['graph_edge']:.3f} |" for v, ne in node_edge.items()]
+    print("\n".join(lines))
+    os.makedirs(args.out, exist_ok=True)
+    data.write_file(os.path.join(args.out, "ablation.md"), "\n".join(lines) + "\n")
+    data.write_file(os.path.join(args.out, "ablation.json"), json.dumps(
+        {"runs": args.run, "seeds": runs, "answer": means, "minus_graph": diffs, "written": node_edge}, indent=1))
+    plot_ablation(means, os.path.join(args.out, "ablation.png"),
+                  f"answer by variant ({', '.join(f'{v}: {len(s)} seed(s)' for v, s in runs.items())})")
+    print(f"wrote {args.out}/ablation.md, ablation.json, ablation.png")
 
 
 # ------------------------------------------------------------------------------------ demo without a model
@@ -969,6 +1133,8 @@ if __name__ == "__main__":
             demo()
         elif sys.argv[1:2] == ["rotation"]:
             rotation_main(sys.argv[2:])
+        elif sys.argv[1:2] == ["ablation"]:
+            ablation_main(sys.argv[2:])
         else:
             main(sys.argv[1:])
     except BadRow as e:

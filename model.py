@@ -309,10 +309,14 @@ def rope_positions(config, input_ids, mm_token_type_ids, attention_mask, video_g
 # ---------------------------------------------------------------------------------------- prompt
 
 
-GRAPH_INSTRUCTION = (
-    "Think in <think> </think>, first writing for {frames} a graph <graph t=FRAME> name (x,y,z); ... | "
-    "name-name d=DIST a=ANGLE; ... </graph> (centres in metres in the camera frame: x right, y down, z forward; "
-    "d in metres, a in degrees). ")
+THINK_INSTRUCTION = {   # by row["think"] (data.with_think; rewards.VARIANTS): what <think> is asked to hold
+    "graph": ("Think in <think> </think>, first writing for {frames} a graph <graph t=FRAME> name (x,y,z); ... | "
+              "name-name d=DIST a=ANGLE; ... </graph> (centres in metres in the camera frame: x right, y down, "
+              "z forward; d in metres, a in degrees). "),
+    "nodes": ("Think in <think> </think>, first writing for {frames} the objects <graph t=FRAME> name (x,y,z); "
+              "... </graph> (centres in metres in the camera frame: x right, y down, z forward). "),
+    "free": "Think in <think> </think>. ",
+}
 ANSWER_INSTRUCTION = {
     "mc": "Then answer in <answer> </answer> with only the option's letter.",
     "num": "Then answer in <answer> </answer> with only a number.",
@@ -322,7 +326,8 @@ ANSWER_INSTRUCTION = {
 
 
 def build_prompt(row):
-    """Chat-template text for one dataset row: system, user (video, question, options, instruction), assistant."""
+    """Chat-template text for one dataset row: system, user (video, question, options, instruction), assistant.
+    The instruction asks for what row["think"] says (THINK_INSTRUCTION; "graph" when absent)."""
     kind = row.get("answer_type")
     if kind not in ("mc", "num", "iou"):
         raise ValueError(f"model.build_prompt: row {row.get('id')!r} field answer_type={kind!r} not mc/num/iou")
@@ -337,7 +342,11 @@ def build_prompt(row):
         text += "\n" + "\n".join(f"({chr(ord('A') + i)}) {opt}" for i, opt in enumerate(row["options"]))
     frames = [g["frame"] for g in row.get("graphs") or []]     # the key frames the graph reward checks
     which = "frames " + ", ".join(f"t={f}" for f in frames) if frames else "a few key frames"
-    text += "\n" + GRAPH_INSTRUCTION.format(frames=which) + ANSWER_INSTRUCTION[kind]
+    think = row.get("think") or "graph"
+    if think not in THINK_INSTRUCTION:
+        raise ValueError(f"model.build_prompt: row {row.get('id')!r} field think={think!r} not one of "
+                         f"{sorted(THINK_INSTRUCTION)}")
+    text += "\n" + THINK_INSTRUCTION[think].format(frames=which) + ANSWER_INSTRUCTION[kind]
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}]
     return chat_template().render(messages=messages, add_generation_prompt=True)
 

@@ -15,8 +15,9 @@ functions, and the training reward uses the same ones):
     interval_iou, box_iou V-STaR, calculate_temporal_iou / compute_iou in eval.py (V-STaR-Bench/V-STaR):
                           intersection / union if union > 0 else 0.0.
 
-Each part has a weight (a setting). Weight 0 for graph drops the graph reward only: the prompt still asks for
-graphs and train.py's warm-up still teaches them, so it is not the paper's "w/o graph" ablation.
+Each part has a weight (a setting). The variants of VARIANTS (train.py --variant) set what <think> holds and which
+graph term R has, together: `none` is the paper's "w/o graph reasoning" (Table 2), `coords` a baseline that writes
+camera-frame centres only, `answer_only` keeps the graphs but drops their reward.
 Differences from the paper / peers: "correct" for R_l means R_ans >= 0.5 (an exact letter, a number within
 ~25 %, an IoU >= 0.5); Video-R1 also requires that more than one completion of the group is correct, a group
 level rule this per-completion function leaves out. Graphs are read only from the text before the first
@@ -35,6 +36,12 @@ MRA_THRESHOLDS = np.linspace(0.5, 0.95, 10)           # theta in 0.50, 0.55, ...
 CORRECT = 0.5                                          # R_ans at or above this counts as "correct" for R_l
 LEN_LO, LEN_HI, LEN_BONUS = 320, 512, 0.2                # the paper's R_l window (tokens of 768) and bonus
 DEFAULT_WEIGHTS = {"format": 1.0, "answer": 1.0, "graph": 1.0, "length": 1.0}
+VARIANTS = {   # variant: (what <think> holds: model.build_prompt asks for it, data.with_think writes it; R_graph in R)
+    "graph": ("graph", "R_n + R_e"),      # Video-STR: nodes with centres and edges (d, a), both rewarded
+    "none": ("free", "0"),                # the paper's "w/o graph reasoning": no graph asked, written or rewarded
+    "coords": ("nodes", "2 R_n"),         # coordinate prediction: centres only, no edges; x2 keeps R_graph's range [0, 2]
+    "answer_only": ("graph", "0"),        # graph's prompt and reasoning, R_graph dropped: isolates the reward term
+}
 
 _BODY = r"(?:(?!</?think>|</?answer>).)*"               # text with no think/answer tag inside
 FORMAT_RE = re.compile(rf"\s*<think>{_BODY}</think>\s*<answer>{_BODY}</answer>\s*", re.DOTALL)
@@ -167,18 +174,25 @@ def graph_reward_of(completion, graphs):
     return graph.graph_reward(graph.parse_graphs(reasoning), [graph.Graph.from_dict(g) for g in graphs or []])
 
 
-def total_reward(completion, n_tokens, sample, weights=None, lo=LEN_LO, hi=LEN_HI, bonus=LEN_BONUS):
+def graph_term(r_node, r_edge, variant="graph"):
+    """The graph part of R for a variant (VARIANTS): R_n + R_e, 2 R_n, or 0."""
+    return {"R_n + R_e": r_node + r_edge, "2 R_n": 2.0 * r_node, "0": 0.0}[VARIANTS[variant][1]]
+
+
+def total_reward(completion, n_tokens, row, weights=None, lo=LEN_LO, hi=LEN_HI, bonus=LEN_BONUS, variant="graph"):
     """R = w_f R_format + w_a R_ans + w_g R_graph + w_l R_l for one completion of one dataset row.
 
-    sample: a dataset row (data.py): answer, answer_type, and optionally graphs (list of Graph dicts).
-    Returns (total, parts) with every part unweighted, plus the graph's node / edge halves.
+    row: a dataset row (data.py): answer, answer_type, and optionally graphs (list of Graph dicts).
+    Returns (total, parts) with every part unweighted; "graph" is the variant's graph term (graph_term), and
+    the measured R_n, R_e of what was written are "graph_node", "graph_edge" whatever the variant.
     """
     w = {**DEFAULT_WEIGHTS, **(weights or {})}
     r_format = format_reward(completion)
-    r_answer = answer_reward(extract_answer(completion), sample["answer"], sample["answer_type"])
-    r_graph, graph_parts = graph_reward_of(completion, sample.get("graphs"))
+    r_answer = answer_reward(extract_answer(completion), row["answer"], row["answer_type"])
+    _, graph_parts = graph_reward_of(completion, row.get("graphs"))
     r_length = length_reward(n_tokens, r_answer >= CORRECT, lo, hi, bonus)
-    parts = {"format": r_format, "answer": r_answer, "graph": r_graph, "length": r_length,
+    parts = {"format": r_format, "answer": r_answer,
+             "graph": graph_term(graph_parts["node"], graph_parts["edge"], variant), "length": r_length,
              "graph_node": graph_parts["node"], "graph_edge": graph_parts["edge"]}
     total = sum(w[k] * parts[k] for k in DEFAULT_WEIGHTS)
     return total, parts
@@ -196,7 +210,7 @@ def demo():
         "truncated": good[: len(good) // 2],
     }
     for name, text in cases.items():
-        total, parts = total_reward(text, n_tokens=400, sample=row)
+        total, parts = total_reward(text, n_tokens=400, row=row)
         print(f"{name:24s} R={total:.3f}  " + "  ".join(f"{k}={v:.2f}" for k, v in parts.items()))
     print("MRA of 3.3 vs 3.0:", mra(3.3, 3.0), "| tIoU [1,3] vs [2,4]:", round(interval_iou([1, 3], [2, 4]), 3))
 

@@ -1769,6 +1769,141 @@ def test_base_preset_writes_its_card_and_grpo_starts_from_it():
     assert "| blind | wrong video | blank clip | base | after GRPO | after GRPO - base | after GRPO - blind |" in table
 
 
+def _variant_row():
+    """One mc row whose ground truth a reasoning can write exactly: d = 5.0 m and a = 45 deg between the centres."""
+    g = graph.Graph(31, [graph.Node("red cube", (0.0, 0.0, 5.0)), graph.Node("blue ball", (5.0, 0.0, 5.0))])
+    return {"id": "synth-000001-00", "video": "v.mp4", "question": "Which object is farther right?",
+            "options": ["red cube", "blue ball"], "answer": "B", "answer_type": "mc", "task": "relative_direction",
+            "graphs": [g.to_dict()], "reasoning": data.reasoning_text([g], "The blue ball is right.", "B")}
+
+
+def test_variants_ask_write_and_reward_their_own_think():
+    """Each --variant on one row by hand: the prompt asks for graphs / centres / nothing, the reference reasoning
+    keeps the graph block / its nodes / no block, and R_graph is R_n + R_e = 2, 2 R_n = 2, or 0 (the written
+    R_n, R_e are still measured)."""
+    row = _variant_row()
+    want = {"graph": ("d=DIST", "| red cube-blue ball d=5.0 a=45 </graph>", 2.0, 1.0, 1.0),
+            "coords": ("(x,y,z)", "<graph t=31> red cube (0.0,0.0,5.0); blue ball (5.0,0.0,5.0) </graph>", 2.0, 1.0,
+                       0.0),
+            "none": ("Think in <think> </think>. ", "<think>The blue ball is right. </think>", 0.0, 0.0, 0.0),
+            "answer_only": ("d=DIST", "| red cube-blue ball d=5.0 a=45 </graph>", 0.0, 1.0, 1.0)}
+    assert set(want) == set(rewards.VARIANTS)
+    for variant, (asked, written, r_graph, r_n, r_e) in want.items():
+        asked_row = data.with_think(row, rewards.VARIANTS[variant][0])
+        prompt = M.build_prompt(asked_row)
+        assert asked in prompt, (variant, prompt)
+        assert ("<graph" in prompt) == (variant != "none") and ("d=DIST" in prompt) == (variant in ("graph", "answer_only"))
+        assert written in asked_row["reasoning"] and asked_row["reasoning"].endswith("<answer>B</answer>"), variant
+        total, parts = rewards.total_reward(asked_row["reasoning"], 400, asked_row, variant=variant)
+        got = (parts["graph"], parts["graph_node"], parts["graph_edge"])
+        assert np.allclose(got, (r_graph, r_n, r_e), atol=1e-9), (variant, parts)
+        assert close(total, 1.0 + 1.0 + r_graph + rewards.LEN_BONUS, 1e-9)   # format + answer + graph term + length
+    assert M.build_prompt(data.with_think(row, "graph")) == M.build_prompt({**row, "think": None})   # the default
+    try:
+        M.build_prompt({**row, "think": "edges"})
+        raise AssertionError("an unknown think must be refused")
+    except ValueError as e:
+        assert "think='edges'" in str(e)
+
+
+def test_variant_run_warms_up_on_its_reasoning_and_records_its_variant():
+    """A --variant coords run end to end: the warm-up's targets are the node-only reasoning, the exported models
+    say coords (eval.py asks as they were trained), the test records carry question ids; --variant is checked."""
+    import train
+    base, data_dir, model_dir = _run_base()
+    targets, real = [], train.completion_tensors
+    spy = lambda tok, texts, device: targets.extend(texts) or real(tok, texts, device)
+    with _stand_ins(train), _patched(train, "completion_tensors", spy), contextlib.redirect_stdout(io.StringIO()):
+        train.main(["--out", base, "--data", data_dir, "--model", model_dir, "--name", "coords", "--variant",
+                    "coords", "--sft_steps", "1", "--sft_batch", "2", "--grpo_steps", "1", "--batch", "2", "--G", "2",
+                    "--max_new_tokens", "12", "--eval_n", "2", "--test_n", "2", "--threads", "1"])
+    assert targets and all("<graph t=" in t and "|" not in t and " d=" not in t for t in targets), targets
+    for folder in ("warmup", "final"):
+        mdl, _ = M.load(os.path.join(base, "coords", folder), dtype=torch.float32, device="cpu")
+        assert ev.model_variant(mdl) == "coords"
+    with open(os.path.join(base, "coords", "test_after_GRPO.json")) as fh:
+        assert all(r["id"].startswith("synth-") for r in json.load(fh))
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        try:
+            train.parse_config(["--variant", "edges"])
+            raise AssertionError("an unknown variant must be refused")
+        except SystemExit:
+            pass
+    assert "--variant must be one of graph, none, coords, answer_only" in err.getvalue()
+
+
+def _fake_run(folder, variant, seed, answers):
+    """A finished run as eval.py ablation reads it: config.json and per-question test records."""
+    os.makedirs(folder)
+    tasks = ["object_count", "displacement", "when_moving", "closest_object"]
+    with open(os.path.join(folder, "config.json"), "w") as fh:
+        json.dump({"variant": variant, "seed": seed}, fh)
+    with open(os.path.join(folder, "test_after_GRPO.json"), "w") as fh:
+        json.dump([{"id": f"q{k}", "task": tasks[k], "answer": a, "graph_node": 0.5, "graph_edge": 0.25}
+                   for k, a in enumerate(answers)], fh)
+    return folder
+
+
+def test_ablation_table_pools_seeds_and_pairs_questions_by_hand():
+    """eval.py ablation on hand-made runs: per family means over both seeds' questions, the paired difference
+    against graph question by question, the files written; a run without ids or a repeated seed is refused."""
+    with tempfile.TemporaryDirectory() as d:
+        runs = [_fake_run(os.path.join(d, "g0"), "graph", 0, [1.0, 0.5, 0.5, 1.0]),
+                _fake_run(os.path.join(d, "g1"), "graph", 1, [1.0, 0.0, 0.5, 0.0]),
+                _fake_run(os.path.join(d, "n0"), "none", 0, [0.0, 0.5, 0.5, 1.0]),
+                _fake_run(os.path.join(d, "n1"), "none", 1, [1.0, 0.5, 0.0, 0.0])]
+        out = os.path.join(d, "out")
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            ev.ablation_main(sum((["--run", r] for r in runs), []) + ["--out", out, "--n_boot", "200"])
+        res = json.load(open(os.path.join(out, "ablation.json")))
+        g, n, diff = res["answer"]["graph"], res["answer"]["none"], res["minus_graph"]["none"]
+        assert g["static spatial"][0] == 0.75 and g["static spatial"][3] == 4     # (1 + 1 + 1 + 0) / 4
+        assert g["motion"][0] == 0.25 and g["temporal"][0] == 0.5 and g["overall"][0] == 0.5625
+        assert n["static spatial"][0] == 0.5 and n["overall"][0] == 0.4375
+        assert diff["static spatial"][0] == -0.25 and diff["motion"][0] == 0.25 and diff["temporal"][0] == -0.25
+        assert diff["overall"][0] == -0.125 and diff["overall"][3] == 8
+        assert "| none - graph (paired) |" in printed.getvalue() and os.path.isfile(os.path.join(out, "ablation.png"))
+        assert res["seeds"] == {"graph": [0, 1], "none": [0, 1]}
+        for bad in ([runs[0], runs[0]], [_fake_run(os.path.join(d, "x"), "coords", 0, [1.0])]):
+            if bad[0].endswith("x"):
+                recs = json.load(open(os.path.join(bad[0], "test_after_GRPO.json")))
+                json.dump([{k: v for k, v in r.items() if k != "id"} for r in recs],
+                          open(os.path.join(bad[0], "test_after_GRPO.json"), "w"))
+            try:
+                ev.ablation_main(sum((["--run", r] for r in bad), []) + ["--out", out])
+                raise AssertionError("must be refused")
+            except data.BadRow as e:
+                assert "seed 0" in str(e) or "without ids" in str(e), str(e)
+
+
+def test_rotation_two_models_side_by_side():
+    """eval.py rotation with two models (one saved as a coords variant): a table per model, each model's
+    variant and angles in rotation.json, the plot; coords' edge curve is R_e of the edges its centres imply."""
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_base")
+    with tempfile.TemporaryDirectory() as d:
+        coords = os.path.join(d, "coords")
+        shutil.copytree(folder, coords)
+        with open(os.path.join(coords, "config.json")) as fh:
+            cfg = json.load(fh)
+        with open(os.path.join(coords, "config.json"), "w") as fh:
+            json.dump({**cfg, "video_str_variant": "coords"}, fh)
+        test_rows = os.path.join(_run_base()[1], "test.jsonl")
+        with contextlib.redirect_stdout(io.StringIO()) as printed, contextlib.redirect_stderr(io.StringIO()):
+            ev.rotation_main(["--model", folder, "--model", coords, "--data", test_rows, "--scenes", "1",
+                              "--angles", "0", "90", "--axis", "roll", "--max_new_tokens", "40", "--frames", "4",
+                              "--out", os.path.join(d, "out"), "--n_boot", "50", "--device", "cpu"])
+        res = json.load(open(os.path.join(d, "out", "rotation.json")))
+        assert {n: m["variant"] for n, m in res["models"].items()} == {"tiny_base": "graph", "coords": "coords"}
+        assert all(set(m["angles"]) == {"0", "90"} for m in res["models"].values())
+        assert not res["models"]["coords"]["angles"]["0"]["writes_edges"]
+        assert printed.getvalue().count("| angle | answer score |") == 2
+        assert os.path.isfile(os.path.join(d, "out", "rotation.png"))
+    row = _variant_row()                                  # R_e of implied edges: centres exact -> 1, edges unwritten
+    nodes_only = data.with_think(row, "nodes")["reasoning"]
+    assert ev.score_completion(nodes_only, row)["edge"] == 0.0
+    assert ev.score_completion(nodes_only, row)["edge_from_centres"] == 1.0
+
+
 # ---------------------------------------------------------------------------- train.py: interruptions, bad data
 
 class _Killed(BaseException):

@@ -3,9 +3,8 @@ ranks under torchrun.
 
 What one GRPO step does (DeepSeekMath's GRPO, as the paper uses it):
   1. B prompts (video + question); grpo.sample draws G completions each, no grad       -> N = B*G sequences
-  2. rewards.total_reward scores each: R = R_format + R_ans + R_graph + R_l (a weight per part: --w_graph 0 drops
-     only the graph reward; the prompt still asks for graphs and the warm-up still teaches them, so it is not the
-     paper's "without graph reasoning" ablation, which removes the graphs from the reasoning too)
+  2. rewards.total_reward scores each: R = R_format + R_ans + R_graph + R_l (a weight per part; --variant none is
+     the paper's "without graph reasoning": no graph in the prompt, the reasoning or R; README "The toy Table 2")
   3. grpo.group_advantages: A_i = (r_i - mean(r)) / (std(r) + eps) within each prompt's group
   4. reference log-probs: the start policy (LoRA adapters switched off, or a frozen copy for full fine-tuning)
   5. grpo.policy_loss: the surrogate minus beta * k3 KL. With mu = 1 (the default) we are on policy: the ratio is
@@ -77,6 +76,7 @@ class Config:
     dtype: str = "auto"             # auto (bf16 on a GPU that has it, else fp32: faster on cpu, `python grpo.py bench`) | bf16 | fp32
     threads: int = 1                # torch CPU threads (1 degrades gracefully beside other work; 2: ~10 % faster idle)
     resume: bool = False            # continue runs/NAME from its last checkpoint; only RESUMABLE flags may differ
+    variant: str = "graph"          # graph (Video-STR) | none (no graph asked, written or rewarded: the paper's w/o graph) | coords (centres only, R_graph = 2 R_n) | answer_only (graphs written, R_graph dropped): rewards.VARIANTS
     # data
     frames: int = data.TRAIN_FRAMES  # frames per video (paper: 16 for training)
     max_prompt_tokens: int = data.MAX_PROMPT_TOKENS  # skip rows whose prompt has more text tokens (video not counted)
@@ -122,7 +122,7 @@ class Config:
     # rewards (weights of R_format, R_ans, R_graph, R_l, and the length window)
     w_format: float = 1.0           # weight of R_format
     w_answer: float = 1.0           # weight of R_ans
-    w_graph: float = 1.0            # 0 drops the graph reward only (prompt and warm-up still have graphs)
+    w_graph: float = 1.0            # weight of R_graph (the variant's graph term: --variant sets which)
     w_length: float = 1.0           # weight of R_l
     len_lo: int = 40                # lower end of the R_l window in tokens (paper: 320 of 768; tiny reasoning is shorter)
     len_hi: int = 170               # upper end of the R_l window in tokens (paper: 512)
@@ -198,6 +198,8 @@ def parse_config(argv=None):
     bad = [f"--{k} {getattr(cfg, k)}" for k in POSITIVE if getattr(cfg, k) < 1]
     if bad:
         p.error(f"these must be at least 1: {', '.join(bad)}")
+    if cfg.variant not in rewards.VARIANTS:
+        p.error(f"--variant must be one of {', '.join(rewards.VARIANTS)}, got {cfg.variant!r}")
     return cfg
 
 
@@ -285,11 +287,13 @@ def make_folder(path, build):
 
 
 def load_split(cfg, split):
-    """Valid rows of a split whose videos pass data.check_videos, and [(FILE:LINE, why)] of those skipped."""
+    """Valid rows of a split whose videos pass data.check_videos, as the --variant asks them (data.with_think), and
+    [(FILE:LINE, why)] of those skipped."""
     path = cfg.data if os.path.isfile(cfg.data) else os.path.join(cfg.data, f"{split}.jsonl")
     skipped = []
     rows, bad_videos = data.check_videos(data.load_rows(path, skip_bad=True, skipped=skipped))
-    return rows, skipped + bad_videos
+    think = rewards.VARIANTS[cfg.variant][0]             # what the variant's prompt asks for and its reasoning holds
+    return [data.with_think(r, think) for r in rows], skipped + bad_videos
 
 
 def fitting_prompts(cfg, tok, rows):
@@ -377,8 +381,8 @@ def completion_tensors(tok, texts, device):
 def score(cfg, texts, lengths, rows, G):
     """R_i (N,) and its named parts for N = B*G completions (row i // G for completion i)."""
     weights = {"format": cfg.w_format, "answer": cfg.w_answer, "graph": cfg.w_graph, "length": cfg.w_length}
-    scored = [rewards.total_reward(text, n_tok, rows[i // G], weights, cfg.len_lo, cfg.len_hi, cfg.len_bonus)
-              for i, (text, n_tok) in enumerate(zip(texts, lengths))]
+    scored = [rewards.total_reward(text, n_tok, rows[i // G], weights, cfg.len_lo, cfg.len_hi, cfg.len_bonus,
+                                   cfg.variant) for i, (text, n_tok) in enumerate(zip(texts, lengths))]
     return torch.tensor([total for total, _ in scored]), [part for _, part in scored]
 
 
@@ -589,6 +593,7 @@ def open_phase(cfg, run_dir, path, lr, step, first, end, train_rows, val_rows, d
     step). Full fine-tuning keeps fp32 master weights (a 1e-6 step is lost in bf16) and computes in bf16 under
     autocast; with LoRA the frozen base is stored in `dtype` and the adapters are fp32."""
     mdl, tok = qwen.load(path, dtype=torch.float32 if cfg.lora_rank == 0 else dtype, device=device)
+    mdl.config.video_str_variant = cfg.variant         # saved with the exports: eval.py asks as this variant asks
     if cfg.freeze_vision:
         qwen.freeze_vision(mdl)
     if cfg.lora_rank > 0:
@@ -721,8 +726,8 @@ def evaluate(cfg, mdl, tok, rows, device, dtype, swap=None, batch=16):
             texts, lengths = ev.greedy_batch(mdl, tok, chunk, [row_clip(cfg, r) for r in chunk], cfg)
         _, parts = score(cfg, texts, lengths, chunk, 1)
         for row, part, text, n_tok in zip(chunk, parts, texts, lengths):
-            results.append({**part, "task": row["task"], "answer_type": row["answer_type"], "tokens": n_tok,
-                            "text": text})
+            results.append({**part, "id": row["id"], "task": row["task"], "answer_type": row["answer_type"],
+                            "tokens": n_tok, "text": text})
     return results if is_fsdp(mdl) else gather(results)
 
 
