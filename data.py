@@ -1,4 +1,4 @@
-"""Video frames, a synthetic STV-style spatio-temporal video QA set with ground-truth graphs, and row loading.
+"""Rows (load_rows), their video clips (read_frames), then a synthetic STV-style spatio-temporal video QA world.
 
 Paper: Video-STR (arXiv 2510.10976) Sec. 3 builds STV-205k from TAO, KITTI and ScanNet: static spatial questions
 (object count, absolute distance, closest object, relative direction, object size) and dynamic temporal ones
@@ -83,7 +83,208 @@ LETTERS = "ABCDEFGHIJ"
 MAX_PROMPT_TOKENS = 1024                        # rows with a longer prompt (text tokens) are skipped: train.py, eval.py
 
 
-# ============================================================================ reading frames
+# --- loading rows ---------------------------------------------------------------------------------------------------
+
+ANSWER_TYPES = ("mc", "num", "iou")
+VIDEO_R1_TYPES = {"multiple choice": "mc", "numerical": "num", "regression": "num"}
+ROW_DEFAULTS = {"options": None, "time_window": None, "graphs": None, "task": "unknown", "reasoning": None}
+
+
+def _is_num(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_text(x):
+    return isinstance(x, str) and bool(x.strip())
+
+
+def _is_graph(g):
+    return (isinstance(g, dict) and isinstance(g.get("frame"), int) and g["frame"] >= 0
+            and isinstance(g.get("nodes"), list) and all(
+                isinstance(n, dict) and isinstance(n.get("category"), str) and isinstance(n.get("center"), list)
+                and len(n["center"]) == 3 and all(map(_is_num, n["center"])) for n in g["nodes"]))
+
+
+def _is_answer(r):
+    a, kind = r["answer"], r["answer_type"]
+    if kind == "mc":
+        return isinstance(a, str) and len(a) == 1 and a in LETTERS[:len(r["options"])]
+    if kind == "num":
+        return _is_num(a)
+    return (isinstance(a, list) and len(a) in (2, 4) and all(map(_is_num, a))
+            and a[0] <= a[len(a) // 2] and a[1] <= a[-1])
+
+
+ROW_CHECKS = (                          # (field, test of the row, what it must be): the first that fails is named
+    ("video", lambda r: _is_text(r.get("video")), "a non-empty string"),
+    ("question", lambda r: _is_text(r.get("question")), "a non-empty string"),
+    ("answer_type", lambda r: r.get("answer_type") in ANSWER_TYPES, f"one of {ANSWER_TYPES}"),
+    ("answer", lambda r: "answer" in r, "given"),
+    ("options", lambda r: r["options"] in (None, []) if r["answer_type"] != "mc" else (
+        isinstance(r["options"], list) and 2 <= len(r["options"]) <= len(LETTERS) and all(map(_is_text, r["options"]))),
+     "a list of 2-10 non-empty option texts for mc, null for num / iou"),
+    ("answer", _is_answer, "an option letter (mc), a finite number (num), [start, end] or [x1, y1, x2, y2] in "
+                           "order (iou)"),
+    ("time_window", lambda r: r["time_window"] is None or (isinstance(r["time_window"], list) and len(
+        r["time_window"]) == 2 and all(map(_is_num, r["time_window"])) and r["time_window"][0] < r["time_window"][1]),
+     "[start, end] seconds with start < end, or null"),
+    ("graphs", lambda r: r["graphs"] is None or (isinstance(r["graphs"], list) and all(map(_is_graph, r["graphs"]))),
+     "null or a list of {frame: int >= 0, nodes: [{category, center: [x, y, z]}]}"),
+    *((f, lambda r, f=f: r.get(f) is None or isinstance(r[f], str), "a string or null")
+      for f in ("task", "reasoning", "id")))
+
+
+def validate_row(row, folder):
+    """Our row format: fills the defaults, checks every field (ROW_CHECKS), makes `video` absolute. Returns it."""
+    if not isinstance(row, dict):
+        raise BadRow("row", "not a JSON object")
+    for field, default in ROW_DEFAULTS.items():
+        row.setdefault(field, default)
+    for field, ok, what in ROW_CHECKS:
+        if not ok(row):
+            raise BadRow(field, f"must be {what}; got {row.get(field)!r:.60}")
+    row["video"] = os.path.normpath(os.path.join(folder, os.path.expanduser(row["video"])))
+    return row
+
+
+def r1_extract(text):
+    r"""Video-R1's extract_answer: the first <answer>\s*(.*?)\s*</answer>, stripped, or '' without one. The same
+    match as that regex's search, found with str.find (linear: the regex rescans the rest of the
+    text from every unclosed <answer>)."""
+    if not isinstance(text, str):
+        return ""
+    i = text.find("<answer>")
+    j = text.find("</answer>", i + 8) if i >= 0 else -1
+    return text[i + 8:j].strip() if j >= 0 else ""
+
+
+def option_texts(options, where=None):
+    """['A. chair', 'B. table'] or ['(A) chair', ...] or ['chair', ...] -> ['chair', 'table'] (letter = position;
+    a prefix with another letter is a BadRow). Video-R1 rows here and the benchmark adapters of eval.py."""
+    if not isinstance(options, (list, tuple)) or not options:
+        raise BadRow("options", f"must be a non-empty list, got {options!r:.80}", where)
+    out = []
+    for k, opt in enumerate(options):
+        m = OPTION_PREFIX_RE.match(str(opt))
+        if m and m.group(1).upper() != chr(ord("A") + k):
+            raise BadRow("options", f"option {k} is labelled {m.group(1)!r}, expected {chr(ord('A') + k)!r}", where)
+        out.append(str(opt)[m.end():].strip() if m else str(opt).strip())
+    return out
+
+
+def from_video_r1(item):
+    """Video-R1 item (problem, options ["A. ...", ...], problem_type, solution "<answer>B</answer>", path)
+    -> our row. multiple choice -> mc (prefixes stripped), numerical / regression -> num; other types
+    (OCR, free-form, ...) and image rows are bad rows."""
+    if item.get("data_type", "video") != "video":
+        raise BadRow("data_type", f"only video rows are supported, got {item.get('data_type')!r}")
+    ptype = item.get("problem_type")
+    if ptype not in VIDEO_R1_TYPES:
+        raise BadRow("problem_type", f"unsupported {ptype!r} (supported: {', '.join(VIDEO_R1_TYPES)})")
+    solution = str(item.get("solution", ""))
+    at = VIDEO_R1_TYPES[ptype]
+    ans = text = r1_extract(solution) or solution.strip()
+    options = None
+    if at == "mc":
+        options = option_texts(item.get("options"))                     # "A. text" -> "text"
+        ans = ans.strip("().: ")[:1].upper()
+    else:
+        try:
+            ans = float(ans.replace(",", ""))
+        except ValueError:
+            raise BadRow("solution", f"no number in {item.get('solution')!r}") from None
+    if not isinstance(item.get("path"), str):
+        raise BadRow("path", "missing video path")
+    process = item.get("process")
+    return {"id": str(item.get("problem_id", "")) or None, "video": item["path"], "question": item.get("problem"),
+            "options": options, "answer": ans, "answer_type": at,
+            "task": str(item.get("data_source") or ptype), "time_window": None, "graphs": None,
+            "reasoning": f"{process.strip()}<answer>{ans if at == 'mc' else text}</answer>"
+            if isinstance(process, str) and process.strip() else None}
+
+
+def load_rows(path, skip_bad=False, skipped=None):
+    """Rows of a JSONL file in our format, or of a Video-R1 JSON / JSONL file, validated.
+
+    Relative video paths resolve against the file's folder (made absolute); each row's `file_line` says where it
+    came from ("FILE:LINE", or "FILE: item N" of a JSON list). A bad row raises BadRow (a ValueError)
+    "FILE:LINE: field 'F': why"; with skip_bad=True it is skipped, the count is printed, and (FILE:LINE, why) is
+    appended to the list `skipped` when one is given."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    records, unit = read_records(path)
+    rows, bad = [], []
+    for n, rec in records:
+        where = f"{path}:{n}" if unit == "line" else f"{path}: item {n}"
+        try:
+            if isinstance(rec, BadRow):
+                raise rec
+            if isinstance(rec, dict) and "problem" in rec and "question" not in rec:
+                rec = from_video_r1(rec)
+            row = validate_row(rec, folder)
+            row["id"] = row.get("id") or f"{os.path.basename(path)}:{n}"
+            row["file_line"] = where                                      # for skip reports
+            rows.append(row)
+        except BadRow as e:
+            if not skip_bad:
+                raise e.at(where) from None
+            bad.append((where, str(e.at(None))))
+    if bad:
+        print(f"load_rows: skipped {len(bad)} bad row(s) of {len(records)} in {path} (first: {': '.join(bad[0])})")
+    if skipped is not None:
+        skipped.extend(bad)
+    return rows
+
+
+def video_problem(path, window=None):
+    """Why a row's video cannot be used, or None: the cheap checks (the file exists, is not empty, opens as a
+    container with a video stream; a time_window [start, end] s overlaps the duration its header states). No
+    frame is decoded: a file damaged inside is found when its clip is read (read_clip raises VideoError)."""
+    try:
+        container, vs = _open_video(path)
+    except (FileNotFoundError, VideoError) as e:
+        return str(e)
+    try:
+        tb = float(vs.time_base) if vs.time_base else None
+        start = (vs.start_time or 0) * tb if tb else 0.0
+        if vs.duration and tb:
+            end = start + vs.duration * tb
+        elif container.duration:
+            end = start + container.duration / av.time_base
+        else:
+            end = None                                                   # unknown: read_clip decides
+    finally:
+        container.close()
+    if window and end is not None and (window[0] >= end or window[1] < start):
+        return f"{path}: time_window {list(window)} s lies outside the video ({start:.2f} to {end:.2f} s)"
+    return None
+
+
+def clip_problem(read, row):
+    """(read(row), None), or (None, why) when the row's video does not decode (VideoError / FileNotFoundError,
+    naming the video): damage inside a file that the cheap checks at load time (check_videos) cannot see."""
+    try:
+        return read(row), None
+    except (VideoError, FileNotFoundError) as e:
+        return None, str(e)
+
+
+def check_videos(rows):
+    """(rows whose video passes video_problem, [(FILE:LINE, why)] of the others); each (video, window) is
+    checked once."""
+    verdicts, keep, bad = {}, [], []
+    for r in rows:
+        key = (r["video"], tuple(r.get("time_window") or ()))
+        if key not in verdicts:
+            verdicts[key] = video_problem(r["video"], r.get("time_window"))
+        if verdicts[key] is None:
+            keep.append(r)
+        else:
+            bad.append((r.get("file_line", r.get("id")), verdicts[key]))
+    return keep, bad
+
+
+# --- reading frames -------------------------------------------------------------------------------------------------
 
 class VideoError(ValueError):
     """A video that cannot be read as asked; the message names the file and the cause."""
@@ -348,7 +549,7 @@ def write_video(path, frames, fps=CLIP_FPS, times=None, codec="libx264", gop=Non
             c.mux(pkt)
 
 
-# ============================================================================ synthetic scenes
+# --- the synthetic world (to the support marker): scenes ---------------------------------------------------------
 
 COLOURS = {"red": (215, 45, 40), "blue": (45, 85, 225), "green": (40, 165, 65), "yellow": (235, 200, 35)}
 SHAPES = ("cube", "ball", "cone", "cylinder")
@@ -562,7 +763,7 @@ def make_scene(rng, n_objects=(2, 3), size=CLIP_SIZE, num_frames=CLIP_FRAMES, fp
     raise RuntimeError("make_scene: no valid scene in 200 tries (settings too tight)")
 
 
-# ============================================================================ rendering (numpy only)
+# --- rendering (numpy only) -----------------------------------------------------------------------------------------
 
 SKY, GROUND, LINE, HAZE = (np.array(c, dtype=np.float64) for c in
                            ((170, 200, 235), (128, 124, 112), (78, 76, 70), (180, 185, 190)))
@@ -728,7 +929,7 @@ def render_clip(scene):
     return np.stack([render(scene, sec) for sec in frame_times(scene)])
 
 
-# ============================================================================ questions, graphs, reasoning
+# --- questions, graphs, reasoning -----------------------------------------------------------------------------------
 
 DIRECTIONS = ("left and nearer", "left and farther", "right and nearer", "right and farther")
 MOTIONS = ("left", "right", "toward the camera", "away from the camera")
@@ -981,7 +1182,7 @@ def make_questions(scene, rng, tasks=None, k=KEY_FRAMES):
     return rows
 
 
-# ============================================================================ the dataset on disk
+# --- the dataset on disk --------------------------------------------------------------------------------------------
 
 def split_of(n, seed, fractions=(0.8, 0.1, 0.1)):
     """Scene index -> "train" / "val" / "test": a seeded permutation cut at the fractions (split by scene)."""
@@ -1062,7 +1263,10 @@ def contact_sheet(shown, path, n_frames=4):
     plt.close(fig)
 
 
-# ============================================================================ files: written atomically, read tolerantly
+# --- support: no paper content below --------------------------------------------------------------------------------
+
+
+# --- files: written atomically, read tolerantly ---------------------------------------------------------------------
 
 def write_file(path, content):
     """Write text (str) or bytes through a temporary file in the same folder, flushed to disk, then a rename: a
@@ -1137,208 +1341,7 @@ def read_jsonl(path):
     return out
 
 
-# ============================================================================ loading rows
-
-ANSWER_TYPES = ("mc", "num", "iou")
-VIDEO_R1_TYPES = {"multiple choice": "mc", "numerical": "num", "regression": "num"}
-ROW_DEFAULTS = {"options": None, "time_window": None, "graphs": None, "task": "unknown", "reasoning": None}
-
-
-def _is_num(x):
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _is_text(x):
-    return isinstance(x, str) and bool(x.strip())
-
-
-def _is_graph(g):
-    return (isinstance(g, dict) and isinstance(g.get("frame"), int) and g["frame"] >= 0
-            and isinstance(g.get("nodes"), list) and all(
-                isinstance(n, dict) and isinstance(n.get("category"), str) and isinstance(n.get("center"), list)
-                and len(n["center"]) == 3 and all(map(_is_num, n["center"])) for n in g["nodes"]))
-
-
-def _is_answer(r):
-    a, kind = r["answer"], r["answer_type"]
-    if kind == "mc":
-        return isinstance(a, str) and len(a) == 1 and a in LETTERS[:len(r["options"])]
-    if kind == "num":
-        return _is_num(a)
-    return (isinstance(a, list) and len(a) in (2, 4) and all(map(_is_num, a))
-            and a[0] <= a[len(a) // 2] and a[1] <= a[-1])
-
-
-ROW_CHECKS = (                          # (field, test of the row, what it must be): the first that fails is named
-    ("video", lambda r: _is_text(r.get("video")), "a non-empty string"),
-    ("question", lambda r: _is_text(r.get("question")), "a non-empty string"),
-    ("answer_type", lambda r: r.get("answer_type") in ANSWER_TYPES, f"one of {ANSWER_TYPES}"),
-    ("answer", lambda r: "answer" in r, "given"),
-    ("options", lambda r: r["options"] in (None, []) if r["answer_type"] != "mc" else (
-        isinstance(r["options"], list) and 2 <= len(r["options"]) <= len(LETTERS) and all(map(_is_text, r["options"]))),
-     "a list of 2-10 non-empty option texts for mc, null for num / iou"),
-    ("answer", _is_answer, "an option letter (mc), a finite number (num), [start, end] or [x1, y1, x2, y2] in "
-                           "order (iou)"),
-    ("time_window", lambda r: r["time_window"] is None or (isinstance(r["time_window"], list) and len(
-        r["time_window"]) == 2 and all(map(_is_num, r["time_window"])) and r["time_window"][0] < r["time_window"][1]),
-     "[start, end] seconds with start < end, or null"),
-    ("graphs", lambda r: r["graphs"] is None or (isinstance(r["graphs"], list) and all(map(_is_graph, r["graphs"]))),
-     "null or a list of {frame: int >= 0, nodes: [{category, center: [x, y, z]}]}"),
-    *((f, lambda r, f=f: r.get(f) is None or isinstance(r[f], str), "a string or null")
-      for f in ("task", "reasoning", "id")))
-
-
-def validate_row(row, folder):
-    """Our row format: fills the defaults, checks every field (ROW_CHECKS), makes `video` absolute. Returns it."""
-    if not isinstance(row, dict):
-        raise BadRow("row", "not a JSON object")
-    for field, default in ROW_DEFAULTS.items():
-        row.setdefault(field, default)
-    for field, ok, what in ROW_CHECKS:
-        if not ok(row):
-            raise BadRow(field, f"must be {what}; got {row.get(field)!r:.60}")
-    row["video"] = os.path.normpath(os.path.join(folder, os.path.expanduser(row["video"])))
-    return row
-
-
-def r1_extract(text):
-    r"""Video-R1's extract_answer: the first <answer>\s*(.*?)\s*</answer>, stripped, or '' without one. The same
-    match as that regex's search, found with str.find (linear: the regex rescans the rest of the
-    text from every unclosed <answer>)."""
-    if not isinstance(text, str):
-        return ""
-    i = text.find("<answer>")
-    j = text.find("</answer>", i + 8) if i >= 0 else -1
-    return text[i + 8:j].strip() if j >= 0 else ""
-
-
-def option_texts(options, where=None):
-    """['A. chair', 'B. table'] or ['(A) chair', ...] or ['chair', ...] -> ['chair', 'table'] (letter = position;
-    a prefix with another letter is a BadRow). Video-R1 rows here and the benchmark adapters of eval.py."""
-    if not isinstance(options, (list, tuple)) or not options:
-        raise BadRow("options", f"must be a non-empty list, got {options!r:.80}", where)
-    out = []
-    for k, opt in enumerate(options):
-        m = OPTION_PREFIX_RE.match(str(opt))
-        if m and m.group(1).upper() != chr(ord("A") + k):
-            raise BadRow("options", f"option {k} is labelled {m.group(1)!r}, expected {chr(ord('A') + k)!r}", where)
-        out.append(str(opt)[m.end():].strip() if m else str(opt).strip())
-    return out
-
-
-def from_video_r1(item):
-    """Video-R1 item (problem, options ["A. ...", ...], problem_type, solution "<answer>B</answer>", path)
-    -> our row. multiple choice -> mc (prefixes stripped), numerical / regression -> num; other types
-    (OCR, free-form, ...) and image rows are bad rows."""
-    if item.get("data_type", "video") != "video":
-        raise BadRow("data_type", f"only video rows are supported, got {item.get('data_type')!r}")
-    ptype = item.get("problem_type")
-    if ptype not in VIDEO_R1_TYPES:
-        raise BadRow("problem_type", f"unsupported {ptype!r} (supported: {', '.join(VIDEO_R1_TYPES)})")
-    solution = str(item.get("solution", ""))
-    at = VIDEO_R1_TYPES[ptype]
-    ans = text = r1_extract(solution) or solution.strip()
-    options = None
-    if at == "mc":
-        options = option_texts(item.get("options"))                     # "A. text" -> "text"
-        ans = ans.strip("().: ")[:1].upper()
-    else:
-        try:
-            ans = float(ans.replace(",", ""))
-        except ValueError:
-            raise BadRow("solution", f"no number in {item.get('solution')!r}") from None
-    if not isinstance(item.get("path"), str):
-        raise BadRow("path", "missing video path")
-    process = item.get("process")
-    return {"id": str(item.get("problem_id", "")) or None, "video": item["path"], "question": item.get("problem"),
-            "options": options, "answer": ans, "answer_type": at,
-            "task": str(item.get("data_source") or ptype), "time_window": None, "graphs": None,
-            "reasoning": f"{process.strip()}<answer>{ans if at == 'mc' else text}</answer>"
-            if isinstance(process, str) and process.strip() else None}
-
-
-def load_rows(path, skip_bad=False, skipped=None):
-    """Rows of a JSONL file in our format, or of a Video-R1 JSON / JSONL file, validated.
-
-    Relative video paths resolve against the file's folder (made absolute); each row's `file_line` says where it
-    came from ("FILE:LINE", or "FILE: item N" of a JSON list). A bad row raises BadRow (a ValueError)
-    "FILE:LINE: field 'F': why"; with skip_bad=True it is skipped, the count is printed, and (FILE:LINE, why) is
-    appended to the list `skipped` when one is given."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    records, unit = read_records(path)
-    rows, bad = [], []
-    for n, rec in records:
-        where = f"{path}:{n}" if unit == "line" else f"{path}: item {n}"
-        try:
-            if isinstance(rec, BadRow):
-                raise rec
-            if isinstance(rec, dict) and "problem" in rec and "question" not in rec:
-                rec = from_video_r1(rec)
-            row = validate_row(rec, folder)
-            row["id"] = row.get("id") or f"{os.path.basename(path)}:{n}"
-            row["file_line"] = where                                      # for skip reports
-            rows.append(row)
-        except BadRow as e:
-            if not skip_bad:
-                raise e.at(where) from None
-            bad.append((where, str(e.at(None))))
-    if bad:
-        print(f"load_rows: skipped {len(bad)} bad row(s) of {len(records)} in {path} (first: {': '.join(bad[0])})")
-    if skipped is not None:
-        skipped.extend(bad)
-    return rows
-
-
-def video_problem(path, window=None):
-    """Why a row's video cannot be used, or None: the cheap checks (the file exists, is not empty, opens as a
-    container with a video stream; a time_window [start, end] s overlaps the duration its header states). No
-    frame is decoded: a file damaged inside is found when its clip is read (read_clip raises VideoError)."""
-    try:
-        container, vs = _open_video(path)
-    except (FileNotFoundError, VideoError) as e:
-        return str(e)
-    try:
-        tb = float(vs.time_base) if vs.time_base else None
-        start = (vs.start_time or 0) * tb if tb else 0.0
-        if vs.duration and tb:
-            end = start + vs.duration * tb
-        elif container.duration:
-            end = start + container.duration / av.time_base
-        else:
-            end = None                                                   # unknown: read_clip decides
-    finally:
-        container.close()
-    if window and end is not None and (window[0] >= end or window[1] < start):
-        return f"{path}: time_window {list(window)} s lies outside the video ({start:.2f} to {end:.2f} s)"
-    return None
-
-
-def clip_problem(read, row):
-    """(read(row), None), or (None, why) when the row's video does not decode (VideoError / FileNotFoundError,
-    naming the video): damage inside a file that the cheap checks at load time (check_videos) cannot see."""
-    try:
-        return read(row), None
-    except (VideoError, FileNotFoundError) as e:
-        return None, str(e)
-
-
-def check_videos(rows):
-    """(rows whose video passes video_problem, [(FILE:LINE, why)] of the others); each (video, window) is
-    checked once."""
-    verdicts, keep, bad = {}, [], []
-    for r in rows:
-        key = (r["video"], tuple(r.get("time_window") or ()))
-        if key not in verdicts:
-            verdicts[key] = video_problem(r["video"], r.get("time_window"))
-        if verdicts[key] is None:
-            keep.append(r)
-        else:
-            bad.append((r.get("file_line", r.get("id")), verdicts[key]))
-    return keep, bad
-
-
-# ============================================================================ bench and command line
+# --- bench and command line -----------------------------------------------------------------------------------------
 
 def _bench_video(path, seconds=120, fps=30, size=(360, 640), gop=30):
     """A long test video (made once, cached): a textured panorama panning by 2 px per frame."""

@@ -108,7 +108,7 @@ LEVEL_RE = re.compile(r"_(easy|medium|hard)$")
 FRAME_BOX_RE = re.compile(r"(\d{1,7})\s*:\s*(\[[^\[\]]{1,160}\])")
 
 
-# ------------------------------------------------------------------------------------ answer rules
+# --- answer rules ---------------------------------------------------------------------------------------------------
 
 RULES = ("vsibench", "stibench", "vstar", "videor1", "ours")        # module docstring, "Scoring rules"
 STI_PATTERNS = [re.compile(p, re.IGNORECASE | re.MULTILINE) for p in (   # STI-Bench's ANSWER_PATTERNS, in order
@@ -281,7 +281,7 @@ def edge_from_centres(completion, graphs):
     return graph.graph_reward(implied, [graph.Graph.from_dict(g) for g in graphs])[1]["edge"]
 
 
-# ------------------------------------------------------------------------------------ aggregates
+# --- aggregates -----------------------------------------------------------------------------------------------------
 
 def bootstrap_mean_ci(values, n_boot=N_BOOT, seed=0, level=0.95):
     """Percentile bootstrap interval of the mean: resample the n values with replacement n_boot times,
@@ -316,6 +316,19 @@ def bootstrap_task_mean_ci(scores_by_task, n_boot=N_BOOT, seed=0, level=0.95):
     return float(lo), float(hi)
 
 
+def mean_ci(values, n_boot=N_BOOT, seed=0):
+    """(mean, lo, hi) with the 95 % bootstrap interval, or None without values."""
+    if not len(values):
+        return None
+    return (float(np.mean(values)), *bootstrap_mean_ci(values, n_boot, seed))
+
+
+def fmt_ci(stat, signed=False):
+    """'0.512 [0.457, 0.559]' of a (mean, lo, hi), signed for a difference; '-' for None."""
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return "-" if stat is None else f"{f.format(stat[0])} [{f.format(stat[1])}, {f.format(stat[2])}]"
+
+
 def summary_stat(values, n_boot=N_BOOT, seed=0):
     """{'mean', 'lo', 'hi', 'n'} of a list of per-question values."""
     lo, hi = bootstrap_mean_ci(values, n_boot, seed)
@@ -342,464 +355,7 @@ def summarize(rows, scored, n_boot=N_BOOT, seed=0):
             "metrics": {m: summary_stat(v, n_boot, seed) for m, v in sorted(by_metric.items())}}
 
 
-# ------------------------------------------------------------------------------------ benchmark adapters
-# Each raises data.BadRow(field, why, where) for a bad row; `where` is "FILE row K" (K counted from 0).
-
-def need(rec, field, where):
-    if field not in rec or rec[field] is None:
-        raise BadRow(field, f"missing (the row has {sorted(rec)[:12]})", where)
-    return rec[field]
-
-
-def letter(value, n_options, where, field):
-    """'B', 'b', 'B.', '(B)' -> 'B', checked against the number of options."""
-    s = str(value).strip().strip("().").upper()
-    if len(s) != 1 or not "A" <= s < chr(ord("A") + n_options):
-        raise BadRow(field, f"must be an option letter of {n_options} options, got {value!r:.40}", where)
-    return s
-
-
-def to_float(value, where, field):
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise BadRow(field, f"must be a number, got {value!r:.40}", where) from None
-    if not math.isfinite(x):
-        raise BadRow(field, f"is not finite ({value!r})", where)
-    return x
-
-
-def from_vsibench(rec, root, where):
-    """VSI-Bench row -> our row. Numeric question types -> num (MRA), the rest mc (options 'A. text')."""
-    qtype = str(need(rec, "question_type", where))
-    video = os.path.join(root, str(need(rec, "dataset", where)), f"{need(rec, 'scene_name', where)}.mp4")
-    row = {"id": f"vsi-{rec.get('id', where.rsplit(' ', 1)[-1])}", "video": video, "rule": "vsibench",
-           "question": str(need(rec, "question", where)), "task": qtype, "time_window": None, "graphs": None}
-    gt = need(rec, "ground_truth", where)
-    if qtype in VSI_NUMERIC:
-        return {**row, "options": None, "answer": to_float(gt, where, "ground_truth"), "answer_type": "num"}
-    options = data.option_texts(need(rec, "options", where), where)
-    return {**row, "options": options, "answer": letter(gt, len(options), where, "ground_truth"), "answer_type": "mc"}
-
-
-def from_stibench(rec, root, where):
-    """STI-Bench row -> our row: 5-way mc, clip window [time_start, time_end] seconds -> time_window."""
-    cands = need(rec, "Candidates", where)
-    if isinstance(cands, str):
-        try:
-            cands = json.loads(cands)
-        except json.JSONDecodeError as e:
-            raise BadRow("Candidates", f"not JSON ({e})", where) from None
-    if not isinstance(cands, dict) or not cands:
-        raise BadRow("Candidates", "must be a JSON object of letter -> text", where)
-    options = data.option_texts([f"{k}. {cands[k]}" for k in sorted(cands)], where)
-    ts, te = (to_float(need(rec, f, where), where, f) for f in ("time_start", "time_end"))
-    if te < ts:
-        raise BadRow("time_end", f"{te} < time_start {ts}", where)
-    return {"id": f"sti-{need(rec, 'ID', where)}", "video": os.path.join(root, str(need(rec, "Video", where))),
-            "question": str(need(rec, "Question", where)), "options": options,
-            "answer": letter(need(rec, "Answer", where), len(options), where, "Answer"), "answer_type": "mc",
-            "task": str(rec.get("Task") or "sti"), "scene": rec.get("Scene"), "time_window": [ts, te], "graphs": None,
-            "rule": "stibench"}
-
-
-def where_question(rec, boxes):
-    """The V-STaR spatial question plus the answer form this file scores (module docstring, 'boxes')."""
-    frames = ", ".join(str(b["frame"]) for b in boxes)
-    size = f"{rec.get('width')}x{rec.get('height')}" if rec.get("width") else "original"
-    return (f"{rec.get('spatial_question') or rec.get('question')} Give one box per frame for frames {frames} "
-            f"(frame indices at {rec.get('fps')} fps) as 'FRAME: [x1, y1, x2, y2]' in pixels of the {size} video, "
-            f"separated by ';'.")
-
-
-def from_vstar(rec, root, where):
-    """V-STaR item -> [when row (iou on [s, e] seconds)] + [where row (boxes)] if bboxes are given."""
-    base = {"video": os.path.join(root, f"{need(rec, 'vid', where)}.mp4"), "options": None, "time_window": None,
-            "graphs": None, "domain": rec.get("domain"), "rule": "vstar"}
-    idx = where.rsplit(" ", 1)[-1]
-    ts = need(rec, "timestamps", where)
-    if not isinstance(ts, (list, tuple)) or len(ts) != 2:
-        raise BadRow("timestamps", f"must be [start, end] seconds, got {ts!r:.60}", where)
-    rows = [{**base, "id": f"vstar-{idx}-when", "question": str(need(rec, "temporal_question", where)) +
-             " Answer with [start, end] in seconds.", "answer": [to_float(v, where, "timestamps") for v in ts],
-             "answer_type": "iou", "task": "when"}]
-    boxes = []
-    for k, b in enumerate(rec.get("bboxes") or []):
-        if not isinstance(b, dict):
-            raise BadRow(f"bboxes[{k}]", "must be an object with frame_index, xmin, ymin, xmax, ymax", where)
-        at = f"{where} bboxes[{k}]"
-        box = [to_float(need(b, f, at), where, f"bboxes[{k}].{f}") for f in ("xmin", "ymin", "xmax", "ymax")]
-        boxes.append({"frame": int(to_float(need(b, "frame_index", at), where, f"bboxes[{k}].frame_index")),
-                      "box": box})
-    if boxes:
-        rows.append({**base, "id": f"vstar-{idx}-where", "question": where_question(rec, boxes), "answer": boxes,
-                     "answer_type": "boxes", "task": "where"})
-    return rows
-
-
-def from_videor1(rec, root, where):
-    """Video-R1 eval row -> our row: data.from_video_r1 (the one mapping of that format), with the video path
-    resolved against root; task = data_source (VideoMME...). Scored by Video-R1's rules, which need the problem
-    type and the solution's answer text as written."""
-    try:
-        row = data.from_video_r1(rec)
-    except BadRow as e:
-        raise e.at(where) from None
-    video = os.path.normpath(os.path.join(root, row["video"]))
-    return {**row, "id": f"r1-{rec.get('problem_id', where.rsplit(' ', 1)[-1])}", "video": video, "reasoning": None,
-            "rule": "videor1", "problem_type": rec["problem_type"], "gt_text": r1_extract(str(rec.get("solution")))}
-
-
-FORMAT_KEYS = {                        # a format is detected when the first row has all of its keys
-    "vsibench": ("dataset", "scene_name", "question_type", "ground_truth"),
-    "stibench": ("Video", "Candidates", "Question", "Answer"),
-    "vstar": ("vid", "timestamps", "temporal_question"),
-    "videor1": ("path", "problem", "problem_type", "solution"),
-    "ours": ("video", "question", "answer", "answer_type"),
-}
-ADAPTERS = {"vsibench": from_vsibench, "stibench": from_stibench, "vstar": from_vstar, "videor1": from_videor1}
-KNOWN_KEYS = "known formats need: " + "; ".join(f"{n}: {', '.join(k)}" for n, k in FORMAT_KEYS.items())
-
-
-def detect_format(rec, where="row 0"):
-    """The first format of FORMAT_KEYS whose keys the record has, else a clear error."""
-    for name, keys in FORMAT_KEYS.items():
-        if isinstance(rec, dict) and all(k in rec for k in keys):
-            return name
-    keys = sorted(rec) if isinstance(rec, dict) else type(rec).__name__
-    raise BadRow(None, f"cannot detect the format from keys {keys}; {KNOWN_KEYS}", where)
-
-
-def first_format(records, path, skip_bad):
-    """The format of the first record; with skip_bad, of the first record whose format can be detected (a bad
-    first row then is skipped and counted like any other, instead of defeating --format auto)."""
-    for k, rec in enumerate(records):
-        if isinstance(rec, BadRow):
-            continue
-        try:
-            return detect_format(rec, f"{path} row {k}" if skip_bad else f"{path} first row")
-        except BadRow:
-            if not skip_bad:
-                raise
-    raise BadRow(None, f"no row has the keys of a known format ({KNOWN_KEYS})", path)
-
-
-def benchmark_records(path):
-    """Raw records of a .jsonl / .json file (data.read_records: a line that is not JSON is a BadRow naming it) or
-    a .parquet file (needs pandas)."""
-    if not path.endswith(".parquet"):
-        return [rec for _, rec in data.read_records(path)[0]]
-    try:
-        import pandas
-    except ImportError:
-        raise BadRow(None, "reading parquet needs pandas + pyarrow, which are not installed here; install them or "
-                           "export the rows to JSON/JSONL (same columns)", path) from None
-    return pandas.read_parquet(path).to_dict(orient="records")
-
-
-def load_benchmark(path, fmt="auto", video_root=None, skip_bad=False):
-    """Rows in our format (data.py's row format) from any supported file -> (rows, fmt, n_skipped).
-    A bad row raises a clear error naming the file, row and field, or is skipped and counted with skip_bad."""
-    hint = " (use --skip_bad to skip and count such rows)"
-    records = benchmark_records(path)
-    if all(isinstance(r, BadRow) for r in records):
-        raise BadRow(None, "no readable rows" + (f" ({records[0]})" if records else ""), path)
-    if fmt == "auto":
-        fmt = first_format(records, path, skip_bad)
-    if fmt == "ours":
-        try:
-            rows = data.load_rows(path, skip_bad=skip_bad)
-        except BadRow as e:                                       # data.py names the file, line and field
-            raise e.at(e.where, hint) from None
-        return rows, fmt, len(records) - len(rows)
-    root = video_root or os.path.dirname(os.path.abspath(path))
-    rows, skipped = [], 0
-    for k, rec in enumerate(records):
-        try:
-            if isinstance(rec, BadRow):
-                raise rec
-            if not isinstance(rec, dict):
-                raise BadRow("row", "not an object", f"{path} row {k}")
-            out = ADAPTERS[fmt](rec, root, f"{path} row {k}")
-            rows.extend({**r, "file_line": f"{path} row {k}"} for r in (out if isinstance(out, list) else [out]))
-        except BadRow as e:
-            if not skip_bad:
-                raise e.at(e.where, hint) from None
-            skipped += 1
-    return rows, fmt, skipped
-
-
-# ------------------------------------------------------------------------------------ report
-
-METRIC_LABELS = {"format": "format rate", "node": "graph node reward R_n", "edge": "graph edge reward R_e",
-                 "tIoU": "when: mean tIoU", **{f"R@{k}": f"when: R@{k}" for k in R_AT}}
-
-
-def table_lines(summaries):
-    """(label, key path) of every table row present in any model's summary, in display order."""
-    lines = [("overall: unweighted task mean (VSI)", ("overall_task",)),
-             ("overall: question mean (STI)", ("overall_q",))]
-    for section, prefix in (("tasks", "task"), ("answer_types", "type")):
-        names = sorted({k for s in summaries.values() for k in s[section]})
-        lines += [(f"{prefix}: {k}", (section, k)) for k in names]
-    order = ["format", "node", "edge", "tIoU"] + [f"R@{k}" for k in R_AT]
-    names = {k for s in summaries.values() for k in s["metrics"]}
-    return lines + [(METRIC_LABELS.get(k, k), ("metrics", k)) for k in sorted(names, key=lambda k: (
-        order.index(k) if k in order else len(order), k))]
-
-
-def cell(stat):
-    """'52.3 [48.1, 56.0]' (x100), or '-' when missing."""
-    if not stat or stat.get("n", 0) == 0 or stat["mean"] != stat["mean"]:
-        return "-"
-    return f"{100 * stat['mean']:.1f} [{100 * stat['lo']:.1f}, {100 * stat['hi']:.1f}]"
-
-
-def markdown_table(summaries):
-    """One markdown table: a row per aggregate, a column per model; values x100 with bootstrap 95% intervals."""
-    names = list(summaries)
-    out = ["| metric (x100, 95% CI) | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
-    for label, path in table_lines(summaries):
-        stats = [s[path[0]] if len(path) == 1 else s[path[0]].get(path[1]) for s in summaries.values()]
-        n = max((st or {}).get("n", 0) for st in stats)
-        out.append(f"| {label} | {n} | " + " | ".join(cell(st) for st in stats) + " |")
-    return "\n".join(out)
-
-
-def plot_results(summaries, path, title=""):
-    """Bar chart: one group per task (and the two overalls), one colour per model, 95% intervals drawn."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    groups = [("overall (tasks)", ("overall_task",)), ("overall (questions)", ("overall_q",))]
-    groups += [(t, ("tasks", t)) for t in sorted({t for s in summaries.values() for t in s["tasks"]})]
-    width = 0.8 / max(1, len(summaries))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(groups) * max(1, len(summaries)) ** 0.5 + 2), 4.5))
-    for m, (name, s) in enumerate(summaries.items()):
-        stats = [s[p[0]] if len(p) == 1 else s[p[0]].get(p[1]) or {} for _, p in groups]
-        mean = np.array([100 * st.get("mean", np.nan) for st in stats])                  # (groups,)
-        err = np.array([[100 * (st.get("mean", np.nan) - st.get("lo", np.nan)) for st in stats],
-                        [100 * (st.get("hi", np.nan) - st.get("mean", np.nan)) for st in stats]])  # (2, groups)
-        x = np.arange(len(groups)) + (m - (len(summaries) - 1) / 2) * width
-        ax.bar(x, mean, width, yerr=np.nan_to_num(err), capsize=3, label=name)
-    ax.set_xticks(np.arange(len(groups)), [g for g, _ in groups], rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("score x100 (95% bootstrap CI)")
-    ax.set_ylim(0, 105)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    save_png(fig, path)
-
-
-def save_png(fig, path):
-    """Render a figure to PNG bytes and write them atomically (data.write_file); closes the figure."""
-    import io
-    import matplotlib.pyplot as plt
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=100)
-    plt.close(fig)
-    data.write_file(path, png.getvalue())
-
-
-# ------------------------------------------------------------------------------------ model layer (thin)
-
-def prompt_row(row):
-    """The row model.build_prompt sees: a 'boxes' row is asked as a box question (its question text already
-    says one box per frame)."""
-    return {**row, "answer_type": "iou", "answer": [0.0, 0.0, 0.0, 0.0]} if row["answer_type"] == "boxes" else row
-
-
-def greedy_batch(mdl, tokenizer, rows, videos, args):
-    """Greedy completions for one batch of B rows: model.make_inputs -> grpo.sample(G=1, temperature=0).
-    Returns (texts, token counts with the closing EOS)."""
-    import torch
-    import grpo
-    import model as qwen
-    eos, suppress = qwen.special_ids(tokenizer)
-    inputs = qwen.make_inputs(tokenizer, mdl.config, [prompt_row(r) for r in rows], videos,
-                              args.min_pixels, args.max_pixels)
-    inputs = qwen.to_device(inputs, mdl.device, next(mdl.parameters()).dtype)
-    with torch.no_grad():
-        ids, mask, _ = grpo.sample(mdl, inputs, 1, args.max_new_tokens, temperature=0.0,
-                                   eos_ids=eos, suppress_ids=suppress)       # (B, T)
-    return qwen.decode_completions(tokenizer, ids, mask)                     # (texts, token counts)
-
-
-def progress(tag, done, total, t0):
-    """One self-overwriting stderr line: rows done, rate, ETA."""
-    rate = done / max(time.time() - t0, 1e-9)
-    eta = (total - done) / rate if rate > 0 else float("inf")
-    sys.stderr.write(f"\r[{tag}] {done}/{total} rows  {rate:.2f} rows/s  ETA {eta:5.0f} s ")
-    sys.stderr.flush()
-    if done == total:
-        sys.stderr.write("\n")
-
-
-def run_model(path, rows, args, tag):
-    """complete() of one checkpoint for every row (greedy, batched); the model is freed afterwards."""
-    import model as qwen
-    mdl, tokenizer = qwen.load(path, device=args.device)
-    mdl.eval()
-    out = complete(mdl, tokenizer, rows, args, tag)
-    del mdl
-    return out
-
-
-def clip_or_problem(row, tokenizer, args):
-    """(clip, None) for a row that can be asked, else (None, why): its prompt is longer than --max_prompt_tokens,
-    or its video does not decode (data.VideoError / FileNotFoundError: damage the cheap checks cannot see)."""
-    import model as qwen
-    why = qwen.prompt_problem(tokenizer, prompt_row(row), args.max_prompt_tokens)
-    return (None, why) if why else data.clip_problem(lambda r: data.row_clip(r, args.frames), row)
-
-
-def model_variant(mdl):
-    """The --variant a checkpoint was trained as (train.py saves it in config.json; "graph" when absent)."""
-    variant = getattr(mdl.config, "video_str_variant", None) or "graph"
-    if variant not in rewards.VARIANTS:
-        raise BadRow("video_str_variant", f"{variant!r} is not one of {', '.join(rewards.VARIANTS)}", "config.json")
-    return variant
-
-
-def complete(mdl, tokenizer, rows, args, tag):
-    """Greedy completions of a loaded model for every row, batch by batch, asked as the model's variant asks
-    (data.with_think); videos decoded per batch. Returns (completions, {row index: why}) with None for a row that
-    cannot be asked (clip_or_problem): with --skip_bad it is left out and the rest goes on; without, BadRow names it."""
-    rows = [data.with_think(r, rewards.VARIANTS[model_variant(mdl)][0]) for r in rows]
-    completions, problems, t0 = [None] * len(rows), {}, time.time()
-    for lo in range(0, len(rows), args.batch):
-        asked, videos = [], []
-        for i in range(lo, min(lo + args.batch, len(rows))):
-            clip, why = clip_or_problem(rows[i], tokenizer, args)
-            if why is None:
-                asked.append(i)
-                videos.append(clip)
-            elif args.skip_bad:
-                problems[i] = why
-            else:
-                raise BadRow(None, f"{why} (use --skip_bad to skip and count such rows)",
-                             rows[i].get("file_line", rows[i].get("id")))
-        if asked:
-            texts = greedy_batch(mdl, tokenizer, [rows[i] for i in asked], videos, args)[0]
-            for i, text in zip(asked, texts):
-                completions[i] = text
-        progress(tag, min(lo + args.batch, len(rows)), len(rows), t0)
-    return completions, problems
-
-
-# ------------------------------------------------------------------------------------ command line
-
-def model_names(paths):
-    """Column names: the folder's name ('runs/a/final' -> 'final'), its last two parts ('a/final') when two
-    folders share a name, '#k' appended when the same folder is given twice."""
-    parts = [os.path.normpath(p).split(os.sep) for p in paths]
-    folders = {}
-    for q in parts:
-        folders.setdefault(q[-1], set()).add(tuple(q))
-    base = [q[-1] if len(folders[q[-1]]) == 1 else "/".join(q[-2:]) for q in parts]
-    return [f"{b}#{k + 1}" if base.count(b) > 1 else b for k, b in enumerate(base)]
-
-
-def rows_with_videos(rows, skip_bad):
-    """Rows whose video passes data.video_problem's cheap checks (exists, opens, the window lies inside it); the
-    others are an error naming the first (row and why), or skipped and counted. (rows kept, number skipped)"""
-    keep, bad = data.check_videos(rows)
-    if bad and not skip_bad:
-        raise BadRow(None, f"{len(bad)} row(s) with an unusable video, e.g. " + "; ".join(
-            f"{w}: {y}" for w, y in bad[:3]) + " (check --video_root, or --skip_bad to skip their rows)")
-    return keep, len(bad)
-
-
-def dump_records(name, rows, completions, scored, n):
-    """The first n completions of a model with their metrics, one JSON object each (--dump)."""
-    return [{"model": name, "id": r["id"], "task": r["task"], "answer_type": r["answer_type"], "gt": r["answer"],
-             "answer_text": answer_text(c), "completion": c, **s}
-            for r, c, s in list(zip(rows, completions, scored))[:n]]
-
-
-def report(summaries, meta, out_dir, dumps=(), title=""):
-    """Print the table; write results.json, results.png and (if any) dump.jsonl into out_dir."""
-    os.makedirs(out_dir, exist_ok=True)
-    print(markdown_table(summaries))
-    data.write_file(os.path.join(out_dir, "results.json"), json.dumps({**meta, "models": summaries}, indent=1))
-    plot_results(summaries, os.path.join(out_dir, "results.png"), title)
-    if dumps:
-        data.write_file(os.path.join(out_dir, "dump.jsonl"), "".join(json.dumps(d) + "\n" for d in dumps))
-    print(f"wrote {out_dir}/results.json, results.png" + (", dump.jsonl" if dumps else ""))
-
-
-TINY_PIXELS = 56 * 56   # = model.TINY_MIN_PIXELS = TINY_MAX_PIXELS (test_all checks; eval.py imports no torch here)
-
-
-def parse_args(argv, rotation=False):
-    """The flags of `eval.py`, or of `eval.py rotation`; both share the model and decoding flags."""
-    p = argparse.ArgumentParser(description="Rotation stress test on the synthetic scenes (see docstring)." if
-                                rotation else "Score checkpoints with each benchmark's own metric (see docstring).")
-    if rotation:
-        p.add_argument("--model", action="append", required=True, help="checkpoint folder; repeat for side by side")
-        p.add_argument("--angles", type=float, nargs="+", default=[0, 30, 60, 90, 180])
-        p.add_argument("--axis", default="yaw", choices=["yaw", "roll", "orbit"])
-        p.add_argument("--data", default="data/synth/test.jsonl", help="synthetic rows; scenes.jsonl beside it")
-        p.add_argument("--scenes", type=int, default=20, help="first N scenes of the file")
-    else:
-        p.add_argument("--model", action="append", required=True, help="checkpoint folder; repeat for side by side")
-        p.add_argument("--data", required=True, help="rows: .jsonl / .json / .parquet")
-        p.add_argument("--format", default="auto", choices=["auto", *FORMAT_KEYS])
-        p.add_argument("--video_root", default=None, help="videos of benchmark rows (default: the data file's folder)")
-        p.add_argument("--limit", type=int, default=None, help="score only the first N rows")
-        p.add_argument("--dump", type=int, default=0, help="write N completions per model with their metrics")
-    p.add_argument("--frames", type=int, default=32, help="frames per video (paper: 32 at inference)")
-    p.add_argument("--min_pixels", type=int, default=TINY_PIXELS, help="per frame (tiny default; 7B: 16*28*28)")
-    p.add_argument("--max_pixels", type=int, default=TINY_PIXELS, help="per frame (tiny default; 7B: 128*28*28)")
-    for flag, default in (("--batch", 8), ("--max_new_tokens", 512), ("--n_boot", N_BOOT), ("--seed", 0)):
-        p.add_argument(flag, type=int, default=default)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (train.py's default: 1)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--out", default="out/rotation" if rotation else "out/eval")
-    p.add_argument("--skip_bad", action="store_true", help="skip and count bad rows (a bad field, a video that "
-                   "does not open or decode, a prompt over --max_prompt_tokens) instead of stopping; the rest is "
-                   "scored and written")
-    p.add_argument("--max_prompt_tokens", type=int, default=data.MAX_PROMPT_TOKENS,
-                   help="rows whose prompt text has more tokens (model.prompt_tokens, video not counted) are bad rows")
-    return p.parse_args(argv)
-
-
-def main(argv):
-    args = parse_args(argv)
-    for path in args.model:
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise BadRow(None, "no checkpoint folder there (config.json, *.safetensors, tokenizer)", f"--model {path}")
-    import torch
-    torch.set_num_threads(args.threads)
-    rows, fmt, skipped = load_benchmark(args.data, args.format, args.video_root, args.skip_bad)
-    rows, missing = rows_with_videos(rows[:args.limit] if args.limit else rows, args.skip_bad)
-    print(f"{args.data}: format {fmt}, {len(rows)} rows to score, {skipped} bad rows and {missing} rows without a "
-          f"usable video skipped; {args.frames} frames, greedy, at most {args.max_new_tokens} new tokens; each row "
-          f"scored by its benchmark's own rule (docstring), not train.py's training-reward table", file=sys.stderr)
-    outputs = {name: run_model(path, rows, args, name) for name, path in zip(model_names(args.model), args.model)}
-    problems = {i: why for _, found in outputs.values() for i, why in found.items()}
-    asked = [i for i in range(len(rows)) if i not in problems]         # every column scores the same rows
-    if problems:
-        print(f"skipped {len(problems)} row(s) that could not be asked, e.g. " + "; ".join(
-            f"{rows[i].get('file_line', rows[i].get('id'))}: {why}" for i, why in list(problems.items())[:3]),
-            file=sys.stderr)
-    summaries, dumps, kept = {}, [], [rows[i] for i in asked]
-    for name, (completions, _) in outputs.items():
-        completions = [completions[i] for i in asked]
-        scored = [score_completion(c, r) for c, r in zip(completions, kept)]
-        summaries[name] = summarize(kept, scored, args.n_boot, args.seed)
-        dumps += dump_records(name, kept, completions, scored, args.dump)
-    meta = {"data": args.data, "format": fmt, "rows": len(kept), "skipped_bad": skipped, "skipped_no_video": missing,
-            "skipped_unreadable": len(problems),
-            "skipped_rows": [f"{rows[i].get('file_line', rows[i].get('id'))}: {why}" for i, why in problems.items()],
-            "frames": args.frames, "decoding": "greedy", "max_new_tokens": args.max_new_tokens,
-            "max_prompt_tokens": args.max_prompt_tokens,
-            "rules": "each benchmark's own scoring code (eval.py docstring)", "paths": dict(zip(summaries, args.model))}
-    report(summaries, meta, args.out, dumps, f"{os.path.basename(args.data)} ({fmt}, {len(kept)} questions)")
-
-
-# ------------------------------------------------------------------------------------ rotation stress test (docstring)
+# --- rotation stress test (docstring) -------------------------------------------------------------------------------
 
 def with_offset(scene, axis, deg):
     """A copy of a scene whose camera is turned by deg degrees (the pivot of an orbit: objects' start centroid)."""
@@ -988,7 +544,7 @@ def rotation_main(argv):
     print(f"wrote {args.out}/rotation.json, rotation.png")
 
 
-# ------------------------------------------------------------------------------------ the toy Table 2 (ablation)
+# --- the toy Table 2 (ablation) -------------------------------------------------------------------------------------
 
 def load_run(run_dir):
     """(variant, seed, {question id: record}) of a finished train.py run: its config.json and the per-question
@@ -1019,7 +575,7 @@ def ablation_stats(by_variant, n_boot=N_BOOT, seed=0, ref="graph"):
     """{variant: {family: (mean, lo, hi, n)}} of the answer score, and {variant: {family: (mean, lo, hi, n)}} of
     the paired difference variant - ref over the questions both answered (same seed, same id)."""
     families = list(data.TASK_FAMILIES) + ["overall"]
-    ci = lambda v: (float(np.mean(v)), *bootstrap_mean_ci(v, n_boot, seed), len(v)) if v else None
+    ci = lambda v: (*mean_ci(v, n_boot, seed), len(v)) if v else None
     means = {v: {f: ci(list(family_values(recs, f).values())) for f in families} for v, recs in by_variant.items()}
     diffs = {}
     for v, recs in by_variant.items():
@@ -1035,13 +591,12 @@ def ablation_stats(by_variant, n_boot=N_BOOT, seed=0, ref="graph"):
 def ablation_table(means, diffs, runs, ref="graph"):
     """Markdown: answer per family and overall (95 % CI) per variant, then each variant - ref, paired."""
     families = list(data.TASK_FAMILIES) + ["overall"]
-    fmt = lambda st, sign="": "-" if st is None else (f"{st[0]:{sign}.3f} [{st[1]:{sign}.3f}, {st[2]:{sign}.3f}]")
     lines = ["| variant | seeds | " + " | ".join(families) + " | questions |", "|---" * (len(families) + 3) + "|"]
     for v, st in means.items():
-        lines.append(f"| {v} | {', '.join(map(str, sorted(runs[v])))} | " + " | ".join(fmt(st[f]) for f in families)
+        lines.append(f"| {v} | {', '.join(map(str, sorted(runs[v])))} | " + " | ".join(fmt_ci(st[f]) for f in families)
                      + f" | {st['overall'][3] if st['overall'] else 0} |")
     for v, st in diffs.items():
-        lines.append(f"| {v} - {ref} (paired) | | " + " | ".join(fmt(st[f], "+") for f in families)
+        lines.append(f"| {v} - {ref} (paired) | | " + " | ".join(fmt_ci(st[f], signed=True) for f in families)
                      + f" | {st['overall'][3] if st['overall'] else 0} |")
     return "\n".join(lines)
 
@@ -1101,7 +656,469 @@ def ablation_main(argv):
     print(f"wrote {args.out}/ablation.md, ablation.json, ablation.png")
 
 
-# ------------------------------------------------------------------------------------ demo without a model
+# --- support: no paper content below --------------------------------------------------------------------------------
+
+
+# --- benchmark adapters ---------------------------------------------------------------------------------------------
+
+# Each raises data.BadRow(field, why, where) for a bad row; `where` is "FILE row K" (K counted from 0).
+
+def need(rec, field, where):
+    if field not in rec or rec[field] is None:
+        raise BadRow(field, f"missing (the row has {sorted(rec)[:12]})", where)
+    return rec[field]
+
+
+def letter(value, n_options, where, field):
+    """'B', 'b', 'B.', '(B)' -> 'B', checked against the number of options."""
+    s = str(value).strip().strip("().").upper()
+    if len(s) != 1 or not "A" <= s < chr(ord("A") + n_options):
+        raise BadRow(field, f"must be an option letter of {n_options} options, got {value!r:.40}", where)
+    return s
+
+
+def to_float(value, where, field):
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise BadRow(field, f"must be a number, got {value!r:.40}", where) from None
+    if not math.isfinite(x):
+        raise BadRow(field, f"is not finite ({value!r})", where)
+    return x
+
+
+def from_vsibench(rec, root, where):
+    """VSI-Bench row -> our row. Numeric question types -> num (MRA), the rest mc (options 'A. text')."""
+    qtype = str(need(rec, "question_type", where))
+    video = os.path.join(root, str(need(rec, "dataset", where)), f"{need(rec, 'scene_name', where)}.mp4")
+    row = {"id": f"vsi-{rec.get('id', where.rsplit(' ', 1)[-1])}", "video": video, "rule": "vsibench",
+           "question": str(need(rec, "question", where)), "task": qtype, "time_window": None, "graphs": None}
+    gt = need(rec, "ground_truth", where)
+    if qtype in VSI_NUMERIC:
+        return {**row, "options": None, "answer": to_float(gt, where, "ground_truth"), "answer_type": "num"}
+    options = data.option_texts(need(rec, "options", where), where)
+    return {**row, "options": options, "answer": letter(gt, len(options), where, "ground_truth"), "answer_type": "mc"}
+
+
+def from_stibench(rec, root, where):
+    """STI-Bench row -> our row: 5-way mc, clip window [time_start, time_end] seconds -> time_window."""
+    cands = need(rec, "Candidates", where)
+    if isinstance(cands, str):
+        try:
+            cands = json.loads(cands)
+        except json.JSONDecodeError as e:
+            raise BadRow("Candidates", f"not JSON ({e})", where) from None
+    if not isinstance(cands, dict) or not cands:
+        raise BadRow("Candidates", "must be a JSON object of letter -> text", where)
+    options = data.option_texts([f"{k}. {cands[k]}" for k in sorted(cands)], where)
+    ts, te = (to_float(need(rec, f, where), where, f) for f in ("time_start", "time_end"))
+    if te < ts:
+        raise BadRow("time_end", f"{te} < time_start {ts}", where)
+    return {"id": f"sti-{need(rec, 'ID', where)}", "video": os.path.join(root, str(need(rec, "Video", where))),
+            "question": str(need(rec, "Question", where)), "options": options,
+            "answer": letter(need(rec, "Answer", where), len(options), where, "Answer"), "answer_type": "mc",
+            "task": str(rec.get("Task") or "sti"), "scene": rec.get("Scene"), "time_window": [ts, te], "graphs": None,
+            "rule": "stibench"}
+
+
+def where_question(rec, boxes):
+    """The V-STaR spatial question plus the answer form this file scores (module docstring, 'boxes')."""
+    frames = ", ".join(str(b["frame"]) for b in boxes)
+    size = f"{rec.get('width')}x{rec.get('height')}" if rec.get("width") else "original"
+    return (f"{rec.get('spatial_question') or rec.get('question')} Give one box per frame for frames {frames} "
+            f"(frame indices at {rec.get('fps')} fps) as 'FRAME: [x1, y1, x2, y2]' in pixels of the {size} video, "
+            f"separated by ';'.")
+
+
+def from_vstar(rec, root, where):
+    """V-STaR item -> [when row (iou on [s, e] seconds)] + [where row (boxes)] if bboxes are given."""
+    base = {"video": os.path.join(root, f"{need(rec, 'vid', where)}.mp4"), "options": None, "time_window": None,
+            "graphs": None, "domain": rec.get("domain"), "rule": "vstar"}
+    idx = where.rsplit(" ", 1)[-1]
+    ts = need(rec, "timestamps", where)
+    if not isinstance(ts, (list, tuple)) or len(ts) != 2:
+        raise BadRow("timestamps", f"must be [start, end] seconds, got {ts!r:.60}", where)
+    rows = [{**base, "id": f"vstar-{idx}-when", "question": str(need(rec, "temporal_question", where)) +
+             " Answer with [start, end] in seconds.", "answer": [to_float(v, where, "timestamps") for v in ts],
+             "answer_type": "iou", "task": "when"}]
+    boxes = []
+    for k, b in enumerate(rec.get("bboxes") or []):
+        if not isinstance(b, dict):
+            raise BadRow(f"bboxes[{k}]", "must be an object with frame_index, xmin, ymin, xmax, ymax", where)
+        at = f"{where} bboxes[{k}]"
+        box = [to_float(need(b, f, at), where, f"bboxes[{k}].{f}") for f in ("xmin", "ymin", "xmax", "ymax")]
+        boxes.append({"frame": int(to_float(need(b, "frame_index", at), where, f"bboxes[{k}].frame_index")),
+                      "box": box})
+    if boxes:
+        rows.append({**base, "id": f"vstar-{idx}-where", "question": where_question(rec, boxes), "answer": boxes,
+                     "answer_type": "boxes", "task": "where"})
+    return rows
+
+
+def from_videor1(rec, root, where):
+    """Video-R1 eval row -> our row: data.from_video_r1 (the one mapping of that format), with the video path
+    resolved against root; task = data_source (VideoMME...). Scored by Video-R1's rules, which need the problem
+    type and the solution's answer text as written."""
+    try:
+        row = data.from_video_r1(rec)
+    except BadRow as e:
+        raise e.at(where) from None
+    video = os.path.normpath(os.path.join(root, row["video"]))
+    return {**row, "id": f"r1-{rec.get('problem_id', where.rsplit(' ', 1)[-1])}", "video": video, "reasoning": None,
+            "rule": "videor1", "problem_type": rec["problem_type"], "gt_text": r1_extract(str(rec.get("solution")))}
+
+
+FORMAT_KEYS = {                        # a format is detected when the first row has all of its keys
+    "vsibench": ("dataset", "scene_name", "question_type", "ground_truth"),
+    "stibench": ("Video", "Candidates", "Question", "Answer"),
+    "vstar": ("vid", "timestamps", "temporal_question"),
+    "videor1": ("path", "problem", "problem_type", "solution"),
+    "ours": ("video", "question", "answer", "answer_type"),
+}
+ADAPTERS = {"vsibench": from_vsibench, "stibench": from_stibench, "vstar": from_vstar, "videor1": from_videor1}
+KNOWN_KEYS = "known formats need: " + "; ".join(f"{n}: {', '.join(k)}" for n, k in FORMAT_KEYS.items())
+
+
+def detect_format(rec, where="row 0"):
+    """The first format of FORMAT_KEYS whose keys the record has, else a clear error."""
+    for name, keys in FORMAT_KEYS.items():
+        if isinstance(rec, dict) and all(k in rec for k in keys):
+            return name
+    keys = sorted(rec) if isinstance(rec, dict) else type(rec).__name__
+    raise BadRow(None, f"cannot detect the format from keys {keys}; {KNOWN_KEYS}", where)
+
+
+def first_format(records, path, skip_bad):
+    """The format of the first record; with skip_bad, of the first record whose format can be detected (a bad
+    first row then is skipped and counted like any other, instead of defeating --format auto)."""
+    for k, rec in enumerate(records):
+        if isinstance(rec, BadRow):
+            continue
+        try:
+            return detect_format(rec, f"{path} row {k}" if skip_bad else f"{path} first row")
+        except BadRow:
+            if not skip_bad:
+                raise
+    raise BadRow(None, f"no row has the keys of a known format ({KNOWN_KEYS})", path)
+
+
+def benchmark_records(path):
+    """Raw records of a .jsonl / .json file (data.read_records: a line that is not JSON is a BadRow naming it) or
+    a .parquet file (needs pandas)."""
+    if not path.endswith(".parquet"):
+        return [rec for _, rec in data.read_records(path)[0]]
+    try:
+        import pandas
+    except ImportError:
+        raise BadRow(None, "reading parquet needs pandas + pyarrow, which are not installed here; install them or "
+                           "export the rows to JSON/JSONL (same columns)", path) from None
+    return pandas.read_parquet(path).to_dict(orient="records")
+
+
+def load_benchmark(path, fmt="auto", video_root=None, skip_bad=False):
+    """Rows in our format (data.py's row format) from any supported file -> (rows, fmt, n_skipped).
+    A bad row raises a clear error naming the file, row and field, or is skipped and counted with skip_bad."""
+    hint = " (use --skip_bad to skip and count such rows)"
+    records = benchmark_records(path)
+    if all(isinstance(r, BadRow) for r in records):
+        raise BadRow(None, "no readable rows" + (f" ({records[0]})" if records else ""), path)
+    if fmt == "auto":
+        fmt = first_format(records, path, skip_bad)
+    if fmt == "ours":
+        try:
+            rows = data.load_rows(path, skip_bad=skip_bad)
+        except BadRow as e:                                       # data.py names the file, line and field
+            raise e.at(e.where, hint) from None
+        return rows, fmt, len(records) - len(rows)
+    root = video_root or os.path.dirname(os.path.abspath(path))
+    rows, skipped = [], 0
+    for k, rec in enumerate(records):
+        try:
+            if isinstance(rec, BadRow):
+                raise rec
+            if not isinstance(rec, dict):
+                raise BadRow("row", "not an object", f"{path} row {k}")
+            out = ADAPTERS[fmt](rec, root, f"{path} row {k}")
+            rows.extend({**r, "file_line": f"{path} row {k}"} for r in (out if isinstance(out, list) else [out]))
+        except BadRow as e:
+            if not skip_bad:
+                raise e.at(e.where, hint) from None
+            skipped += 1
+    return rows, fmt, skipped
+
+
+# --- report ---------------------------------------------------------------------------------------------------------
+
+METRIC_LABELS = {"format": "format rate", "node": "graph node reward R_n", "edge": "graph edge reward R_e",
+                 "tIoU": "when: mean tIoU", **{f"R@{k}": f"when: R@{k}" for k in R_AT}}
+
+
+def table_lines(summaries):
+    """(label, key path) of every table row present in any model's summary, in display order."""
+    lines = [("overall: unweighted task mean (VSI)", ("overall_task",)),
+             ("overall: question mean (STI)", ("overall_q",))]
+    for section, prefix in (("tasks", "task"), ("answer_types", "type")):
+        names = sorted({k for s in summaries.values() for k in s[section]})
+        lines += [(f"{prefix}: {k}", (section, k)) for k in names]
+    order = ["format", "node", "edge", "tIoU"] + [f"R@{k}" for k in R_AT]
+    names = {k for s in summaries.values() for k in s["metrics"]}
+    return lines + [(METRIC_LABELS.get(k, k), ("metrics", k)) for k in sorted(names, key=lambda k: (
+        order.index(k) if k in order else len(order), k))]
+
+
+def cell(stat):
+    """'52.3 [48.1, 56.0]' (x100), or '-' when missing."""
+    if not stat or stat.get("n", 0) == 0 or stat["mean"] != stat["mean"]:
+        return "-"
+    return f"{100 * stat['mean']:.1f} [{100 * stat['lo']:.1f}, {100 * stat['hi']:.1f}]"
+
+
+def markdown_table(summaries):
+    """One markdown table: a row per aggregate, a column per model; values x100 with bootstrap 95% intervals."""
+    names = list(summaries)
+    out = ["| metric (x100, 95% CI) | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for label, path in table_lines(summaries):
+        stats = [s[path[0]] if len(path) == 1 else s[path[0]].get(path[1]) for s in summaries.values()]
+        n = max((st or {}).get("n", 0) for st in stats)
+        out.append(f"| {label} | {n} | " + " | ".join(cell(st) for st in stats) + " |")
+    return "\n".join(out)
+
+
+def plot_results(summaries, path, title=""):
+    """Bar chart: one group per task (and the two overalls), one colour per model, 95% intervals drawn."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    groups = [("overall (tasks)", ("overall_task",)), ("overall (questions)", ("overall_q",))]
+    groups += [(t, ("tasks", t)) for t in sorted({t for s in summaries.values() for t in s["tasks"]})]
+    width = 0.8 / max(1, len(summaries))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(groups) * max(1, len(summaries)) ** 0.5 + 2), 4.5))
+    for m, (name, s) in enumerate(summaries.items()):
+        stats = [s[p[0]] if len(p) == 1 else s[p[0]].get(p[1]) or {} for _, p in groups]
+        mean = np.array([100 * st.get("mean", np.nan) for st in stats])                  # (groups,)
+        err = np.array([[100 * (st.get("mean", np.nan) - st.get("lo", np.nan)) for st in stats],
+                        [100 * (st.get("hi", np.nan) - st.get("mean", np.nan)) for st in stats]])  # (2, groups)
+        x = np.arange(len(groups)) + (m - (len(summaries) - 1) / 2) * width
+        ax.bar(x, mean, width, yerr=np.nan_to_num(err), capsize=3, label=name)
+    ax.set_xticks(np.arange(len(groups)), [g for g, _ in groups], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("score x100 (95% bootstrap CI)")
+    ax.set_ylim(0, 105)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    save_png(fig, path)
+
+
+def save_png(fig, path):
+    """Render a figure to PNG bytes and write them atomically (data.write_file); closes the figure."""
+    import io
+    import matplotlib.pyplot as plt
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    plt.close(fig)
+    data.write_file(path, png.getvalue())
+
+
+# --- model layer (thin) ---------------------------------------------------------------------------------------------
+
+def prompt_row(row):
+    """The row model.build_prompt sees: a 'boxes' row is asked as a box question (its question text already
+    says one box per frame)."""
+    return {**row, "answer_type": "iou", "answer": [0.0, 0.0, 0.0, 0.0]} if row["answer_type"] == "boxes" else row
+
+
+def greedy_batch(mdl, tokenizer, rows, videos, max_new_tokens, min_pixels, max_pixels):
+    """Greedy completions for one batch of B rows: model.make_inputs -> grpo.sample(G=1, temperature=0).
+    Returns (texts, token counts with the closing EOS)."""
+    import torch
+    import grpo
+    import model as qwen
+    eos, suppress = qwen.special_ids(tokenizer)
+    inputs = qwen.make_inputs(tokenizer, mdl.config, [prompt_row(r) for r in rows], videos,
+                              min_pixels, max_pixels)
+    inputs = qwen.to_device(inputs, mdl.device, next(mdl.parameters()).dtype)
+    with torch.no_grad():
+        ids, mask, _ = grpo.sample(mdl, inputs, 1, max_new_tokens, temperature=0.0,
+                                   eos_ids=eos, suppress_ids=suppress)       # (B, T)
+    return qwen.decode_completions(tokenizer, ids, mask)                     # (texts, token counts)
+
+
+def progress(tag, done, total, t0):
+    """One self-overwriting stderr line: rows done, rate, ETA."""
+    rate = done / max(time.time() - t0, 1e-9)
+    eta = (total - done) / rate if rate > 0 else float("inf")
+    sys.stderr.write(f"\r[{tag}] {done}/{total} rows  {rate:.2f} rows/s  ETA {eta:5.0f} s ")
+    sys.stderr.flush()
+    if done == total:
+        sys.stderr.write("\n")
+
+
+def run_model(path, rows, args, tag):
+    """complete() of one checkpoint for every row (greedy, batched); the model is freed afterwards."""
+    import model as qwen
+    mdl, tokenizer = qwen.load(path, device=args.device)
+    mdl.eval()
+    out = complete(mdl, tokenizer, rows, args, tag)
+    del mdl
+    return out
+
+
+def clip_or_problem(row, tokenizer, args):
+    """(clip, None) for a row that can be asked, else (None, why): its prompt is longer than --max_prompt_tokens,
+    or its video does not decode (data.VideoError / FileNotFoundError: damage the cheap checks cannot see)."""
+    import model as qwen
+    why = qwen.prompt_problem(tokenizer, prompt_row(row), args.max_prompt_tokens)
+    return (None, why) if why else data.clip_problem(lambda r: data.row_clip(r, args.frames), row)
+
+
+def model_variant(mdl):
+    """The --variant a checkpoint was trained as (train.py saves it in config.json; "graph" when absent)."""
+    variant = getattr(mdl.config, "video_str_variant", None) or "graph"
+    if variant not in rewards.VARIANTS:
+        raise BadRow("video_str_variant", f"{variant!r} is not one of {', '.join(rewards.VARIANTS)}", "config.json")
+    return variant
+
+
+def complete(mdl, tokenizer, rows, args, tag):
+    """Greedy completions of a loaded model for every row, batch by batch, asked as the model's variant asks
+    (data.with_think); videos decoded per batch. Returns (completions, {row index: why}) with None for a row that
+    cannot be asked (clip_or_problem): with --skip_bad it is left out and the rest goes on; without, BadRow names it."""
+    rows = [data.with_think(r, rewards.VARIANTS[model_variant(mdl)][0]) for r in rows]
+    completions, problems, t0 = [None] * len(rows), {}, time.time()
+    for lo in range(0, len(rows), args.batch):
+        asked, videos = [], []
+        for i in range(lo, min(lo + args.batch, len(rows))):
+            clip, why = clip_or_problem(rows[i], tokenizer, args)
+            if why is None:
+                asked.append(i)
+                videos.append(clip)
+            elif args.skip_bad:
+                problems[i] = why
+            else:
+                raise BadRow(None, f"{why} (use --skip_bad to skip and count such rows)",
+                             rows[i].get("file_line", rows[i].get("id")))
+        if asked:
+            texts = greedy_batch(mdl, tokenizer, [rows[i] for i in asked], videos, args.max_new_tokens,
+                                 args.min_pixels, args.max_pixels)[0]
+            for i, text in zip(asked, texts):
+                completions[i] = text
+        progress(tag, min(lo + args.batch, len(rows)), len(rows), t0)
+    return completions, problems
+
+
+# --- command line ---------------------------------------------------------------------------------------------------
+
+def model_names(paths):
+    """Column names: the folder's name ('runs/a/final' -> 'final'), its last two parts ('a/final') when two
+    folders share a name, '#k' appended when the same folder is given twice."""
+    parts = [os.path.normpath(p).split(os.sep) for p in paths]
+    folders = {}
+    for q in parts:
+        folders.setdefault(q[-1], set()).add(tuple(q))
+    base = [q[-1] if len(folders[q[-1]]) == 1 else "/".join(q[-2:]) for q in parts]
+    return [f"{b}#{k + 1}" if base.count(b) > 1 else b for k, b in enumerate(base)]
+
+
+def rows_with_videos(rows, skip_bad):
+    """Rows whose video passes data.video_problem's cheap checks (exists, opens, the window lies inside it); the
+    others are an error naming the first (row and why), or skipped and counted. (rows kept, number skipped)"""
+    keep, bad = data.check_videos(rows)
+    if bad and not skip_bad:
+        raise BadRow(None, f"{len(bad)} row(s) with an unusable video, e.g. " + "; ".join(
+            f"{w}: {y}" for w, y in bad[:3]) + " (check --video_root, or --skip_bad to skip their rows)")
+    return keep, len(bad)
+
+
+def dump_records(name, rows, completions, scored, n):
+    """The first n completions of a model with their metrics, one JSON object each (--dump)."""
+    return [{"model": name, "id": r["id"], "task": r["task"], "answer_type": r["answer_type"], "gt": r["answer"],
+             "answer_text": answer_text(c), "completion": c, **s}
+            for r, c, s in list(zip(rows, completions, scored))[:n]]
+
+
+def report(summaries, meta, out_dir, dumps=(), title=""):
+    """Print the table; write results.json, results.png and (if any) dump.jsonl into out_dir."""
+    os.makedirs(out_dir, exist_ok=True)
+    print(markdown_table(summaries))
+    data.write_file(os.path.join(out_dir, "results.json"), json.dumps({**meta, "models": summaries}, indent=1))
+    plot_results(summaries, os.path.join(out_dir, "results.png"), title)
+    if dumps:
+        data.write_file(os.path.join(out_dir, "dump.jsonl"), "".join(json.dumps(d) + "\n" for d in dumps))
+    print(f"wrote {out_dir}/results.json, results.png" + (", dump.jsonl" if dumps else ""))
+
+
+TINY_PIXELS = 56 * 56   # = model.TINY_MIN_PIXELS = TINY_MAX_PIXELS (test_all checks; eval.py imports no torch here)
+
+
+def parse_args(argv, rotation=False):
+    """The flags of `eval.py`, or of `eval.py rotation`; both share the model and decoding flags."""
+    p = argparse.ArgumentParser(description="Rotation stress test on the synthetic scenes (see docstring)." if
+                                rotation else "Score checkpoints with each benchmark's own metric (see docstring).")
+    if rotation:
+        p.add_argument("--model", action="append", required=True, help="checkpoint folder; repeat for side by side")
+        p.add_argument("--angles", type=float, nargs="+", default=[0, 30, 60, 90, 180])
+        p.add_argument("--axis", default="yaw", choices=["yaw", "roll", "orbit"])
+        p.add_argument("--data", default="data/synth/test.jsonl", help="synthetic rows; scenes.jsonl beside it")
+        p.add_argument("--scenes", type=int, default=20, help="first N scenes of the file")
+    else:
+        p.add_argument("--model", action="append", required=True, help="checkpoint folder; repeat for side by side")
+        p.add_argument("--data", required=True, help="rows: .jsonl / .json / .parquet")
+        p.add_argument("--format", default="auto", choices=["auto", *FORMAT_KEYS])
+        p.add_argument("--video_root", default=None, help="videos of benchmark rows (default: the data file's folder)")
+        p.add_argument("--limit", type=int, default=None, help="score only the first N rows")
+        p.add_argument("--dump", type=int, default=0, help="write N completions per model with their metrics")
+    p.add_argument("--frames", type=int, default=32, help="frames per video (paper: 32 at inference)")
+    p.add_argument("--min_pixels", type=int, default=TINY_PIXELS, help="per frame (tiny default; 7B: 16*28*28)")
+    p.add_argument("--max_pixels", type=int, default=TINY_PIXELS, help="per frame (tiny default; 7B: 128*28*28)")
+    for flag, default in (("--batch", 8), ("--max_new_tokens", 512), ("--n_boot", N_BOOT), ("--seed", 0)):
+        p.add_argument(flag, type=int, default=default)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (train.py's default: 1)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default="out/rotation" if rotation else "out/eval")
+    p.add_argument("--skip_bad", action="store_true", help="skip and count bad rows (a bad field, a video that "
+                   "does not open or decode, a prompt over --max_prompt_tokens) instead of stopping; the rest is "
+                   "scored and written")
+    p.add_argument("--max_prompt_tokens", type=int, default=data.MAX_PROMPT_TOKENS,
+                   help="rows whose prompt text has more tokens (model.prompt_tokens, video not counted) are bad rows")
+    return p.parse_args(argv)
+
+
+def main(argv):
+    args = parse_args(argv)
+    for path in args.model:
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise BadRow(None, "no checkpoint folder there (config.json, *.safetensors, tokenizer)", f"--model {path}")
+    import torch
+    torch.set_num_threads(args.threads)
+    rows, fmt, skipped = load_benchmark(args.data, args.format, args.video_root, args.skip_bad)
+    rows, missing = rows_with_videos(rows[:args.limit] if args.limit else rows, args.skip_bad)
+    print(f"{args.data}: format {fmt}, {len(rows)} rows to score, {skipped} bad rows and {missing} rows without a "
+          f"usable video skipped; {args.frames} frames, greedy, at most {args.max_new_tokens} new tokens; each row "
+          f"scored by its benchmark's own rule (docstring), not train.py's training-reward table", file=sys.stderr)
+    outputs = {name: run_model(path, rows, args, name) for name, path in zip(model_names(args.model), args.model)}
+    problems = {i: why for _, found in outputs.values() for i, why in found.items()}
+    asked = [i for i in range(len(rows)) if i not in problems]         # every column scores the same rows
+    if problems:
+        print(f"skipped {len(problems)} row(s) that could not be asked, e.g. " + "; ".join(
+            f"{rows[i].get('file_line', rows[i].get('id'))}: {why}" for i, why in list(problems.items())[:3]),
+            file=sys.stderr)
+    summaries, dumps, kept = {}, [], [rows[i] for i in asked]
+    for name, (completions, _) in outputs.items():
+        completions = [completions[i] for i in asked]
+        scored = [score_completion(c, r) for c, r in zip(completions, kept)]
+        summaries[name] = summarize(kept, scored, args.n_boot, args.seed)
+        dumps += dump_records(name, kept, completions, scored, args.dump)
+    meta = {"data": args.data, "format": fmt, "rows": len(kept), "skipped_bad": skipped, "skipped_no_video": missing,
+            "skipped_unreadable": len(problems),
+            "skipped_rows": [f"{rows[i].get('file_line', rows[i].get('id'))}: {why}" for i, why in problems.items()],
+            "frames": args.frames, "decoding": "greedy", "max_new_tokens": args.max_new_tokens,
+            "max_prompt_tokens": args.max_prompt_tokens,
+            "rules": "each benchmark's own scoring code (eval.py docstring)", "paths": dict(zip(summaries, args.model))}
+    report(summaries, meta, args.out, dumps, f"{os.path.basename(args.data)} ({fmt}, {len(kept)} questions)")
+
+
+# --- demo without a model -------------------------------------------------------------------------------------------
 
 def demo_rows():
     """Four hand-made rows (mc, num, interval, boxes) with a ground-truth graph on the first."""

@@ -256,6 +256,8 @@ def yaw(phi):
     return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
 
 
+# --- support: no paper content below (plot, demo) -------------------------------------------------------------------
+
 def plot_graphs(graphs, titles, path):
     """Top-down view (x right, z forward) of graphs side by side, each edge labelled with d and a."""
     import matplotlib

@@ -142,9 +142,7 @@ def policy_loss(logp, old_logp, ref_logp, adv, mask, clip_eps=0.2, clip_eps_high
     return loss, stats
 
 
-# ----------------------------------------------------------------------------------------------
-# Sampling and log-probabilities by hand, below.
-# ----------------------------------------------------------------------------------------------
+# --- sampling and log-probabilities by hand -------------------------------------------------------------------------
 
 
 def prompt_positions(model, prompt_inputs):
@@ -152,8 +150,8 @@ def prompt_positions(model, prompt_inputs):
     scheme), never from model.model.rope_deltas, which persists between calls. Returns (pos (3, B, P) long,
     next_pos (B,) long): the first completion token of prompt b sits at next_pos[b] on all three axes, then +1
     per token (text is 1-D)."""
-    import model as M  # here, not at the top: the loss half must import without transformers
-    return M.rope_positions(model.config, prompt_inputs["input_ids"], prompt_inputs["mm_token_type_ids"],
+    import model as qwen  # here, not at the top: the loss half must import without transformers
+    return qwen.rope_positions(model.config, prompt_inputs["input_ids"], prompt_inputs["mm_token_type_ids"],
                             prompt_inputs["attention_mask"], prompt_inputs["video_grid_thw"],
                             prompt_inputs["second_per_grid_ts"])
 
@@ -225,12 +223,12 @@ def sample(model, prompt_inputs, G, max_new_tokens, temperature=1.0, top_p=1.0, 
     """
     if max_new_tokens < 1:
         raise ValueError(f"grpo.sample: max_new_tokens must be >= 1, got {max_new_tokens}")
-    import model as M
+    import model as qwen
     chosen = rollout_decoder(model, decoder)
     was_training = model.training
     model.eval()                                                           # no LoRA dropout while sampling
     try:
-        with M.lora_sampling(model) if chosen != "plain" else contextlib.nullcontext():
+        with qwen.lora_sampling(model) if chosen != "plain" else contextlib.nullcontext():
             return _sample(model, prompt_inputs, G, max_new_tokens, temperature, top_p, eos_ids, suppress_ids,
                            generator, pad_id, chosen, fallback=decoder == "auto")
     finally:
@@ -257,7 +255,7 @@ def static_problem(model):
     """Why the static decoders cannot run `model` now, or None. They need an unsharded model whose text attention
     is SDPA without a sliding window (the boolean key mask of decode_step), computing in its weights' dtype
     (autocast off, or to that same dtype: decode_step turns autocast off)."""
-    if _sharded(model):
+    if is_fsdp(model):
         return "an FSDP-sharded model (each of its forwards is a collective)"
     tc = model.config.text_config
     if tc._attn_implementation != "sdpa" or getattr(tc, "use_sliding_window", False):
@@ -289,7 +287,7 @@ def _sample(model, prompt_inputs, G, max_new_tokens, temperature, top_p, eos_ids
     eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     suppress = torch.tensor(sorted(set(suppress_ids)), dtype=torch.long, device=device) if suppress_ids else None
     done = torch.zeros(N, dtype=torch.bool, device=device)                 # (N,)
-    sync = _sharded(model)
+    sync = is_fsdp(model)
     ids, masks, logps = [], [], []
     for t in range(max_new_tokens):
         tok = pick_tokens(logits, temperature, top_p, suppress, generator)  # (N,)
@@ -307,12 +305,17 @@ def _sample(model, prompt_inputs, G, max_new_tokens, temperature, top_p, eos_ids
     return torch.stack(ids, 1)[:, :T], mask[:, :T], logp[:, :T]
 
 
-def _sharded(model):
+def is_sharded(p):
+    """A parameter split over the ranks by FSDP2 (a DTensor)."""
+    from torch.distributed.tensor import DTensor
+    return isinstance(p, DTensor)
+
+
+def is_fsdp(model):
     """True for an FSDP2-sharded model (train.py --fsdp): its every forward is a collective of all ranks."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return False
-    from torch.distributed.tensor import DTensor
-    return any(isinstance(p, DTensor) for p in model.parameters())
+    return any(is_sharded(p) for p in model.parameters())
 
 
 def _all_done(done, sync):
@@ -496,20 +499,22 @@ def token_logprobs(model, prompt_inputs, completion_ids, mask, chunk_tokens=4096
     return torch.where(mask.bool().to(hidden.device), torch.cat(out, 0), 0.0)  # (N, T)
 
 
+# --- support: no paper content below (benchmarks of the sampler, the demo) ------------------------------------------
+
 def bench(G=8, lengths=(64, 256), frames=16, size=56, repeats=5):
     """Tokens/s of sample() vs model.generate() on the tiny model, same settings (1 prompt, G completions,
     temperature 1, top-p 1, vision tokens suppressed, no EOS so both produce every token). Best of `repeats`."""
-    import model as M
+    import model as qwen
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as d:
-        m, tok = M.load(M.build_tiny(d, M.demo_texts()), dtype=torch.float32, device="cpu")
+        m, tok = qwen.load(qwen.build_tiny(d, qwen.demo_texts()), dtype=torch.float32, device="cpu")
     m.eval()
     rng = np.random.default_rng(0)
     video = (rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8), np.arange(frames) / 2.0)
     row = {"id": "bench", "question": "How far is the red cube?", "answer_type": "num", "answer": 1.0}
-    inputs = M.make_inputs(tok, m.config, [row], [video], size * size, size * size)
-    suppress = tok.convert_tokens_to_ids(M.VISION_TOKENS)
-    print(f"tiny Qwen2.5-VL {M.count_params(m):,} params, {frames} frames {size}x{size}, prompt "
+    inputs = qwen.make_inputs(tok, m.config, [row], [video], size * size, size * size)
+    suppress = tok.convert_tokens_to_ids(qwen.VISION_TOKENS)
+    print(f"tiny Qwen2.5-VL {qwen.count_params(m):,} params, {frames} frames {size}x{size}, prompt "
           f"{inputs['input_ids'].shape[1]} tokens, G={G}, torch threads {torch.get_num_threads()}")
     for T in lengths:
         t_ours, t_gen = float("inf"), float("inf")
@@ -587,7 +592,7 @@ def bench_rollout(argv=()):
     new tokens, no EOS. On a CPU: the tiny shape in float32, LoRA r=8, 64 new tokens. Then check_decoders."""
     import argparse
     import transformers
-    import model as M
+    import model as qwen
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(prog="python grpo.py bench_rollout", description=bench_rollout.__doc__.split(":")[0])
     p.add_argument("--shape", default="7b" if cuda else "tiny", choices=["7b", "tiny"])
@@ -599,21 +604,21 @@ def bench_rollout(argv=()):
                    help="sample() decoders to time, comma-separated (model.generate is always timed)")
     a = p.parse_args(list(argv))
     device = torch.device("cuda" if cuda else "cpu")
-    dtype = M.best_dtype(device)
+    dtype = qwen.best_dtype(device)
     t0 = time.perf_counter()
-    tok = M.train_tokenizer(M.demo_texts())
+    tok = qwen.train_tokenizer(qwen.demo_texts())
     if a.shape == "7b":
-        config, pixels = M.qwen25_vl_7b_config(tokenizer=tok), (16 * 28 * 28, M.TRAIN_MAX_PIXELS)
+        config, pixels = qwen.qwen25_vl_7b_config(tokenizer=tok), (16 * 28 * 28, qwen.TRAIN_MAX_PIXELS)
     else:
-        config, pixels = M.tiny_config(tok), (M.TINY_MIN_PIXELS, M.TINY_MAX_PIXELS)
-    model = M.random_model(config, device, dtype, a.lora_rank).eval()
+        config, pixels = qwen.tiny_config(tok), (qwen.TINY_MIN_PIXELS, qwen.TINY_MAX_PIXELS)
+    model = qwen.random_model(config, device, dtype, a.lora_rank).eval()
     with torch.no_grad():
-        for mod in M.lora_modules(model):
+        for mod in qwen.lora_modules(model):
             mod.lora_B.normal_(0.0, 0.02)
-    inputs = M.video_prompt(tok, config, a.frames, *pixels, device, dtype)
-    eos, suppress = M.special_ids(tok)
+    inputs = qwen.video_prompt(tok, config, a.frames, *pixels, device, dtype)
+    eos, suppress = qwen.special_ids(tok)
     where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{a.shape} shape, random weights, {M.count_params(model) / 1e6:,.1f}M params, LoRA r={a.lora_rank}, "
+    print(f"{a.shape} shape, random weights, {qwen.count_params(model) / 1e6:,.1f}M params, LoRA r={a.lora_rank}, "
           f"{dtype}, {where}; G={a.G}, prompt {inputs['input_ids'].shape[1]} tokens ({a.frames} frames), "
           f"{a.new_tokens} new tokens; torch {torch.__version__}, transformers {transformers.__version__}; built in "
           f"{time.perf_counter() - t0:.1f} s", flush=True)
@@ -648,11 +653,11 @@ def time_decoders(run, names, T, model, device):
     tokens - time for 2) / (T - 2), after one untimed call (first calls pay one-time costs); the prefill, the
     vision tower and a graph's capture are in both and cancel. A name that fails with a RuntimeError (a graph
     that cannot be captured, out of memory) is reported and skipped."""
-    import model as M
+    import model as qwen
     ms = {}
     for lora in ("on", "off"):
         for name in names:
-            with M.lora_disabled(model) if lora == "off" else contextlib.nullcontext():
+            with qwen.lora_disabled(model) if lora == "off" else contextlib.nullcontext():
                 try:
                     run(name, 2)
                     short, full = _timed(lambda: run(name, 2), device), _timed(lambda: run(name, T), device)

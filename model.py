@@ -79,8 +79,7 @@ TINY = dict(vocab_size=1024, hidden_size=64, num_hidden_layers=4, num_attention_
             window_size=112, tokens_per_second=2, patch_size=14)
 
 
-# ---------------------------------------------------------------------------------------- tokenizer
-
+# --- tokenizer ------------------------------------------------------------------------------------------------------
 
 def train_tokenizer(texts, vocab_size=TINY["vocab_size"]):
     """Byte-level BPE trained on `texts` (Qwen2's pre-tokenizer: digits single tokens) + Qwen special tokens.
@@ -104,8 +103,7 @@ def train_tokenizer(texts, vocab_size=TINY["vocab_size"]):
     return fast
 
 
-# ---------------------------------------------------------------------------------------- config / build
-
+# --- config / build -------------------------------------------------------------------------------------------------
 
 def mrope_section(head_dim):
     """Split head_dim/2 rotary frequencies into (temporal, height, width) like Qwen's [16, 24, 24] of 64."""
@@ -195,8 +193,7 @@ def count_params(model, trainable_only=False):
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-# ---------------------------------------------------------------------------------------- video
-
+# --- video ----------------------------------------------------------------------------------------------------------
 
 def smart_resize(height, width, factor=28, min_pixels=TINY_MIN_PIXELS, max_pixels=TRAIN_MAX_PIXELS):
     """(h, w) multiples of `factor`, h*w within [min_pixels, max_pixels], aspect ratio kept (Qwen2-VL)."""
@@ -306,8 +303,7 @@ def rope_positions(config, input_ids, mm_token_type_ids, attention_mask, video_g
     return pos, next_pos
 
 
-# ---------------------------------------------------------------------------------------- prompt
-
+# --- prompt ---------------------------------------------------------------------------------------------------------
 
 THINK_INSTRUCTION = {   # by row["think"] (data.with_think; rewards.VARIANTS): what <think> is asked to hold
     "graph": ("Think in <think> </think>, first writing for {frames} a graph <graph t=FRAME> name (x,y,z); ... | "
@@ -454,8 +450,7 @@ def demo_texts():
     return [build_prompt(r) for r in rows] + completions
 
 
-# ---------------------------------------------------------------------------------------- training setup
-
+# --- training setup -------------------------------------------------------------------------------------------------
 
 def set_checkpointing(model, on=True):
     """Activation (gradient) checkpointing: `activation_checkpointing_enable` in transformers 5 (verified on
@@ -574,8 +569,10 @@ def lora_state_dict(model):
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if ".lora_" in k}
 
 
-# ---------------------------------------------------------------------------------------- memory
+# --- support: no paper content below --------------------------------------------------------------------------------
 
+
+# --- memory ---------------------------------------------------------------------------------------------------------
 
 def qwen25_vl_7b_config(layers=28, vision_layers=32, tokenizer=None):
     """Qwen2.5-VL-7B-Instruct's published config.json, written out by hand (nothing is downloaded).
@@ -682,8 +679,7 @@ def memory_table(config=None, G=8, prompt_len=1174, completion_len=768, vision_p
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------------- 7B-shaped check
-
+# --- 7B-shaped check ------------------------------------------------------------------------------------------------
 
 def random_model(config, device, dtype, lora_rank, seed=0):
     """A randomly initialised Qwen2.5-VL of `config`, built directly on `device` in `dtype` (a 7B-shaped model never
@@ -809,7 +805,7 @@ def shape7b(argv=()):
               "the estimate above (run `python model.py shape7b` on a GPU to measure it)")
 
 
-# ---------------------------------------------------------------------------------------- golden fixture
+# --- golden fixture -------------------------------------------------------------------------------------------------
 
 GOLDEN_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "qwen_video_golden.npz")
 GOLDEN_COMMAND = ("python -m venv VENV && VENV/bin/pip install torch==2.14.1 torchvision==0.29.1 "
@@ -870,8 +866,7 @@ def make_golden_fixture(out_path=GOLDEN_PATH):
     print(info, "\nwrote", out_path, {k: v.shape for k, v in arrays.items()})
 
 
-# ---------------------------------------------------------------------------------------- main
-
+# --- main -----------------------------------------------------------------------------------------------------------
 
 def main():
     if "--golden" in sys.argv:

@@ -198,6 +198,8 @@ def total_reward(completion, n_tokens, row, weights=None, lo=LEN_LO, hi=LEN_HI, 
     return total, parts
 
 
+# --- support: no paper content below (demo) -------------------------------------------------------------------------
+
 def demo():
     gt_graph = graph.Graph(0, [graph.Node("red cube", (1.2, 0.4, 5.1)), graph.Node("blue ball", (-0.8, 0.4, 6.0))])
     row = {"answer": "B", "answer_type": "mc", "graphs": [gt_graph.to_dict()]}

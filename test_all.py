@@ -39,14 +39,14 @@ if not VIDEO_ONLY:                               # the video tests need PyAV and
     import torch
 
     import grpo
-    import model as M
+    import model as qwen
 
 
 def close(a, b, tol=1e-6):
     return abs(a - b) <= tol
 
 
-# ---------------------------------------------------------------------------- grpo.py: the loss
+# --- grpo.py: the loss ----------------------------------------------------------------------------------------------
 
 def test_group_advantages_by_hand_and_constant_groups_exactly_zero():
     adv = grpo.group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), G=4, eps=0.0)
@@ -151,7 +151,7 @@ def test_grpo_learns_a_toy_task():
         assert first < 0.4 and final > 0.8, (agg, first, final)
 
 
-# ---------------------------------------------------------------------------- graph.py
+# --- graph.py -------------------------------------------------------------------------------------------------------
 
 def _scene(rng, n=4):
     names = ["red cube", "blue ball", "green cone", "yellow cylinder", "red ball", "blue cube"][:n]
@@ -279,7 +279,7 @@ def test_graph_rewards_by_hand_and_under_rotation():
     assert graph.node_reward(pred, gt) < graph.node_reward(graph.parse_graphs(graph.to_text(gt))[0], gt)
 
 
-# ---------------------------------------------------------------------------- rewards.py
+# --- rewards.py -----------------------------------------------------------------------------------------------------
 
 def test_format_extract_parse_and_strict_mc():
     for text, want in (("<think>a</think><answer>B</answer>", 1.0),
@@ -393,7 +393,7 @@ def test_import_is_light():
     assert out.strip() == "[]", out
 
 
-# ---------------------------------------------------------------------------- data.py: stamped test videos
+# --- data.py: stamped test videos -----------------------------------------------------------------------------------
 
 def _stamp(i, H=48, W=64, noise=False):
     """A frame whose 8 vertical bands spell i in binary (survives lossy coding); noise=True adds a noisy
@@ -475,7 +475,7 @@ def _tmp():
     return d
 
 
-# ---------------------------------------------------------------------------- read_frames
+# --- read_frames ----------------------------------------------------------------------------------------------------
 
 def test_read_frames_counts_times_fps_cap_and_window():
     with tempfile.TemporaryDirectory() as d:
@@ -619,7 +619,7 @@ def test_read_frames_of_rendered_scenes_plain_and_rotated():
             assert frames.shape == turned.shape and np.abs(frames.astype(int) - turned).mean() < 6, deg
 
 
-# ---------------------------------------------------------------------------- scenes, rendering, questions
+# --- scenes, rendering, questions -----------------------------------------------------------------------------------
 
 def _world(o, t):
     """Independent re-implementation of an object's world centre."""
@@ -835,7 +835,7 @@ def test_base_scenes_are_disjoint_from_the_default_runs_scenes():
         assert not ours & scenes(seed, 50), seed
 
 
-# ---------------------------------------------------------------------------- load_rows
+# --- load_rows ------------------------------------------------------------------------------------------------------
 
 _GOOD_ROW = {"id": "x-1", "video": "videos/a.mp4", "question": "Which?", "options": ["red cube", "blue ball"],
              "answer": "B", "answer_type": "mc", "task": "closest_object", "time_window": None,
@@ -898,16 +898,16 @@ def test_load_rows_video_r1_format():
         assert [r["answer"] for r in data.load_rows(pl)] == ["C", 4.0, 2.75]
 
 
-# ---------------------------------------------------------------------------- model.py and grpo's sampler
+# --- model.py and grpo's sampler ------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=None)
 def _tiny_dir():
-    return M.build_tiny(os.path.join(_tmp(), "tiny"), M.demo_texts())
+    return qwen.build_tiny(os.path.join(_tmp(), "tiny"), qwen.demo_texts())
 
 
 def _tiny(dtype=None):
     torch.manual_seed(0)
-    m, tok = M.load(_tiny_dir(), dtype=dtype or torch.float32, device="cpu")
+    m, tok = qwen.load(_tiny_dir(), dtype=dtype or torch.float32, device="cpu")
     return m.eval(), tok
 
 
@@ -922,24 +922,24 @@ def _video(seed, n=8, size=56, fps=2.0):
 
 
 def _inputs(tok, m, rows=_ROWS):
-    return M.make_inputs(tok, m.config, rows, [_video(i) for i in range(len(rows))])
+    return qwen.make_inputs(tok, m.config, rows, [_video(i) for i in range(len(rows))])
 
 
 def _tiny_inputs():
     """The tiny model, its tokenizer, inputs of the two _ROWS prompts and the vision token ids (never sampled)."""
     m, tok = _tiny()
-    return m, tok, _inputs(tok, m), tok.convert_tokens_to_ids(M.VISION_TOKENS)
+    return m, tok, _inputs(tok, m), tok.convert_tokens_to_ids(qwen.VISION_TOKENS)
 
 
-# ------------------------------------------------------------------------------------- build / load / prompt
+# --- build / load / prompt ------------------------------------------------------------------------------------------
 
 def test_tiny_builds_offline_and_save_load_gives_equal_logits():
     # a missing folder fails fast: model.load checks it before transformers could try the hub
-    _raises(FileNotFoundError, M.load, os.path.join(tempfile.gettempdir(), "no_such_model_dir_xyz"),
+    _raises(FileNotFoundError, qwen.load, os.path.join(tempfile.gettempdir(), "no_such_model_dir_xyz"),
             contains=("no checkpoint folder", "--model"))
     m, tok = _tiny()
-    assert 300_000 < M.count_params(m) < 800_000
-    for t in M.SPECIAL_TOKENS + M.REASONING_TOKENS:
+    assert 300_000 < qwen.count_params(m) < 800_000
+    for t in qwen.SPECIAL_TOKENS + qwen.REASONING_TOKENS:
         assert len(tok(t, add_special_tokens=False)["input_ids"]) == 1, t
     text = ("<think><graph t=31> red cube (1.2,-0.4,5.1) | a-b d=2.25 a=107 </graph> ünïcode 😀</think>"
             "<answer>B</answer>")
@@ -954,7 +954,7 @@ def test_tiny_builds_offline_and_save_load_gives_equal_logits():
     with tempfile.TemporaryDirectory() as d:
         m.save_pretrained(d)
         tok.save_pretrained(d)
-        m2, tok2 = M.load(d, dtype=torch.float32, device="cpu")
+        m2, tok2 = qwen.load(d, dtype=torch.float32, device="cpu")
         with torch.no_grad():
             b = m2.eval()(**inputs).logits
     assert torch.equal(a, b)
@@ -968,17 +968,17 @@ def test_hub_kernels_off_after_load_train_and_build():
     assert m.use_kernels is False
     assert m.train().use_kernels is False and m.eval().use_kernels is False
     with torch.device("meta"):
-        built = M.new_model(m.config)                                    # build_tiny, param_counts, shape7b
+        built = qwen.new_model(m.config)                                    # build_tiny, param_counts, shape7b
     assert built.train().use_kernels is False
 
 
 def test_prompt_and_inputs_layout():
     m, tok = _tiny()
-    p = M.build_prompt(_ROWS[0])
+    p = qwen.build_prompt(_ROWS[0])
     assert p.count("<|video_pad|>") == 1 and p.endswith("<|im_start|>assistant\n")
     assert "(A) blue ball\n(B) green cone\n(C) yellow cylinder" in p and "<graph t=FRAME>" in p
-    assert "letter" in p and "number" in M.build_prompt(_ROWS[1])
-    assert "[start, end]" in M.build_prompt({"question": "When?", "answer_type": "iou", "answer": [1, 2],
+    assert "letter" in p and "number" in qwen.build_prompt(_ROWS[1])
+    assert "[start, end]" in qwen.build_prompt({"question": "When?", "answer_type": "iou", "answer": [1, 2],
                                              "time_window": [0, 8]})
     inputs = _inputs(tok, m)
     ids, am, tt = inputs["input_ids"], inputs["attention_mask"], inputs["mm_token_type_ids"]
@@ -994,21 +994,21 @@ def test_prompt_and_inputs_layout():
 def test_preprocessing_matches_official_golden_fixture():
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
-    g = np.load(M.GOLDEN_PATH, allow_pickle=False)
+    g = np.load(qwen.GOLDEN_PATH, allow_pickle=False)
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(str(g["tokenizer_json"])),
                                   pad_token="<|endoftext|>", eos_token="<|im_end|>")
     tok.padding_side = "left"
     rows = json.loads(str(g["rows_json"]))
     n = len(rows)                                                        # clips with Qwen's sampled fps
     videos = [data.Clip(g[f"frames{i}"], g[f"times{i}"], None, float(g["sample_fps"][i])) for i in range(n)]
-    ours = M.make_inputs(tok, M.tiny_config(tok), rows, videos, int(g["min_pixels"]), int(g["max_pixels"]))
+    ours = qwen.make_inputs(tok, qwen.tiny_config(tok), rows, videos, int(g["min_pixels"]), int(g["max_pixels"]))
     for k in ("input_ids", "attention_mask", "mm_token_type_ids", "video_grid_thw"):
         assert np.array_equal(ours[k].numpy(), g[k]), k
     assert np.allclose(ours["second_per_grid_ts"].numpy(), g["second_per_grid_ts"], rtol=1e-6)
-    assert not close(2 / M.sampled_fps(g["times2"]), float(g["second_per_grid_ts"][2]), 1e-3)   # times alone: 0.83
+    assert not close(2 / qwen.sampled_fps(g["times2"]), float(g["second_per_grid_ts"][2]), 1e-3)   # times alone: 0.83
     px, ref = ours["pixel_values_videos"].numpy(), g["pixel_values_videos"]
     assert px.shape == ref.shape
-    one_step = 1.0 / 255.0 / min(M.CLIP_STD)                             # one uint8 step after normalisation
+    one_step = 1.0 / 255.0 / min(qwen.CLIP_STD)                             # one uint8 step after normalisation
     assert np.abs(px - ref).max() <= one_step + 1e-5, np.abs(px - ref).max()
 
 
@@ -1019,16 +1019,16 @@ def test_seconds_per_grid_follow_qwen_convention():
         data.write_video(path, np.zeros((100, 16, 16, 3), np.uint8), fps=30)
         clip = data.read_clip(path, 16)                                  # round(linspace(0, 99, 16))
         assert close(clip.sample_fps, 16 / 100 * 30, 1e-9)
-        spg = M.preprocess_video(clip.frames, clip.times, fps=clip.sample_fps)["second_per_grid_ts"]
+        spg = qwen.preprocess_video(clip.frames, clip.times, fps=clip.sample_fps)["second_per_grid_ts"]
         assert close(float(spg), 2 / 4.8, 1e-6)                         # 0.4167 s, as Qwen's pipeline
-        spg_times = M.preprocess_video(clip.frames, clip.times)["second_per_grid_ts"]
+        spg_times = qwen.preprocess_video(clip.frames, clip.times)["second_per_grid_ts"]
         assert close(float(spg_times), 2 * 99 / 30 / 15, 1e-6)         # 0.44 s from the sampled times alone
         window = data.read_clip(path, 16, start=1.0, end=2.0)           # frames 30..60: M = 31
         assert close(window.sample_fps, 16 / 31 * 30, 1e-9) and close(window.times[0], 1.0, 1e-6)
         m, tok = _tiny()
-        inputs = M.make_inputs(tok, m.config, [_ROWS[1]], [clip])       # a Clip carries its sample_fps
+        inputs = qwen.make_inputs(tok, m.config, [_ROWS[1]], [clip])       # a Clip carries its sample_fps
         assert close(float(inputs["second_per_grid_ts"][0]), 2 / 4.8, 1e-6)
-    on_gpu = M.to_device({"second_per_grid_ts": torch.tensor([2 / 1.2]), "pixel_values_videos": torch.ones(2)},
+    on_gpu = qwen.to_device({"second_per_grid_ts": torch.tensor([2 / 1.2]), "pixel_values_videos": torch.ones(2)},
                          "cpu", torch.bfloat16)                          # bf16 would round 1.667 s to 1.664
     assert on_gpu["second_per_grid_ts"].dtype == torch.float32 and on_gpu["pixel_values_videos"].dtype == torch.bfloat16
 
@@ -1039,7 +1039,7 @@ def test_temporal_positions_follow_frame_times():
     for fps in (2.0, 4.0, 1.0, 3.0):
         frames, times = _video(0, n=8, fps=fps)
         times = times + 3.0                                             # a clip that starts at 3 s
-        inputs = M.make_inputs(tok, m.config, [_ROWS[1]], [(frames, times)])
+        inputs = qwen.make_inputs(tok, m.config, [_ROWS[1]], [(frames, times)])
         pos, next_pos = grpo.prompt_positions(m, inputs)                # (3, 1, P), (1,)
         is_vid = inputs["input_ids"][0] == m.config.video_token_id
         t_pos = pos[0, 0][is_vid].view(4, -1)                          # (t grids, 4 tokens each)
@@ -1053,7 +1053,7 @@ def test_temporal_positions_follow_frame_times():
         assert (pos[:, 0, after] == pos[:, 0, is_vid].max() + 1).all()  # Qwen's reference: max + 1
         assert next_pos[0] == pos[:, 0].max() + 1
     # a one-grid video (2 frames): no temporal extent, so transformers' own get_rope_index agrees with ours
-    inputs = M.make_inputs(tok, m.config, _ROWS, [_video(0, n=2), _video(1, n=2)])
+    inputs = qwen.make_inputs(tok, m.config, _ROWS, [_video(0, n=2), _video(1, n=2)])
     theirs, _ = m.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
                                        video_grid_thw=inputs["video_grid_thw"],
                                        second_per_grid_ts=inputs["second_per_grid_ts"],
@@ -1061,14 +1061,14 @@ def test_temporal_positions_follow_frame_times():
     assert torch.equal(grpo.prompt_positions(m, inputs)[0], theirs)
 
 
-# ------------------------------------------------------------------------------------- sampling
+# --- sampling -------------------------------------------------------------------------------------------------------
 
 def _generate_with_our_positions(m, inputs, **kwargs):
     """model.generate with transformers' get_rope_index replaced by model.rope_positions (Qwen's reference
     M-RoPE; transformers 5.24 differs for text after a video), so both decoders see the same positions."""
     def rope_index(input_ids, mm_token_type_ids=None, video_grid_thw=None, second_per_grid_ts=None,
                    attention_mask=None, **_):
-        pos, next_pos = M.rope_positions(m.config, input_ids, mm_token_type_ids, attention_mask, video_grid_thw,
+        pos, next_pos = qwen.rope_positions(m.config, input_ids, mm_token_type_ids, attention_mask, video_grid_thw,
                                          second_per_grid_ts)
         return pos, (next_pos - attention_mask.sum(1)).unsqueeze(1)      # transformers' rope_deltas
     m.model.get_rope_index = rope_index
@@ -1122,16 +1122,16 @@ def test_sampled_logprobs_equal_token_logprobs_and_suppressed_ids_never_sampled(
 
 def test_static_decoder_gives_plain_tokens_logprobs_and_ends_and_leaves_the_weights():
     m, tok, inputs, sup = _tiny_inputs()                                 # 2 prompts of different lengths
-    M.add_lora(m, rank=4, alpha=8)
+    qwen.add_lora(m, rank=4, alpha=8)
     with torch.no_grad():
-        for mod in M.lora_modules(m):
+        for mod in qwen.lora_modules(m):
             mod.lora_B.normal_(0, 0.3)                                   # adapters that change the output
     weights = {k: v.clone() for k, v in m.state_dict().items()}
     stops = list(range(0, m.config.text_config.vocab_size, 3))           # a third of the tokens end a sequence
     cases = {"greedy": dict(temperature=0), "top-p": dict(temperature=0.8, top_p=0.9),
              "eos": dict(temperature=1.0, eos_ids=stops, pad_id=tok.pad_token_id)}
     for (name, case), off in ((c, off) for c in cases.items() for off in (False, True)):
-        with M.lora_disabled(m) if off else contextlib.nullcontext():      # adapters on, then off
+        with qwen.lora_disabled(m) if off else contextlib.nullcontext():      # adapters on, then off
             ids, mask, logp = zip(*(grpo.sample(m, inputs, 3, 20, suppress_ids=sup, decoder=d, **case,
                                                 generator=torch.Generator().manual_seed(2))
                                     for d in ("plain", "static")))
@@ -1146,9 +1146,9 @@ def test_static_decoder_gives_plain_tokens_logprobs_and_ends_and_leaves_the_weig
             assert T < grpo.CHECK_EVERY and mask[1].all(1).sum() < len(mask[1]) and mask[1][:, -1].any()
             assert (ids[1][mask[1] == 0] == tok.pad_token_id).all()
     assert all(torch.equal(weights[k], v) for k, v in m.state_dict().items())    # bit-equal, nothing written
-    assert all(mod.sampling is None for mod in M.lora_modules(m))               # the sampling copies are gone
+    assert all(mod.sampling is None for mod in qwen.lora_modules(m))               # the sampling copies are gone
     if torch.cuda.is_available():               # on a GPU, the captured graph too: plain's tokens and log-probs
-        mc, inputs_c = m.to("cuda"), M.to_device(inputs, "cuda", torch.float32)
+        mc, inputs_c = m.to("cuda"), qwen.to_device(inputs, "cuda", torch.float32)
         for case in cases.values():
             ids, mask, logp = zip(*(grpo.sample(mc, inputs_c, 3, 20, suppress_ids=sup, decoder=d, **case,
                                                 generator=torch.Generator("cuda").manual_seed(2))
@@ -1192,7 +1192,7 @@ def _host_reads():
 
 def test_static_decoder_reads_the_device_once_per_check_not_per_token():
     m, tok, inputs, sup = _tiny_inputs()
-    M.add_lora(m, rank=4, alpha=8)
+    qwen.add_lora(m, rank=4, alpha=8)
     reads = {}
     for decoder, n in ((d, n) for d in ("plain", "static") for n in (8, 24)):
         with _host_reads() as r:
@@ -1206,7 +1206,7 @@ def test_static_decoder_reads_the_device_once_per_check_not_per_token():
     assert reads["plain", 24] - reads["plain", 8] >= 16, reads
 
 
-# ------------------------------------------------------------------------------------- LoRA, checkpointing, bf16
+# --- LoRA, checkpointing, bf16 --------------------------------------------------------------------------------------
 
 def _logits(m, inputs):
     with torch.no_grad():
@@ -1216,27 +1216,27 @@ def _logits(m, inputs):
 def test_lora_zero_init_adapters_off_grads_and_merge():
     m, tok, inputs, _ = _tiny_inputs()
     base = _logits(m, inputs)
-    assert M.add_lora(m, 0) is m and not M.lora_modules(m)              # rank 0 = full fine-tuning
-    M.add_lora(m, rank=4, alpha=8, dropout=0.0)
-    assert len(M.lora_modules(m)) == 7 * m.config.text_config.num_hidden_layers
+    assert qwen.add_lora(m, 0) is m and not qwen.lora_modules(m)              # rank 0 = full fine-tuning
+    qwen.add_lora(m, rank=4, alpha=8, dropout=0.0)
+    assert len(qwen.lora_modules(m)) == 7 * m.config.text_config.num_hidden_layers
     assert torch.equal(_logits(m, inputs), base)                         # B = 0: unchanged
     with torch.no_grad():
-        for mod in M.lora_modules(m):
+        for mod in qwen.lora_modules(m):
             mod.lora_B.normal_(0, 0.5)
     tuned = _logits(m, inputs)
     assert not torch.allclose(tuned, base, atol=1e-4)
-    with M.lora_disabled(m):
+    with qwen.lora_disabled(m):
         assert torch.equal(_logits(m, inputs), base)                     # reference = base, exactly
     assert torch.equal(_logits(m, inputs), tuned)
     m.train()
     m(**inputs).logits.float().logsumexp(-1).mean().backward()
     with_grad = {n for n, p in m.named_parameters() if p.grad is not None}
     assert with_grad and all(".lora_" in n for n in with_grad)
-    assert all(mod.lora_B.grad.abs().sum() > 0 for mod in M.lora_modules(m))
-    assert set(M.lora_state_dict(m)) == {n for n, _ in m.named_parameters() if ".lora_" in n}
+    assert all(mod.lora_B.grad.abs().sum() > 0 for mod in qwen.lora_modules(m))
+    assert set(qwen.lora_state_dict(m)) == {n for n, _ in m.named_parameters() if ".lora_" in n}
     m.eval()
-    M.merge_lora(m)
-    assert not M.lora_modules(m)
+    qwen.merge_lora(m)
+    assert not qwen.lora_modules(m)
     assert torch.allclose(_logits(m, inputs), tuned, atol=1e-4)
 
 
@@ -1245,7 +1245,7 @@ def test_checkpointing_same_gradients_and_bf16_close_to_fp32():
     ids, mask, _ = grpo.sample(m, inputs, 2, 6, generator=torch.Generator().manual_seed(0))
     grads = []
     for on in (False, True):
-        M.set_checkpointing(m, on)
+        qwen.set_checkpointing(m, on)
         m.train()
         m.zero_grad()
         grpo.token_logprobs(m, inputs, ids, mask).sum().backward()
@@ -1253,7 +1253,7 @@ def test_checkpointing_same_gradients_and_bf16_close_to_fp32():
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 50
     for n in grads[0]:
         assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-4), n
-    M.set_checkpointing(m, False)
+    qwen.set_checkpointing(m, False)
     m32, tok = _tiny(torch.float32)
     m16, _ = _tiny(torch.bfloat16)
     inputs = _inputs(tok, m32)
@@ -1267,21 +1267,21 @@ def test_checkpointing_same_gradients_and_bf16_close_to_fp32():
 def test_7b_shaped_config_and_memory_estimates():
     """The 7B-shaped check's config keeps the published widths at any depth and takes the tokenizer's special ids;
     the 7B estimate (8.29B parameters; full fine-tuning over 80 GB, LoRA under); estimate_memory(shards=N) splits weights, grads, optimizer and reference by N and adds two gathered layers."""
-    tok = M.train_tokenizer(M.demo_texts())
-    cfg = M.qwen25_vl_7b_config(2, 3, tok)
+    tok = qwen.train_tokenizer(qwen.demo_texts())
+    cfg = qwen.qwen25_vl_7b_config(2, 3, tok)
     tc, vc = cfg.text_config, cfg.vision_config
     assert (tc.hidden_size, tc.intermediate_size, tc.num_attention_heads, tc.num_key_value_heads, tc.vocab_size,
             tc.num_hidden_layers) == (3584, 18944, 28, 4, 152064, 2)
     assert (vc.hidden_size, vc.intermediate_size, vc.depth, vc.fullatt_block_indexes) == (1280, 3420, 3, [2])
-    assert cfg.video_token_id == tok.convert_tokens_to_ids(M.VIDEO_PAD)
-    assert M.qwen25_vl_7b_config().video_token_id == 151656
-    one = M.estimate_memory(M.qwen25_vl_7b_config(), 0, 8, 1942, torch.bfloat16, 4096, 768)
-    lora = M.estimate_memory(M.qwen25_vl_7b_config(), 64, 8, 1942, torch.bfloat16, 4096, 768)
+    assert cfg.video_token_id == tok.convert_tokens_to_ids(qwen.VIDEO_PAD)
+    assert qwen.qwen25_vl_7b_config().video_token_id == 151656
+    one = qwen.estimate_memory(qwen.qwen25_vl_7b_config(), 0, 8, 1942, torch.bfloat16, 4096, 768)
+    lora = qwen.estimate_memory(qwen.qwen25_vl_7b_config(), 64, 8, 1942, torch.bfloat16, 4096, 768)
     assert abs(one["params"] / 1e9 - 8.29) < 0.01                        # published size 8.29B
     assert one["total_ckpt"] > 80 > lora["total_ckpt"]
     assert lora["reference"] == 0 and one["reference"] == one["weights"]
     assert one["activations_ckpt"] < one["activations_no_ckpt"]
-    four = M.estimate_memory(M.qwen25_vl_7b_config(), 0, 8, 1942, torch.bfloat16, 4096, 768, shards=4)
+    four = qwen.estimate_memory(qwen.qwen25_vl_7b_config(), 0, 8, 1942, torch.bfloat16, 4096, 768, shards=4)
     for k in ("weights", "grads", "optimizer", "reference"):
         assert close(four[k], one[k] / 4, 1e-9), k
     layer = 2 * 2 * (3584 * 3584 * 2 + 3584 * 512 * 2 + 3 * 3584 * 18944) / 1024 ** 3      # q,o + k,v + MLP, bf16
@@ -1290,7 +1290,7 @@ def test_7b_shaped_config_and_memory_estimates():
                                                                   + one["reference"]) + layer, 1e-3)
 
 
-# ---------------------------------------------------------------------------- eval.py
+# --- eval.py --------------------------------------------------------------------------------------------------------
 
 def _write_tiny_video(path, n=4, size=32, fps=4):
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -1298,7 +1298,7 @@ def _write_tiny_video(path, n=4, size=32, fps=4):
     data.write_video(path, frames, fps=fps)
 
 
-# ---------------------------------------------------------------------------- metrics by hand
+# --- metrics by hand ------------------------------------------------------------------------------------------------
 
 def test_mc_vsi_and_sti_rules():
     # VSI-Bench: exact_match(fuzzy_matching(pred), gt), fuzzy_matching = pred.split(' ')[0].rstrip('.').strip(),
@@ -1393,7 +1393,7 @@ def test_tiou_recall_at_k_box_iou_and_viou():
     assert ev.parse_frame_boxes("3: [1, 2, 3, 4]; 3: [5, 6, 7, 8]") == {3: [1.0, 2.0, 3.0, 4.0]}  # first wins
 
 
-# ---------------------------------------------------------------------------- aggregates
+# --- aggregates -----------------------------------------------------------------------------------------------------
 
 def test_bootstrap_interval_and_unweighted_task_mean_vs_question_mean():
     rng = np.random.default_rng(1)
@@ -1432,7 +1432,7 @@ def test_report_writes_table_json_and_chart():
     assert ev.model_names(["x/tiny", "x/tiny"]) == ["tiny#1", "tiny#2"]
 
 
-# ---------------------------------------------------------------------------- adapters
+# --- adapters -------------------------------------------------------------------------------------------------------
 
 _VSI_ROW = [{"id": 7, "dataset": "scannet", "scene_name": "scene0011_00", "question_type": "object_rel_distance",
         "question": "Which is closer to the sofa?", "options": ["A. chair", "B. table", "C. lamp", "D. bed"],
@@ -1544,7 +1544,7 @@ def test_videos_checked_decoded_and_end_to_end_two_columns():
         assert len(dumps) == 4 and {"completion", "score", "format"} <= set(dumps[0])
 
 
-# ---------------------------------------------------------------------------- rotation stress test (no model)
+# --- rotation stress test (no model) --------------------------------------------------------------------------------
 
 def test_offset_pose_and_rotated_scene_keep_edges_and_move_coordinates():
     R0, c0 = np.eye(3), np.array([0.0, 0.0, 1.6])
@@ -1578,7 +1578,7 @@ def test_offset_pose_and_rotated_scene_keep_edges_and_move_coordinates():
 
 def test_every_flag_has_help_and_one_pixel_budget():
     import train
-    assert ev.TINY_PIXELS == M.TINY_MIN_PIXELS == M.TINY_MAX_PIXELS == train.Config.min_pixels == train.Config.max_pixels
+    assert ev.TINY_PIXELS == qwen.TINY_MIN_PIXELS == qwen.TINY_MAX_PIXELS == train.Config.min_pixels == train.Config.max_pixels
     assert ev.parse_args(["--model", "m", "--data", "d"]).threads == train.Config.threads       # one default
     helps = train.field_help()
     assert set(helps) == {f.name for f in dataclasses.fields(train.Config)}
@@ -1629,7 +1629,7 @@ def test_roll_renders_the_turned_picture():
             assert np.array_equal(turned, np.rot90(clip, k, axes=(1, 2))), (seed, deg)
 
 
-# ---------------------------------------------------------------------------- train.py: the whole loop
+# --- train.py: the whole loop ---------------------------------------------------------------------------------------
 
 def _weights(path, name="model.safetensors"):
     from safetensors.torch import load_file
@@ -1736,10 +1736,11 @@ def test_shipped_base_matches_its_card_and_answers_a_tiny_batch():
     import train
     folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_base")
     assert train.card_sha256(folder) == train.sha256(os.path.join(folder, "model.safetensors"))
-    mdl, tok = M.load(folder, dtype=torch.float32, device="cpu")
+    mdl, tok = qwen.load(folder, dtype=torch.float32, device="cpu")
     cfg = train.Config(threads=1)
     rows = data.load_rows(os.path.join(_run_base()[1], "test.jsonl"))[:2]
-    texts, _ = ev.greedy_batch(mdl, tok, rows, [train.row_clip(cfg, r) for r in rows], cfg)
+    texts, _ = ev.greedy_batch(mdl, tok, rows, [train.clip_of(cfg, r) for r in rows],
+                                cfg.max_new_tokens, cfg.min_pixels, cfg.max_pixels)
     for text, row in zip(texts, rows):
         assert rewards.format_reward(text) == 1.0 and "<graph" in text, text
         assert rewards.extract_answer(text), text
@@ -1790,7 +1791,7 @@ def test_variants_ask_write_and_reward_their_own_think():
     assert set(want) == set(rewards.VARIANTS)
     for variant, (asked, written, r_graph, r_n, r_e) in want.items():
         asked_row = data.with_think(row, rewards.VARIANTS[variant][0])
-        prompt = M.build_prompt(asked_row)
+        prompt = qwen.build_prompt(asked_row)
         assert asked in prompt, (variant, prompt)
         assert ("<graph" in prompt) == (variant != "none") and ("d=DIST" in prompt) == (variant in ("graph", "answer_only"))
         assert written in asked_row["reasoning"] and asked_row["reasoning"].endswith("<answer>B</answer>"), variant
@@ -1798,9 +1799,9 @@ def test_variants_ask_write_and_reward_their_own_think():
         got = (parts["graph"], parts["graph_node"], parts["graph_edge"])
         assert np.allclose(got, (r_graph, r_n, r_e), atol=1e-9), (variant, parts)
         assert close(total, 1.0 + 1.0 + r_graph + rewards.LEN_BONUS, 1e-9)   # format + answer + graph term + length
-    assert M.build_prompt(data.with_think(row, "graph")) == M.build_prompt({**row, "think": None})   # the default
+    assert qwen.build_prompt(data.with_think(row, "graph")) == qwen.build_prompt({**row, "think": None})   # the default
     try:
-        M.build_prompt({**row, "think": "edges"})
+        qwen.build_prompt({**row, "think": "edges"})
         raise AssertionError("an unknown think must be refused")
     except ValueError as e:
         assert "think='edges'" in str(e)
@@ -1819,7 +1820,7 @@ def test_variant_run_warms_up_on_its_reasoning_and_records_its_variant():
                     "--max_new_tokens", "12", "--eval_n", "2", "--test_n", "2", "--threads", "1"])
     assert targets and all("<graph t=" in t and "|" not in t and " d=" not in t for t in targets), targets
     for folder in ("warmup", "final"):
-        mdl, _ = M.load(os.path.join(base, "coords", folder), dtype=torch.float32, device="cpu")
+        mdl, _ = qwen.load(os.path.join(base, "coords", folder), dtype=torch.float32, device="cpu")
         assert ev.model_variant(mdl) == "coords"
     with open(os.path.join(base, "coords", "test_after_GRPO.json")) as fh:
         assert all(r["id"].startswith("synth-") for r in json.load(fh))
@@ -1904,7 +1905,7 @@ def test_rotation_two_models_side_by_side():
     assert ev.score_completion(nodes_only, row)["edge_from_centres"] == 1.0
 
 
-# ---------------------------------------------------------------------------- train.py: interruptions, bad data
+# --- train.py: interruptions, bad data ------------------------------------------------------------------------------
 
 class _Killed(BaseException):
     """Raised where a test kills a run: nothing after that instant runs, as after kill -9."""
@@ -2381,7 +2382,7 @@ def test_more_ranks_than_gpus_stop_with_one_line():
     assert calls == [torch.device("cuda", 1), "nccl"]
 
 
-# ---------------------------------------------------------------------------- runner
+# --- runner ---------------------------------------------------------------------------------------------------------
 
 def main():
     pattern = sys.argv[1] if len(sys.argv) > 1 else ""

@@ -30,11 +30,12 @@ interruption, `torchrun --standalone --nproc_per_node 2 train.py --preset base` 
 `python train.py --preset paper --model /path/to/Qwen2.5-VL-7B-Instruct --data /path/to/rows`;
 `torchrun --nproc_per_node N train.py ...` runs N data-parallel ranks (the marked block "Data parallelism" below).
 Outputs in runs/NAME/: config.json, metrics.jsonl, samples.jsonl, curves.png, ckpt-*/, vision/, warmup/, final/,
-results.md + results.json + test_*.json (the final table and its per-question results),
-skipped.json (rows left out: FILE:LINE and why), run.lock (the PID of the process using the run). A kill at any
-instant leaves a run that --resume finishes (README: "When a run is interrupted or the data is bad").
-Letters: B prompts, G completions per prompt, N = B*G, n rows of one GRPO micro-batch, T completion tokens, P prompt
-tokens.
+results.md + results.json + test_*.json (the final table, per question), skipped.json (rows left out: FILE:LINE and
+why), run.lock (the PID using the run); a kill at any instant leaves a run that --resume finishes.
+Layout: Config and presets, run() (the table of contents), the phases in run order (run_vision, run_warmup,
+run_grpo: rollout -> score -> grpo.group_advantages -> grpo_update), final_report; below the "support" marker,
+what a run needs and the paper does not describe (flags, setup, checkpoints, tables, logging, ranks, the card).
+Letters: B prompts, G completions per prompt, N = B*G, n rows of a GRPO micro-batch, T completion, P prompt tokens.
 """
 import argparse
 import contextlib
@@ -139,10 +140,6 @@ class Config:
 
 ADAM_BETAS = (0.9, 0.99)       # AdamW (beta1, beta2) of every phase
 BASE_SCENE_SEED = 1000         # the base preset's scenes: default_rng([1000, i]); other runs use --seed (0, 1, 2, ...)
-RESUMABLE = ("lr", "sft_lr", "vision_lr", "sft_steps", "grpo_steps", "eval_every", "ckpt_every", "keep_ckpts",
-             "threads", "plot_every", "sample_every")   # what --resume may change; anything else makes another run
-POSITIVE = ("frames", "sft_batch", "batch", "micro_batch", "G", "max_new_tokens", "eval_every", "eval_n", "ckpt_every",
-            "keep_ckpts", "sample_every", "plot_every", "threads", "max_prompt_tokens", "vision_batch")
 
 PRESETS = {
     "tiny": {},
@@ -162,6 +159,315 @@ PRESETS = {
                  vision_steps=5000, vision_batch=8, sft_steps=9000, sft_batch=8, grpo_steps=0, eval_every=1500,
                  eval_n=200, ckpt_every=500),
 }
+
+
+def run(cfg, run_dir, device, dtype):
+    """Data and model (made on first use, by rank 0 first), the rows that can be used, then each unfinished phase
+    from the last checkpoint, then the final test table."""
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    main_first(ensure_data, cfg)
+    found = {s: load_split(cfg, s) for s in ("train", "val", "test")}
+    main_first(ensure_model, cfg, found["train"][0])
+    tok = transformers.AutoTokenizer.from_pretrained(cfg.model, local_files_only=True)
+    rows = {}
+    for split, (good, bad) in found.items():
+        rows[split], too_long = fitting_prompts(cfg, tok, good)
+        report_skipped(run_dir, f"{split} rows", bad + too_long)
+    train_rows, val_rows, test_rows = rows["train"], rows["val"], rows["test"]
+    if not train_rows:
+        raise SystemExit(f"no usable training rows in {cfg.data} (see {run_dir}/skipped.json)")
+    if is_main():
+        print(f"run {run_dir} | {device} {dtype} | {len(train_rows)} train / {len(val_rows)} val / "
+              f"{len(test_rows)} test rows | config in {run_dir}/config.json" + (f" | {world()} ranks" * (world() > 1)))
+    step = checkpoint_step(run_dir)
+    if is_main():
+        drop_metrics_after(run_dir, step)
+    total = cfg.sft_steps + cfg.grpo_steps
+    r = Run(cfg, run_dir, device, dtype, train_rows, val_rows[:cfg.eval_n], test_rows[:cfg.test_n])
+    if cfg.vision_steps > 0 and not os.path.isdir(os.path.join(run_dir, "vision")):
+        run_vision(r)
+    if cfg.sft_steps > 0 and (step < cfg.sft_steps or not os.path.isdir(os.path.join(run_dir, "warmup"))):
+        step = run_warmup(r, step)
+    if cfg.grpo_steps > 0 and (step < total or not os.path.isdir(os.path.join(run_dir, "final"))):
+        step = run_grpo(r, step)
+    final_report(r)
+    if cfg.preset == "base" and is_main():
+        write_card(cfg, run_dir)
+    if is_main():
+        print(f"done: {step} steps in {(time.time() - t0) / 60:.1f} min; outputs in {run_dir}/")
+
+
+def run_vision(r):
+    """Phase 0 (tiny model only): the random vision tower and a VisionHead learn, from the training rows'
+    ground-truth graphs, which objects are in a key frame and where. A real Qwen2.5-VL checkpoint already sees; a
+    random tiny one would otherwise spend the whole warm-up learning to (its language model cannot pull a weak,
+    untrained visual signal through; measured in the README's experiment table). Exports runs/NAME/vision/."""
+    cfg, run_dir = r.cfg, r.dir
+    mdl, tok = qwen.load(cfg.model, dtype=torch.float32, device=r.device)
+    graphs, held = key_frame_graphs(r.train_rows), key_frame_graphs(r.val_rows)
+    categories = sorted({n["category"] for fr in graphs.values() for nodes in fr.values() for n in nodes})
+    if not graphs:
+        raise SystemExit("phase 0 needs rows with ground-truth `graphs`; use --vision_steps 0 for data without")
+    head = VisionHead(mdl.config.text_config.hidden_size, categories).to(r.device)
+    params = list(mdl.model.visual.parameters()) + list(head.parameters())
+    sync_params(params)                                # every rank starts from rank 0's head (as DDP does)
+    opt = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=cfg.weight_decay, betas=ADAM_BETAS)
+    videos, held_videos = sorted(graphs), sorted(held)[:64]
+    mdl.train()
+    for step in range(cfg.vision_steps):
+        set_lr(opt, lr_at(step, cfg.vision_steps, cfg.vision_lr, cfg.lr_warmup))
+        t0 = time.time()
+        batch = [videos[i] for i in shard(batch_indices(len(videos), step, cfg.vision_batch * world(), cfg.seed + 2))]
+        pred, target, bad = vision_step(r, mdl, tok, head, batch, graphs)
+        report_skipped(run_dir, "phase 0 steps", bad)
+        if pred is None:
+            continue
+        loss = vision_loss(pred, target)
+        with stop_if_nonfinite(cfg, run_dir, "vision", step + 1):
+            check_finite(loss, "the vision loss")
+            loss.backward()
+            average_grads(params)
+            clipped_update(opt, params, cfg.grad_clip)
+        if (step + 1) % 100 == 0 or step + 1 == cfg.vision_steps:
+            with torch.no_grad():
+                pred, target, _ = vision_step(r, mdl, tok, head, held_videos, {**held})
+            if pred is None:
+                continue
+            rep = vision_report(pred, target)
+            log(run_dir, {"phase": "vision", "step": step + 1, "loss": loss.item(), **rep},
+                f"vision step {step + 1:5d}/{cfg.vision_steps} loss {loss.item():.3f} | held-out: names found "
+                f"{rep['names']:.2f}, |error| x {rep['err_x']:.2f} y {rep['err_y']:.2f} z {rep['err_z']:.2f} m "
+                f"(blind {rep['blind_x']:.2f} {rep['blind_y']:.2f} {rep['blind_z']:.2f}) | {time.time() - t0:.2f}s")
+    export(mdl, tok, os.path.join(run_dir, "vision"))
+
+
+def run_warmup(r, step):
+    """Supervised warm-up on the reference reasoning, steps [step, sft_steps); exports runs/NAME/warmup.
+    A row whose clip cannot be read is skipped at its step (counted in the step's `skipped` and in skipped.json);
+    a non-finite loss or gradient stops the run before the update (stop_message)."""
+    cfg, run_dir = r.cfg, r.dir
+    forget_test_results(run_dir, "after warm-up")
+    mdl, tok, _, opt, step = open_phase(r, start_folder(cfg, run_dir), cfg.sft_lr, step, 0, cfg.sft_steps, "warm-up")
+    usable = [row for row in r.train_rows if row.get("reasoning")]
+    if not usable:
+        raise SystemExit("the warm-up needs rows with a reference `reasoning`; use --sft_steps 0 for data without")
+    while step < cfg.sft_steps:
+        set_lr(opt, lr_at(step, cfg.sft_steps, cfg.sft_lr, cfg.lr_warmup))
+        t0 = time.time()
+        rows, bad = step_rows(cfg, run_dir, usable, step, cfg.sft_batch, cfg.seed, "warm-up steps")
+        with stop_if_nonfinite(cfg, run_dir, "sft", step + 1):
+            out = sft_step(r, mdl, tok, rows, opt) if rows else None
+        step += 1
+        dt, lr = time.time() - t0, opt.param_groups[0]["lr"]
+        if out is None:
+            log(run_dir, {"phase": "sft", "step": step, "skipped": len(bad)},
+                f"sft  step {step:5d}/{cfg.sft_steps} no readable row in the batch: no update")
+        else:
+            log(run_dir, {"phase": "sft", "step": step, "lr": lr, "seconds": dt, **out,
+                          **({"skipped": len(bad)} if bad else {})},
+                f"sft  step {step:5d}/{cfg.sft_steps} loss {out['loss']:.4f} grad {out['grad_norm']:.2f} lr {lr:.1e}"
+                f" | {dt:.2f}s {out['tokens'] / dt:.0f} tok/s" + (f" | {len(bad)} row(s) skipped" if bad else ""))
+        if checkpoint_and_eval(r, step, cfg.sft_steps, mdl, tok, opt, "warm-up"):
+            plot_curves(run_dir)
+    export(mdl, tok, os.path.join(run_dir, "warmup"))
+    return step
+
+
+def sft_step(r, mdl, tok, rows, opt):
+    """One teacher-forced step: loss = -mean over completion tokens of log pi(reference token)."""
+    mdl.train()
+    inputs = prompt_batch(r, tok, mdl, rows)
+    ids, mask = completion_tensors(tok, [row["reasoning"] for row in rows], r.device)   # (B, T)
+    with autocast(r.device, r.dtype):
+        logp = grpo.token_logprobs(mdl, inputs, ids, mask)                          # (B, T)
+    loss = -(logp * mask).sum() / dist_norm(mask.sum())
+    check_finite(loss, "the loss")
+    loss.backward()
+    average_grads(trainable(mdl))
+    grad_norm = clipped_update(opt, trainable(mdl), r.cfg.grad_clip)
+    return all_mean({"loss": loss.item(), "grad_norm": grad_norm, "tokens": int(mask.sum())}, sums=("tokens",))
+
+
+def run_grpo(r, step):
+    """GRPO steps [step, sft_steps + grpo_steps) from the warm-up policy; exports runs/NAME/final. Unreadable
+    rows and non-finite values are handled as in run_warmup. One step: rollout (sample G completions per prompt,
+    score them, group advantages), then grpo_update (reference log-probs, loss, AdamW step)."""
+    cfg, run_dir = r.cfg, r.dir
+    forget_test_results(run_dir, "after GRPO", "wrong video")
+    start = os.path.join(run_dir, "warmup") if cfg.sft_steps > 0 else start_folder(cfg, run_dir)
+    total = cfg.sft_steps + cfg.grpo_steps
+    mdl, tok, ref_mdl, opt, step = open_phase(r, start, cfg.lr, step, cfg.sft_steps, total, "grpo", ref=True)
+    while step < total:
+        # `step` counts both phases (warm-up steps, then GRPO steps: metrics.jsonl's x axis); k is the GRPO index.
+        # The sampling seed uses the global step, so a resumed run redraws exactly the same completions.
+        k = step - cfg.sft_steps
+        set_lr(opt, lr_at(k, cfg.grpo_steps, cfg.lr, cfg.lr_warmup))
+        rows, bad = step_rows(cfg, run_dir, r.train_rows, k, cfg.batch, cfg.seed + 1, "GRPO steps")
+        generator = torch.Generator(r.device).manual_seed(cfg.seed * 1_000_003 + step + rank() * 2 ** 40)
+        if rows:
+            ro = rollout(r, mdl, tok, rows, generator)
+            t0 = time.time()
+            with stop_if_nonfinite(cfg, run_dir, "grpo", step + 1):
+                stats = grpo_update(r, mdl, ref_mdl, tok, ro, opt)
+            t_update = time.time() - t0
+            logged, stats = gather_rollout(ro), all_mean(stats)   # every rank's samples and statistics, for the log
+        step += 1
+        if not rows:
+            log(run_dir, {"phase": "grpo", "step": step, "skipped": len(bad)},
+                f"grpo step {k + 1:4d}/{cfg.grpo_steps} (step {step}) no readable row: no update")
+        else:
+            log_grpo_step(cfg, run_dir, step, logged, {**stats, **({"skipped": len(bad)} if bad else {})}, t_update,
+                          opt.param_groups[0]["lr"])
+            if (k + 1) % cfg.sample_every == 0 or k == 0:
+                write_samples(run_dir, step, logged, cfg.G)
+        checkpoint_and_eval(r, step, total, mdl, tok, opt, "grpo")
+        if (k + 1) % cfg.plot_every == 0:
+            plot_curves(run_dir)
+    export(mdl, tok, os.path.join(run_dir, "final"))
+    return step
+
+
+@dataclass
+class Rollout:
+    """One GRPO step's samples, what the update and the log need (N = B*G completions, T tokens)."""
+    rows: list                  # the B prompts' dataset rows
+    inputs: dict | None         # their model inputs                  (inputs, ids, mask, old_logp: None once
+    ids: torch.Tensor | None    # (N, T) completion tokens              gathered from the ranks for the log)
+    mask: torch.Tensor | None   # (N, T) 1 up to and with the EOS
+    old_logp: torch.Tensor | None  # (N, T) log pi_old at sampling time
+    reward: torch.Tensor        # (N,) R_i
+    adv: torch.Tensor           # (N,) A_i
+    parts: list                 # N dicts of reward parts
+    texts: list                 # N completions
+    lengths: list               # N token counts
+    t_sample: float             # seconds sampling
+    t_score: float              # seconds scoring
+
+
+def rollout(r, mdl, tok, rows, generator):
+    """Sample G completions per prompt (no grad), score them, group advantages: a Rollout for the update."""
+    cfg, eos, suppress = r.cfg, *qwen.special_ids(tok)
+    inputs = prompt_batch(r, tok, mdl, rows)
+    t0 = time.time()
+    with autocast(r.device, r.dtype):                                                        # sample: eval, no grad
+        ids, mask, old_logp = grpo.sample(mdl, inputs, cfg.G, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                                          eos_ids=eos, suppress_ids=suppress, generator=generator)  # (N, T) each
+    t1 = time.time()
+    texts, lengths = qwen.decode_completions(tok, ids, mask)                             # N strings, N counts
+    reward, parts = score(cfg, texts, lengths, rows, cfg.G)                              # (N,), N dicts
+    adv = grpo.group_advantages(reward, cfg.G, scale=cfg.scale_adv)                      # (N,)
+    return Rollout(rows, inputs, ids, mask.float(), old_logp.float(), reward, adv.to(r.device), parts, texts,
+                   lengths, t_sample=t1 - t0, t_score=time.time() - t1)
+
+
+def score(cfg, texts, lengths, rows, G):
+    """R_i (N,) and its named parts for N = B*G completions (row i // G for completion i)."""
+    weights = {"format": cfg.w_format, "answer": cfg.w_answer, "graph": cfg.w_graph, "length": cfg.w_length}
+    scored = [rewards.total_reward(text, n_tok, rows[i // G], weights, cfg.len_lo, cfg.len_hi, cfg.len_bonus,
+                                   cfg.variant) for i, (text, n_tok) in enumerate(zip(texts, lengths))]
+    return torch.tensor([total for total, _ in scored]), [part for _, part in scored]
+
+
+def grpo_update(r, mdl, ref_mdl, tok, ro, opt):
+    """mu epochs of the clipped GRPO loss over one rollout, gradients accumulated over micro-batches of prompts.
+
+    Each micro-batch's loss is weighted by its share of the batch aggregate (sequences for "seq" / "const",
+    tokens for "token"), so the accumulated gradient equals that of one big batch."""
+    cfg, device, dtype = r.cfg, r.device, r.dtype
+    B, G = len(ro.rows), cfg.G                         # n = (hi - lo) * G rows of one micro-batch [lo, hi)
+    chunks = [(lo, min(B, lo + cfg.micro_batch)) for lo in range(0, B, cfg.micro_batch)]   # prompt ranges
+    inputs = [ro.inputs if (lo, hi) == (0, B) else prompt_batch(r, tok, mdl, ro.rows[lo:hi])
+              for lo, hi in chunks]                    # model inputs of each micro-batch's prompts
+    micro = [{k: getattr(ro, k)[lo * G:hi * G] for k in ("ids", "mask", "old_logp", "adv")}
+             for lo, hi in chunks]                     # ids, mask, old_logp (n, T); adv (n,)
+    ref_logp = [None] * len(chunks)
+    if cfg.beta > 0:                                   # pi_ref log-probs, once per rollout: (n, T) per chunk
+        with torch.no_grad(), autocast(device, dtype), ref_policy(mdl, ref_mdl) as ref:
+            ref_logp = [grpo.token_logprobs(ref, x, m["ids"], m["mask"]).float() for x, m in zip(inputs, micro)]
+    n_tok_all = dist_norm(ro.mask.sum())               # scalar: tokens of all ranks / ranks
+    stats_sum, n_backward = {}, 0
+    for _ in range(cfg.mu):
+        mdl.train()
+        for (lo, hi), x, m, ref_lp in zip(chunks, inputs, micro, ref_logp):
+            with autocast(device, dtype):
+                logp = grpo.token_logprobs(mdl, x, m["ids"], m["mask"]).float()                # (n, T)
+            loss, stats = grpo.policy_loss(logp, m["old_logp"] if cfg.mu > 1 else None, ref_lp, m["adv"],
+                                           m["mask"], cfg.clip_eps, cfg.clip_eps_high, cfg.beta, cfg.agg,
+                                           const_len=cfg.max_new_tokens)
+            check_finite(loss, "the GRPO loss")
+            share = m["mask"].sum() / n_tok_all if cfg.agg == "token" else (hi - lo) / B   # scalar weight
+            (loss * share).backward()
+            for k, v in stats.items():
+                stats_sum[k] = stats_sum.get(k, 0.0) + v
+            n_backward += 1
+        average_grads(trainable(mdl))
+        grad_norm = clipped_update(opt, trainable(mdl), cfg.grad_clip)
+    return {**{k: v / n_backward for k, v in stats_sum.items()}, "grad_norm": grad_norm}
+
+
+def final_report(r):
+    """The table on the test split (results.md, results.json): blind baseline; the final model asked each question
+    about another test scene's clip (wrong video) and about a blank clip; after warm-up (or the base GRPO starts
+    from when there is none); after GRPO; the paired differences after GRPO - after warm-up (or base) and after
+    GRPO - blind; every metric overall, by answer type and the answer by task."""
+    cfg, run_dir, test_rows = r.cfg, r.dir, r.test_rows
+    states = [("after warm-up", os.path.join(run_dir, "warmup")) if cfg.sft_steps > 0 else
+              ("base", start_folder(cfg, run_dir)),
+              ("after GRPO", os.path.join(run_dir, "final"))]
+    states = [(tag, path) for tag, path in states if os.path.isdir(path)]
+    final = states[-1][0]
+    results = {"blind": blind_baseline(r.train_rows, test_rows)}
+    controls = [("wrong video", wrong_videos(test_rows, cfg.seed)),
+                ("blank clip", main_first(blank_videos, run_dir, test_rows))]
+    for tag, path in states:
+        runs = [(tag, None)] + (controls if tag == final else [])
+        for t, _ in runs:
+            found = read_json(results_cache(run_dir, t), "evaluating again")
+            results[t] = found if isinstance(found, list) else None
+        if any(results[t] is None for t, _ in runs):
+            mdl, tok = qwen.load(path, dtype=r.dtype, device=r.device)
+            for t, swap in runs:
+                if results[t] is None:        # written atomically: a kill leaves no half file to trip a resume
+                    results[t] = evaluate(r, mdl, tok, test_rows, swap)
+                    write_json(results_cache(run_dir, t), results[t])
+    columns = {t: results[t] for t in ["blind", "wrong video", "blank clip"] + [t for t, _ in states]}
+    diffs = ([(final, states[0][0])] if len(states) > 1 else []) + [(final, "blind")]
+    tasks = tuple(f"answer: {t}" for t in sorted({row["task"] for row in test_rows}))
+    table, stats = comparison_table(columns, diffs, TABLE_KEYS + tasks)
+    header = (f"test split: {len(test_rows)} questions, seed {cfg.seed}, {time.strftime('%Y-%m-%d')}; scored with "
+              f"the training reward's parts (rewards.py: answer inside the tags, one exact letter), greedy, "
+              f"{cfg.frames} frames, at most {cfg.max_new_tokens} new tokens. eval.py scores with each benchmark's "
+              f"own rule and its own settings (32 frames by default), so its numbers differ from these.")
+    if not is_main():                                  # rank 0 writes the table (write_json's barrier: met here)
+        return barrier()
+    data.write_file(os.path.join(run_dir, "results.md"), header + "\n\n" + table + "\n")
+    write_json(os.path.join(run_dir, "results.json"), {"header": header, "stats": stats})
+    print("\n" + header + "\n" + table)
+    plot_curves(run_dir)
+
+
+# --- support: no paper content below (setup, checkpoints and resume, held-out tables, logging, data parallelism) ---
+
+
+@dataclass
+class Run:
+    """What the phases of one run share: settings, folder runs/NAME, device, number type, and the usable rows."""
+    cfg: Config
+    dir: str
+    device: torch.device
+    dtype: torch.dtype
+    train_rows: list
+    val_rows: list              # the first --eval_n usable val rows (held-out evaluations during training)
+    test_rows: list             # the first --test_n usable test rows (the final table)
+
+
+RESUMABLE = ("lr", "sft_lr", "vision_lr", "sft_steps", "grpo_steps", "eval_every", "ckpt_every", "keep_ckpts",
+             "threads", "plot_every", "sample_every")   # what --resume may change; anything else makes another run
+
+
+POSITIVE = ("frames", "sft_batch", "batch", "micro_batch", "G", "max_new_tokens", "eval_every", "eval_n", "ckpt_every",
+            "keep_ckpts", "sample_every", "plot_every", "threads", "max_prompt_tokens", "vision_batch")
 
 
 def field_help():
@@ -354,19 +660,19 @@ def load_video(video, num_frames, window=()):
 def drop_unreadable(cfg, rows):
     """(rows whose clip reads, now in load_video's cache; [(FILE:LINE, why)] of the others, data.clip_problem).
     Each step drops such a row and goes on with the rest of its batch."""
-    return split_by(rows, lambda r: data.clip_problem(functools.partial(row_clip, cfg), r)[1])
+    return split_by(rows, lambda r: data.clip_problem(functools.partial(clip_of, cfg), r)[1])
 
 
-def row_clip(cfg, row):
+def clip_of(cfg, row):
     """The clip of a row (within its time_window, if any), from load_video's per-run cache."""
     return load_video(row["video"], cfg.frames, tuple(row.get("time_window") or ()))
 
 
-def prompt_batch(cfg, tok, mdl, rows, device, dtype):
+def prompt_batch(r, tok, mdl, rows):
     """Tokenised prompts with their videos for B rows, on the device (model.make_inputs)."""
-    inputs = qwen.make_inputs(tok, mdl.config, rows, [row_clip(cfg, r) for r in rows], cfg.min_pixels,
-                              cfg.max_pixels)
-    return qwen.to_device(inputs, device, dtype)
+    inputs = qwen.make_inputs(tok, mdl.config, rows, [clip_of(r.cfg, row) for row in rows], r.cfg.min_pixels,
+                              r.cfg.max_pixels)
+    return qwen.to_device(inputs, r.device, r.dtype)
 
 
 def completion_tensors(tok, texts, device):
@@ -378,178 +684,9 @@ def completion_tensors(tok, texts, device):
     return ids.to(device), mask.to(device)
 
 
-def score(cfg, texts, lengths, rows, G):
-    """R_i (N,) and its named parts for N = B*G completions (row i // G for completion i)."""
-    weights = {"format": cfg.w_format, "answer": cfg.w_answer, "graph": cfg.w_graph, "length": cfg.w_length}
-    scored = [rewards.total_reward(text, n_tok, rows[i // G], weights, cfg.len_lo, cfg.len_hi, cfg.len_bonus,
-                                   cfg.variant) for i, (text, n_tok) in enumerate(zip(texts, lengths))]
-    return torch.tensor([total for total, _ in scored]), [part for _, part in scored]
-
-
-def start_model(cfg, run_dir):
+def start_folder(cfg, run_dir):
     """The policy the warm-up (or GRPO, without a warm-up) starts from: phase 0's export, else --model."""
     return os.path.join(run_dir, "vision") if cfg.vision_steps > 0 else cfg.model
-
-
-def run_warmup(cfg, run_dir, train_rows, val_rows, step, device, dtype):
-    """Supervised warm-up on the reference reasoning, steps [step, sft_steps); exports runs/NAME/warmup.
-    A row whose clip cannot be read is skipped at its step (counted in the step's `skipped` and in skipped.json);
-    a non-finite loss or gradient stops the run before the update (stop_message)."""
-    forget_test_results(run_dir, "after warm-up")
-    mdl, tok, _, opt, step = open_phase(cfg, run_dir, start_model(cfg, run_dir), cfg.sft_lr, step, 0, cfg.sft_steps,
-                                        train_rows, val_rows, device, dtype, "warm-up")
-    usable = [r for r in train_rows if r.get("reasoning")]
-    if not usable:
-        raise SystemExit("the warm-up needs rows with a reference `reasoning`; use --sft_steps 0 for data without")
-    while step < cfg.sft_steps:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.sft_steps, cfg.sft_lr, cfg.lr_warmup)
-        t0 = time.time()
-        rows, bad = step_rows(cfg, run_dir, usable, step, cfg.sft_batch, cfg.seed, "warm-up steps")
-        try:
-            out = sft_step(cfg, mdl, tok, rows, opt, device, dtype) if rows else None
-        except NonFinite as e:
-            raise SystemExit(stop_message(cfg, run_dir, "sft", step + 1, e)) from None
-        step += 1
-        dt, lr = time.time() - t0, opt.param_groups[0]["lr"]
-        if out is None:
-            log(run_dir, {"phase": "sft", "step": step, "skipped": len(bad)},
-                f"sft  step {step:5d}/{cfg.sft_steps} no readable row in the batch: no update")
-        else:
-            log(run_dir, {"phase": "sft", "step": step, "lr": lr, "seconds": dt, **out,
-                          **({"skipped": len(bad)} if bad else {})},
-                f"sft  step {step:5d}/{cfg.sft_steps} loss {out['loss']:.4f} grad {out['grad_norm']:.2f} lr {lr:.1e}"
-                f" | {dt:.2f}s {out['tokens'] / dt:.0f} tok/s" + (f" | {len(bad)} row(s) skipped" if bad else ""))
-        if end_step(cfg, run_dir, step, cfg.sft_steps, mdl, tok, opt, train_rows, val_rows, device, dtype, "warm-up"):
-            plot_curves(run_dir)
-    export(mdl, tok, os.path.join(run_dir, "warmup"))
-    return step
-
-
-def sft_step(cfg, mdl, tok, rows, opt, device, dtype):
-    """One teacher-forced step: loss = -mean over completion tokens of log pi(reference token)."""
-    mdl.train()
-    inputs = prompt_batch(cfg, tok, mdl, rows, device, dtype)
-    ids, mask = completion_tensors(tok, [r["reasoning"] for r in rows], device)   # (B, T)
-    with autocast(device, dtype):
-        logp = grpo.token_logprobs(mdl, inputs, ids, mask)                          # (B, T)
-    loss = -(logp * mask).sum() / dist_norm(mask.sum())
-    check_finite(loss, "the loss")
-    loss.backward()
-    average_grads(trainable(mdl))
-    grad_norm = clipped_update(opt, trainable(mdl), cfg.grad_clip)
-    return all_mean({"loss": loss.item(), "grad_norm": grad_norm, "tokens": int(mask.sum())}, sums=("tokens",))
-
-
-def run_grpo(cfg, run_dir, train_rows, val_rows, step, device, dtype):
-    """GRPO steps [step, sft_steps + grpo_steps) from the warm-up policy; exports runs/NAME/final. Unreadable
-    rows and non-finite values are handled as in run_warmup. One step: rollout (sample G completions per prompt,
-    score them, group advantages), then grpo_update (reference log-probs, loss, AdamW step)."""
-    forget_test_results(run_dir, "after GRPO", "wrong video")
-    start = os.path.join(run_dir, "warmup") if cfg.sft_steps > 0 else start_model(cfg, run_dir)
-    total = cfg.sft_steps + cfg.grpo_steps
-    mdl, tok, ref_mdl, opt, step = open_phase(cfg, run_dir, start, cfg.lr, step, cfg.sft_steps, total, train_rows,
-                                              val_rows, device, dtype, "grpo", ref=True)
-    while step < total:
-        # `step` counts both phases (warm-up steps, then GRPO steps: metrics.jsonl's x axis); k is the GRPO index.
-        # The sampling seed uses the global step, so a resumed run redraws exactly the same completions.
-        k = step - cfg.sft_steps
-        for group in opt.param_groups:
-            group["lr"] = lr_at(k, cfg.grpo_steps, cfg.lr, cfg.lr_warmup)
-        rows, bad = step_rows(cfg, run_dir, train_rows, k, cfg.batch, cfg.seed + 1, "GRPO steps")
-        generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + step + rank() * 2 ** 40)
-        if rows:
-            ro = rollout(cfg, mdl, tok, rows, device, dtype, generator)
-            t0 = time.time()
-            try:
-                stats = grpo_update(cfg, mdl, ref_mdl, tok, ro, opt, device, dtype)
-            except NonFinite as e:
-                raise SystemExit(stop_message(cfg, run_dir, "grpo", step + 1, e)) from None
-            t_update = time.time() - t0
-            logged, stats = gather_rollout(ro), all_mean(stats)   # every rank's samples and statistics, for the log
-        step += 1
-        if not rows:
-            log(run_dir, {"phase": "grpo", "step": step, "skipped": len(bad)},
-                f"grpo step {k + 1:4d}/{cfg.grpo_steps} (step {step}) no readable row: no update")
-        else:
-            log_grpo_step(cfg, run_dir, step, logged, {**stats, **({"skipped": len(bad)} if bad else {})}, t_update,
-                          opt.param_groups[0]["lr"])
-            if (k + 1) % cfg.sample_every == 0 or k == 0:
-                write_samples(run_dir, step, logged, cfg.G)
-        end_step(cfg, run_dir, step, total, mdl, tok, opt, train_rows, val_rows, device, dtype, "grpo")
-        if (k + 1) % cfg.plot_every == 0:
-            plot_curves(run_dir)
-    export(mdl, tok, os.path.join(run_dir, "final"))
-    return step
-
-
-@dataclass
-class Rollout:
-    """One GRPO step's samples, what the update and the log need (N = B*G completions, T tokens)."""
-    rows: list                  # the B prompts' dataset rows
-    inputs: dict | None         # their model inputs                  (inputs, ids, mask, old_logp: None once
-    ids: torch.Tensor | None    # (N, T) completion tokens              gathered from the ranks for the log)
-    mask: torch.Tensor | None   # (N, T) 1 up to and with the EOS
-    old_logp: torch.Tensor | None  # (N, T) log pi_old at sampling time
-    reward: torch.Tensor        # (N,) R_i
-    adv: torch.Tensor           # (N,) A_i
-    parts: list                 # N dicts of reward parts
-    texts: list                 # N completions
-    lengths: list               # N token counts
-    t_sample: float             # seconds sampling
-    t_score: float              # seconds scoring
-
-
-def rollout(cfg, mdl, tok, rows, device, dtype, generator):
-    """Sample G completions per prompt (no grad), score them, group advantages: a Rollout for the update."""
-    eos, suppress = qwen.special_ids(tok)
-    inputs = prompt_batch(cfg, tok, mdl, rows, device, dtype)
-    t0 = time.time()
-    with autocast(device, dtype):                                                        # sample: eval, no grad
-        ids, mask, old_logp = grpo.sample(mdl, inputs, cfg.G, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                                          eos_ids=eos, suppress_ids=suppress, generator=generator)  # (N, T) each
-    t1 = time.time()
-    texts, lengths = qwen.decode_completions(tok, ids, mask)                             # N strings, N counts
-    reward, parts = score(cfg, texts, lengths, rows, cfg.G)                              # (N,), N dicts
-    adv = grpo.group_advantages(reward, cfg.G, scale=cfg.scale_adv)                      # (N,)
-    return Rollout(rows, inputs, ids, mask.float(), old_logp.float(), reward, adv.to(device), parts, texts,
-                   lengths, t_sample=t1 - t0, t_score=time.time() - t1)
-
-
-def grpo_update(cfg, mdl, ref_mdl, tok, ro, opt, device, dtype):
-    """mu epochs of the clipped GRPO loss over one rollout, gradients accumulated over micro-batches of prompts.
-
-    Each micro-batch's loss is weighted by its share of the batch aggregate (sequences for "seq" / "const",
-    tokens for "token"), so the accumulated gradient equals that of one big batch."""
-    B, G = len(ro.rows), cfg.G                         # n = (hi - lo) * G rows of one micro-batch [lo, hi)
-    chunks = [(lo, min(B, lo + cfg.micro_batch)) for lo in range(0, B, cfg.micro_batch)]   # prompt ranges
-    inputs = [ro.inputs if (lo, hi) == (0, B) else prompt_batch(cfg, tok, mdl, ro.rows[lo:hi], device, dtype)
-              for lo, hi in chunks]                    # model inputs of each micro-batch's prompts
-    micro = [{k: getattr(ro, k)[lo * G:hi * G] for k in ("ids", "mask", "old_logp", "adv")}
-             for lo, hi in chunks]                     # ids, mask, old_logp (n, T); adv (n,)
-    ref_logp = [None] * len(chunks)
-    if cfg.beta > 0:                                   # pi_ref log-probs, once per rollout: (n, T) per chunk
-        with torch.no_grad(), autocast(device, dtype), ref_policy(mdl, ref_mdl) as ref:
-            ref_logp = [grpo.token_logprobs(ref, x, m["ids"], m["mask"]).float() for x, m in zip(inputs, micro)]
-    n_tok_all = dist_norm(ro.mask.sum())               # scalar: tokens of all ranks / ranks
-    stats_sum, n_backward = {}, 0
-    for _ in range(cfg.mu):
-        mdl.train()
-        for (lo, hi), x, m, ref_lp in zip(chunks, inputs, micro, ref_logp):
-            with autocast(device, dtype):
-                logp = grpo.token_logprobs(mdl, x, m["ids"], m["mask"]).float()                # (n, T)
-            loss, stats = grpo.policy_loss(logp, m["old_logp"] if cfg.mu > 1 else None, ref_lp, m["adv"],
-                                           m["mask"], cfg.clip_eps, cfg.clip_eps_high, cfg.beta, cfg.agg,
-                                           const_len=cfg.max_new_tokens)
-            check_finite(loss, "the GRPO loss")
-            share = m["mask"].sum() / n_tok_all if cfg.agg == "token" else (hi - lo) / B   # scalar weight
-            (loss * share).backward()
-            for k, v in stats.items():
-                stats_sum[k] = stats_sum.get(k, 0.0) + v
-            n_backward += 1
-        average_grads(trainable(mdl))
-        grad_norm = clipped_update(opt, trainable(mdl), cfg.grad_clip)
-    return {**{k: v / n_backward for k, v in stats_sum.items()}, "grad_norm": grad_norm}
 
 
 def log_grpo_step(cfg, run_dir, step, ro, stats, t_update, lr):
@@ -586,13 +723,14 @@ def write_samples(run_dir, step, ro, G, n=4):
                                  "parts": ro.parts[i], "advantage": float(ro.adv[i])}) + "\n")
 
 
-def open_phase(cfg, run_dir, path, lr, step, first, end, train_rows, val_rows, device, dtype, tag, ref=False):
+def open_phase(r, path, lr, step, first, end, tag, ref=False):
     """A phase's policy from the checkpoint folder `path` and its tokenizer, the frozen reference copy when `ref`
     and full fine-tuning need one, and AdamW; moved on to the newest checkpoint when it lies past `first` (the
     phase's first step), redoing a held-out evaluation whose line a kill lost. Returns (mdl, tok, ref_mdl, opt,
     step). Full fine-tuning keeps fp32 master weights (a 1e-6 step is lost in bf16) and computes in bf16 under
     autocast; with LoRA the frozen base is stored in `dtype` and the adapters are fp32."""
-    mdl, tok = qwen.load(path, dtype=torch.float32 if cfg.lora_rank == 0 else dtype, device=device)
+    cfg, run_dir = r.cfg, r.dir
+    mdl, tok = qwen.load(path, dtype=torch.float32 if cfg.lora_rank == 0 else r.dtype, device=r.device)
     mdl.config.video_str_variant = cfg.variant         # saved with the exports: eval.py asks as this variant asks
     if cfg.freeze_vision:
         qwen.freeze_vision(mdl)
@@ -609,7 +747,7 @@ def open_phase(cfg, run_dir, path, lr, step, first, end, train_rows, val_rows, d
     if checkpoint_step(run_dir) > first:
         step = restore_checkpoint(latest_checkpoint(run_dir), mdl, opt)
         if eval_due(cfg, step, end) and not eval_logged(run_dir, step):              # its line was lost to a kill
-            held_out(cfg, mdl, tok, train_rows, val_rows, run_dir, step, device, dtype, tag)
+            log_held_out(r, mdl, tok, step, tag)
     return mdl, tok, ref_mdl, opt, step
 
 
@@ -621,13 +759,13 @@ def step_rows(cfg, run_dir, rows, k, batch, seed, where):
     return rows, bad
 
 
-def end_step(cfg, run_dir, step, end, mdl, tok, opt, train_rows, val_rows, device, dtype, tag):
+def checkpoint_and_eval(r, step, end, mdl, tok, opt, tag):
     """After a step of a phase ending at `end`: a checkpoint (every ckpt_every steps and at the end), then the
     held-out evaluation when it is due (returns True then)."""
-    if step % cfg.ckpt_every == 0 or step == end:
-        save_checkpoint(run_dir, step, mdl, opt, cfg.keep_ckpts)
-    if eval_due(cfg, step, end):
-        held_out(cfg, mdl, tok, train_rows, val_rows, run_dir, step, device, dtype, tag)
+    if step % r.cfg.ckpt_every == 0 or step == end:
+        save_checkpoint(r.dir, step, mdl, opt, r.cfg.keep_ckpts)
+    if eval_due(r.cfg, step, end):
+        log_held_out(r, mdl, tok, step, tag)
         return True
     return False
 
@@ -680,6 +818,20 @@ def clipped_update(opt, params, grad_clip):
     return grad_norm
 
 
+def set_lr(opt, lr):
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+@contextlib.contextmanager
+def stop_if_nonfinite(cfg, run_dir, phase, step):
+    """A NonFinite loss or gradient inside the block stops the run with stop_message's advice (nothing updated)."""
+    try:
+        yield
+    except NonFinite as e:
+        raise SystemExit(stop_message(cfg, run_dir, phase, step, e)) from None
+
+
 def stop_message(cfg, run_dir, phase, step, err):
     """Why the run stopped at a non-finite value, what is safe on disk, and the command that resumes it with a
     ten times lower learning rate of that phase."""
@@ -710,28 +862,30 @@ def blank_videos(run_dir, rows):
     return {r["video"]: path for r in rows}
 
 
-def evaluate(cfg, mdl, tok, rows, device, dtype, swap=None, batch=16):
+def evaluate(r, mdl, tok, rows, swap=None, batch=16):
     """Greedy completions (eval.greedy_batch) on held-out rows, scored with the training reward's parts.
     swap: {video: other video} (wrong_videos) asks each question about another scene's clip. A row whose clip
     cannot be read is left out (the results then have fewer entries than rows)."""
+    cfg = r.cfg
     mdl.eval()
     results = []
-    rows = rows if is_fsdp(mdl) else shard(rows)       # this rank's block of the questions (all in one process)
+    rows = rows if grpo.is_fsdp(mdl) else shard(rows)       # this rank's block of the questions (all in one process)
     for lo in range(0, len(rows), batch):           # a row's prompt never names its video: swapping it is enough
-        chunk, _ = drop_unreadable(cfg, [{**r, "video": swap.get(r["video"], r["video"])} if swap else r
-                                         for r in rows[lo:lo + batch]])
+        chunk, _ = drop_unreadable(cfg, [{**row, "video": swap.get(row["video"], row["video"])} if swap else row
+                                         for row in rows[lo:lo + batch]])
         if not chunk:
             continue
-        with autocast(device, dtype):
-            texts, lengths = ev.greedy_batch(mdl, tok, chunk, [row_clip(cfg, r) for r in chunk], cfg)
+        with autocast(r.device, r.dtype):
+            texts, lengths = ev.greedy_batch(mdl, tok, chunk, [clip_of(cfg, row) for row in chunk],
+                                               cfg.max_new_tokens, cfg.min_pixels, cfg.max_pixels)
         _, parts = score(cfg, texts, lengths, chunk, 1)
         for row, part, text, n_tok in zip(chunk, parts, texts, lengths):
             results.append({**part, "id": row["id"], "task": row["task"], "answer_type": row["answer_type"],
                             "tokens": n_tok, "text": text})
-    return results if is_fsdp(mdl) else gather(results)
+    return results if grpo.is_fsdp(mdl) else gather(results)
 
 
-def heldout_means(results):
+def mean_parts(results):
     """Means of the held-out parts, answer reward per answer type (mc accuracy, num MRA, iou IoU)."""
     out = {k: float(np.mean(metric_values(results, k))) if results else float("nan")
            for k in ("answer", "graph", "graph_node", "graph_edge", "format", "tokens")}
@@ -770,35 +924,22 @@ def metric_values(results, key):
     return [r[key] for r in results if key in r]
 
 
-def mean_ci(values):
-    """(mean, lo, hi) with the 95 % bootstrap interval, or None without values."""
-    if not values:
-        return None
-    lo, hi = ev.bootstrap_mean_ci(values)
-    return float(np.mean(values)), lo, hi
-
-
-def fmt_ci(stat, signed=False):
-    f = "{:+.3f}" if signed else "{:.3f}"
-    return "-" if stat is None else f"{f.format(stat[0])} [{f.format(stat[1])}, {f.format(stat[2])}]"
-
-
 TABLE_KEYS = ("answer", "answer_mc", "answer_num", "answer_iou", "graph", "graph_node", "graph_edge", "format")
 
 
 def comparison_table(columns, diffs, keys=TABLE_KEYS):
     """(markdown, stats): one column per model state, mean [95 % bootstrap CI] over the same held-out questions,
     then one column per (a, b) in diffs: the paired difference a - b question by question, with its interval."""
-    stats = {name: {k: mean_ci(metric_values(res, k)) for k in keys} for name, res in columns.items()}
+    stats = {name: {k: ev.mean_ci(metric_values(res, k)) for k in keys} for name, res in columns.items()}
     for a, b in diffs:
         stats[f"{a} - {b}"] = {}
         for k in keys:
             va, vb = metric_values(columns[a], k), metric_values(columns[b], k)
-            stats[f"{a} - {b}"][k] = mean_ci([y - x for x, y in zip(vb, va)]) if va and len(va) == len(vb) else None
+            stats[f"{a} - {b}"][k] = ev.mean_ci([y - x for x, y in zip(vb, va)]) if va and len(va) == len(vb) else None
     names = list(stats)
     lines = ["| held-out metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for k in keys:
-        lines.append(f"| {k} | " + " | ".join(fmt_ci(stats[n][k], signed=n not in columns) for n in names) + " |")
+        lines.append(f"| {k} | " + " | ".join(ev.fmt_ci(stats[n][k], signed=n not in columns) for n in names) + " |")
     return "\n".join(lines), stats
 
 
@@ -896,7 +1037,7 @@ def export(mdl, tok, path):
     """A plain Hugging Face folder (LoRA merged) that model.load / eval.py read; written atomically
     (replace_folder). Refuses (NonFinite) to export non-finite weights."""
     state = None                                       # save_pretrained reads the model itself ...
-    if is_fsdp(mdl):                                   # ... but under FSDP2 the whole model is gathered on rank 0
+    if grpo.is_fsdp(mdl):                                   # ... but under FSDP2 the whole model is gathered on rank 0
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
         state = get_model_state_dict(mdl, options=full_state_options(cpu_offload=True))
     if not is_main():                                  # rank 0 writes; the others wait until it is there
@@ -990,7 +1131,7 @@ def plot_curves(run_dir):
     ev.save_png(fig, os.path.join(run_dir, "curves.png"))
 
 
-# ==================================================================================================================
+# --- data parallelism --------------------------------------------------------------------------------------------
 # Data parallelism: `torchrun --nproc_per_node N train.py ...` (PyTorch's own torch.distributed; gloo on CPU, nccl
 # on CUDA). Every rank holds the whole model and takes its own block of each global batch (N x --batch prompts,
 # N x --sft_batch rows, N x --vision_batch clips in phase 0); a prompt's G completions stay on one rank, so
@@ -1000,7 +1141,6 @@ def plot_curves(run_dir):
 # export, write_json). With --fsdp (full fine-tuning too big for one GPU)
 # FSDP2 splits parameters, gradients and AdamW state over the ranks (DTensors). Without torchrun (no WORLD_SIZE)
 # every helper below is a no-op and one process computes exactly what it did before.
-# ==================================================================================================================
 
 
 def launched_by_torchrun():
@@ -1099,7 +1239,7 @@ def average_grads(params, bucket=2 ** 25):
         return
     groups, size = [], bucket
     for p in params:
-        if is_sharded(p):                              # FSDP2 has reduce-scattered (averaged) its own
+        if grpo.is_sharded(p):                              # FSDP2 has reduce-scattered (averaged) its own
             continue
         if p.grad is None:
             p.grad = torch.zeros_like(p)
@@ -1122,7 +1262,7 @@ def sync_params(params):
         return
     with torch.no_grad():
         for p in params:
-            if not is_sharded(p):                      # FSDP2 shards were cut from identical loaded weights
+            if not grpo.is_sharded(p):                      # FSDP2 shards were cut from identical loaded weights
                 torch.distributed.broadcast(p.data, 0)
 
 
@@ -1165,19 +1305,10 @@ def fsdp_shard(cfg, mdl):
     lm, vis = mdl.model.language_model, mdl.model.visual
     for unit in [*lm.layers, lm.norm, lm.embed_tokens, mdl.lm_head, *vis.blocks, vis]:
         fully_shard(unit, mesh=mesh, reshard_after_forward=True)   # each unit is its own root: reshard explicitly
-    loose = [n for n, p in mdl.named_parameters() if not is_sharded(p)]
+    loose = [n for n, p in mdl.named_parameters() if not grpo.is_sharded(p)]
     if loose:
         raise RuntimeError(f"fsdp_shard: parameters left outside every FSDP2 unit: {loose[:5]}")
     return mdl
-
-
-def is_sharded(p):
-    from torch.distributed.tensor import DTensor
-    return isinstance(p, DTensor)
-
-
-def is_fsdp(mdl):
-    return world() > 1 and any(is_sharded(p) for p in mdl.parameters())
 
 
 def full_state_options(**kw):
@@ -1188,9 +1319,9 @@ def full_state_options(**kw):
 def checkpoint_state(mdl, opt):
     """(trainable weights {name: full CPU tensor}, optimizer state dict); FSDP2 gathers both from every rank
     (call on all)."""
-    weights = {n: (p.detach().full_tensor() if is_sharded(p) else p.detach()).to("cpu").contiguous()
+    weights = {n: (p.detach().full_tensor() if grpo.is_sharded(p) else p.detach()).to("cpu").contiguous()
                for n, p in mdl.named_parameters() if p.requires_grad}
-    if not is_fsdp(mdl):
+    if not grpo.is_fsdp(mdl):
         return weights, opt.state_dict()
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
     return weights, get_optimizer_state_dict(mdl, opt, options=full_state_options(cpu_offload=True))
@@ -1198,7 +1329,7 @@ def checkpoint_state(mdl, opt):
 
 def load_checkpoint_state(mdl, opt, weights, opt_state):
     """checkpoint_state's pair back into the model and the optimizer (FSDP2: each rank keeps its shard)."""
-    if not is_fsdp(mdl):
+    if not grpo.is_fsdp(mdl):
         mdl.load_state_dict(weights, strict=False)
         return opt.load_state_dict(opt_state)
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
@@ -1206,18 +1337,16 @@ def load_checkpoint_state(mdl, opt, weights, opt_state):
     set_optimizer_state_dict(mdl, opt, opt_state, options=full_state_options())
 
 
-# ==================================================================================================================
-
-
-def held_out(cfg, mdl, tok, train_rows, rows, run_dir, step, device, dtype, tag):
+def log_held_out(r, mdl, tok, step, tag):
     """Quick held-out evaluation on the val rows, printed and logged with phase "eval": the reward parts with each
     question's own video, and the answer reward with another scene's video (the wrong-video control)."""
     t0 = time.time()
-    summary = heldout_means(evaluate(cfg, mdl, tok, rows, device, dtype))
-    wrong = heldout_means(evaluate(cfg, mdl, tok, rows, device, dtype, swap=wrong_videos(rows, cfg.seed)))
+    rows = r.val_rows
+    summary = mean_parts(evaluate(r, mdl, tok, rows))
+    wrong = mean_parts(evaluate(r, mdl, tok, rows, swap=wrong_videos(rows, r.cfg.seed)))
     summary["answer_wrong_video"] = wrong["answer"]
-    summary["answer_blind"] = float(np.mean([r["answer"] for r in blind_baseline(train_rows, rows)]))
-    log(run_dir, {"phase": "eval", "step": step, "tag": tag, **summary},
+    summary["answer_blind"] = float(np.mean([b["answer"] for b in blind_baseline(r.train_rows, rows)]))
+    log(r.dir, {"phase": "eval", "step": step, "tag": tag, **summary},
         f"eval {tag:>10s} step {step:5d} | answer {summary['answer']:.3f} (wrong video {wrong['answer']:.3f}) "
         f"node {summary['graph_node']:.3f} edge {summary['graph_edge']:.3f} format {summary['format']:.3f} | "
         + " ".join(f"{k} {summary[k]:.3f}" for k in ("answer_mc", "answer_num", "answer_iou") if k in summary)
@@ -1269,29 +1398,29 @@ def key_frame_graphs(rows):
     return by_video
 
 
-def vision_step(cfg, mdl, tok, head, videos, graphs, device, dtype):
+def vision_step(r, mdl, tok, head, videos, graphs):
     """Video tokens of B clips -> VisionHead at the slice of each key frame -> (predictions, targets), each
     (K, C, 4) over the K key frames of the batch. A key frame's slice = its position among the sampled frames
     // temporal_patch_size (2 frames per video token). A clip that cannot be read is left out, and returned:
     (predictions, targets, [(video, why)]); predictions is None when no clip reads."""
     rows = [{"video": v, "time_window": list(w) or None, "question": "", "answer_type": "num", "answer": 0.0}
             for v, w in videos]
-    rows, bad = drop_unreadable(cfg, rows)
+    rows, bad = drop_unreadable(r.cfg, rows)
     if not rows:
         return None, None, bad
-    inputs = prompt_batch(cfg, tok, mdl, rows, device, dtype)
+    inputs = prompt_batch(r, tok, mdl, rows)
     feats = mdl.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"],
                                          return_dict=True).pooler_output       # B x (t*h*w/4, H)
     tp = mdl.config.vision_config.temporal_patch_size
     preds, nodes = [], []
-    for r, f, grid in zip(rows, feats, inputs["video_grid_thw"]):
-        idx = row_clip(cfg, r).indices                                        # (F,)
+    for row, f, grid in zip(rows, feats, inputs["video_grid_thw"]):
+        idx = clip_of(r.cfg, row).indices                                    # (F,)
         f = f.view(int(grid[0]), -1, f.shape[-1])                             # (t, tokens per slice, H)
-        for frame, frame_nodes in graphs[(r["video"], tuple(r["time_window"] or ()))].items():
+        for frame, frame_nodes in graphs[(row["video"], tuple(row["time_window"] or ()))].items():
             k = int(np.abs(idx - frame).argmin()) // tp                       # the slice holding that frame
             preds.append(head(f[k]))
             nodes.append(frame_nodes)
-    return torch.stack(preds), graph_targets(nodes, head.categories).to(device), bad
+    return torch.stack(preds), graph_targets(nodes, head.categories).to(r.device), bad
 
 
 def vision_loss(pred, target, presence_weight=4.0):
@@ -1317,52 +1446,6 @@ def vision_report(pred, target):
             **{f"blind_{a}": float(e) for a, e in zip("xyz", blind)}}
 
 
-def run_vision(cfg, run_dir, train_rows, val_rows, device, dtype):
-    """Phase 0 (tiny model only): the random vision tower and a VisionHead learn, from the training rows'
-    ground-truth graphs, which objects are in a key frame and where. A real Qwen2.5-VL checkpoint already sees; a
-    random tiny one would otherwise spend the whole warm-up learning to (its language model cannot pull a weak,
-    untrained visual signal through; measured in the README's experiment table). Exports runs/NAME/vision/."""
-    mdl, tok = qwen.load(cfg.model, dtype=torch.float32, device=device)
-    graphs, held = key_frame_graphs(train_rows), key_frame_graphs(val_rows)
-    categories = sorted({n["category"] for fr in graphs.values() for nodes in fr.values() for n in nodes})
-    if not graphs:
-        raise SystemExit("phase 0 needs rows with ground-truth `graphs`; use --vision_steps 0 for data without")
-    head = VisionHead(mdl.config.text_config.hidden_size, categories).to(device)
-    params = list(mdl.model.visual.parameters()) + list(head.parameters())
-    sync_params(params)                                # every rank starts from rank 0's head (as DDP does)
-    opt = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=cfg.weight_decay, betas=ADAM_BETAS)
-    videos, held_videos = sorted(graphs), sorted(held)[:64]
-    mdl.train()
-    for step in range(cfg.vision_steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.vision_steps, cfg.vision_lr, cfg.lr_warmup)
-        t0 = time.time()
-        batch = [videos[i] for i in shard(batch_indices(len(videos), step, cfg.vision_batch * world(), cfg.seed + 2))]
-        pred, target, bad = vision_step(cfg, mdl, tok, head, batch, graphs, device, dtype)
-        report_skipped(run_dir, "phase 0 steps", bad)
-        if pred is None:
-            continue
-        loss = vision_loss(pred, target)
-        try:
-            check_finite(loss, "the vision loss")
-            loss.backward()
-            average_grads(params)
-            clipped_update(opt, params, cfg.grad_clip)
-        except NonFinite as e:
-            raise SystemExit(stop_message(cfg, run_dir, "vision", step + 1, e)) from None
-        if (step + 1) % 100 == 0 or step + 1 == cfg.vision_steps:
-            with torch.no_grad():
-                pred, target, _ = vision_step(cfg, mdl, tok, head, held_videos, {**held}, device, dtype)
-            if pred is None:
-                continue
-            rep = vision_report(pred, target)
-            log(run_dir, {"phase": "vision", "step": step + 1, "loss": loss.item(), **rep},
-                f"vision step {step + 1:5d}/{cfg.vision_steps} loss {loss.item():.3f} | held-out: names found "
-                f"{rep['names']:.2f}, |error| x {rep['err_x']:.2f} y {rep['err_y']:.2f} z {rep['err_z']:.2f} m "
-                f"(blind {rep['blind_x']:.2f} {rep['blind_y']:.2f} {rep['blind_z']:.2f}) | {time.time() - t0:.2f}s")
-    export(mdl, tok, os.path.join(run_dir, "vision"))
-
-
 def results_cache(run_dir, tag):
     """The file holding the final test evaluation of one model state ("after GRPO", "wrong video", ...)."""
     return os.path.join(run_dir, "test_" + tag.replace(" ", "_").replace("-", "") + ".json")
@@ -1373,46 +1456,6 @@ def forget_test_results(run_dir, *tags):
     for tag in tags:
         with contextlib.suppress(FileNotFoundError):
             os.remove(results_cache(run_dir, tag))
-
-
-def final_report(cfg, run_dir, train_rows, test_rows, device, dtype):
-    """The table on the test split (results.md, results.json): blind baseline; the final model asked each question
-    about another test scene's clip (wrong video) and about a blank clip; after warm-up (or the base GRPO starts
-    from when there is none); after GRPO; the paired differences after GRPO - after warm-up (or base) and after
-    GRPO - blind; every metric overall, by answer type and the answer by task."""
-    states = [("after warm-up", os.path.join(run_dir, "warmup")) if cfg.sft_steps > 0 else
-              ("base", start_model(cfg, run_dir)),
-              ("after GRPO", os.path.join(run_dir, "final"))]
-    states = [(tag, path) for tag, path in states if os.path.isdir(path)]
-    final = states[-1][0]
-    results = {"blind": blind_baseline(train_rows, test_rows)}
-    controls = [("wrong video", wrong_videos(test_rows, cfg.seed)),
-                ("blank clip", main_first(blank_videos, run_dir, test_rows))]
-    for tag, path in states:
-        runs = [(tag, None)] + (controls if tag == final else [])
-        for t, _ in runs:
-            found = read_json(results_cache(run_dir, t), "evaluating again")
-            results[t] = found if isinstance(found, list) else None
-        if any(results[t] is None for t, _ in runs):
-            mdl, tok = qwen.load(path, dtype=dtype, device=device)
-            for t, swap in runs:
-                if results[t] is None:        # written atomically: a kill leaves no half file to trip a resume
-                    results[t] = evaluate(cfg, mdl, tok, test_rows, device, dtype, swap)
-                    write_json(results_cache(run_dir, t), results[t])
-    columns = {t: results[t] for t in ["blind", "wrong video", "blank clip"] + [t for t, _ in states]}
-    diffs = ([(final, states[0][0])] if len(states) > 1 else []) + [(final, "blind")]
-    tasks = tuple(f"answer: {t}" for t in sorted({r["task"] for r in test_rows}))
-    table, stats = comparison_table(columns, diffs, TABLE_KEYS + tasks)
-    header = (f"test split: {len(test_rows)} questions, seed {cfg.seed}, {time.strftime('%Y-%m-%d')}; scored with "
-              f"the training reward's parts (rewards.py: answer inside the tags, one exact letter), greedy, "
-              f"{cfg.frames} frames, at most {cfg.max_new_tokens} new tokens. eval.py scores with each benchmark's "
-              f"own rule and its own settings (32 frames by default), so its numbers differ from these.")
-    if not is_main():                                  # rank 0 writes the table (write_json's barrier: met here)
-        return barrier()
-    data.write_file(os.path.join(run_dir, "results.md"), header + "\n\n" + table + "\n")
-    write_json(os.path.join(run_dir, "results.json"), {"header": header, "stats": stats})
-    print("\n" + header + "\n" + table)
-    plot_curves(run_dir)
 
 
 def write_card(cfg, run_dir):
@@ -1575,43 +1618,6 @@ def main(argv=None):
             raise SystemExit(f"train.py: {e}; resume with --resume and a lower learning rate") from None
     if dist_on():
         torch.distributed.destroy_process_group()
-
-
-def run(cfg, run_dir, device, dtype):
-    """Data and model (made on first use, by rank 0 first), the rows that can be used, then each unfinished phase
-    from the last checkpoint, then the final test table."""
-    t0 = time.time()
-    torch.manual_seed(cfg.seed)
-    main_first(ensure_data, cfg)
-    found = {s: load_split(cfg, s) for s in ("train", "val", "test")}
-    main_first(ensure_model, cfg, found["train"][0])
-    tok = transformers.AutoTokenizer.from_pretrained(cfg.model, local_files_only=True)
-    rows = {}
-    for split, (good, bad) in found.items():
-        rows[split], too_long = fitting_prompts(cfg, tok, good)
-        report_skipped(run_dir, f"{split} rows", bad + too_long)
-    train_rows, val_rows, test_rows = rows["train"], rows["val"], rows["test"]
-    if not train_rows:
-        raise SystemExit(f"no usable training rows in {cfg.data} (see {run_dir}/skipped.json)")
-    if is_main():
-        print(f"run {run_dir} | {device} {dtype} | {len(train_rows)} train / {len(val_rows)} val / "
-              f"{len(test_rows)} test rows | config in {run_dir}/config.json" + (f" | {world()} ranks" * (world() > 1)))
-    step = checkpoint_step(run_dir)
-    if is_main():
-        drop_metrics_after(run_dir, step)
-    total = cfg.sft_steps + cfg.grpo_steps
-    val_rows, test_rows = val_rows[:cfg.eval_n], test_rows[:cfg.test_n]
-    if cfg.vision_steps > 0 and not os.path.isdir(os.path.join(run_dir, "vision")):
-        run_vision(cfg, run_dir, train_rows, val_rows, device, dtype)
-    if cfg.sft_steps > 0 and (step < cfg.sft_steps or not os.path.isdir(os.path.join(run_dir, "warmup"))):
-        step = run_warmup(cfg, run_dir, train_rows, val_rows, step, device, dtype)
-    if cfg.grpo_steps > 0 and (step < total or not os.path.isdir(os.path.join(run_dir, "final"))):
-        step = run_grpo(cfg, run_dir, train_rows, val_rows, step, device, dtype)
-    final_report(cfg, run_dir, train_rows, test_rows, device, dtype)
-    if cfg.preset == "base" and is_main():
-        write_card(cfg, run_dir)
-    if is_main():
-        print(f"done: {step} steps in {(time.time() - t0) / 60:.1f} min; outputs in {run_dir}/")
 
 
 if __name__ == "__main__":
