@@ -1124,6 +1124,10 @@ def plot_curves(run_dir):
     ax[1, 2].plot(steps, [r["length"] for r in by["grpo"]], color="C0", label="GRPO completion tokens")
     ax[1, 2].set_title("GRPO completion length")
     for a in ax.flat:
+        if not any(len(line.get_xdata()) for line in a.get_lines()):   # e.g. phase 0 in a run from the base
+            a.text(0.5, 0.5, "not in this run", ha="center", va="center", transform=a.transAxes, color="gray")
+            a.set_xticks([]), a.set_yticks([])
+            continue
         a.set_xlabel("step (phase 0 counts its own)" if a is vis else "step")
         a.legend(fontsize=7, loc="upper left")
         a.grid(alpha=0.3)
