@@ -565,6 +565,15 @@ def load_run(run_dir):
     return variant, int(cfg.get("seed", 0)), {r["id"]: r for r in records}
 
 
+def run_line(run_dir, variant, seed):
+    """One markdown row of a run's own table (results.json): blind, the state GRPO started from, after GRPO."""
+    path = os.path.join(run_dir, "results.json")
+    stats = json.load(open(path, encoding="utf-8"))["stats"] if os.path.isfile(path) else {}
+    get = lambda col: fmt_ci(stats.get(col, {}).get("answer"))
+    start = "after warm-up" if "after warm-up" in stats else "base"
+    return f"| {run_dir} | {variant} | {seed} | {get('blind')} | {start} {get(start)} | {get('after GRPO')} |"
+
+
 def family_values(records, family, key="answer"):
     """{(seed, id): value} of the questions of one task family (data.TASK_FAMILIES; "overall": all)."""
     tasks = data.TASK_FAMILIES.get(family)
@@ -632,9 +641,10 @@ def ablation_main(argv):
     p.add_argument("--n_boot", type=int, default=N_BOOT)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    by_variant, runs = {}, {}
+    by_variant, runs, per_run = {}, {}, []
     for run_dir in args.run:
         variant, seed, records = load_run(run_dir)
+        per_run.append(run_line(run_dir, variant, seed))
         if seed in runs.get(variant, ()):
             raise BadRow(None, f"a second run of variant {variant} with seed {seed}", run_dir)
         runs.setdefault(variant, []).append(seed)
@@ -645,7 +655,8 @@ def ablation_main(argv):
     node_edge = {v: {k: float(np.mean([r[k] for r in recs.values()])) for k in ("graph_node", "graph_edge")}
                  for v, recs in by_variant.items()}
     lines = [table, "", "| variant | R_n written | R_e written |", "|---|---|---|"] + [
-        f"| {v} | {ne['graph_node']:.3f} | {ne['graph_edge']:.3f} |" for v, ne in node_edge.items()]
+        f"| {v} | {ne['graph_node']:.3f} | {ne['graph_edge']:.3f} |" for v, ne in node_edge.items()] + [
+        "", "| run | variant | seed | blind | GRPO started from | after GRPO |", "|---|---|---|---|---|---|"] + per_run
     print("\n".join(lines))
     os.makedirs(args.out, exist_ok=True)
     data.write_file(os.path.join(args.out, "ablation.md"), "\n".join(lines) + "\n")
