@@ -1131,7 +1131,7 @@ TASKS = {"object_count": q_object_count, "abs_distance": q_abs_distance, "closes
          "when_moving": q_when_moving}
 
 
-TASK_FAMILIES = {"static spatial": ("object_count", "abs_distance", "closest_object", "relative_direction", "object_size"),
+TASK_GROUPS = {"static spatial": ("object_count", "abs_distance", "closest_object", "relative_direction", "object_size"),
                  "motion": ("displacement", "average_speed", "motion_direction"),
                  "temporal": ("appearance_order", "when_moving")}    # the paper's groups (Table 2 reports them)
 TASK_WEIGHTS = {"closest_object": 4.0, "appearance_order": 4.0, "motion_direction": 1.5, "displacement": 1.3}

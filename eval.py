@@ -77,7 +77,7 @@ rows are asked with that variant's instruction (data.with_think). For a model th
 `edge_from_centres` scores the edges its centres imply, so relations can be compared across variants.
 
 The toy Table 2 (`ablation`): finished train.py runs of several --variant values, their final test records pooled
-per variant over seeds, the answer per task family (data.TASK_FAMILIES) and overall with 95 % bootstrap intervals,
+per variant over seeds, the answer per task group (data.TASK_GROUPS) and overall with 95 % bootstrap intervals,
 and each variant minus graph paired question by question (same seed, same question id).
 
 Run: `python eval.py --model PATH [--model PATH2] --data FILE --frames 32` (table, results.json, results.png in
@@ -290,7 +290,7 @@ def bootstrap_mean_ci(values, n_boot=N_BOOT, seed=0, level=0.95):
     return bootstrap_task_mean_ci({"": values}, n_boot, seed, level)
 
 
-def task_family(task):
+def vsi_task(task):
     """VSI-Bench merges object_rel_direction_easy/_medium/_hard into object_rel_direction before the overall."""
     return LEVEL_RE.sub("", task)
 
@@ -299,7 +299,7 @@ def unweighted_task_mean(task_means):
     """VSI-Bench overall: mean over task families of (mean over the family's tasks of the task mean)."""
     families = {}
     for task, m in task_means.items():
-        families.setdefault(task_family(task), []).append(m)
+        families.setdefault(vsi_task(task), []).append(m)
     return float(np.mean([np.mean(v) for v in families.values()]))
 
 
@@ -574,57 +574,57 @@ def run_line(run_dir, variant, seed):
     return f"| {run_dir} | {variant} | {seed} | {get('blind')} | {start} {get(start)} | {get('after GRPO')} |"
 
 
-def family_values(records, family, key="answer"):
-    """{(seed, id): value} of the questions of one task family (data.TASK_FAMILIES; "overall": all)."""
-    tasks = data.TASK_FAMILIES.get(family)
+def group_values(records, group, key="answer"):
+    """{(seed, id): value} of the questions of one task group (data.TASK_GROUPS; "overall": all)."""
+    tasks = data.TASK_GROUPS.get(group)
     return {k: r[key] for k, r in records.items() if key in r and (tasks is None or r["task"] in tasks)}
 
 
 def ablation_stats(by_variant, n_boot=N_BOOT, seed=0, ref="graph"):
-    """{variant: {family: (mean, lo, hi, n)}} of the answer score, and {variant: {family: (mean, lo, hi, n)}} of
+    """{variant: {group: (mean, lo, hi, n)}} of the answer score, and {variant: {group: (mean, lo, hi, n)}} of
     the paired difference variant - ref over the questions both answered (same seed, same id)."""
-    families = list(data.TASK_FAMILIES) + ["overall"]
+    groups = list(data.TASK_GROUPS) + ["overall"]
     ci = lambda v: (*mean_ci(v, n_boot, seed), len(v)) if v else None
-    means = {v: {f: ci(list(family_values(recs, f).values())) for f in families} for v, recs in by_variant.items()}
+    means = {v: {f: ci(list(group_values(recs, f).values())) for f in groups} for v, recs in by_variant.items()}
     diffs = {}
     for v, recs in by_variant.items():
         if v == ref or ref not in by_variant:
             continue
         diffs[v] = {}
-        for f in families:
-            a, b = family_values(recs, f), family_values(by_variant[ref], f)
+        for f in groups:
+            a, b = group_values(recs, f), group_values(by_variant[ref], f)
             diffs[v][f] = ci([a[k] - b[k] for k in a if k in b])
     return means, diffs
 
 
 def ablation_table(means, diffs, runs, ref="graph"):
-    """Markdown: answer per family and overall (95 % CI) per variant, then each variant - ref, paired."""
-    families = list(data.TASK_FAMILIES) + ["overall"]
-    lines = ["| variant | seeds | " + " | ".join(families) + " | questions |", "|---" * (len(families) + 3) + "|"]
+    """Markdown: answer per group and overall (95 % CI) per variant, then each variant - ref, paired."""
+    groups = list(data.TASK_GROUPS) + ["overall"]
+    lines = ["| variant | seeds | " + " | ".join(groups) + " | questions |", "|---" * (len(groups) + 3) + "|"]
     for v, st in means.items():
-        lines.append(f"| {v} | {', '.join(map(str, sorted(runs[v])))} | " + " | ".join(fmt_ci(st[f]) for f in families)
+        lines.append(f"| {v} | {', '.join(map(str, sorted(runs[v])))} | " + " | ".join(fmt_ci(st[f]) for f in groups)
                      + f" | {st['overall'][3] if st['overall'] else 0} |")
     for v, st in diffs.items():
-        lines.append(f"| {v} - {ref} (paired) | | " + " | ".join(fmt_ci(st[f], signed=True) for f in families)
+        lines.append(f"| {v} - {ref} (paired) | | " + " | ".join(fmt_ci(st[f], signed=True) for f in groups)
                      + f" | {st['overall'][3] if st['overall'] else 0} |")
     return "\n".join(lines)
 
 
 def plot_ablation(means, path, title):
-    """Grouped bars: answer per family and overall, one bar per variant, 95 % CIs as error bars."""
+    """Grouped bars: answer per group and overall, one bar per variant, 95 % CIs as error bars."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    families = list(data.TASK_FAMILIES) + ["overall"]
+    groups = list(data.TASK_GROUPS) + ["overall"]
     fig, ax = plt.subplots(figsize=(8.5, 4))
     width = 0.8 / max(len(means), 1)
     for k, (v, st) in enumerate(means.items()):
-        x = np.arange(len(families)) + (k - (len(means) - 1) / 2) * width
-        m = np.array([st[f][0] if st[f] else np.nan for f in families])
+        x = np.arange(len(groups)) + (k - (len(means) - 1) / 2) * width
+        m = np.array([st[f][0] if st[f] else np.nan for f in groups])
         err = np.array([[m_ - st[f][1], st[f][2] - m_] if st[f] else [np.nan, np.nan]
-                        for f, m_ in zip(families, m)]).T
+                        for f, m_ in zip(groups, m)]).T
         ax.bar(x, m, width, yerr=err, capsize=3, label=v, color=f"C{k}")
-    ax.set_xticks(np.arange(len(families)), families)
+    ax.set_xticks(np.arange(len(groups)), groups)
     ax.set(ylabel="answer (R_ans, test split)", ylim=(0, 1), title=title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")

@@ -569,8 +569,7 @@ def lora_state_dict(model):
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if ".lora_" in k}
 
 
-# --- support: no paper content below --------------------------------------------------------------------------------
-
+# --- support: no paper content below (memory estimate, the 7B-shaped check, golden fixture) ---------------
 
 # --- memory ---------------------------------------------------------------------------------------------------------
 

@@ -36,11 +36,12 @@ MRA_THRESHOLDS = np.linspace(0.5, 0.95, 10)           # theta in 0.50, 0.55, ...
 CORRECT = 0.5                                          # R_ans at or above this counts as "correct" for R_l
 LEN_LO, LEN_HI, LEN_BONUS = 320, 512, 0.2                # the paper's R_l window (tokens of 768) and bonus
 DEFAULT_WEIGHTS = {"format": 1.0, "answer": 1.0, "graph": 1.0, "length": 1.0}
-VARIANTS = {   # variant: (what <think> holds: model.build_prompt asks for it, data.with_think writes it; R_graph in R)
-    "graph": ("graph", "R_n + R_e"),      # Video-STR: nodes with centres and edges (d, a), both rewarded
-    "none": ("free", "0"),                # the paper's "w/o graph reasoning": no graph asked, written or rewarded
-    "coords": ("nodes", "2 R_n"),         # coordinate prediction: centres only, no edges; x2 keeps R_graph's range [0, 2]
-    "answer_only": ("graph", "0"),        # graph's prompt and reasoning, R_graph dropped: isolates the reward term
+VARIANTS = {   # variant: (what <think> holds: model.build_prompt asks for it, data.with_think writes it,
+               #           (c_n, c_e): R_graph = c_n R_n + c_e R_e)
+    "graph": ("graph", (1.0, 1.0)),       # Video-STR (Sec. 4.2): nodes with centres and edges (d, a), R_n + R_e
+    "none": ("free", (0.0, 0.0)),         # the paper's "w/o graph reasoning" (Table 2): no graph asked or rewarded
+    "coords": ("nodes", (2.0, 0.0)),      # coordinate prediction: centres only; 2 R_n keeps R_graph's range [0, 2]
+    "answer_only": ("graph", (0.0, 0.0)), # graph's prompt and reasoning, R_graph dropped: isolates the reward term
 }
 
 _BODY = r"(?:(?!</?think>|</?answer>).)*"               # text with no think/answer tag inside
@@ -175,8 +176,9 @@ def graph_reward_of(completion, graphs):
 
 
 def graph_term(r_node, r_edge, variant="graph"):
-    """The graph part of R for a variant (VARIANTS): R_n + R_e, 2 R_n, or 0."""
-    return {"R_n + R_e": r_node + r_edge, "2 R_n": 2.0 * r_node, "0": 0.0}[VARIANTS[variant][1]]
+    """The graph part of R for a variant (VARIANTS): R_graph = c_n R_n + c_e R_e (graph: R_n + R_e, Sec. 4.2)."""
+    c_n, c_e = VARIANTS[variant][1]
+    return c_n * r_node + c_e * r_edge
 
 
 def total_reward(completion, n_tokens, row, weights=None, lo=LEN_LO, hi=LEN_HI, bonus=LEN_BONUS, variant="graph"):
