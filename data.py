@@ -1,33 +1,17 @@
-"""Rows (load_rows), their video clips (read_frames), then a synthetic STV-style spatio-temporal video QA world.
-
-Paper: Video-STR (arXiv 2510.10976) Sec. 3 builds STV-205k from TAO, KITTI and ScanNet: static spatial questions
-(object count, absolute distance, closest object, relative direction, object size) and dynamic temporal ones
-(displacement, speed, direction of motion, appearance order, when something happens), answered by multiple
-choice, a number, or an interval; object 3D centres give the ground-truth relation graph at k key frames.
-Training samples 16 frames per video, inference 32 (Qwen2.5-VL, as Video-R1 / SpaceR do).
-
-How this differs: none of that data can be downloaded here, so this file renders its own small scenes (coloured
-cubes, balls, cones and cylinders on a gridded ground, a camera 1.6 m high that moves and yaws) with a numpy
-pinhole renderer, and writes the questions, answers, graphs and a reference reasoning from the scene's exact
-geometry. Real data in the same row format (or Video-R1's JSON format) loads with `load_rows`.
-
-Frame sampling (`read_frames`) follows Qwen's utilities: F even, F <= fps x duration when fps is given, indices
-round(linspace(0, N-1, F)) over the N frames of the [start, end] window. It indexes the packets once (demux, no
-decoding) to get every frame's true presentation time (variable frame rates are exact) and the keyframes, then
-decodes only what is needed: it seeks to a keyframe when that skips more than SEEK_GAP frames, else decodes on.
-
-Letters in shape comments: F frames, H height, W width, N objects (or frames of a whole video), K points.
-Time: `sec` is a time in seconds; `frame` (and `t` in a `<graph t=...>` block) is a source-frame index.
+"""Video-STR's data: rows (load_rows: our JSONL format or Video-R1's), their clips (read_clip: PyAV frame sampling
+by Qwen's rules), then a synthetic stand-in for the paper's STV-205k (arXiv 2510.10976 Sec. 3, not downloadable
+here): rendered scenes whose questions, graphs and reference reasoning come from their exact geometry.
 
 Run:
   python data.py                                   # a few clips in a temp folder, their questions and reasoning
   python data.py make --out data/synth --n 2000 --seed 0 [--max-objects 5] [--questions 4]
   python data.py bench                             # read_frames(16) vs decoding every frame of a 2-min video
 
-`--n` counts scenes (= videos); each scene gets `--questions` questions of different tasks, split by scene into
-train / val / test (80/10/10). Files: videos/000123.mp4, train.jsonl, val.jsonl, test.jsonl, scenes.jsonl (the
-scene parameters), contact_sheet.png. Default clip: 32 frames at 8 fps (4 s), 112 x 112, 2-3 objects; ground-truth
-graphs at the key frames a question needs (first and last frame; the last alone for a static question). `--n 2000` takes ~2 min and ~60 MB on 2 CPU cores (from --n 200).
+`--n` counts scenes (= videos), each with up to `--questions` rows of different tasks (the files: make_dataset);
+`--n 2000` takes ~2 min and ~60 MB on 2 CPU cores.
+
+Letters in shape comments: F frames, H height, W width, N objects (or frames of a whole video), K points.
+Time: `sec` is a time in seconds; `frame` (and `t` in a `<graph t=...>` block) is a source-frame index.
 
 Row format (one JSON object per line; `video` relative to the JSONL's folder; `options` are texts, the letter
 is the position; `answer`: letter for mc, float for num, [start, end] seconds for iou; `graphs` at the key
@@ -45,11 +29,6 @@ scene's exact geometry in mm, the reasoning writes them to 0.1 m):
      (0.3,-0.3,5.5) | red cube-green ball d=1.9 a=14; red cube-blue cube d=2.3 a=24; green ball-blue cube d=1.6
      a=13 </graph> The green ball is closest, 1.9 m. </think><answer>D</answer>"}
   (one line in the file). num rows: "options": null, "answer": 2.4; iou rows: "answer": [1.0, 3.5].
-Tasks (TASKS): object_count, abs_distance, object_size (num); closest_object, relative_direction (mc) -- static;
-displacement, average_speed (num), motion_direction, appearance_order (mc), when_moving (iou) -- dynamic.
-MC answers are uniformly distributed over the letters; closest-object options are padded with objects of
-the same vocabulary that are not in the scene. Also read: Video-R1 JSON / JSONL (path, problem, options
-"A. ...", problem_type multiple choice / numerical / regression, solution "<answer>..</answer>").
 """
 import contextlib
 import itertools
@@ -148,9 +127,8 @@ def validate_row(row, folder):
 
 
 def r1_extract(text):
-    r"""Video-R1's extract_answer: the first <answer>\s*(.*?)\s*</answer>, stripped, or '' without one. The same
-    match as that regex's search, found with str.find (linear: the regex rescans the rest of the
-    text from every unclosed <answer>)."""
+    r"""Video-R1's extract_answer: the first <answer>\s*(.*?)\s*</answer>, stripped, or '' without one; found with
+    str.find, which is linear where that regex rescans the rest of the text from every unclosed <answer>."""
     if not isinstance(text, str):
         return ""
     i = text.find("<answer>")
@@ -184,9 +162,8 @@ def from_video_r1(item):
     solution = str(item.get("solution", ""))
     at = VIDEO_R1_TYPES[ptype]
     ans = text = r1_extract(solution) or solution.strip()
-    options = None
+    options = option_texts(item.get("options")) if at == "mc" else None   # "A. text" -> "text"
     if at == "mc":
-        options = option_texts(item.get("options"))                     # "A. text" -> "text"
         ans = ans.strip("().: ")[:1].upper()
     else:
         try:
@@ -204,12 +181,10 @@ def from_video_r1(item):
 
 
 def load_rows(path, skip_bad=False, skipped=None):
-    """Rows of a JSONL file in our format, or of a Video-R1 JSON / JSONL file, validated.
-
-    Relative video paths resolve against the file's folder (made absolute); each row's `file_line` says where it
-    came from ("FILE:LINE", or "FILE: item N" of a JSON list). A bad row raises BadRow (a ValueError)
-    "FILE:LINE: field 'F': why"; with skip_bad=True it is skipped, the count is printed, and (FILE:LINE, why) is
-    appended to the list `skipped` when one is given."""
+    """Rows of a JSONL file in our format, or of a Video-R1 JSON / JSONL file, validated. Relative video paths
+    resolve against the file's folder (made absolute); each row's `file_line` says where it came from ("FILE:LINE",
+    or "FILE: item N" of a JSON list). A bad row raises BadRow (a ValueError) "FILE:LINE: field 'F': why"; with
+    skip_bad=True it is skipped, the count is printed, and (FILE:LINE, why) is appended to `skipped` if given."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     records, unit = read_records(path)
@@ -244,17 +219,11 @@ def video_problem(path, window=None):
         container, vs = _open_video(path)
     except (FileNotFoundError, VideoError) as e:
         return str(e)
-    try:
-        tb = float(vs.time_base) if vs.time_base else None
-        start = (vs.start_time or 0) * tb if tb else 0.0
-        if vs.duration and tb:
-            end = start + vs.duration * tb
-        elif container.duration:
-            end = start + container.duration / av.time_base
-        else:
-            end = None                                                   # unknown: read_clip decides
-    finally:
-        container.close()
+    with container:
+        tb = float(vs.time_base or 0)
+        start = (vs.start_time or 0) * tb
+        end = (start + vs.duration * tb if vs.duration and tb else
+               start + container.duration / av.time_base if container.duration else None)   # None: unknown
     if window and end is not None and (window[0] >= end or window[1] < start):
         return f"{path}: time_window {list(window)} s lies outside the video ({start:.2f} to {end:.2f} s)"
     return None
@@ -270,18 +239,11 @@ def clip_problem(read, row):
 
 
 def check_videos(rows):
-    """(rows whose video passes video_problem, [(FILE:LINE, why)] of the others); each (video, window) is
-    checked once."""
-    verdicts, keep, bad = {}, [], []
-    for r in rows:
-        key = (r["video"], tuple(r.get("time_window") or ()))
-        if key not in verdicts:
-            verdicts[key] = video_problem(r["video"], r.get("time_window"))
-        if verdicts[key] is None:
-            keep.append(r)
-        else:
-            bad.append((r.get("file_line", r.get("id")), verdicts[key]))
-    return keep, bad
+    """(rows whose video passes video_problem, [(FILE:LINE, why)] of the others)."""
+    keys = [(r["video"], tuple(r.get("time_window") or ())) for r in rows]
+    why = {k: video_problem(*k) for k in set(keys)}                     # each (video, window) checked once
+    return ([r for r, k in zip(rows, keys) if why[k] is None],
+            [(r.get("file_line", r.get("id")), why[k]) for r, k in zip(rows, keys) if why[k] is not None])
 
 
 # --- reading frames -------------------------------------------------------------------------------------------------
@@ -290,47 +252,36 @@ class VideoError(ValueError):
     """A video that cannot be read as asked; the message names the file and the cause."""
 
 
-def window_of(times, start=None, end=None, path="video"):
-    """Positions (M,) of the frames with start - 1e-9 <= t <= end + 1e-9 (None: open), at least 2 of them."""
+def frame_interval(times):
+    """Mean source-frame interval in seconds, (t_last - t_first) / (N - 1): 1 / the video's average fps."""
+    return (times[-1] - times[0]) / max(len(times) - 1, 1) or 1.0
+
+
+def sample_indices(times, num_frames=16, fps=None, start=None, end=None, path="video"):
+    """Qwen-style uniform sampling (qwen-vl-utils) over presentation times (N,) seconds: (idx (F,) into times, M).
+
+    The window is the M frames with start - 1e-9 <= t <= end + 1e-9 (None: open), at least 2. F = num_frames,
+    capped at floor(fps x window duration) when fps is given, clamped to M, rounded down to even (>= 2);
+    idx = window[round(linspace(0, M-1, F))]."""
     times = np.asarray(times, dtype=np.float64)                          # (N,)
-    lo = -np.inf if start is None else float(start)
-    hi = np.inf if end is None else float(end)
+    lo, hi = -np.inf if start is None else float(start), np.inf if end is None else float(end)
     if lo > hi:
         raise VideoError(f"{path}: window start {lo} s is after end {hi} s")
     window = np.flatnonzero((times >= lo - 1e-9) & (times <= hi + 1e-9))  # (M,)
     if len(window) < 2:
         raise VideoError(f"{path}: {len(window)} frame(s) in the window [{start}, {end}] s of a "
                          f"{len(times)}-frame video; at least 2 are needed")
-    return window
-
-
-def frame_interval(times):
-    """Mean source-frame interval in seconds, (t_last - t_first) / (N - 1): 1 / the video's average fps."""
-    return (times[-1] - times[0]) / max(len(times) - 1, 1) or 1.0
-
-
-def sample_indices(times, num_frames=16, fps=None, window=None):
-    """Qwen-style uniform sampling over presentation times.
-
-    times: (N,) seconds, increasing; window: (M,) positions of the frames to sample from (window_of; None: all).
-    F = num_frames, capped at floor(fps x window duration) when fps is given, clamped to M, rounded down to even
-    (>= 2). Returns idx (F,) int into times: window[round(linspace(0, M-1, F))].
-    """
-    times = np.asarray(times, dtype=np.float64)                          # (N,)
-    window = np.arange(len(times)) if window is None else window         # (M,)
     n = int(num_frames)
     if fps is not None:
         duration = times[window[-1]] - times[window[0]] + frame_interval(times)   # VFR safe
         n = min(n, int(math.floor(float(fps) * duration + 1e-9)))
-    n = min(n, len(window))
-    n = max(2, n - n % 2)                                                # even, at least 2
-    return window[np.round(np.linspace(0, len(window) - 1, n)).astype(np.int64)]   # (F,)
+    n = max(2, min(n, len(window)) // 2 * 2)                             # even, at least 2
+    return window[np.round(np.linspace(0, len(window) - 1, n)).astype(np.int64)], len(window)   # (F,), M
 
 
 def _av_open(path):
-    """av.open(path) for reading, whatever the text encoding of its metadata: PyAV 18 decodes metadata strictly
-    unless given metadata_errors="ignore" (a Latin-1 title failed the read); PyAV 19 dropped that argument and
-    decodes with surrogateescape, which never fails."""
+    """av.open(path) whatever the encoding of its metadata: PyAV 18 fails on a Latin-1 title unless given
+    metadata_errors="ignore"; PyAV 19 dropped that argument and decodes with surrogateescape, which never fails."""
     try:
         return av.open(path, metadata_errors="ignore")
     except TypeError:                                                    # PyAV >= 19: no such argument
@@ -471,19 +422,17 @@ class Clip(NamedTuple):
 
 
 def read_clip(path, num_frames=16, fps=None, start=None, end=None):
-    """Sample a Clip of a video (see sample_indices for F and the window).
-
-    F is even. Rotation metadata is applied (H, W as displayed); odd sizes are kept.
-    Raises FileNotFoundError or VideoError (a ValueError) naming the file and the cause. A truncated file
-    warns and returns the frames of its readable part (if at least 2), else raises.
-    """
+    """Sample a Clip of a video (F and the window: sample_indices). The packets are indexed once (demux, no
+    decoding) for every frame's true presentation time (variable frame rates are exact) and the keyframes, then
+    only the sampled frames are decoded (_decode_at). Rotation metadata is applied (H, W as displayed); odd sizes
+    are kept. Raises FileNotFoundError or VideoError (a ValueError) naming the file and the cause; a truncated file
+    warns and returns the frames of its readable part (if at least 2), else raises."""
     container, vs = _open_video(path)
     try:
         pts, key, truncated = _packet_index(container, vs, path)
         tb, listed = float(vs.time_base), vs.frames or "?"                # PyAV 19 refuses vs.* once closed
         times = pts * tb                                                 # (N,) seconds, true presentation times
-        window = window_of(times, start, end, path)                      # (M,)
-        idx = sample_indices(times, num_frames, fps, window)             # (F,)
+        idx, m = sample_indices(times, num_frames, fps, start, end, path)   # (F,), frames in the window
         got = _decode_at(container, vs, pts, key, sorted(set(idx.tolist())), path)
     finally:
         container.close()
@@ -501,7 +450,7 @@ def read_clip(path, num_frames=16, fps=None, start=None, end=None):
         raise VideoError(f"{path}: frame size changes inside the video {sorted(shapes)}")
     frames = np.stack([got[i] for i in keep])                           # (F, H, W, 3)
     keep = np.array(keep, dtype=np.int64)                               # (F,) source-frame indices
-    sample_fps = len(keep) / len(window) / frame_interval(times)        # F / M x video_fps (qwen-vl-utils)
+    sample_fps = len(keep) / m / frame_interval(times)                  # F / M x video_fps (qwen-vl-utils)
     return Clip(frames, times[keep], keep, float(sample_fps))
 
 
@@ -557,7 +506,6 @@ SIZES = np.round(np.arange(0.6, 1.21, 0.1), 1)      # widths of cubes and balls,
 SLIM = np.round(np.arange(0.5, 0.81, 0.1), 1)       # widths of cones and cylinders: slim and tall, so that at 56 px a
 HEIGHTS = np.round(np.arange(1.0, 1.61, 0.1), 1)    # cylinder is not mistaken for a cube (silhouettes differ in shape)
 HOOD_TOP, STRIPE = 0.9, 0.05                        # the bonnet below 0.9 H; its centre stripe 0.05 W wide each side
-SPEEDS = np.round(np.arange(0.4, 1.01, 0.1), 1)     # m/s of moving objects
 
 
 def clip_end(scene):
@@ -701,7 +649,7 @@ def _track(scene, o, poses):
     ts = frame_times(scene)                                              # (F,)
     cw = object_center(o, ts)                                            # (F, 3)
     pc = np.einsum("fij,fj->fi", poses[0], cw - poses[1])               # (F, 3)
-    return cw, pc, project(scene, pc), ts >= o["appear"] - 1e-9
+    return cw, pc, project(scene, pc), present(o, ts)
 
 
 def _fits(scene, o, others, poses=None):
@@ -831,11 +779,6 @@ def _fill_edges(img, a, b, colour):
     img[v0:v1, u0:u1][(u >= lo) & (u <= hi)] = colour
 
 
-def _fill_poly(img, poly, colour):
-    """A convex polygon (M, 2) with vertices in order (either direction)."""
-    _fill_edges(img, poly, np.roll(poly, -1, axis=0), colour)
-
-
 def _disk(img, centre, r, colour):
     """Paint a filled circle (pixel centre within r of centre) on a packed (H, W) canvas."""
     H, W = img.shape
@@ -876,7 +819,7 @@ def _draw_object(img, scene, o, p, R, c):
     edges_a = np.vstack([bottom, top, bottom])                           # bottom, top and vertical edges
     edges_b = np.vstack([np.roll(bottom, -1, 0), np.roll(top, -1, 0), top])
     _fill_edges(img, edges_a, edges_b, _shade(o["colour"], 0.75))
-    _fill_poly(img, top, _shade(o["colour"], 1.0))
+    _fill_edges(img, top, np.roll(top, -1, 0), _shade(o["colour"], 1.0))
 
 
 def render(scene, sec):
@@ -885,15 +828,14 @@ def render(scene, sec):
     img = _ground(scene, R, c)                                           # (H, W) packed uint32
     live = [o for o in scene["objects"] if present(o, sec)]
     centres = np.array([object_center(o, sec) for o in live]).reshape(-1, 3)    # (N, 3) world
-    shadow = SHADOW
     for o, p in zip(live, centres):
-        _fill_poly(img, project(scene, (_ring(p, o["width"] * 0.6, 0.0, 8) - c) @ R.T), shadow)
+        ring = project(scene, (_ring(p, o["width"] * 0.6, 0.0, 8) - c) @ R.T)   # (8, 2) a convex polygon
+        _fill_edges(img, ring, np.roll(ring, -1, 0), SHADOW)
     depth = (centres - c) @ R[2]                                         # (N,) camera z
     for i in np.argsort(-depth, kind="stable"):
         _draw_object(img, scene, live[i], centres[i], R, c)
     _hood(scene, img)
-    H, W = img.shape
-    return img.view(np.uint8).reshape(-1).take(_rgb_index(H, W)).reshape(H, W, 3)   # drop the 4th byte
+    return np.ascontiguousarray(img.view(np.uint8).reshape(*img.shape, 4)[..., :3])   # (H, W, 3): drop the 4th byte
 
 
 def _roll(scene):
@@ -918,12 +860,6 @@ def _hood(scene, img):
     img[bonnet & (np.abs(x0) < STRIPE * W / f)] = _pack((250, 140, 20))
 
 
-@lru_cache(maxsize=8)
-def _rgb_index(H, W):
-    """Byte offsets of R, G, B of every pixel of a packed canvas: (H*W*3,)."""
-    return (np.arange(H * W)[:, None] * 4 + np.arange(3)).reshape(-1)
-
-
 def render_clip(scene):
     """All frames of the clip: (F, H, W, 3) uint8."""
     return np.stack([render(scene, sec) for sec in frame_times(scene)])
@@ -933,13 +869,14 @@ def render_clip(scene):
 
 DIRECTIONS = ("left and nearer", "left and farther", "right and nearer", "right and farther")
 MOTIONS = ("left", "right", "toward the camera", "away from the camera")
+WHEN = ("at the start of the video", "at the end of the video")    # WHEN[frame > 0]: a key frame is the first or last
 
 
 def key_frames(scene, k=KEY_FRAMES, train_frames=TRAIN_FRAMES):
     """k source-frame indices among the frames the model is given (train_frames sampled as read_frames does):
     for k = 2 (the default) the first and the last frame of the clip, which every uniform sampling keeps, so a
     run with another `--frames` still sees the rows' key frames."""
-    given = sample_indices(frame_times(scene), min(train_frames, scene["num_frames"]))   # (16,)
+    given = sample_indices(frame_times(scene), min(train_frames, scene["num_frames"]))[0]   # (16,)
     return [int(given[i]) for i in np.round(np.linspace(0, len(given) - 1, k)).astype(int)]
 
 
@@ -969,25 +906,15 @@ def _choice(rng, question, correct, distractors, sentence, frames, k=4):
                 answer_type="mc", text=LETTERS[pos], sentence=sentence, frames=frames)
 
 
-def _when(scene, frame):
-    return "at the start of the video" if frame == 0 else "at the end of the video"
-
-
 def _live(scene, frame):
     sec = frame / scene["fps"]
     return [o for o in scene["objects"] if present(o, sec)]
 
 
 def _dist(scene, a, b, frame):
-    """d_ab in metres at a frame, from the ground-truth graph's centres (gt_graph, to the mm): the number the
-    graph's edge writes, so an answer and the reasoning's d never disagree on a rounding boundary."""
+    """d_ab in metres at a frame from gt_graph's centres: the d_ij its edge writes (the answer agrees with it)."""
     centres = {n.category: n.center for n in gt_graph(scene, frame).nodes}
     return float(graph.edge_features([centres[a["name"]], centres[b["name"]]])[0][0, 1])
-
-
-def _absent(scene):
-    names = {o["name"] for o in scene["objects"]}
-    return [f"{c} {s}" for c in COLOURS for s in SHAPES if f"{c} {s}" not in names]
 
 
 def q_object_count(scene, rng, keys):
@@ -1003,7 +930,7 @@ def q_abs_distance(scene, rng, keys):
     live = _live(scene, f)
     a, b = [live[i] for i in rng.permutation(len(live))[:2]]
     d = round(_dist(scene, a, b, f), 1)
-    when = f" {_when(scene, f)}" if a["move"] or b["move"] else ""
+    when = f" {WHEN[f > 0]}" if a["move"] or b["move"] else ""
     return _num(f"What is the distance between the {a['name']} and the {b['name']}{when}, in metres (centre to "
                 f"centre)?", d, f"The {a['name']} and the {b['name']} are {graph.fmt_num(d)} m apart.", [f])
 
@@ -1016,9 +943,10 @@ def q_closest_object(scene, rng, keys):
         for x in [live[i] for i in rng.permutation(len(live))] if len(live) >= 3 else []:
             others = sorted((_dist(scene, x, o, f), o["name"]) for o in live if o is not x)
             if others[1][0] - others[0][0] >= 0.3:
-                pad = _absent(scene)
+                names = {o["name"] for o in scene["objects"]}
+                pad = [f"{c} {s}" for c in COLOURS for s in SHAPES if f"{c} {s}" not in names]
                 pad = [pad[i] for i in rng.permutation(len(pad))[: max(0, 4 - len(others))]]
-                when = f" {_when(scene, f)}" if any(o["move"] for o in live) else ""
+                when = f" {WHEN[f > 0]}" if any(o["move"] for o in live) else ""
                 return _choice(rng, f"Which object is closest to the {x['name']}{when}?", others[0][1],
                                [n for _, n in others[1:]] + pad,
                                f"The {others[0][1]} is closest, {graph.fmt_num(others[0][0])} m.", [f])
@@ -1036,7 +964,7 @@ def q_relative_direction(scene, rng, keys):
             dx, _, dz = to_camera(scene, object_center(b, sec), sec) - to_camera(scene, object_center(a, sec), sec)
             if abs(dx) >= 0.4 and abs(dz) >= 0.4:
                 ans = f"{'left' if dx < 0 else 'right'} and {'nearer' if dz < 0 else 'farther'}"
-                return _choice(rng, f"Seen from the camera {_when(scene, f)}, where is the {b['name']} relative "
+                return _choice(rng, f"Seen from the camera {WHEN[f > 0]}, where is the {b['name']} relative "
                                f"to the {a['name']}?", ans, [d for d in DIRECTIONS if d != ans],
                                f"The {b['name']} is {ans}.", [f])
     return None
@@ -1055,12 +983,6 @@ def _movers(scene, rng, from_start=False):
     return [objs[i] for i in rng.permutation(len(objs))]
 
 
-def _path(o, t0, t1):
-    """Distance travelled between t0 and t1 (constant speed inside the move interval)."""
-    m0, m1 = o["move"] or (0.0, 0.0)
-    return float(np.hypot(*o["vel"])) * max(0.0, min(t1, m1) - max(t0, m0))
-
-
 def q_displacement(scene, rng, keys):
     """Straight-line displacement between the first and last frame (>= 0.5 m: MRA needs gt > 0)."""
     T = clip_end(scene)
@@ -1076,7 +998,7 @@ def q_average_speed(scene, rng, keys):
     """Path length over [0, T] / T, T = time of the last frame; two decimals (speeds are small)."""
     T = clip_end(scene)
     for o in _movers(scene, rng, from_start=True):
-        path = _path(o, 0.0, T)
+        path = float(np.hypot(*o["vel"])) * (min(T, o["move"][1]) - o["move"][0])   # constant speed while moving
         v = round(path / T, 2)
         if v >= 0.1:
             return _num(f"What is the average speed of the {o['name']} over the whole video, in metres per "
@@ -1124,16 +1046,10 @@ def q_when_moving(scene, rng, keys):
     return None
 
 
-TASKS = {"object_count": q_object_count, "abs_distance": q_abs_distance, "closest_object": q_closest_object,
-         "relative_direction": q_relative_direction, "object_size": q_object_size,
-         "displacement": q_displacement, "average_speed": q_average_speed,
-         "motion_direction": q_motion_direction, "appearance_order": q_appearance_order,
-         "when_moving": q_when_moving}
-
-
 TASK_GROUPS = {"static spatial": ("object_count", "abs_distance", "closest_object", "relative_direction", "object_size"),
-                 "motion": ("displacement", "average_speed", "motion_direction"),
-                 "temporal": ("appearance_order", "when_moving")}    # the paper's groups (Table 2 reports them)
+               "motion": ("displacement", "average_speed", "motion_direction"),
+               "temporal": ("appearance_order", "when_moving")}    # the paper's groups (Table 2 reports them)
+TASKS = {t: globals()[f"q_{t}"] for group in TASK_GROUPS.values() for t in group}   # task -> its q_ function above
 TASK_WEIGHTS = {"closest_object": 4.0, "appearance_order": 4.0, "motion_direction": 1.5, "displacement": 1.3}
 
 
@@ -1189,8 +1105,7 @@ def split_of(n, seed, fractions=(0.8, 0.1, 0.1)):
     order = np.random.default_rng([seed, 999]).permutation(n)
     cuts = np.round(np.cumsum(fractions)[:-1] * n).astype(int)
     names = np.empty(n, dtype=object)
-    for name, part in zip(("train", "val", "test"), np.split(order, cuts)):
-        names[part] = name
+    names[order] = np.repeat(["train", "val", "test"], np.diff([0, *cuts, n]))
     return names
 
 
@@ -1215,14 +1130,14 @@ def make_dataset(out_dir, n, seed=0, questions=4, n_objects=(2, 3), size=CLIP_SI
     Scene i uses rng = default_rng([seed, i]): the files are byte-identical for a seed, however many worker
     processes render (default: one per CPU core, at most 4)."""
     os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
-    splits = split_of(n, seed)
-    files = {s: open(os.path.join(out_dir, f"{s}.jsonl"), "w") for s in ("train", "val", "test")}
-    counts, t_start, shown = {s: 0 for s in files}, time.time(), []
+    splits, counts, t_start, shown = split_of(n, seed), {"train": 0, "val": 0, "test": 0}, time.time(), []
     jobs = [(out_dir, i, seed, questions, n_objects, size, num_frames, fps) for i in range(n)]
     workers = workers or min(4, os.cpu_count() or 1)
-    with open(os.path.join(out_dir, "scenes.jsonl"), "w") as scenes_file, \
-            (multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else contextlib.nullcontext()) as pool:
-        results = pool.imap(make_scene_files, jobs, chunksize=8) if workers > 1 else map(make_scene_files, jobs)
+    with contextlib.ExitStack() as stack:
+        files = {s: stack.enter_context(open(os.path.join(out_dir, f"{s}.jsonl"), "w")) for s in counts}
+        scenes_file = stack.enter_context(open(os.path.join(out_dir, "scenes.jsonl"), "w"))
+        pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers)) if workers > 1 else None
+        results = pool.imap(make_scene_files, jobs, chunksize=8) if pool else map(make_scene_files, jobs)
         for i, (scene, rows, clip) in enumerate(results):
             scenes_file.write(json.dumps(scene) + "\n")
             for r in rows:
@@ -1234,8 +1149,6 @@ def make_dataset(out_dir, n, seed=0, questions=4, n_objects=(2, 3), size=CLIP_SI
                 el = time.time() - t_start
                 log(f"\rscenes {i + 1}/{n}  rows {sum(counts.values())}  {el:.0f}s elapsed, "
                     f"~{el / (i + 1) * (n - i - 1):.0f}s left", end="" if i + 1 < n else "\n", flush=True)
-    for f in files.values():
-        f.close()
     write_file(os.path.join(out_dir, "dataset.json"), json.dumps({"scenes": n, "seed": seed, "questions": questions}))
     if sheet:
         contact_sheet(shown, os.path.join(out_dir, "contact_sheet.png"))
@@ -1273,9 +1186,8 @@ def write_file(path, content):
     kill or a full disk at any moment leaves the old file or the new one, never a part of one."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(tmp, "wb" if isinstance(content, bytes) else "w", **({} if isinstance(content, bytes) else
-                                                                       {"encoding": "utf-8"})) as fh:
-            fh.write(content)
+        with open(tmp, "wb") as fh:
+            fh.write(content if isinstance(content, bytes) else content.encode("utf-8"))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
