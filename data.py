@@ -374,38 +374,32 @@ def _decode_at(container, vs, pts, key, want, path):
     else decodes forward; a seek that lands past the frame retries once from the start. Bounded work."""
     pos_of = {int(p): i for i, p in enumerate(pts)}
     key_pos = np.flatnonzero(key)                                        # (K,) keyframe positions
-    wanted, out = set(want), {}
-    st = {"frames": None, "cur": -1, "floor": 0, "first": None, "budget": 3 * len(pts) + 64}
-
-    def restart(k):                                                      # seek to the keyframe at position k
-        st.update(frames=_frames_from(container, vs, pts[k]), cur=k - 1, floor=k, first=None)
-
-    def run_to(w):                                                       # decode until position >= w
-        for fr in st["frames"]:
-            st["budget"] -= 1
-            if st["budget"] < 0:
-                raise VideoError(f"{path}: decoder does not reach frame {w} (inconsistent timestamps)")
-            i = pos_of.get(fr.pts if fr.pts is not None else fr.dts, -1)
-            if i < st["floor"]:
-                continue                                                 # before the seek point (open GOP)
-            st["cur"], st["first"] = i, i if st["first"] is None else st["first"]
-            if i in wanted and i not in out:
-                out[i] = _to_rgb(fr, path)
-            if i >= w:
-                return
-        st["frames"] = None                                              # stream ended
-
+    wanted, out, frames, cur, budget = set(want), {}, None, -1, 3 * len(pts) + 64
     for w in want:
         if w in out:
             continue
         before = key_pos[key_pos <= w]
         k = int(before[-1]) if len(before) else 0
-        if st["frames"] is None or k - st["cur"] > SEEK_GAP or w <= st["cur"]:
-            restart(k)
-        run_to(w)
-        if w not in out and k > 0 and st["first"] is not None and st["first"] > w:   # the seek overshot
-            restart(0)
-            run_to(w)
+        seek = frames is None or k - cur > SEEK_GAP or w <= cur
+        for s in (k if seek else None, 0):                               # s: the keyframe position to seek to
+            if s is not None:
+                frames, cur, floor, first = _frames_from(container, vs, pts[s]), s - 1, s, None
+            for fr in frames:                                            # decode until position >= w
+                budget -= 1
+                if budget < 0:
+                    raise VideoError(f"{path}: decoder does not reach frame {w} (inconsistent timestamps)")
+                i = pos_of.get(fr.pts if fr.pts is not None else fr.dts, -1)
+                if i < floor:
+                    continue                                             # before the seek point (open GOP)
+                cur, first = i, i if first is None else first
+                if i in wanted and i not in out:
+                    out[i] = _to_rgb(fr, path)
+                if i >= w:
+                    break
+            else:
+                frames = None                                            # stream ended
+            if w in out or k == 0 or first is None or first <= w or s == 0:
+                break                                                    # else the seek overshot w: from 0 again
     return out
 
 
@@ -528,7 +522,6 @@ def object_center(obj, sec):
 
 
 def present(obj, sec):
-    """An object exists from its appearance time on."""
     return sec >= obj["appear"] - 1e-9
 
 
@@ -577,8 +570,7 @@ def to_camera(scene, p, sec):
 
 def project(scene, pc):
     """Camera-frame points (..., 3) -> pixel coordinates (..., 2) (u right, v down; pixel centres at +0.5)."""
-    H, W = scene["size"]
-    f = scene["focal"]
+    (H, W), f = scene["size"], scene["focal"]
     z = np.maximum(pc[..., 2], 1e-3)
     return np.stack([f * pc[..., 0] / z + W / 2.0, f * pc[..., 1] / z + H / 2.0], axis=-1)
 
@@ -835,7 +827,7 @@ def render(scene, sec):
     for i in np.argsort(-depth, kind="stable"):
         _draw_object(img, scene, live[i], centres[i], R, c)
     _hood(scene, img)
-    return np.ascontiguousarray(img.view(np.uint8).reshape(*img.shape, 4)[..., :3])   # (H, W, 3): drop the 4th byte
+    return img.view(np.uint8).reshape(*img.shape, 4)[..., :3]          # (H, W, 3): drop the 4th byte (a view)
 
 
 def _roll(scene):
@@ -1124,9 +1116,8 @@ def make_scene_files(job):
 
 def make_dataset(out_dir, n, seed=0, questions=4, n_objects=(2, 3), size=CLIP_SIZE, num_frames=CLIP_FRAMES,
                  fps=CLIP_FPS, sheet=True, log=print, workers=None):
-    """Write n scenes: videos/NNNNNN.mp4, up to `questions` rows per scene (distinct tasks) into
-    train/val/test.jsonl (split by scene), scenes.jsonl (the scene parameters), dataset.json (n, seed) and
-    contact_sheet.png.
+    """Write n scenes: videos/NNNNNN.mp4, up to `questions` rows per scene (distinct tasks) into train/val/test.jsonl
+    (split by scene, split_of), scenes.jsonl (the scene parameters), dataset.json (n, seed) and contact_sheet.png.
     Scene i uses rng = default_rng([seed, i]): the files are byte-identical for a seed, however many worker
     processes render (default: one per CPU core, at most 4)."""
     os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
@@ -1176,10 +1167,7 @@ def contact_sheet(shown, path, n_frames=4):
     plt.close(fig)
 
 
-# --- support: no paper content below --------------------------------------------------------------------------------
-
-
-# --- files: written atomically, read tolerantly ---------------------------------------------------------------------
+# --- support: no paper content below (files written atomically and read tolerantly, bench, command line) --------
 
 def write_file(path, content):
     """Write text (str) or bytes through a temporary file in the same folder, flushed to disk, then a rename: a
