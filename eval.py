@@ -1,89 +1,32 @@
-r"""Evaluation of Video-STR checkpoints with each benchmark's own metric, side by side, plus a rotation stress test.
+r"""Evaluation of Video-STR checkpoints with each benchmark's own metric, side by side; the rotation stress test;
+the toy Table 2.
 
 Paper: Video-STR (arXiv 2510.10976) Sec. 5 reports STI-Bench, V-STaR, VSI-Bench, SPAR-Bench, Video-MME and
-TempCompass, inferring with 32 frames and greedy decoding. This file scores any number of checkpoints on one
-file of questions and prints one table with a column per model.
+TempCompass, inferring with 32 frames and greedy decoding. This file scores any number of checkpoints on one file
+of questions and prints one table with a column per model.
 
-Scoring rules. Every row carries `rule`, the benchmark whose own public scoring code scores it (set by its
-adapter below; rows in our format: "ours"); `score` is that benchmark's headline metric for the question:
+Scoring rules. Every row carries `rule`, the benchmark whose own public scoring code scores it (set by its adapter
+below; rows in our format: "ours"); `score` is that benchmark's headline metric, computed by the function named:
     vsibench  VSI-Bench, lmms_eval/tasks/vsibench/utils.py of thinking-in-space (vision-x-nyu/thinking-in-space;
-              the same in EvolvingLMMs-Lab/lmms-eval): p = fuzzy_matching(pred) = pred.split(' ')[0].rstrip('.').strip()
-              mc   exact_match(p, gt) = 1[p.lower() == gt.lower()]      ("B", "b", "B." and "B chair" score 1;
-                   " B", "(B)", "B\nbecause" and "B.\n" score 0: the split is at ' ' only)
-              num  MRA of to_float(p) = float(p) (unparseable -> 0, nan / inf score 0 too):
-                   mean over theta in np.linspace(0.5, 0.95, 10) of 1[ |p - y| / y <= 1 - theta ]   (rewards.mra,
-                   float64, no tolerance: mra(6, 5) = 0.6)
-    stibench  STI-Bench, opensource_test.py (MINT-SJTU/STI-Bench): out = group 1, upper-cased, of the first of six
-              patterns, in this order, found anywhere (case ignored, '$' at any line end): "(B)", "Ans='B'",
-              "Answer: B" / "Answer=B", "Option B", "B is correct" / "B was correct", "B." or "B)" at a line end;
-              if none is found, out = the stripped text;  mc  1[out[-1] in "ABCDE" and out[-1] == gt]
-              ("(B)", "Answer: B", "The answer is B", "b." score 1; "b", "B chair" score 0; an empty answer scores
-              0, where the script would stop on out[-1])
-    vstar     V-STaR, eval.py (V-STaR-Bench/V-STaR):
-              iou    calculate_temporal_iou: tIoU = max(0, min(e, e') - max(s, s')) / (max(e, e') - min(s, s')),
-                     0 when the union is 0; reported as mean tIoU and R@k = fraction with tIoU >= k, k in 0.3, 0.5, 0.7
-              boxes  calculate_spatial_metrics: vIoU = 1/|F| sum_{f in F} IoU(pred_f, gt_f) over the ground-truth
-                     frames F, 0 for a frame not predicted; IoU = compute_iou = intersection / union, 0 when the
-                     union is 0; m_vIoU = mean over questions. The answer lists one box per frame as
-                     `FRAME: [x1, y1, x2, y2]` separated by ';' or new lines (pixels of the original video, FRAME =
-                     source-video frame index, as in graph.py); a bare `[x1, y1, x2, y2]` is used for every frame.
-    videor1   Video-R1, src/eval_bench.py (tulerfeng/Video-R1; its Video-MME and TempCompass numbers): a = the first
-              <answer>\s*(.*?)\s*</answer> of the completion, stripped, or the whole completion when that is empty;
-              gt read from the solution the same way.   mc  1[a.strip() == gt.strip()]  (exact: "b", "B." score 0)
-              numerical   0 if only one of a, gt holds '.' or ','; else 1[round(a, 2) == round(gt, 2)] (',' removed)
-              regression  MRA in float32 with a strict '<': mean over theta in arange(0.5, 0.975, 0.05) of
-                          1[ |a - y| / (|y| + 1e-8) < 1 - theta ]
-    ours      VSI-Bench's rules for mc / num (the synthetic tasks mirror VSI-Bench's), V-STaR's for iou / boxes;
-              one box [x1, y1, x2, y2]: V-STaR's compute_iou (rewards.box_iou).
-Also per question: format = R_format of rewards.py; node / edge = R_n / R_e of graph.graph_reward where a row has
-graphs. The answer is the text inside the last <answer>...</answer>, stripped; a completion without the tags is
-read whole, exactly as generated (the benchmarks' own prompts ask for a bare letter, so an untrained model is not
-scored 0 for lacking tags; the format rate shows the tags separately); Video-R1 rows use Video-R1's own reading
-above. This differs from the training reward, which needs the tags and reads mc with a strict single-letter rule
-(rewards.answer_reward; "B chair" scores 0 there); the training reward is kept per question in --dump for
-comparison. MRA and the IoUs are the same functions in both (rewards.py).
+              the same in EvolvingLMMs-Lab/lmms-eval): mc vsi_accuracy (first token), num number_mra (MRA)
+    stibench  STI-Bench, opensource_test.py (MINT-SJTU/STI-Bench): mc sti_accuracy (its answer patterns)
+    vstar     V-STaR, eval.py (V-STaR-Bench/V-STaR): iou interval_metrics (mean tIoU, R@k), boxes viou (m_vIoU)
+    videor1   Video-R1, src/eval_bench.py (tulerfeng/Video-R1; its Video-MME and TempCompass numbers): r1_score
+    ours      VSI-Bench's rules for mc / num (the synthetic tasks mirror VSI-Bench's), V-STaR's for iou / boxes
+              (one box [x1, y1, x2, y2]: V-STaR's compute_iou, rewards.box_iou).
+Also per question: format = R_format (rewards.py); node / edge = R_n / R_e (graph.graph_reward) where a row has
+graphs. The answer is the text in the last <answer> tags, or the whole completion without them (the benchmarks'
+prompts ask for a bare letter: an untrained model is not scored 0 for lacking tags; the format rate shows them).
+The training reward needs the tags and reads mc strictly (rewards.answer_reward: "B chair" scores 0); it is kept
+per question in --dump for comparison. MRA and the IoUs are the same functions in both (rewards.py).
 
-Aggregates, each with a seeded bootstrap 95% percentile interval (1000 resamples of the questions):
-    per task       mean score of the task's questions;     per answer type: the same over mc / num / iou / boxes
-    overall_task   VSI-Bench convention: unweighted mean over tasks, a task `X_easy/_medium/_hard` first averaged
-                   into `X` (VSI's rel_direction); bootstrap resamples within each task (stratified)
-    overall_q      STI-Bench convention: mean over all questions
-Inputs (`--format auto` detects from the first row's keys; JSON list or JSONL; parquet needs pandas):
-    ours      data.py rows (data.load_rows);   vsibench  dataset, scene_name, question_type, question, options,
-    ground_truth (video {video_root}/{dataset}/{scene_name}.mp4; the 4 numeric question types -> num);
-    stibench  Video, ID, Candidates (JSON A-E), time_start, time_end, Question, Answer, Task, Scene
-    (window -> time_window; model.build_prompt prefixes "From {ts} s to {te} s." as STI-Bench's prompt does);
-    vstar     vid, fps, width, height, question, answer, temporal_question, timestamps, spatial_question, bboxes
-    -> one "when" row (iou) per item and one "where" row (boxes) when bboxes are given (video {vid}.mp4);
-    videor1   path, problem, options, problem_type, solution (Video-R1's eval JSON: Video-MME, TempCompass).
 Differences from the papers: SPAR-Bench has no adapter (convert it to our JSONL); V-STaR's chained what -> when
 -> where dialogue is asked as independent single-turn questions and its open "what" answer (LLM-judged) is not
-scored; V-STaR's inference_demo.py reads intervals and boxes from each model's own reply format (here: the answer
-forms above); the benchmarks' scripts score the whole reply, here the text in the answer tags; the prompt is
-model.build_prompt's for every benchmark (not each benchmark's own wording; a "where" row is asked as a box
-question whose text asks for one box per frame); STI-Bench uses at most 30 frames (pass --frames 30).
-
-Rotation stress test (Theorem 1: Phi(RX, C) = Phi(X, C) for a rotation R about the camera centre C): the synthetic
-test scenes (scenes.jsonl beside the rows) are re-rendered with the camera turned by each angle (scene["camera"]
-["offset"], applied by data.camera_pose, through which every pose of data.py passes), the questions remade with a
-fixed rng (same question texts at every angle; answers and graphs from the turned camera), and the model scored at
-each angle. --axis yaw | roll | orbit as data.offset_pose defines them (yaw, roll: about C, Theorem 1 exactly; orbit
-round the objects' start centroid keeps d_ij, not a_ij; under yaw objects leave the 60 deg view beyond ~20 deg, so
-the plot shows the share in view). The plot puts the model's answer score and node / edge rewards next to the ground
-truth's change: camera-frame coordinates move, edges do not, so a model that has learned relations keeps R_e.
-
-Every model is asked as it was trained: train.py saves its --variant in config.json (video_str_variant), and the
-rows are asked with that variant's instruction (data.with_think). For a model that writes centres alone (coords),
-`edge_from_centres` scores the edges its centres imply, so relations can be compared across variants.
-
-The toy Table 2 (`ablation`): finished train.py runs of several --variant values, their final test records pooled
-per variant over seeds, the answer per task group (data.TASK_GROUPS) and overall with 95 % bootstrap intervals,
-and each variant minus graph paired question by question (same seed, same question id).
-
-Run: `python eval.py --model PATH [--model PATH2] --data FILE --frames 32` (table, results.json, results.png in
---out); `python eval.py rotation --model PATH [--model PATH2] --angles 0 30 60 90 180 [--axis yaw|roll|orbit]
-[--scenes 20]` (rotation.png, rotation.json, the models side by side); `python eval.py ablation --run runs/A --run
-runs/B ...` (ablation.md, ablation.json, ablation.png in out/ablation); `python eval.py demo` scores hand-written
+scored; V-STaR's inference_demo.py reads intervals and boxes from each model's own reply format (here: the forms
+of parse_frame_boxes); the benchmarks' scripts score the whole reply, here the text in the answer tags; the
+prompt is model.build_prompt's for every benchmark; STI-Bench uses at most 30 frames (pass --frames 30). Every
+model is asked as it was trained: with its --variant's instruction (train.py saves it in config.json;
+data.with_think). Commands: README steps 3 and "The toy Table 2"; `python eval.py demo` scores hand-written
 completions without a model.
 """
 import argparse
@@ -93,6 +36,7 @@ import os
 import re
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -104,7 +48,6 @@ from data import BadRow, r1_extract
 R_AT = (0.3, 0.5, 0.7)              # V-STaR R1@k thresholds on tIoU
 N_BOOT = 1000                       # bootstrap resamples
 VSI_NUMERIC = ("object_counting", "object_abs_distance", "object_size_estimation", "room_size_estimation")
-LEVEL_RE = re.compile(r"_(easy|medium|hard)$")
 FRAME_BOX_RE = re.compile(r"(\d{1,7})\s*:\s*(\[[^\[\]]{1,160}\])")
 
 
@@ -117,8 +60,8 @@ STI_PATTERNS = [re.compile(p, re.IGNORECASE | re.MULTILINE) for p in (   # STI-B
 
 
 def answer_text(completion):
-    """Text scored as the answer: inside the last <answer>...</answer>, stripped, else the whole completion as
-    generated (not stripped: VSI-Bench reads the raw reply, where a leading space matters)."""
+    """The last <answer>...</answer>'s text, stripped, else the whole completion as generated (read raw, as VSI-Bench
+    reads a reply: a leading space matters)."""
     found = rewards.extract_answer(completion)
     return found if found is not None else (completion if isinstance(completion, str) else "")
 
@@ -130,7 +73,7 @@ def vsi_first_token(text):
 
 
 def vsi_accuracy(pred_text, gt_letter):
-    """VSI-Bench exact_match(fuzzy_matching(pred), gt): 1[first token.lower() == gt.lower()]."""
+    """VSI-Bench mc: exact_match(fuzzy_matching(pred), gt) = 1[first token.lower() == gt.lower()]."""
     return 1.0 if vsi_first_token(pred_text).lower() == str(gt_letter).lower() else 0.0
 
 
@@ -152,9 +95,8 @@ def sti_accuracy(pred_text, gt_letter):
 
 
 def vsi_number(pred_text):
-    """VSI-Bench's to_float(fuzzy_matching(pred)): float(first token), or None where float() fails. nan / inf
-    also give None: VSI-Bench's comparisons are all False for them, so both score 0. Differs from
-    rewards.parse_number (training), which reads the whole answer and allows '3,500' and units."""
+    """VSI-Bench's to_float(fuzzy_matching(pred)): float(first token), else None, also for nan / inf (all of
+    VSI-Bench's comparisons are False for them). rewards.parse_number (training) reads '3,500' and units too."""
     try:
         value = float(vsi_first_token(pred_text))
     except ValueError:
@@ -163,7 +105,7 @@ def vsi_number(pred_text):
 
 
 def number_mra(pred_text, gt):
-    """VSI-Bench MRA of the first token against gt (rewards.mra); unparseable -> 0."""
+    """VSI-Bench num: MRA (rewards.mra) of vsi_number(pred) against gt; unparseable -> 0."""
     value = vsi_number(pred_text)
     return 0.0 if value is None else rewards.mra(value, float(gt))
 
@@ -187,31 +129,34 @@ def r1_mra(pred, gt):
 
 
 def r1_score(completion, row):
-    """Video-R1's reward_fn (src/eval_bench.py) for an mc / numerical / regression row. The ground truth is
-    row['gt_text'] (the solution's answer text, set by from_videor1), else the row's answer."""
+    r"""Video-R1's reward_fn (src/eval_bench.py): a = the first <answer>\s*(.*?)\s*</answer>, stripped, or the whole
+    completion when that is empty; gt = row['gt_text'] (the solution read the same way, set by from_videor1), else
+    the row's answer. mc: 1[a.strip() == gt.strip()] (exact: "b", "B." score 0); numerical: 0 if only one of a, gt
+    holds '.' or ',', else 1[round(a, 2) == round(gt, 2)]; regression: r1_mra."""
     a = r1_extract(completion) or (completion if isinstance(completion, str) else "")
     gt = str(row.get("gt_text", row["answer"]))
     if row["answer_type"] == "mc":
         return 1.0 if a.strip() == gt.strip() else 0.0
-    if row.get("problem_type") == "numerical":
-        if ("." in gt or "," in gt) != ("." in a or "," in a):
-            return 0.0
-        p, g = r1_number(a), r1_number(gt)
-        return 0.0 if p is None or g is None else float(round(g, 2) == round(p, 2))
     p, g = r1_number(a), r1_number(gt)
-    return 0.0 if p is None or g is None else r1_mra(p, g)
+    if p is None or g is None:
+        return 0.0
+    if row.get("problem_type") == "numerical":
+        return float(("." in gt or "," in gt) == ("." in a or "," in a) and round(g, 2) == round(p, 2))
+    return r1_mra(p, g)
 
 
 def interval_metrics(pred_text, gt):
-    """{'tIoU': tIoU, 'R@0.3': 1[tIoU >= 0.3], ...}; an unreadable interval has tIoU 0."""
+    """V-STaR's calculate_temporal_iou (rewards.interval_iou; 0 for an unreadable interval) and the recalls:
+    {'tIoU': tIoU, 'R@0.3': 1[tIoU >= 0.3], ...}."""
     values = rewards.parse_interval(pred_text)
     tiou = rewards.interval_iou(values, gt) if values is not None and len(values) == 2 else 0.0
     return {"tIoU": tiou, **{f"R@{k}": float(tiou >= k) for k in R_AT}}
 
 
 def parse_frame_boxes(text):
-    """'12: [1, 2, 30, 40]; 15: [...]' -> {12: [1, 2, 30, 40], 15: [...]} (first box of a frame wins).
-    A bare '[x1, y1, x2, y2]' -> {None: box} (used for every frame). Never raises."""
+    """The answer form of a V-STaR "where" row: one `FRAME: [x1, y1, x2, y2]` per frame (pixels of the original
+    video, FRAME = source-video frame index, as in graph.py), separated by ';' or new lines -> {12: [1, 2, 30, 40],
+    ...} (first box of a frame wins); a bare '[x1, y1, x2, y2]' -> {None: box}, used for every frame. Never raises."""
     if not isinstance(text, str) or len(text) > 20000:
         return {}
     boxes = {}
@@ -219,30 +164,23 @@ def parse_frame_boxes(text):
         values = rewards.parse_interval(inner)
         if values is not None and len(values) == 4:
             boxes.setdefault(int(frame), values)
-    if not boxes:
-        values = rewards.parse_interval(text)
-        if values is not None and len(values) == 4:
-            boxes[None] = values
-    return boxes
+    values = None if boxes else rewards.parse_interval(text)
+    return {None: values} if values is not None and len(values) == 4 else boxes
 
 
 def viou(pred_text, gt_boxes):
-    """V-STaR vIoU: 1/|F| sum_f IoU(pred_f, gt_f) over the ground-truth frames F, 0 where not predicted.
-    gt_boxes: list of {"frame": int, "box": [x1, y1, x2, y2]}."""
+    """V-STaR's calculate_spatial_metrics: vIoU = 1/|F| sum_{f in F} IoU(pred_f, gt_f) over the ground-truth frames
+    F, 0 for a frame not predicted (IoU: rewards.box_iou); gt_boxes: [{"frame": int, "box": [x1, y1, x2, y2]}]."""
     if not gt_boxes:
         return 0.0
     pred = parse_frame_boxes(pred_text)
-    total = 0.0
-    for g in gt_boxes:
-        box = pred.get(int(g["frame"]), pred.get(None))
-        total += rewards.box_iou(box, g["box"]) if box is not None else 0.0
-    return total / len(gt_boxes)
+    boxes = [pred.get(int(g["frame"]), pred.get(None)) for g in gt_boxes]
+    return sum(0.0 if b is None else rewards.box_iou(b, g["box"]) for b, g in zip(boxes, gt_boxes)) / len(gt_boxes)
 
 
 def score_completion(completion, row):
-    """All metrics of one completion for one row under the row's rule (module docstring; no 'rule' = "ours"):
-    {'score': headline metric, 'format', optional 'tIoU', 'R@k', 'node', 'edge', 'train_reward'
-    (rewards.answer_reward, for --dump)}."""
+    """All metrics of one completion for one row under the row's rule (no 'rule' = "ours"): {'score': headline
+    metric, 'format', optional 'tIoU', 'R@k', 'node', 'edge', 'edge_from_centres', 'train_reward'}."""
     ans = answer_text(completion)
     kind, gt, rule = row["answer_type"], row["answer"], row.get("rule", "ours")
     if rule not in RULES:
@@ -269,30 +207,26 @@ def score_completion(completion, row):
     if row.get("graphs"):
         _, parts = rewards.graph_reward_of(completion, row["graphs"])
         out["node"], out["edge"] = parts["node"], parts["edge"]
-        out["edge_from_centres"] = edge_from_centres(completion, row["graphs"])
+        # edge_from_centres: R_e of the edges implied by the written centres (d, a computed from them, written edges
+        # ignored): the relations a model that writes centres alone (--variant coords) states, comparable with R_e
+        reasoning = completion.split("<answer>", 1)[0] if isinstance(completion, str) else ""
+        implied = [graph.Graph(g.frame, g.nodes, graph.derive_edges(g.nodes)) for g in graph.parse_graphs(reasoning)]
+        truth = [graph.Graph.from_dict(g) for g in row["graphs"]]
+        out["edge_from_centres"] = graph.graph_reward(implied, truth)[1]["edge"]
     return out
-
-
-def edge_from_centres(completion, graphs):
-    """R_e of the edges implied by the written centres (d, a computed from them, written edges ignored): the
-    relations a model that writes centres alone (--variant coords) states, comparable with a graph's R_e."""
-    reasoning = completion.split("<answer>", 1)[0] if isinstance(completion, str) else ""
-    implied = [graph.Graph(g.frame, g.nodes, graph.derive_edges(g.nodes)) for g in graph.parse_graphs(reasoning)]
-    return graph.graph_reward(implied, [graph.Graph.from_dict(g) for g in graphs])[1]["edge"]
 
 
 # --- aggregates -----------------------------------------------------------------------------------------------------
 
 def bootstrap_mean_ci(values, n_boot=N_BOOT, seed=0, level=0.95):
-    """Percentile bootstrap interval of the mean: resample the n values with replacement n_boot times,
-    (lo, hi) = the (1-level)/2 and (1+level)/2 quantiles of the resampled means. Deterministic for a seed.
-    (The stratified bootstrap of one task: the same draws.)"""
+    """Percentile bootstrap interval of the mean, (lo, hi) = the (1-level)/2 and (1+level)/2 quantiles of the means
+    of n_boot resamples with replacement; deterministic for a seed (bootstrap_task_mean_ci of one task)."""
     return bootstrap_task_mean_ci({"": values}, n_boot, seed, level)
 
 
 def vsi_task(task):
     """VSI-Bench merges object_rel_direction_easy/_medium/_hard into object_rel_direction before the overall."""
-    return LEVEL_RE.sub("", task)
+    return re.sub(r"_(easy|medium|hard)$", "", task)
 
 
 def unweighted_task_mean(task_means):
@@ -336,8 +270,10 @@ def summary_stat(values, n_boot=N_BOOT, seed=0):
 
 
 def summarize(rows, scored, n_boot=N_BOOT, seed=0):
-    """Aggregates of one model. rows[i] (task, answer_type) with scored[i] (score_completion's dict) ->
-    {'overall_task', 'overall_q', 'tasks': {task: stat}, 'answer_types': {type: stat}, 'metrics': {name: stat}}."""
+    """Aggregates of one model, each with its seeded bootstrap 95% interval. rows[i] (task, answer_type) with
+    scored[i] (score_completion's dict) -> {'overall_task' (VSI-Bench: unweighted task mean, resampled within each
+    task), 'overall_q' (STI-Bench: question mean), 'tasks': {task: stat}, 'answer_types': {type: stat},
+    'metrics': {name: stat}}."""
     by_task, by_type, by_metric = {}, {}, {}
     for row, s in zip(rows, scored):
         by_task.setdefault(row["task"], []).append(s["score"])
@@ -355,7 +291,15 @@ def summarize(rows, scored, n_boot=N_BOOT, seed=0):
             "metrics": {m: summary_stat(v, n_boot, seed) for m, v in sorted(by_metric.items())}}
 
 
-# --- rotation stress test (docstring) -------------------------------------------------------------------------------
+# --- rotation stress test -------------------------------------------------------------------------------------------
+# Theorem 1: Phi(RX, C) = Phi(X, C) for a rotation R about the camera centre C. The synthetic test scenes
+# (scenes.jsonl beside the rows) are re-rendered with the camera turned by each angle (scene["camera"]["offset"],
+# applied by data.camera_pose, through which every pose of data.py passes), the questions remade with a fixed rng
+# (same question texts at every angle; answers and graphs from the turned camera), and each model scored at each
+# angle. --axis as data.offset_pose defines it: yaw and roll turn about C (Theorem 1 exactly); orbit round the
+# objects' start centroid keeps d_ij, not a_ij. Under yaw objects leave the 60 deg view beyond ~20 deg (the plot
+# shows the share in view). Camera-frame coordinates move, edges do not: a model that has learned relations keeps
+# R_e (for a model that writes centres alone, R_e of the edges its centres imply: edge_from_centres).
 
 def with_offset(scene, axis, deg):
     """A copy of a scene whose camera is turned by deg degrees (the pivot of an orbit: objects' start centroid)."""
@@ -385,28 +329,18 @@ def load_scenes(folder, ids):
 
 
 def rotated_rows(scene, axis, deg, seed, video_dir):
-    """Render one scene with the turned camera, write its video, and make its questions with a fixed rng
-    (same question texts at every angle; answers and graphs from the turned camera)."""
+    """One scene rendered with the turned camera (its video written) and its questions, the rng fixed per scene;
+    each row has `visible`: the share of (key frame, object) centres inside the image, in front of the camera."""
     rs = with_offset(scene, axis, deg)
-    clip = data.render_clip(rs)                                               # (F, H, W, 3)
     rows = data.make_questions(rs, np.random.default_rng([seed, int(scene["id"])]))
-    visible = visible_share(rs, rows)
+    H, W = rs["size"]
+    centres = [np.array(n["center"], dtype=np.float64) for g in (rows[0]["graphs"] if rows else [])
+               for n in g["nodes"]]
+    hits = [x[2] > 0.1 and 0 <= u < W and 0 <= v < H for x in centres for u, v in [data.project(rs, x)]]
     os.makedirs(video_dir, exist_ok=True)
     path = os.path.join(video_dir, f"{int(scene['id']):06d}.mp4")
-    data.write_video(path, clip, rs["fps"])
-    return [{**r, "video": path, "visible": visible} for r in rows]
-
-
-def visible_share(scene, rows):
-    """Share of (key frame, object) pairs whose centre projects inside the image in front of the camera."""
-    H, W = scene["size"]
-    hits = []
-    for g in (rows[0]["graphs"] if rows else []):
-        for n in g["nodes"]:
-            x = np.array(n["center"], dtype=np.float64)
-            u, v = data.project(scene, x)
-            hits.append(bool(x[2] > 0.1 and 0 <= u < W and 0 <= v < H))
-    return float(np.mean(hits)) if hits else 0.0
+    data.write_video(path, data.render_clip(rs), rs["fps"])                  # (F, H, W, 3)
+    return [{**r, "video": path, "visible": float(np.mean(hits)) if hits else 0.0} for r in rows]
 
 
 def question_key(row):
@@ -430,10 +364,9 @@ def coordinate_change(rows0, rows1):
             continue
         seen.add(question_key(r0)[0])
         for g0, g1 in zip(r0["graphs"], r1["graphs"]):
-            c0 = {n["category"]: n["center"] for n in g0["nodes"]}
-            names = [n["category"] for n in g1["nodes"] if n["category"] in c0]
-            x0 = np.array([c0[n] for n in names]).reshape(-1, 3)
-            x1 = np.array([n["center"] for n in g1["nodes"] if n["category"] in c0]).reshape(-1, 3)
+            c0, c1 = ({n["category"]: n["center"] for n in g["nodes"]} for g in (g0, g1))
+            names = [n for n in c1 if n in c0]
+            x0, x1 = (np.array([c[n] for n in names]).reshape(-1, 3) for c in (c0, c1))     # (N, 3) each
             dx += np.linalg.norm(x1 - x0, axis=1).tolist()
             (d0, a0), (d1, a1) = graph.edge_features(x0), graph.edge_features(x1)
             iu = np.triu_indices(len(names), 1)
@@ -456,34 +389,32 @@ def rotation_table(results):
 
 
 def plot_rotation(by_model, path, title):
-    """Per model (a colour each) against the angle, with 95 % CIs: the answer score; R_n; R_e (of the written edges,
-    or of the edges implied by the written centres for a variant that writes none). Right: the ground truth:
-    camera-frame coordinates move, edge d and a stay put."""
+    """Per model (a colour each) against the angle, with 95 % CIs: the answer score, R_n, R_e (edge_from_centres
+    for a variant that writes no edges); right: the ground truth's change."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 4, figsize=(17, 4.2))
-    panels = (("answer score", lambda r: r["summary"]["overall_q"]), ("node reward R_n", lambda r: metric(r, "node")),
-              ("edge reward R_e", lambda r: metric(r, edge_key(r))))
     for k, (name, results) in enumerate(by_model.items()):
         angles = list(results)
-        for ax, (label, get) in zip(axes, panels):
-            st = [get(results[a]) or {"mean": np.nan, "lo": np.nan, "hi": np.nan} for a in angles]
-            suffix = " (from its centres)" if ax is axes[2] and edge_key(results[angles[0]]) != "edge" else ""
+        edge = "edge" if results[angles[0]].get("writes_edges", True) else "edge_from_centres"
+        for ax, label, key in zip(axes, ("answer score", "node reward R_n", "edge reward R_e"), (None, "node", edge)):
+            st = [(results[a]["summary"]["metrics"].get(key) if key else results[a]["summary"]["overall_q"])
+                  or {"mean": np.nan, "lo": np.nan, "hi": np.nan} for a in angles]
+            suffix = " (from its centres)" if key == "edge_from_centres" else ""
             ax.plot(angles, [x["mean"] for x in st], "o-", c=f"C{k}", label=name + suffix)
             ax.fill_between(angles, [x["lo"] for x in st], [x["hi"] for x in st], color=f"C{k}", alpha=0.15)
             ax.set(xlabel="camera rotation (deg)", title=label, ylim=(-0.02, 1.02))
         axes[0].plot(angles, [results[a]["visible"] for a in angles], "k--", label="objects in view (share)" * (k == 0))
-    bx, results = axes[3], next(iter(by_model.values()))
+    bx, tx, results = axes[3], axes[3].twinx(), next(iter(by_model.values()))
     angles = list(results)
-    bx.plot(angles, [results[a]["coord_change_m"] for a in angles], "o-", c="C3",
-            label="|delta x| camera-frame centres (m)")
-    bx.plot(angles, [results[a]["edge_d_change_m"] for a in angles], "s-", c="C2", label="|delta d| edges (m)")
+    for ax, key, style, label in ((bx, "coord_change_m", "o-C3", "|delta x| camera-frame centres (m)"),
+                                  (bx, "edge_d_change_m", "s-C2", "|delta d| edges (m)"),
+                                  (tx, "edge_a_change_deg", "^:C4", "|delta a| edges (deg)")):
+        ax.plot(angles, [results[a][key] for a in angles], style, label=label)
     bx.set(xlabel="camera rotation (deg)", ylabel="metres", title="ground truth vs angle 0")
-    tx = bx.twinx()
-    tx.plot(angles, [results[a]["edge_a_change_deg"] for a in angles], "^:", c="C4", label="|delta a| edges (deg)")
-    tx.set_ylabel("degrees")
-    tx.set_ylim(0, max(5.0, 1.1 * max(results[a]["edge_a_change_deg"] for a in angles)))   # rounding noise stays small
+    top = max(5.0, 1.1 * max(results[a]["edge_a_change_deg"] for a in angles))       # rounding noise stays small
+    tx.set(ylabel="degrees", ylim=(0, top))
     bx.legend(handles=bx.get_lines() + tx.get_lines(), fontsize=8, loc="upper left")
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -494,18 +425,8 @@ def plot_rotation(by_model, path, title):
     save_png(fig, path)
 
 
-def metric(result, key):
-    return result["summary"]["metrics"].get(key)
-
-
-def edge_key(result):
-    """'edge' (the written edges) for a model that writes edges, else 'edge_from_centres'."""
-    return "edge" if result.get("writes_edges", True) else "edge_from_centres"
-
-
 def rotation_main(argv):
-    """Render every angle, score each model at each, print a table per model, write rotation.json and
-    rotation.png (the models side by side)."""
+    """Render every angle, score each model at each; a table per model, rotation.json, rotation.png."""
     import torch
     import model as qwen
     args = parse_args(argv, rotation=True)
@@ -546,32 +467,29 @@ def rotation_main(argv):
 
 # --- the toy Table 2 (ablation) -------------------------------------------------------------------------------------
 
+GROUPS = (*data.TASK_GROUPS, "overall")        # the table's columns: data.TASK_GROUPS, then all questions
+
+
 def load_run(run_dir):
-    """(variant, seed, {question id: record}) of a finished train.py run: its config.json and the per-question
-    test results of its final model (test_after_GRPO.json, the rows of its results.md)."""
+    """(variant, seed, {question id: record}, its table line) of a finished train.py run: its config.json, the
+    per-question test results of its final model (test_after_GRPO.json, the rows of its results.md) and the answer
+    of its own table (results.json): blind, the state GRPO started from, after GRPO."""
     cfg_path, res_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "test_after_GRPO.json")
     for path in (cfg_path, res_path):
         if not os.path.isfile(path):
             raise BadRow(None, "missing: not a finished train.py run (finish it with --resume)", path)
-    with open(cfg_path, encoding="utf-8") as f:
-        cfg = json.load(f)
-    with open(res_path, encoding="utf-8") as f:
-        records = json.load(f)
+    cfg, records = (json.loads(Path(p).read_text(encoding="utf-8")) for p in (cfg_path, res_path))
     if not isinstance(records, list) or any(not isinstance(r, dict) or "id" not in r for r in records):
         raise BadRow("id", "per-question records without ids (delete the file and run train.py --resume)", res_path)
     variant = cfg.get("variant", "graph")
     if variant not in rewards.VARIANTS:
         raise BadRow("variant", f"{variant!r} is not one of {', '.join(rewards.VARIANTS)}", cfg_path)
-    return variant, int(cfg.get("seed", 0)), {r["id"]: r for r in records}
-
-
-def run_line(run_dir, variant, seed):
-    """One markdown row of a run's own table (results.json): blind, the state GRPO started from, after GRPO."""
-    path = os.path.join(run_dir, "results.json")
-    stats = json.load(open(path, encoding="utf-8"))["stats"] if os.path.isfile(path) else {}
+    seed, path = int(cfg.get("seed", 0)), os.path.join(run_dir, "results.json")
+    stats = json.loads(Path(path).read_text(encoding="utf-8"))["stats"] if os.path.isfile(path) else {}
     get = lambda col: fmt_ci(stats.get(col, {}).get("answer"))
     start = "after warm-up" if "after warm-up" in stats else "base"
-    return f"| {run_dir} | {variant} | {seed} | {get('blind')} | {start} {get(start)} | {get('after GRPO')} |"
+    line = f"| {run_dir} | {variant} | {seed} | {get('blind')} | {start} {get(start)} | {get('after GRPO')} |"
+    return variant, seed, {r["id"]: r for r in records}, line
 
 
 def group_values(records, group, key="answer"):
@@ -583,58 +501,29 @@ def group_values(records, group, key="answer"):
 def ablation_stats(by_variant, n_boot=N_BOOT, seed=0, ref="graph"):
     """{variant: {group: (mean, lo, hi, n)}} of the answer score, and {variant: {group: (mean, lo, hi, n)}} of
     the paired difference variant - ref over the questions both answered (same seed, same id)."""
-    groups = list(data.TASK_GROUPS) + ["overall"]
     ci = lambda v: (*mean_ci(v, n_boot, seed), len(v)) if v else None
-    means = {v: {f: ci(list(group_values(recs, f).values())) for f in groups} for v, recs in by_variant.items()}
-    diffs = {}
-    for v, recs in by_variant.items():
-        if v == ref or ref not in by_variant:
-            continue
-        diffs[v] = {}
-        for f in groups:
-            a, b = group_values(recs, f), group_values(by_variant[ref], f)
-            diffs[v][f] = ci([a[k] - b[k] for k in a if k in b])
+    paired = lambda a, b: ci([a[k] - b[k] for k in a if k in b])
+    means = {v: {f: ci(list(group_values(recs, f).values())) for f in GROUPS} for v, recs in by_variant.items()}
+    diffs = {v: {f: paired(group_values(recs, f), group_values(by_variant[ref], f)) for f in GROUPS}
+             for v, recs in by_variant.items() if v != ref and ref in by_variant}
     return means, diffs
 
 
 def ablation_table(means, diffs, runs, ref="graph"):
     """Markdown: answer per group and overall (95 % CI) per variant, then each variant - ref, paired."""
-    groups = list(data.TASK_GROUPS) + ["overall"]
-    lines = ["| variant | seeds | " + " | ".join(groups) + " | questions |", "|---" * (len(groups) + 3) + "|"]
-    for v, st in means.items():
-        lines.append(f"| {v} | {', '.join(map(str, sorted(runs[v])))} | " + " | ".join(fmt_ci(st[f]) for f in groups)
-                     + f" | {st['overall'][3] if st['overall'] else 0} |")
-    for v, st in diffs.items():
-        lines.append(f"| {v} - {ref} (paired) | | " + " | ".join(fmt_ci(st[f], signed=True) for f in groups)
+    lines = ["| variant | seeds | " + " | ".join(GROUPS) + " | questions |", "|---" * (len(GROUPS) + 3) + "|"]
+    rows = [(f"{v} | {', '.join(map(str, sorted(runs[v])))}", st, False) for v, st in means.items()]
+    rows += [(f"{v} - {ref} (paired) |", st, True) for v, st in diffs.items()]
+    for label, st, signed in rows:
+        lines.append(f"| {label} | " + " | ".join(fmt_ci(st[f], signed) for f in GROUPS)
                      + f" | {st['overall'][3] if st['overall'] else 0} |")
     return "\n".join(lines)
 
 
-def plot_ablation(means, path, title):
-    """Grouped bars: answer per group and overall, one bar per variant, 95 % CIs as error bars."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    groups = list(data.TASK_GROUPS) + ["overall"]
-    fig, ax = plt.subplots(figsize=(8.5, 4))
-    width = 0.8 / max(len(means), 1)
-    for k, (v, st) in enumerate(means.items()):
-        x = np.arange(len(groups)) + (k - (len(means) - 1) / 2) * width
-        m = np.array([st[f][0] if st[f] else np.nan for f in groups])
-        err = np.array([[m_ - st[f][1], st[f][2] - m_] if st[f] else [np.nan, np.nan]
-                        for f, m_ in zip(groups, m)]).T
-        ax.bar(x, m, width, yerr=err, capsize=3, label=v, color=f"C{k}")
-    ax.set_xticks(np.arange(len(groups)), groups)
-    ax.set(ylabel="answer (R_ans, test split)", ylim=(0, 1), title=title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    save_png(fig, path)
-
-
 def ablation_main(argv):
-    """`eval.py ablation --run DIR [--run DIR ...]`: the runs' final test results pooled per variant (seeds
-    pooled), the table printed and written (ablation.md, ablation.json) with its chart (ablation.png)."""
+    """`eval.py ablation --run DIR [--run DIR ...]`, the toy Table 2: the runs' final test records pooled per
+    variant over seeds, the answer per task group and overall with 95 % bootstrap intervals, each variant minus
+    graph paired question by question; printed and written (ablation.md, ablation.json, ablation.png)."""
     p = argparse.ArgumentParser(description="The toy Table 2: finished train.py runs of several --variant values.")
     p.add_argument("--run", action="append", required=True, help="a train.py run folder (runs/NAME); repeat")
     p.add_argument("--out", default="out/ablation")
@@ -643,18 +532,17 @@ def ablation_main(argv):
     args = p.parse_args(argv)
     by_variant, runs, per_run = {}, {}, []
     for run_dir in args.run:
-        variant, seed, records = load_run(run_dir)
-        per_run.append(run_line(run_dir, variant, seed))
+        variant, seed, records, line = load_run(run_dir)
+        per_run.append(line)
         if seed in runs.get(variant, ()):
             raise BadRow(None, f"a second run of variant {variant} with seed {seed}", run_dir)
         runs.setdefault(variant, []).append(seed)
         by_variant.setdefault(variant, {}).update({(seed, i): r for i, r in records.items()})
     by_variant = {v: by_variant[v] for v in rewards.VARIANTS if v in by_variant}       # the order of VARIANTS
     means, diffs = ablation_stats(by_variant, args.n_boot, args.seed)
-    table = ablation_table(means, diffs, runs)
     node_edge = {v: {k: float(np.mean([r[k] for r in recs.values()])) for k in ("graph_node", "graph_edge")}
                  for v, recs in by_variant.items()}
-    lines = [table, "", "| variant | R_n written | R_e written |", "|---|---|---|"] + [
+    lines = [ablation_table(means, diffs, runs), "", "| variant | R_n written | R_e written |", "|---|---|---|"] + [
         f"| {v} | {ne['graph_node']:.3f} | {ne['graph_edge']:.3f} |" for v, ne in node_edge.items()] + [
         "", "| run | variant | seed | blind | GRPO started from | after GRPO |", "|---|---|---|---|---|---|"] + per_run
     print("\n".join(lines))
@@ -662,8 +550,9 @@ def ablation_main(argv):
     data.write_file(os.path.join(args.out, "ablation.md"), "\n".join(lines) + "\n")
     data.write_file(os.path.join(args.out, "ablation.json"), json.dumps(
         {"runs": args.run, "seeds": runs, "answer": means, "minus_graph": diffs, "written": node_edge}, indent=1))
-    plot_ablation(means, os.path.join(args.out, "ablation.png"),
-                  f"answer by variant ({', '.join(f'{v}: {len(s)} seed(s)' for v, s in runs.items())})")
+    title = f"answer by variant ({', '.join(f'{v}: {len(s)} seed(s)' for v, s in runs.items())})"
+    bar_chart(os.path.join(args.out, "ablation.png"), GROUPS, {v: [st[f] for f in GROUPS] for v, st in means.items()},
+              "answer (R_ans, test split)", title, (0, 1), (8.5, 4))
     print(f"wrote {args.out}/ablation.md, ablation.json, ablation.png")
 
 
@@ -699,7 +588,8 @@ def to_float(value, where, field):
 
 
 def from_vsibench(rec, root, where):
-    """VSI-Bench row -> our row. Numeric question types -> num (MRA), the rest mc (options 'A. text')."""
+    """VSI-Bench row (dataset, scene_name, question_type, question, options, ground_truth) -> our row: video
+    {root}/{dataset}/{scene_name}.mp4; the numeric question types -> num (MRA), the rest mc (options 'A. text')."""
     qtype = str(need(rec, "question_type", where))
     video = os.path.join(root, str(need(rec, "dataset", where)), f"{need(rec, 'scene_name', where)}.mp4")
     row = {"id": f"vsi-{rec.get('id', where.rsplit(' ', 1)[-1])}", "video": video, "rule": "vsibench",
@@ -712,7 +602,8 @@ def from_vsibench(rec, root, where):
 
 
 def from_stibench(rec, root, where):
-    """STI-Bench row -> our row: 5-way mc, clip window [time_start, time_end] seconds -> time_window."""
+    """STI-Bench row -> our row: 5-way mc, clip window [time_start, time_end] seconds -> time_window (the prompt
+    then starts "From {ts} s to {te} s." as STI-Bench's does: model.build_prompt)."""
     cands = need(rec, "Candidates", where)
     if isinstance(cands, str):
         try:
@@ -732,17 +623,9 @@ def from_stibench(rec, root, where):
             "rule": "stibench"}
 
 
-def where_question(rec, boxes):
-    """The V-STaR spatial question plus the answer form this file scores (module docstring, 'boxes')."""
-    frames = ", ".join(str(b["frame"]) for b in boxes)
-    size = f"{rec.get('width')}x{rec.get('height')}" if rec.get("width") else "original"
-    return (f"{rec.get('spatial_question') or rec.get('question')} Give one box per frame for frames {frames} "
-            f"(frame indices at {rec.get('fps')} fps) as 'FRAME: [x1, y1, x2, y2]' in pixels of the {size} video, "
-            f"separated by ';'.")
-
-
 def from_vstar(rec, root, where):
-    """V-STaR item -> [when row (iou on [s, e] seconds)] + [where row (boxes)] if bboxes are given."""
+    """V-STaR item -> [when row (iou on [s, e] seconds)] + [where row (boxes)] if bboxes are given; the where row's
+    question asks for the answer form of parse_frame_boxes."""
     base = {"video": os.path.join(root, f"{need(rec, 'vid', where)}.mp4"), "options": None, "time_window": None,
             "graphs": None, "domain": rec.get("domain"), "rule": "vstar"}
     idx = where.rsplit(" ", 1)[-1]
@@ -756,20 +639,22 @@ def from_vstar(rec, root, where):
     for k, b in enumerate(rec.get("bboxes") or []):
         if not isinstance(b, dict):
             raise BadRow(f"bboxes[{k}]", "must be an object with frame_index, xmin, ymin, xmax, ymax", where)
-        at = f"{where} bboxes[{k}]"
-        box = [to_float(need(b, f, at), where, f"bboxes[{k}].{f}") for f in ("xmin", "ymin", "xmax", "ymax")]
-        boxes.append({"frame": int(to_float(need(b, "frame_index", at), where, f"bboxes[{k}].frame_index")),
-                      "box": box})
+        value = lambda f: to_float(need(b, f, f"{where} bboxes[{k}]"), where, f"bboxes[{k}].{f}")
+        box = [value(f) for f in ("xmin", "ymin", "xmax", "ymax")]
+        boxes.append({"frame": int(value("frame_index")), "box": box})
     if boxes:
-        rows.append({**base, "id": f"vstar-{idx}-where", "question": where_question(rec, boxes), "answer": boxes,
+        size = f"{rec.get('width')}x{rec.get('height')}" if rec.get("width") else "original"
+        question = (f"{rec.get('spatial_question') or rec.get('question')} Give one box per frame for frames "
+                    f"{', '.join(str(b['frame']) for b in boxes)} (frame indices at {rec.get('fps')} fps) as "
+                    f"'FRAME: [x1, y1, x2, y2]' in pixels of the {size} video, separated by ';'.")
+        rows.append({**base, "id": f"vstar-{idx}-where", "question": question, "answer": boxes,
                      "answer_type": "boxes", "task": "where"})
     return rows
 
 
 def from_videor1(rec, root, where):
-    """Video-R1 eval row -> our row: data.from_video_r1 (the one mapping of that format), with the video path
-    resolved against root; task = data_source (VideoMME...). Scored by Video-R1's rules, which need the problem
-    type and the solution's answer text as written."""
+    """Video-R1 eval row -> our row: data.from_video_r1 with the video path resolved against root; task =
+    data_source (VideoMME...); the problem type and the solution's answer text kept for r1_score."""
     try:
         row = data.from_video_r1(rec)
     except BadRow as e:
@@ -813,24 +698,20 @@ def first_format(records, path, skip_bad):
     raise BadRow(None, f"no row has the keys of a known format ({KNOWN_KEYS})", path)
 
 
-def benchmark_records(path):
-    """Raw records of a .jsonl / .json file (data.read_records: a line that is not JSON is a BadRow naming it) or
-    a .parquet file (needs pandas)."""
-    if not path.endswith(".parquet"):
-        return [rec for _, rec in data.read_records(path)[0]]
-    try:
-        import pandas
-    except ImportError:
-        raise BadRow(None, "reading parquet needs pandas + pyarrow, which are not installed here; install them or "
-                           "export the rows to JSON/JSONL (same columns)", path) from None
-    return pandas.read_parquet(path).to_dict(orient="records")
-
-
 def load_benchmark(path, fmt="auto", video_root=None, skip_bad=False):
-    """Rows in our format (data.py's row format) from any supported file -> (rows, fmt, n_skipped).
-    A bad row raises a clear error naming the file, row and field, or is skipped and counted with skip_bad."""
+    """Rows in our format (data.py's) from a .jsonl / .json file (data.read_records: a line that is not JSON is a
+    BadRow naming it) or a .parquet file (needs pandas) -> (rows, fmt, n_skipped). A bad row raises a clear error
+    naming the file, row and field, or is skipped and counted with skip_bad."""
     hint = " (use --skip_bad to skip and count such rows)"
-    records = benchmark_records(path)
+    if not path.endswith(".parquet"):
+        records = [rec for _, rec in data.read_records(path)[0]]
+    else:
+        try:
+            import pandas
+        except ImportError:
+            raise BadRow(None, "reading parquet needs pandas + pyarrow, which are not installed here; install them "
+                               "or export the rows to JSON/JSONL (same columns)", path) from None
+        records = pandas.read_parquet(path).to_dict(orient="records")
     if all(isinstance(r, BadRow) for r in records):
         raise BadRow(None, "no readable rows" + (f" ({records[0]})" if records else ""), path)
     if fmt == "auto":
@@ -864,17 +745,22 @@ METRIC_LABELS = {"format": "format rate", "node": "graph node reward R_n", "edge
                  "tIoU": "when: mean tIoU", **{f"R@{k}": f"when: R@{k}" for k in R_AT}}
 
 
-def table_lines(summaries):
-    """(label, key path) of every table row present in any model's summary, in display order."""
-    lines = [("overall: unweighted task mean (VSI)", ("overall_task",)),
-             ("overall: question mean (STI)", ("overall_q",))]
+def markdown_table(summaries):
+    """One markdown table: a row per aggregate (the two overalls, each task, each answer type, the other metrics), a
+    column per model; values x100 with bootstrap 95% intervals."""
+    lines = [("overall: unweighted task mean (VSI)", "overall_task", None),
+             ("overall: question mean (STI)", "overall_q", None)]
     for section, prefix in (("tasks", "task"), ("answer_types", "type")):
-        names = sorted({k for s in summaries.values() for k in s[section]})
-        lines += [(f"{prefix}: {k}", (section, k)) for k in names]
-    order = ["format", "node", "edge", "tIoU"] + [f"R@{k}" for k in R_AT]
-    names = {k for s in summaries.values() for k in s["metrics"]}
-    return lines + [(METRIC_LABELS.get(k, k), ("metrics", k)) for k in sorted(names, key=lambda k: (
-        order.index(k) if k in order else len(order), k))]
+        lines += [(f"{prefix}: {k}", section, k) for k in sorted({k for s in summaries.values() for k in s[section]})]
+    order = list(METRIC_LABELS)
+    metrics = sorted({k for s in summaries.values() for k in s["metrics"]},
+                     key=lambda k: (order.index(k) if k in order else len(order), k))
+    out = ["| metric (x100, 95% CI) | n | " + " | ".join(summaries) + " |", "|---|---|" + "---|" * len(summaries)]
+    for label, section, key in lines + [(METRIC_LABELS.get(k, k), "metrics", k) for k in metrics]:
+        stats = [s[section] if key is None else s[section].get(key) for s in summaries.values()]
+        n = max((st or {}).get("n", 0) for st in stats)
+        out.append(f"| {label} | {n} | " + " | ".join(cell(st) for st in stats) + " |")
+    return "\n".join(out)
 
 
 def cell(stat):
@@ -884,37 +770,22 @@ def cell(stat):
     return f"{100 * stat['mean']:.1f} [{100 * stat['lo']:.1f}, {100 * stat['hi']:.1f}]"
 
 
-def markdown_table(summaries):
-    """One markdown table: a row per aggregate, a column per model; values x100 with bootstrap 95% intervals."""
-    names = list(summaries)
-    out = ["| metric (x100, 95% CI) | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
-    for label, path in table_lines(summaries):
-        stats = [s[path[0]] if len(path) == 1 else s[path[0]].get(path[1]) for s in summaries.values()]
-        n = max((st or {}).get("n", 0) for st in stats)
-        out.append(f"| {label} | {n} | " + " | ".join(cell(st) for st in stats) + " |")
-    return "\n".join(out)
-
-
-def plot_results(summaries, path, title=""):
-    """Bar chart: one group per task (and the two overalls), one colour per model, 95% intervals drawn."""
+def bar_chart(path, groups, series, ylabel, title, ylim, figsize, title_size="large", **tick_kw):
+    """Grouped bars, one group per x label and one bar (a colour each) per series {name: [(mean, lo, hi, ...) or
+    None, one per group]}, 95 % intervals as error bars; written as a PNG."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    groups = [("overall (tasks)", ("overall_task",)), ("overall (questions)", ("overall_q",))]
-    groups += [(t, ("tasks", t)) for t in sorted({t for s in summaries.values() for t in s["tasks"]})]
-    width = 0.8 / max(1, len(summaries))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(groups) * max(1, len(summaries)) ** 0.5 + 2), 4.5))
-    for m, (name, s) in enumerate(summaries.items()):
-        stats = [s[p[0]] if len(p) == 1 else s[p[0]].get(p[1]) or {} for _, p in groups]
-        mean = np.array([100 * st.get("mean", np.nan) for st in stats])                  # (groups,)
-        err = np.array([[100 * (st.get("mean", np.nan) - st.get("lo", np.nan)) for st in stats],
-                        [100 * (st.get("hi", np.nan) - st.get("mean", np.nan)) for st in stats]])  # (2, groups)
-        x = np.arange(len(groups)) + (m - (len(summaries) - 1) / 2) * width
-        ax.bar(x, mean, width, yerr=np.nan_to_num(err), capsize=3, label=name)
-    ax.set_xticks(np.arange(len(groups)), [g for g, _ in groups], rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("score x100 (95% bootstrap CI)")
-    ax.set_ylim(0, 105)
-    ax.set_title(title, fontsize=9)
+    fig, ax = plt.subplots(figsize=figsize)
+    width = 0.8 / max(1, len(series))
+    for k, (name, stats) in enumerate(series.items()):
+        st = np.array([s[:3] if s else (np.nan,) * 3 for s in stats], dtype=np.float64)     # (groups, 3)
+        x = np.arange(len(groups)) + (k - (len(series) - 1) / 2) * width
+        err = np.nan_to_num([st[:, 0] - st[:, 1], st[:, 2] - st[:, 0]])                     # (2, groups)
+        ax.bar(x, st[:, 0], width, yerr=err, capsize=3, label=name, color=f"C{k}")
+    ax.set_xticks(np.arange(len(groups)), groups, **tick_kw)
+    ax.set(ylabel=ylabel, ylim=ylim)
+    ax.set_title(title, fontsize=title_size)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -955,16 +826,6 @@ def greedy_batch(mdl, tokenizer, rows, videos, max_new_tokens, min_pixels, max_p
     return qwen.decode_completions(tokenizer, ids, mask)                     # (texts, token counts)
 
 
-def progress(tag, done, total, t0):
-    """One self-overwriting stderr line: rows done, rate, ETA."""
-    rate = done / max(time.time() - t0, 1e-9)
-    eta = (total - done) / rate if rate > 0 else float("inf")
-    sys.stderr.write(f"\r[{tag}] {done}/{total} rows  {rate:.2f} rows/s  ETA {eta:5.0f} s ")
-    sys.stderr.flush()
-    if done == total:
-        sys.stderr.write("\n")
-
-
 def run_model(path, rows, args, tag):
     """complete() of one checkpoint for every row (greedy, batched); the model is freed afterwards."""
     import model as qwen
@@ -973,14 +834,6 @@ def run_model(path, rows, args, tag):
     out = complete(mdl, tokenizer, rows, args, tag)
     del mdl
     return out
-
-
-def clip_or_problem(row, tokenizer, args):
-    """(clip, None) for a row that can be asked, else (None, why): its prompt is longer than --max_prompt_tokens,
-    or its video does not decode (data.VideoError / FileNotFoundError: damage the cheap checks cannot see)."""
-    import model as qwen
-    why = qwen.prompt_problem(tokenizer, prompt_row(row), args.max_prompt_tokens)
-    return (None, why) if why else data.clip_problem(lambda r: data.row_clip(r, args.frames), row)
 
 
 def model_variant(mdl):
@@ -994,13 +847,18 @@ def model_variant(mdl):
 def complete(mdl, tokenizer, rows, args, tag):
     """Greedy completions of a loaded model for every row, batch by batch, asked as the model's variant asks
     (data.with_think); videos decoded per batch. Returns (completions, {row index: why}) with None for a row that
-    cannot be asked (clip_or_problem): with --skip_bad it is left out and the rest goes on; without, BadRow names it."""
+    cannot be asked: its prompt is longer than --max_prompt_tokens or its video does not decode (data.VideoError /
+    FileNotFoundError: damage the cheap checks cannot see). With --skip_bad such a row is left out and the rest
+    goes on; without, BadRow names it."""
+    import model as qwen
     rows = [data.with_think(r, rewards.VARIANTS[model_variant(mdl)][0]) for r in rows]
     completions, problems, t0 = [None] * len(rows), {}, time.time()
     for lo in range(0, len(rows), args.batch):
         asked, videos = [], []
         for i in range(lo, min(lo + args.batch, len(rows))):
-            clip, why = clip_or_problem(rows[i], tokenizer, args)
+            clip, why = None, qwen.prompt_problem(tokenizer, prompt_row(rows[i]), args.max_prompt_tokens)
+            if why is None:
+                clip, why = data.clip_problem(lambda r: data.row_clip(r, args.frames), rows[i])
             if why is None:
                 asked.append(i)
                 videos.append(clip)
@@ -1014,7 +872,12 @@ def complete(mdl, tokenizer, rows, args, tag):
                                  args.min_pixels, args.max_pixels)[0]
             for i, text in zip(asked, texts):
                 completions[i] = text
-        progress(tag, min(lo + args.batch, len(rows)), len(rows), t0)
+        done = min(lo + args.batch, len(rows))                       # progress: one self-overwriting stderr line
+        rate = done / max(time.time() - t0, 1e-9)
+        eta = (len(rows) - done) / rate if rate > 0 else float("inf")
+        sys.stderr.write(f"\r[{tag}] {done}/{len(rows)} rows  {rate:.2f} rows/s  ETA {eta:5.0f} s "
+                         + "\n" * (done == len(rows)))
+        sys.stderr.flush()
     return completions, problems
 
 
@@ -1023,11 +886,8 @@ def complete(mdl, tokenizer, rows, args, tag):
 def model_names(paths):
     """Column names: the folder's name ('runs/a/final' -> 'final'), its last two parts ('a/final') when two
     folders share a name, '#k' appended when the same folder is given twice."""
-    parts = [os.path.normpath(p).split(os.sep) for p in paths]
-    folders = {}
-    for q in parts:
-        folders.setdefault(q[-1], set()).add(tuple(q))
-    base = [q[-1] if len(folders[q[-1]]) == 1 else "/".join(q[-2:]) for q in parts]
+    parts = [tuple(os.path.normpath(p).split(os.sep)) for p in paths]
+    base = [q[-1] if len({r for r in parts if r[-1] == q[-1]}) == 1 else "/".join(q[-2:]) for q in parts]
     return [f"{b}#{k + 1}" if base.count(b) > 1 else b for k, b in enumerate(base)]
 
 
@@ -1041,19 +901,19 @@ def rows_with_videos(rows, skip_bad):
     return keep, len(bad)
 
 
-def dump_records(name, rows, completions, scored, n):
-    """The first n completions of a model with their metrics, one JSON object each (--dump)."""
-    return [{"model": name, "id": r["id"], "task": r["task"], "answer_type": r["answer_type"], "gt": r["answer"],
-             "answer_text": answer_text(c), "completion": c, **s}
-            for r, c, s in list(zip(rows, completions, scored))[:n]]
-
-
 def report(summaries, meta, out_dir, dumps=(), title=""):
-    """Print the table; write results.json, results.png and (if any) dump.jsonl into out_dir."""
+    """Print the table; write results.json, results.png (bars of the two overalls and each task, a colour per
+    model, x100 with 95% intervals) and (if any) dump.jsonl into out_dir."""
     os.makedirs(out_dir, exist_ok=True)
     print(markdown_table(summaries))
     data.write_file(os.path.join(out_dir, "results.json"), json.dumps({**meta, "models": summaries}, indent=1))
-    plot_results(summaries, os.path.join(out_dir, "results.png"), title)
+    tasks = sorted({t for s in summaries.values() for t in s["tasks"]})
+    x100 = lambda st: (100 * st["mean"], 100 * st["lo"], 100 * st["hi"]) if st else None
+    series = {name: [x100(st) for st in (s["overall_task"], s["overall_q"], *(s["tasks"].get(t) for t in tasks))]
+              for name, s in summaries.items()}
+    width = max(6.0, 1.1 * (len(tasks) + 2) * max(1, len(summaries)) ** 0.5 + 2)
+    bar_chart(os.path.join(out_dir, "results.png"), ["overall (tasks)", "overall (questions)", *tasks], series,
+              "score x100 (95% bootstrap CI)", title, (0, 105), (width, 4.5), 9, rotation=30, ha="right", fontsize=8)
     if dumps:
         data.write_file(os.path.join(out_dir, "dump.jsonl"), "".join(json.dumps(d) + "\n" for d in dumps))
     print(f"wrote {out_dir}/results.json, results.png" + (", dump.jsonl" if dumps else ""))
@@ -1066,14 +926,13 @@ def parse_args(argv, rotation=False):
     """The flags of `eval.py`, or of `eval.py rotation`; both share the model and decoding flags."""
     p = argparse.ArgumentParser(description="Rotation stress test on the synthetic scenes (see docstring)." if
                                 rotation else "Score checkpoints with each benchmark's own metric (see docstring).")
+    p.add_argument("--model", action="append", required=True, help="checkpoint folder; repeat for side by side")
     if rotation:
-        p.add_argument("--model", action="append", required=True, help="checkpoint folder; repeat for side by side")
         p.add_argument("--angles", type=float, nargs="+", default=[0, 30, 60, 90, 180])
         p.add_argument("--axis", default="yaw", choices=["yaw", "roll", "orbit"])
         p.add_argument("--data", default="data/synth/test.jsonl", help="synthetic rows; scenes.jsonl beside it")
         p.add_argument("--scenes", type=int, default=20, help="first N scenes of the file")
     else:
-        p.add_argument("--model", action="append", required=True, help="checkpoint folder; repeat for side by side")
         p.add_argument("--data", required=True, help="rows: .jsonl / .json / .parquet")
         p.add_argument("--format", default="auto", choices=["auto", *FORMAT_KEYS])
         p.add_argument("--video_root", default=None, help="videos of benchmark rows (default: the data file's folder)")
@@ -1110,39 +969,36 @@ def main(argv):
     outputs = {name: run_model(path, rows, args, name) for name, path in zip(model_names(args.model), args.model)}
     problems = {i: why for _, found in outputs.values() for i, why in found.items()}
     asked = [i for i in range(len(rows)) if i not in problems]         # every column scores the same rows
+    skipped_rows = [f"{rows[i].get('file_line', rows[i].get('id'))}: {why}" for i, why in problems.items()]
     if problems:
-        print(f"skipped {len(problems)} row(s) that could not be asked, e.g. " + "; ".join(
-            f"{rows[i].get('file_line', rows[i].get('id'))}: {why}" for i, why in list(problems.items())[:3]),
-            file=sys.stderr)
+        print(f"skipped {len(problems)} row(s) that could not be asked, e.g. " + "; ".join(skipped_rows[:3]),
+              file=sys.stderr)
     summaries, dumps, kept = {}, [], [rows[i] for i in asked]
     for name, (completions, _) in outputs.items():
         completions = [completions[i] for i in asked]
         scored = [score_completion(c, r) for c, r in zip(completions, kept)]
         summaries[name] = summarize(kept, scored, args.n_boot, args.seed)
-        dumps += dump_records(name, kept, completions, scored, args.dump)
+        dumps += [{"model": name, "id": r["id"], "task": r["task"], "answer_type": r["answer_type"],
+                   "gt": r["answer"], "answer_text": answer_text(c), "completion": c, **s}     # --dump: the first N
+                  for r, c, s in list(zip(kept, completions, scored))[:args.dump]]
     meta = {"data": args.data, "format": fmt, "rows": len(kept), "skipped_bad": skipped, "skipped_no_video": missing,
-            "skipped_unreadable": len(problems),
-            "skipped_rows": [f"{rows[i].get('file_line', rows[i].get('id'))}: {why}" for i, why in problems.items()],
-            "frames": args.frames, "decoding": "greedy", "max_new_tokens": args.max_new_tokens,
-            "max_prompt_tokens": args.max_prompt_tokens,
+            "skipped_unreadable": len(problems), "skipped_rows": skipped_rows, "frames": args.frames,
+            "decoding": "greedy", "max_new_tokens": args.max_new_tokens, "max_prompt_tokens": args.max_prompt_tokens,
             "rules": "each benchmark's own scoring code (eval.py docstring)", "paths": dict(zip(summaries, args.model))}
     report(summaries, meta, args.out, dumps, f"{os.path.basename(args.data)} ({fmt}, {len(kept)} questions)")
 
 
 # --- demo without a model -------------------------------------------------------------------------------------------
 
-def demo_rows():
-    """Four hand-made rows (mc, num, interval, boxes) with a ground-truth graph on the first."""
+def demo():
+    """Hand-written completions, good and poor, for four rows (mc, num, interval, boxes; a ground-truth graph on the
+    first), scored without a model."""
     g = graph.Graph(0, [graph.Node("red cube", (1.2, 0.4, 5.1)), graph.Node("blue ball", (-0.8, 0.4, 6.0))])
-    return [{"id": "d-mc", "task": "closest_object", "answer_type": "mc", "answer": "B", "graphs": [g.to_dict()]},
+    rows = [{"id": "d-mc", "task": "closest_object", "answer_type": "mc", "answer": "B", "graphs": [g.to_dict()]},
             {"id": "d-num", "task": "object_abs_distance", "answer_type": "num", "answer": 2.0},
             {"id": "d-when", "task": "when", "answer_type": "iou", "answer": [2.0, 4.0]},
             {"id": "d-where", "task": "where", "answer_type": "boxes",
-             "answer": [{"frame": 3, "box": [0, 0, 10, 10]}, {"frame": 6, "box": [10, 10, 20, 20]}]}], g
-
-
-def demo():
-    rows, g = demo_rows()
+             "answer": [{"frame": 3, "box": [0, 0, 10, 10]}, {"frame": 6, "box": [10, 10, 20, 20]}]}]
     good = [f"<think>{graph.to_text(g)} The ball.</think><answer>B</answer>", "<answer>2.2</answer>",
             "<think>t</think><answer>[2.0, 3.0]</answer>", "<answer>3: [0, 0, 10, 10]; 6: [10, 10, 20, 30]</answer>"]
     poor = ["B chair", "about 2 m", "<answer>[5, 6]</answer>", "<answer>[0, 0, 10, 10]</answer>"]
@@ -1156,13 +1012,10 @@ def demo():
 
 
 if __name__ == "__main__":
+    subcommands = {"demo": lambda argv: demo(), "rotation": rotation_main, "ablation": ablation_main}
     try:
-        if sys.argv[1:2] == ["demo"]:
-            demo()
-        elif sys.argv[1:2] == ["rotation"]:
-            rotation_main(sys.argv[2:])
-        elif sys.argv[1:2] == ["ablation"]:
-            ablation_main(sys.argv[2:])
+        if sys.argv[1:2] and sys.argv[1] in subcommands:
+            subcommands[sys.argv[1]](sys.argv[2:])
         else:
             main(sys.argv[1:])
     except BadRow as e:
