@@ -1,4 +1,4 @@
-"""GRPO by hand: group-relative advantages, the k3 KL estimator and the clipped policy loss.
+"""GRPO by hand: group-relative advantages, the k3 KL estimator and the clipped policy loss; the sampler.
 
 Paper: Video-STR (arXiv 2510.10976) Sec. 4 trains Qwen2.5-VL with GRPO (DeepSeekMath, Shao et al. 2024),
 G = 8 completions per prompt, beta = 0.04. The objective, per prompt q with completions o_1..o_G:
@@ -20,16 +20,8 @@ Differences from the paper: none in the formulas; the paper does not say which a
 the default here is DeepSeekMath's ("seq"). The log-ratio inside the KL is clamped to +-10 as Video-R1
 does, so a bf16 outlier token cannot produce an inf.
 
-Letters used in shape comments: B prompts, G completions per prompt, N = B*G sequences,
-T completion tokens (padded), P prompt tokens, V vocabulary.
-
-Sampling (sample): the plain loop is the reference (the model's own forward per token); on a GPU the rollout
-runs a static KV cache whose one-token step is captured once as a CUDA graph (decode_step, cuda_graph), with
-the adapters in bf16 and no wait for the device per token: the same tokens and log-probs, up to rounding.
-
-Run: `python grpo.py` prints a worked example of the loss; `python grpo.py bench` times the sampler against
-`model.generate` and one update in fp32 vs bf16; `python grpo.py bench_rollout` prints ms per decode step of
-the decoders and `model.generate`, LoRA on and off, against the memory-bandwidth floor (the 7B shape on a GPU).
+Letters used in shape comments: B prompts, G completions per prompt, N = B*G sequences, T completion tokens
+(padded), P prompt tokens, V vocabulary. Run `python grpo.py` for a worked example of the loss.
 """
 import contextlib
 import functools
@@ -43,13 +35,10 @@ import torch
 import torch.utils.checkpoint
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-SDPA_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]   # decode_step's attention kernels
-
 
 def group_advantages(rewards, G, scale=True, eps=1e-4):
-    """A_i of each completion relative to the other completions of its prompt.
-
-    rewards: (N,) with N = B*G, grouped as [prompt0: G values, prompt1: G values, ...].
+    """A_i of each completion relative to the other completions of its prompt. rewards: (N,) with N = B*G,
+    grouped as [prompt0: G values, prompt1: G values, ...].
     scale=True:  A_i = (r_i - mean(r)) / (std(r) + eps)  (GRPO; std is the unbiased sample std, as TRL).
     scale=False: A_i = r_i - mean(r)  (Dr. GRPO: dividing by std over-weights too easy / too hard prompts).
     A group whose rewards are all equal (max == min) gets A = 0 exactly (no signal), never NaN: the float32 mean
@@ -70,11 +59,8 @@ def flat_groups(rewards, G):
 
 
 def kl_k3(logp, ref_logp):
-    """Per-token k3 estimate of KL(pi_theta || pi_ref) (Schulman 2020), unbiased and always >= 0.
-
-    D_KL = pi_ref/pi_theta - log(pi_ref/pi_theta) - 1 = exp(ref_logp - logp) - (ref_logp - logp) - 1.
-    logp, ref_logp: (N, T) log-probabilities of the sampled tokens. Returns (N, T).
-    """
+    """Per-token k3 estimate (N, T) of KL(pi_theta || pi_ref) (Schulman 2020), unbiased and always >= 0, from the
+    sampled tokens' log-probabilities logp, ref_logp (N, T): D_KL = exp(ref_logp - logp) - (ref_logp - logp) - 1."""
     log_ratio = (ref_logp - logp).clamp(-10.0, 10.0)      # (N, T), clamped as Video-R1 does
     return torch.exp(log_ratio) - log_ratio - 1.0
 
@@ -93,8 +79,7 @@ def aggregate(per_token, mask, agg="seq", const_len=None):
     if agg == "token":
         return total.sum() / m.sum().clamp(min=1.0)
     if agg == "const":
-        n_seq, n_tok = per_token.shape
-        return total.sum() / (n_seq * (const_len or n_tok))
+        return total.sum() / (len(per_token) * (const_len or per_token.shape[1]))
     raise ValueError(f"agg must be 'seq', 'token' or 'const', got {agg!r}")
 
 
@@ -114,52 +99,35 @@ def policy_loss(logp, old_logp, ref_logp, adv, mask, clip_eps=0.2, clip_eps_high
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
     m = mask.to(logp.dtype)                                            # (N, T)
     a = adv.to(logp.dtype).unsqueeze(1)                                # (N, 1) A_i
-    if old_logp is None:
-        # mu = 1: on policy, pi_old = pi_theta, so rho = 1 (its gradient is grad log pi) and the clip never acts
-        ratio = torch.exp(logp - logp.detach())                        # (N, T) = 1, with gradient
-        objective = ratio * a                                          # (N, T) rho A
-    else:
-        ratio = torch.exp(logp - old_logp)                             # (N, T) rho_it
-        surr = ratio * a                                               # (N, T) rho A
+    ratio = torch.exp(logp - (logp.detach() if old_logp is None else old_logp))  # (N, T) rho_it, = 1 when mu = 1
+    objective = ratio * a                                              # (N, T) rho A
+    if old_logp is not None:                                           # mu > 1: the clip can act
         surr_clipped = ratio.clamp(1.0 - clip_eps, 1.0 + eps_high) * a  # (N, T) clip(rho) A
-        objective = torch.minimum(surr, surr_clipped)                  # (N, T)
-    kl = None
-    if ref_logp is not None and beta != 0:
-        kl = kl_k3(logp, ref_logp)                                     # (N, T)
-        objective = objective - beta * kl
-    loss = -aggregate(objective, mask, agg, const_len)
+        objective = torch.minimum(objective, surr_clipped)             # (N, T)
+    kl = torch.zeros_like(logp) if ref_logp is None or beta == 0 else kl_k3(logp, ref_logp)  # (N, T) D_KL
+    loss = -aggregate(objective - beta * kl, mask, agg, const_len)
     with torch.no_grad():
-        n_tok = m.sum().clamp(min=1.0)
         # a token is clipped when the clipped branch is the active (gradient-free) one
         clipped = ((ratio < 1.0 - clip_eps) & (a < 0)) | ((ratio > 1.0 + eps_high) & (a > 0))  # (N, T)
-        stats = {
-            "kl": float((kl * m).sum() / n_tok) if kl is not None else 0.0,
-            "clip_frac": float((clipped.to(m.dtype) * m).sum() / n_tok),
-            "ratio_mean": float((ratio * m).sum() / n_tok),
-        }
-        if entropy is not None:
-            stats["entropy"] = float((entropy * m).sum() / n_tok)
+        per_token = {"kl": kl, "clip_frac": clipped.to(m.dtype), "ratio_mean": ratio, "entropy": entropy}
+        stats = {k: float((x * m).sum() / m.sum().clamp(min=1.0)) for k, x in per_token.items() if x is not None}
     return loss, stats
 
 
 # --- sampling and log-probabilities by hand -------------------------------------------------------------------------
 
-
 def prompt_positions(model, prompt_inputs):
-    """M-RoPE position ids of the prompts, computed explicitly (model.rope_positions: Qwen2.5-VL's reference
-    scheme), never from model.model.rope_deltas, which persists between calls. Returns (pos (3, B, P) long,
-    next_pos (B,) long): the first completion token of prompt b sits at next_pos[b] on all three axes, then +1
-    per token (text is 1-D)."""
+    """M-RoPE position ids of the prompts by model.rope_positions (Qwen2.5-VL's reference scheme), never from
+    model.model.rope_deltas, which persists between calls. Returns (pos (3, B, P) long, next_pos (B,) long): the
+    first completion token of prompt b sits at next_pos[b] on all three axes, then +1 per token (text is 1-D)."""
     import model as qwen  # here, not at the top: the loss half must import without transformers
-    return qwen.rope_positions(model.config, prompt_inputs["input_ids"], prompt_inputs["mm_token_type_ids"],
-                            prompt_inputs["attention_mask"], prompt_inputs["video_grid_thw"],
-                            prompt_inputs["second_per_grid_ts"])
+    keys = ("input_ids", "mm_token_type_ids", "attention_mask", "video_grid_thw", "second_per_grid_ts")
+    return qwen.rope_positions(model.config, *(prompt_inputs[k] for k in keys))
 
 
 def prompt_embeds(model, prompt_inputs):
-    """Token embeddings of the prompts with the vision tower's output scattered into the video tokens.
-
-    The vision tower runs once per prompt (B), never once per completion. Returns (B, P, H)."""
+    """Token embeddings (B, P, H) of the prompts with the vision tower's output scattered into the video tokens:
+    the vision tower runs once per prompt, never once per completion."""
     ids = prompt_inputs["input_ids"]                                       # (B, P)
     embeds = model.get_input_embeddings()(ids)                             # (B, P, H)
     if prompt_inputs.get("pixel_values_videos") is not None:
@@ -174,7 +142,6 @@ def prompt_embeds(model, prompt_inputs):
 def pick_tokens(logits, temperature, top_p, suppress, generator):
     """Next token from logits (N, V): greedy when temperature == 0, else softmax(logits / temperature)
     restricted to the smallest top-p nucleus. Suppressed ids get -inf first (never chosen).
-
     The draw is torch.multinomial(probs, 1)'s own algorithm, argmax(probs / q) with q ~ Exp(1) from `generator`
     (the same tokens from the same generator state), without its two validity checks that wait for the device."""
     logits = logits.float()
@@ -206,103 +173,84 @@ def sample(model, prompt_inputs, G, max_new_tokens, temperature=1.0, top_p=1.0, 
 
     prompt_inputs: make_inputs(...) of B left-padded prompts. temperature 0 = greedy. A sequence stops at its
     first token in eos_ids (that token is kept and masked 1); later positions hold pad_id with mask 0.
-    suppress_ids (e.g. the vision placeholder tokens) are never sampled.
-    decoder: how each step runs (the same tokens and log-probs either way, up to floating-point rounding):
-      "plain"  the reference: the model's own forward per token on its growing DynamicCache, every sequence's
-               end checked after each token;
-      "static" decode_step on a preallocated cache (StaticKV), adapters in the weights' dtype (lora_sampling),
-               the end checked every CHECK_EVERY tokens (after the last sequence ends it may draw up to
-               CHECK_EVERY - 1 more times from `generator`, whose state then differs from plain's);
-      "graph"  static, its step captured once as a CUDA graph and replayed (CUDA only);
-      "auto"   rollout_decoder's choice: graph on a CUDA model the static decoders can run, else plain (a graph
-               that fails to capture falls back to static, with a warning).
-    Returns completion_ids (N, T) long, mask (N, T) long, logp (N, T) float32 where
-      logp[n, t] = log softmax(logits)[token] of the RAW model (temperature 1, no top-p, no suppression),
-    i.e. log pi_theta(o_t | q, o_<t), exactly what token_logprobs() computes by teacher forcing; it is NOT
-    the log-probability under the temperature / top-p sampling distribution.
+    suppress_ids (e.g. the vision placeholder tokens) are never sampled. decoder (DECODERS, rollout_decoder):
+    "plain" (plain_step), "static" or "graph" (static_step), the same tokens and log-probs up to rounding; the
+    static two check for the end every CHECK_EVERY tokens, so they may draw up to CHECK_EVERY - 1 more times
+    from `generator` after the last end. "auto": a graph that fails to capture falls back to static, with a warning.
+    Returns completion_ids (N, T) long, mask (N, T) long, logp (N, T) float32: log softmax(logits)[token] of the
+    RAW model (temperature 1, no top-p, no suppression), i.e. log pi_theta(o_t | q, o_<t), exactly what
+    token_logprobs() computes by teacher forcing, NOT the log-probability under the sampling distribution.
     """
     if max_new_tokens < 1:
         raise ValueError(f"grpo.sample: max_new_tokens must be >= 1, got {max_new_tokens}")
     import model as qwen
     chosen = rollout_decoder(model, decoder)
-    was_training = model.training
-    model.eval()                                                           # no LoRA dropout while sampling
-    try:
-        with qwen.lora_sampling(model) if chosen != "plain" else contextlib.nullcontext():
-            return _sample(model, prompt_inputs, G, max_new_tokens, temperature, top_p, eos_ids, suppress_ids,
-                           generator, pad_id, chosen, fallback=decoder == "auto")
-    finally:
-        model.train(was_training)
-
-
-def rollout_decoder(model, decoder="auto"):
-    """The decoder sample() runs for `decoder` (DECODERS): "auto" is "graph" on a CUDA model that the static
-    decoders can run (static_problem) and "plain" otherwise; asking for "static" or "graph" where they cannot run
-    raises ValueError."""
-    if decoder not in DECODERS:
-        raise ValueError(f"grpo.sample: decoder must be one of {DECODERS}, got {decoder!r}")
-    problem = static_problem(model)
-    if decoder == "auto":
-        return "graph" if problem is None and model.lm_head.weight.is_cuda else "plain"
-    if decoder != "plain" and problem:
-        raise ValueError(f"grpo.sample: decoder {decoder!r} cannot run {problem}; use 'plain'")
-    if decoder == "graph" and not model.lm_head.weight.is_cuda:
-        raise ValueError("grpo.sample: decoder 'graph' needs a model on CUDA (CUDA graphs); 'static' runs anywhere")
-    return decoder
-
-
-def static_problem(model):
-    """Why the static decoders cannot run `model` now, or None. They need an unsharded model whose text attention
-    is SDPA without a sliding window (the boolean key mask of decode_step), computing in its weights' dtype
-    (autocast off, or to that same dtype: decode_step turns autocast off)."""
-    if is_fsdp(model):
-        return "an FSDP-sharded model (each of its forwards is a collective)"
-    tc = model.config.text_config
-    if tc._attn_implementation != "sdpa" or getattr(tc, "use_sliding_window", False):
-        return f"attention {tc._attn_implementation!r} (sliding window {getattr(tc, 'use_sliding_window', False)})"
-    dtype, kind = model.lm_head.weight.dtype, model.lm_head.weight.device.type
-    if torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) != dtype:
-        return f"{dtype} weights under {torch.get_autocast_dtype(kind)} autocast"
-    return None
-
-
-def _sample(model, prompt_inputs, G, max_new_tokens, temperature, top_p, eos_ids, suppress_ids, generator, pad_id,
-            decoder, fallback):
-    """The decoding loop of sample() (model already in eval mode, no grad): prefill, then `decoder`'s step."""
-    device = prompt_inputs["input_ids"].device
     if pad_id is None:
         pad_id = model.generation_config.pad_token_id
         pad_id = pad_id if pad_id is not None else (model.config.text_config.pad_token_id or 0)
-    attn = prompt_inputs["attention_mask"]                                 # (B, P)
-    pos, next_pos = prompt_positions(model, prompt_inputs)                 # (3, B, P), (B,)
-    out = model(inputs_embeds=prompt_embeds(model, prompt_inputs), attention_mask=attn, position_ids=pos,
-                use_cache=True, logits_to_keep=1)                          # prefill B prompts once
-    logits = out.logits[:, -1].repeat_interleave(G, 0)                     # (N, V)
-    attn = attn.repeat_interleave(G, 0)                                    # (N, P)
-    next_pos = next_pos.repeat_interleave(G, 0)                            # (N,)
-    step = decoder_step(model, out.cache, G, attn, next_pos, max_new_tokens, decoder, fallback)
-    every = 1 if decoder == "plain" else CHECK_EVERY
-    del out
-    N = logits.shape[0]
-    eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
-    suppress = torch.tensor(sorted(set(suppress_ids)), dtype=torch.long, device=device) if suppress_ids else None
-    done = torch.zeros(N, dtype=torch.bool, device=device)                 # (N,)
-    sync = is_fsdp(model)
-    ids, masks, logps = [], [], []
-    for t in range(max_new_tokens):
-        tok = pick_tokens(logits, temperature, top_p, suppress, generator)  # (N,)
-        tok = tok.masked_fill(done, pad_id)
-        logps.append(torch.log_softmax(logits.float(), -1).gather(1, tok[:, None]).squeeze(1))  # (N,)
-        ids.append(tok)
-        masks.append(~done)
-        done = done | torch.isin(tok, eos)
-        if ((t + 1) % every == 0 and _all_done(done, sync)) or t == max_new_tokens - 1:
-            break
-        logits = step(tok, t)                                              # (N, V)
+    with contextlib.ExitStack() as stack:
+        stack.callback(model.train, model.training)                        # back to train mode on exit
+        model.eval()                                                       # no LoRA dropout while sampling
+        if chosen != "plain":
+            stack.enter_context(qwen.lora_sampling(model))
+        attn = prompt_inputs["attention_mask"]                             # (B, P)
+        pos, next_pos = prompt_positions(model, prompt_inputs)             # (3, B, P), (B,)
+        out = model(inputs_embeds=prompt_embeds(model, prompt_inputs), attention_mask=attn, position_ids=pos,
+                    use_cache=True, logits_to_keep=1)                      # prefill B prompts once
+        logits = out.logits[:, -1].repeat_interleave(G, 0)                 # (N, V)
+        attn = attn.repeat_interleave(G, 0)                                # (N, P)
+        next_pos = next_pos.repeat_interleave(G, 0)                        # (N,)
+        if chosen == "plain":
+            out.cache.batch_repeat_interleave(G)                           # (B, ...) -> (N, ...)
+            step = functools.partial(plain_step, model, out.cache, attn, next_pos)
+        else:
+            step = static_step(model, out.cache, G, attn, next_pos, max_new_tokens, graph=chosen == "graph",
+                               fallback=decoder == "auto")
+        every = 1 if chosen == "plain" else CHECK_EVERY
+        del out
+        eos = attn.new_tensor(list(eos_ids), dtype=torch.long)
+        suppress = attn.new_tensor(sorted(set(suppress_ids)), dtype=torch.long) if suppress_ids else None
+        done = torch.zeros_like(next_pos, dtype=torch.bool)                # (N,)
+        sync = is_fsdp(model)
+        ids, masks, logps = [], [], []
+        for t in range(max_new_tokens):
+            tok = pick_tokens(logits, temperature, top_p, suppress, generator)  # (N,)
+            tok = tok.masked_fill(done, pad_id)
+            logps.append(torch.log_softmax(logits.float(), -1).gather(1, tok[:, None]).squeeze(1))  # (N,)
+            ids.append(tok)
+            masks.append(~done)
+            done = done | torch.isin(tok, eos)
+            if ((t + 1) % every == 0 and _all_done(done, sync)) or t == max_new_tokens - 1:
+                break
+            logits = step(tok, t)                                          # (N, V)
     mask = torch.stack(masks, 1).long()                                    # (N, T + steps past the last end)
     T = int(mask.sum(1).max())                                             # the step where every sequence had ended
     logp = torch.where(mask.bool(), torch.stack(logps, 1), 0.0)            # (N, T)
     return torch.stack(ids, 1)[:, :T], mask[:, :T], logp[:, :T]
+
+
+def rollout_decoder(model, decoder="auto"):
+    """The decoder sample() runs for `decoder` (DECODERS): "auto" is "graph" on a CUDA model that the static
+    decoders can run and "plain" otherwise; asking for "static" or "graph" where they cannot run raises ValueError.
+    They need an unsharded model whose text attention is SDPA without a sliding window (the boolean key mask of
+    decode_step), computing in its weights' dtype (autocast off, or to that dtype: decode_step turns autocast off)."""
+    if decoder not in DECODERS:
+        raise ValueError(f"grpo.sample: decoder must be one of {DECODERS}, got {decoder!r}")
+    tc, w = model.config.text_config, model.lm_head.weight
+    sliding, problem = getattr(tc, "use_sliding_window", False), None
+    if is_fsdp(model):
+        problem = "an FSDP-sharded model (each of its forwards is a collective)"
+    elif tc._attn_implementation != "sdpa" or sliding:
+        problem = f"attention {tc._attn_implementation!r} (sliding window {sliding})"
+    elif torch.is_autocast_enabled(w.device.type) and torch.get_autocast_dtype(w.device.type) != w.dtype:
+        problem = f"{w.dtype} weights under {torch.get_autocast_dtype(w.device.type)} autocast"
+    if decoder == "auto":
+        return "graph" if problem is None and w.is_cuda else "plain"
+    if decoder != "plain" and problem:
+        raise ValueError(f"grpo.sample: decoder {decoder!r} cannot run {problem}; use 'plain'")
+    if decoder == "graph" and not w.is_cuda:
+        raise ValueError("grpo.sample: decoder 'graph' needs a model on CUDA (CUDA graphs); 'static' runs anywhere")
+    return decoder
 
 
 def is_sharded(p):
@@ -313,68 +261,44 @@ def is_sharded(p):
 
 def is_fsdp(model):
     """True for an FSDP2-sharded model (train.py --fsdp): its every forward is a collective of all ranks."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return False
-    return any(is_sharded(p) for p in model.parameters())
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and any(is_sharded(p) for p in model.parameters())
 
 
 def _all_done(done, sync):
     """Every sequence has ended (done (N,) bool); with sync, on every rank: a sharded model's ranks must run
     equally many forwards, so a rank whose sequences ended keeps stepping (padding) until all have."""
-    if not sync:
-        return bool(done.all())
     flag = done.all().to(torch.int32).reshape(1)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    if sync:
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
     return bool(flag)
 
 
-def decoder_step(model, cache, G, attn, next_pos, max_new_tokens, decoder, fallback):
-    """`decoder`'s step(tok, t) -> logits (N, V) of the token after token t of every sequence, from the
-    prefill's DynamicCache `cache` of B prompts; attn (N, P) prompt mask, next_pos (N,) first completion position.
-    With fallback, a graph that cannot be captured gives the static step instead, with a warning."""
-    if decoder == "plain":
-        cache.batch_repeat_interleave(G)                                   # (B, ...) -> (N, ...)
-        return plain_step(model, cache, attn, next_pos)
-    try:
-        return static_step(model, cache, G, attn, next_pos, max_new_tokens, graph=decoder == "graph")
-    except GraphCaptureError as e:
-        if not fallback:
-            raise
-        warnings.warn(f"{e}; sampling with the static decoder, without a graph")
-        return static_step(model, cache, G, attn, next_pos, max_new_tokens, graph=False)
+def plain_step(model, cache, attn, next_pos, tok, t):
+    """The reference decoder's step: logits (N, V) of the token after token t (tok (N,)) of every sequence, by the
+    model's own forward on its DynamicCache `cache` (N rows), which grows by one column. attn (N, P) prompt mask,
+    next_pos (N,) first completion position."""
+    step_attn = torch.cat([attn, attn.new_ones(len(attn), t + 1)], 1)      # (N, P + t + 1)
+    step_pos = (next_pos + t).view(1, -1, 1).expand(3, -1, 1)              # (3, N, 1) text: same on all axes
+    out = model(input_ids=tok[:, None], attention_mask=step_attn, position_ids=step_pos, cache=cache, use_cache=True)
+    return out.logits[:, -1]                                               # (N, V)
 
 
-def plain_step(model, cache, attn, next_pos):
-    """The reference decoder's step(tok, t) -> logits (N, V): the model's own forward on token t of every
-    sequence (tok (N,)), its DynamicCache `cache` growing by one column. attn (N, P) prompt mask, next_pos (N,)."""
-    N = attn.shape[0]
-
-    def step(tok, t):
-        step_attn = torch.cat([attn, attn.new_ones(N, t + 1)], 1)          # (N, P + t + 1)
-        step_pos = (next_pos + t).view(1, N, 1).expand(3, N, 1)            # (3, N, 1) text: same on all axes
-        out = model(input_ids=tok[:, None], attention_mask=step_attn, position_ids=step_pos, cache=cache,
-                    use_cache=True)
-        return out.logits[:, -1]                                           # (N, V)
-    return step
-
-
-# The fast decoders: a preallocated KV cache, one decode step with fixed shapes, captured once as a CUDA graph.
-# Per token, the plain loop runs the model's Python (mask building, a growing cache), launches every kernel one by
-# one and waits for the device; on a GPU that overhead, not arithmetic, is most of a step.
-
-
+# The fast decoders: per token, the plain loop runs the model's Python (mask building, a growing cache), launches
+# every kernel one by one and waits for the device; on a GPU that overhead, not arithmetic, is most of a step.
 class StaticKV:
     """A preallocated KV cache in the shape of transformers' Cache protocol (update()), which the model's attention
-    layers write into: per layer, keys and values (N, Hkv, L, D). Columns 0..P-1 hold the prefill's B prompts,
-    each repeated for its G rows; update() writes one token per sequence at column `slot`, a (1,) tensor (a
-    captured graph reads it from memory), and returns every column: decode_step's key mask hides the unwritten."""
+    layers write into. update() writes one token per sequence at column `slot`, a (1,) tensor (a captured graph
+    reads it from memory), and returns every column: decode_step's key mask hides the unwritten."""
 
     def __init__(self, cache, G, length):
         self.length = -(-length // 64) * 64                    # L: rounded up to 64, aligned rows for attention
-        self.layers = [(_repeated(layer.keys, G, self.length), _repeated(layer.values, G, self.length))
-                       for layer in cache.layers]
         keys = cache.layers[0].keys                            # (B, Hkv, P, D)
-        self.slot = torch.full((1,), keys.shape[2], dtype=torch.long, device=keys.device)
+        P = keys.shape[2]
+        # per layer, keys and values (B, Hkv, P, D) -> (N, Hkv, L, D): each prompt's rows G times, zeros after P
+        self.layers = [[torch.nn.functional.pad(x.repeat_interleave(G, 0), (0, 0, 0, self.length - P))
+                        for x in (layer.keys, layer.values)] for layer in cache.layers]
+        self.slot = torch.full((1,), P, dtype=torch.long, device=keys.device)
 
     def update(self, keys, values, layer_idx, *args, **kwargs):
         """keys / values (N, Hkv, 1, D) of one token per sequence into column slot; the layer's (N, Hkv, L, D)."""
@@ -384,23 +308,14 @@ class StaticKV:
         return k, v
 
 
-def _repeated(x, G, length):
-    """Prompt keys or values (B, H, P, D) -> (B*G, H, length, D): each prompt's rows G times, zeros after P."""
-    B, H, P, D = x.shape
-    out = x.new_zeros(B, G, H, length, D)
-    out[:, :, :, :P] = x.unsqueeze(1)
-    return out.view(B * G, H, length, D)
-
-
 def decode_step(model, kv, tok, pos, key_mask):
     """Logits (N, V) of the token after tok (N,), at text position pos (N,), through the model's own embedding,
-    rotary embedding, decoder layers, norm and head; the layers' keys and values go to StaticKV kv (column
-    kv.slot), attention sees the columns where key_mask (N, L) is True. The same work at every call: nothing waits
-    for the device or changes shape, so it can be captured once as a CUDA graph (cuda_graph). Autocast is off (a
-    graph must not keep autocast's cast cache): it computes in the weights' dtype (static_problem), the attention
-    on the two SDPA kernels that take a boolean mask and capture (memory-efficient, or math)."""
+    rotary embedding, decoder layers, norm and head; keys and values go to StaticKV kv, attention sees the columns
+    where key_mask (N, L) is True. Nothing waits for the device or changes shape, so cuda_graph can capture it.
+    Autocast is off (a graph must not keep autocast's cast cache): it computes in the weights' dtype."""
     lm = model.model.language_model
-    with torch.autocast(tok.device.type, enabled=False), sdpa_kernel(SDPA_BACKENDS):
+    kernels = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]            # take a boolean mask and capture
+    with torch.autocast(tok.device.type, enabled=False), sdpa_kernel(kernels):
         h = lm.embed_tokens(tok[:, None])                                  # (N, 1, H)
         rope = lm.rotary_emb(h, pos.view(1, -1, 1).expand(3, -1, 1))       # cos, sin (N, 1, D): text, 3 axes equal
         mask = key_mask[:, None, None]                                     # (N, 1, 1, L)
@@ -409,19 +324,23 @@ def decode_step(model, kv, tok, pos, key_mask):
         return model.lm_head(lm.norm(h))[:, 0]                              # (N, V)
 
 
-def static_step(model, cache, G, attn, next_pos, max_new_tokens, graph):
+def static_step(model, cache, G, attn, next_pos, max_new_tokens, graph, fallback):
     """The static decoders' step(tok, t) -> logits (N, V): decode_step on a StaticKV of P + max_new_tokens columns
-    (the prompts' keys and values from the prefill's DynamicCache `cache`), its inputs copied into fixed buffers
-    first. With graph, decode_step is captured once here (cuda_graph) and each step replays it; the warm-up
-    and capture write only column P, which step 0 writes again before reading it. attn (N, P), next_pos (N,)."""
-    N, P = attn.shape
+    (filled from the prefill's `cache`), its inputs copied into fixed buffers first. With graph, decode_step is
+    captured once here and each step replays it; the warm-up and capture write only column P, which step 0
+    writes again before reading it, so with fallback a failed capture leaves the same step without a graph."""
+    P = attn.shape[1]
     kv = StaticKV(cache, G, P + max_new_tokens)
-    key_mask = torch.zeros(N, kv.length, dtype=torch.bool, device=attn.device)   # (N, L)
-    key_mask[:, :P] = attn.bool()
+    key_mask = torch.nn.functional.pad(attn.bool(), (0, kv.length - P))      # (N, L): the prompts' columns
     tok_in, pos_in = torch.zeros_like(next_pos), next_pos.clone()              # (N,), (N,)
     run = functools.partial(decode_step, model, kv, tok_in, pos_in, key_mask)
     if graph and max_new_tokens > 1:                                           # one token never steps
-        run = cuda_graph(run)
+        try:
+            run = cuda_graph(run)
+        except GraphCaptureError as e:
+            if not fallback:
+                raise
+            warnings.warn(f"{e}; sampling with the static decoder, without a graph")
 
     def step(tok, t):
         tok_in.copy_(tok)
@@ -466,14 +385,10 @@ def _chunk_logprobs(lm_head, hidden, ids):
 
 
 def token_logprobs(model, prompt_inputs, completion_ids, mask, chunk_tokens=4096):
-    """log pi_theta(o_t | q, o_<t) of every completion token by teacher forcing, with gradient. (N, T).
-
-    Same multimodal positions as sample(): prompt M-RoPE positions from the grid and frame times, completion
-    token t of prompt b at next_pos[b] + t. The vision tower runs once per prompt; the language model runs
-    on N = B*G full sequences (prompt b repeated for its G rows). Logits exist only at completion positions
-    and only for `chunk_tokens` tokens at a time: each chunk's lm_head + log-softmax is checkpointed, so
-    backward never holds more than one chunk of (tokens x V) float32 (V = 152k for Qwen). 0 where mask is 0.
-    """
+    """log pi_theta(o_t | q, o_<t) of every completion token by teacher forcing, with gradient: (N, T), 0 where
+    mask is 0. sample()'s positions (prompt_positions, then next_pos[b] + t); the language model runs on N = B*G
+    full sequences. Logits exist only at completion positions, `chunk_tokens` at a time, each chunk's lm_head +
+    log-softmax checkpointed: backward holds one chunk of (tokens x V) float32 at most (V = 152k for Qwen)."""
     B, P = prompt_inputs["input_ids"].shape
     N, T = completion_ids.shape
     G = N // B
@@ -489,13 +404,10 @@ def token_logprobs(model, prompt_inputs, completion_ids, mask, chunk_tokens=4096
                          use_cache=False).last_hidden_state               # (N, P+T, H)
     hidden = hidden[:, P - 1:P + T - 1]                                    # (N, T, H): state before token t
     rows = max(1, chunk_tokens // max(T, 1))
-    out = []
-    for s in range(0, N, rows):
-        h, ids = hidden[s:s + rows], completion_ids[s:s + rows]
-        if torch.is_grad_enabled() and h.requires_grad:
-            out.append(torch.utils.checkpoint.checkpoint(_chunk_logprobs, model.lm_head, h, ids, use_reentrant=False))
-        else:
-            out.append(_chunk_logprobs(model.lm_head, h, ids))
+    chunk = _chunk_logprobs
+    if torch.is_grad_enabled() and hidden.requires_grad:                   # recomputed in backward, chunk by chunk
+        chunk = functools.partial(torch.utils.checkpoint.checkpoint, _chunk_logprobs, use_reentrant=False)
+    out = [chunk(model.lm_head, h, ids) for h, ids in zip(hidden.split(rows), completion_ids.split(rows))]  # (n, T)
     return torch.where(mask.bool().to(hidden.device), torch.cat(out, 0), 0.0)  # (N, T)
 
 
@@ -503,103 +415,69 @@ def token_logprobs(model, prompt_inputs, completion_ids, mask, chunk_tokens=4096
 
 def bench(G=8, lengths=(64, 256), frames=16, size=56, repeats=5):
     """Tokens/s of sample() vs model.generate() on the tiny model, same settings (1 prompt, G completions,
-    temperature 1, top-p 1, vision tokens suppressed, no EOS so both produce every token). Best of `repeats`."""
+    temperature 1, top-p 1, vision tokens suppressed, no EOS so both produce all G*T tokens), then one update's
+    forward + backward in fp32 vs bf16 autocast (which precision trains faster here). Best of `repeats`."""
     import model as qwen
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as d:
         m, tok = qwen.load(qwen.build_tiny(d, qwen.demo_texts()), dtype=torch.float32, device="cpu")
     m.eval()
-    rng = np.random.default_rng(0)
-    video = (rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8), np.arange(frames) / 2.0)
+    video = np.random.default_rng(0).integers(0, 256, (frames, size, size, 3), dtype=np.uint8), np.arange(frames) / 2
     row = {"id": "bench", "question": "How far is the red cube?", "answer_type": "num", "answer": 1.0}
     inputs = qwen.make_inputs(tok, m.config, [row], [video], size * size, size * size)
     suppress = tok.convert_tokens_to_ids(qwen.VISION_TOKENS)
     print(f"tiny Qwen2.5-VL {qwen.count_params(m):,} params, {frames} frames {size}x{size}, prompt "
           f"{inputs['input_ids'].shape[1]} tokens, G={G}, torch threads {torch.get_num_threads()}")
     for T in lengths:
-        t_ours, t_gen = float("inf"), float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            ids, mask, _ = sample(m, inputs, G, T, temperature=1.0, top_p=1.0, eos_ids=(), suppress_ids=suppress)
-            t_ours = min(t_ours, time.perf_counter() - t0)
-            n_ours = int(mask.sum())
-            t0 = time.perf_counter()
-            out = generate_all(m, inputs, G, T, suppress, tok.pad_token_id)
-            t_gen = min(t_gen, time.perf_counter() - t0)
-            n_gen = (out.shape[1] - inputs["input_ids"].shape[1]) * G
-        print(f"T={T:4d}: sample {n_ours / t_ours:8.0f} tok/s ({t_ours:.3f} s)   generate {n_gen / t_gen:8.0f} tok/s "
-              f"({t_gen:.3f} s)   ratio {(n_ours / t_ours) / (n_gen / t_gen):.2f}x")
-    # which precision trains faster on this machine: one update's forward + backward, fp32 vs bf16 autocast
+        times = [(_timed(lambda: sample(m, inputs, G, T, eos_ids=(), suppress_ids=suppress)),
+                  _timed(lambda: generate_all(m, inputs, G, T, suppress, tok.pad_token_id))) for _ in range(repeats)]
+        t_ours, t_gen = np.min(times, axis=0)                               # seconds, best of `repeats`
+        print(f"T={T:4d}: sample {G * T / t_ours:8.0f} tok/s ({t_ours:.3f} s)   generate {G * T / t_gen:8.0f} tok/s "
+              f"({t_gen:.3f} s)   ratio {t_gen / t_ours:.2f}x")
     ids, mask, _ = sample(m, inputs, G, 128, temperature=1.0, eos_ids=(), suppress_ids=suppress)
+
+    def update(bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logp = token_logprobs(m, inputs, ids, mask)                      # (G, T)
+        (-(logp * mask).sum()).backward()
+        m.zero_grad(set_to_none=True)
+
     for name in ("fp32", "bf16"):
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
-                logp = token_logprobs(m, inputs, ids, mask)                  # (G, T)
-            (-(logp * mask).sum()).backward()
-            m.zero_grad(set_to_none=True)
-            best = min(best, time.perf_counter() - t0)
+        best = min(_timed(lambda: update(name == "bf16")) for _ in range(repeats))
         print(f"update (token_logprobs forward + backward, {G} x 128 tokens) {name}: {best * 1000:.0f} ms")
 
 
 def generate_all(model, inputs, G, T, suppress, pad_id):
-    """model.generate with the benchmarks' settings: G completions per prompt of exactly T tokens (min_new_tokens,
-    no early end), temperature 1, no top-k / top-p, the ids `suppress` never sampled."""
+    """model.generate as the benchmarks run it: G completions per prompt of exactly T tokens (min_new_tokens),
+    temperature 1, no top-k / top-p, the ids `suppress` never sampled."""
     return model.generate(**inputs, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=T,
                           min_new_tokens=T, num_return_sequences=G, suppress_tokens=suppress, pad_token_id=pad_id)
 
 
-def _timed(fn, device):
-    """Seconds that fn() takes, with the work it queued on the device."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def _timed(fn, cuda=False):
+    """Seconds that fn() takes, with (cuda) the work it queued on the GPU."""
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync()
     return time.perf_counter() - t0
-
-
-def copy_bandwidth(device, nbytes):
-    """Bytes per second of one large copy on `device` (each byte read once and written once), best of 5."""
-    src = torch.ones(nbytes // 4, device=device)
-    dst = torch.empty_like(src)
-    return 2 * nbytes / min(_timed(lambda: dst.copy_(src), device) for _ in range(5))
-
-
-def lm_weight_bytes(model):
-    """(bytes of weights, bytes of LoRA adapters) that one decode step reads at least: the language model's decoder
-    layers, final norm and head, not the embedding table (one row per token); adapters in the weights' dtype, as
-    the static decoders read them (lora_sampling)."""
-    lm, size = model.model.language_model, model.lm_head.weight.element_size()
-    table = {id(p) for p in lm.embed_tokens.parameters()}
-    weights = adapters = 0
-    for name, p in list(lm.named_parameters()) + list(model.lm_head.named_parameters()):
-        if ".lora_" in name:
-            adapters += p.numel() * size
-        elif id(p) not in table:
-            weights += p.numel() * p.element_size()
-    return weights, adapters
 
 
 def bench_rollout(argv=()):
     """ms per decode step of sample()'s decoders and of model.generate, LoRA on and off, against the floor: the
     language model's weights read once per step at the bandwidth of a large copy measured in the same run.
-
-    Defaults on CUDA: random weights with Qwen2.5-VL-7B's shapes built on the GPU (model.random_model), LoRA r=64
-    (B random, so that a wrong adapter path shows), bf16, G=8, 16 frames at 128x28x28 (1136 prompt tokens), 128
-    new tokens, no EOS. On a CPU: the tiny shape in float32, LoRA r=8, 64 new tokens. Then check_decoders."""
+    Random weights (model.random_model; LoRA's B random too, so that a wrong adapter path shows), no EOS; by
+    default (flags) the 7B shape in bf16 on CUDA, the tiny one in float32 on a CPU. Then it checks the decoders."""
     import argparse
     import transformers
     import model as qwen
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(prog="python grpo.py bench_rollout", description=bench_rollout.__doc__.split(":")[0])
     p.add_argument("--shape", default="7b" if cuda else "tiny", choices=["7b", "tiny"])
-    p.add_argument("--G", type=int, default=8)
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--new_tokens", type=int, default=128 if cuda else 64)
-    p.add_argument("--lora_rank", type=int, default=64 if cuda else 8)
+    for flag, default in (("--G", 8), ("--frames", 16), ("--new_tokens", 128 if cuda else 64),
+                          ("--lora_rank", 64 if cuda else 8)):
+        p.add_argument(flag, type=int, default=default)
     p.add_argument("--decoders", default="plain,static,graph" if cuda else "plain,static",
                    help="sample() decoders to time, comma-separated (model.generate is always timed)")
     a = p.parse_args(list(argv))
@@ -612,9 +490,8 @@ def bench_rollout(argv=()):
     else:
         config, pixels = qwen.tiny_config(tok), (qwen.TINY_MIN_PIXELS, qwen.TINY_MAX_PIXELS)
     model = qwen.random_model(config, device, dtype, a.lora_rank).eval()
-    with torch.no_grad():
-        for mod in qwen.lora_modules(model):
-            mod.lora_B.normal_(0.0, 0.02)
+    for mod in qwen.lora_modules(model):
+        torch.nn.init.normal_(mod.lora_B, 0.0, 0.02)
     inputs = qwen.video_prompt(tok, config, a.frames, *pixels, device, dtype)
     eos, suppress = qwen.special_ids(tok)
     where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
@@ -632,55 +509,50 @@ def bench_rollout(argv=()):
             return sample(model, inputs, a.G, n, 1.0, 1.0, eos_ids=(), suppress_ids=suppress, pad_id=eos[0],
                           generator=torch.Generator(device).manual_seed(0), decoder=name)
 
-    names = a.decoders.split(",")
-    ms = time_decoders(run, names + ["generate"], a.new_tokens, model, device)
-    bandwidth = copy_bandwidth(device, 2 * 1024 ** 3 if cuda else 256 * 1024 ** 2)
-    weights, adapters = lm_weight_bytes(model)
-    floor = {"on": (weights + adapters) / bandwidth * 1000, "off": weights / bandwidth * 1000}
-    print(f"floor: {weights / 1e6:,.1f} MB of language-model weights (+ {adapters / 1e6:,.1f} MB of adapters in "
-          f"{dtype}) read once per step at {bandwidth / 1e9:,.0f} GB/s (a large copy): {floor['on']:.2f} ms/step with "
-          f"LoRA, {floor['off']:.2f} without")
-    fast = next((ms[d, "on"] for d in ("graph", "static") if (d, "on") in ms), float("nan"))
-    shape = {"7b": "7B", "tiny": "tiny"}[a.shape]
-    print(f"rollout on one {'GPU' if cuda else 'CPU'} ({shape} shape, LoRA r={a.lora_rank}, G={a.G}): sample "
-          f"{fast:.1f} ms/step, generate {ms.get(('generate', 'on'), float('nan')):.1f} ms/step, floor "
-          f"{floor['on']:.2f} ms/step ({time.strftime('%Y-%m-%d')}, {where})", flush=True)
-    check_decoders(run, [d for d in names if (d, "on") in ms], model, inputs, autocast)
-
-
-def time_decoders(run, names, T, model, device):
-    """{(name, "on" | "off"): ms per decode step} of run(name, n) (n new tokens), LoRA on and off: (time for T
-    tokens - time for 2) / (T - 2), after one untimed call (first calls pay one-time costs); the prefill, the
-    vision tower and a graph's capture are in both and cancel. A name that fails with a RuntimeError (a graph
-    that cannot be captured, out of memory) is reported and skipped."""
-    import model as qwen
-    ms = {}
+    # ms per step: (time for T tokens - time for 2) / (T - 2), after one untimed call (first calls pay one-time
+    # costs); the prefill, the vision tower and a graph's capture are in both and cancel
+    names, T, ms = a.decoders.split(","), a.new_tokens, {}
     for lora in ("on", "off"):
-        for name in names:
+        for name in names + ["generate"]:
             with qwen.lora_disabled(model) if lora == "off" else contextlib.nullcontext():
                 try:
                     run(name, 2)
-                    short, full = _timed(lambda: run(name, 2), device), _timed(lambda: run(name, T), device)
-                except RuntimeError as e:                           # GraphCaptureError included
+                    short, full = _timed(lambda: run(name, 2), cuda), _timed(lambda: run(name, T), cuda)
+                except RuntimeError as e:               # a graph that cannot be captured, out of memory: skipped
                     print(f"{name:9s} LoRA {lora:3s} failed, skipped: {type(e).__name__}: {e}", flush=True)
                     continue
             ms[name, lora] = (full - short) / (T - 2) * 1000
             print(f"{name:9s} LoRA {lora:3s} {ms[name, lora]:8.2f} ms/step   ({T} tokens {full:6.2f} s, 2 tokens "
                   f"{short:5.2f} s)", flush=True)
-    return ms
-
-
-def check_decoders(run, names, model, inputs, autocast, n=16):
-    """Print, for each fast decoder of names, the largest gap between its log-probs and token_logprobs' on its
-    own n tokens, and how long its tokens stay plain's from the same seed (rounding may part them after a
-    while; a wrong step parts them at once). A failure is reported, not raised."""
-    ref, _, ref_logp = run("plain", n) if "plain" in names else (None, None, None)
-    for name in [d for d in names if d != "plain"]:
+    # the floor: the language model's layers, norm and head (not the embedding table: one row per token), adapters in
+    # the weights' dtype (lora_sampling), read at the speed of one large copy (each byte read and written once)
+    lm, size = model.model.language_model, model.lm_head.weight.element_size()
+    table = {id(w) for w in lm.embed_tokens.parameters()}
+    params = list(lm.named_parameters()) + list(model.lm_head.named_parameters())
+    adapters = sum(w.numel() * size for k, w in params if ".lora_" in k)
+    weights = sum(w.numel() * w.element_size() for k, w in params if ".lora_" not in k and id(w) not in table)
+    src = torch.ones((2 * 1024 ** 3 if cuda else 256 * 1024 ** 2) // 4, device=device)
+    dst = torch.empty_like(src)
+    bandwidth = 2 * src.nbytes / min(_timed(lambda: dst.copy_(src), cuda) for _ in range(5))
+    floor = {"on": (weights + adapters) / bandwidth * 1000, "off": weights / bandwidth * 1000}
+    print(f"floor: {weights / 1e6:,.1f} MB of language-model weights (+ {adapters / 1e6:,.1f} MB of adapters in "
+          f"{dtype}) read once per step at {bandwidth / 1e9:,.0f} GB/s (a large copy): {floor['on']:.2f} ms/step "
+          f"with LoRA, {floor['off']:.2f} without")
+    fast = next((ms[d, "on"] for d in ("graph", "static") if (d, "on") in ms), float("nan"))
+    gen = ms.get(("generate", "on"), float("nan"))
+    print(f"rollout on one {'GPU' if cuda else 'CPU'} ({'7B' if a.shape == '7b' else 'tiny'} shape, LoRA "
+          f"r={a.lora_rank}, G={a.G}): sample {fast:.1f} ms/step, generate {gen:.1f} ms/step, floor "
+          f"{floor['on']:.2f} ms/step ({time.strftime('%Y-%m-%d')}, {where})", flush=True)
+    # check: each fast decoder's largest gap between its log-probs and token_logprobs' on its own n tokens, and how
+    # long its tokens stay plain's from the same seed (rounding may part them after a while, a wrong step at once)
+    n, checked = 16, [d for d in names if (d, "on") in ms]
+    ref, _, ref_logp = run("plain", n) if "plain" in checked else (None, None, None)
+    for name in [d for d in checked if d != "plain"]:
         try:
             ids, mask, logp = run(name, n)                                          # (N, n)
             with torch.no_grad(), autocast:
                 err = float((logp - token_logprobs(model, inputs, ids, mask).float()).abs().max())
-        except RuntimeError as e:
+        except RuntimeError as e:                       # reported, not raised
             print(f"check {name} failed: {type(e).__name__}: {e}", flush=True)
             continue
         line = f"check {name}: max |logp - token_logprobs| {err:.3g}"
@@ -708,9 +580,5 @@ def demo():
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "bench":
-        bench()
-    elif len(sys.argv) > 1 and sys.argv[1] == "bench_rollout":
-        bench_rollout(sys.argv[2:])
-    else:
-        demo()
+    commands = {"bench": bench, "bench_rollout": lambda: bench_rollout(sys.argv[2:])}
+    commands.get(sys.argv[1] if len(sys.argv) > 1 else None, demo)()
