@@ -1,11 +1,12 @@
-"""The policy: Qwen2.5-VL offline, with video preprocessing, prompts and LoRA written by hand; memory estimates.
+"""Qwen2.5-VL, offline: the tiny model, video preprocessing, prompts and LoRA written by hand; memory estimates.
+(Sampling and log-probabilities, the policy's use, are grpo.py's.)
 
 Paper: Video-STR (arXiv 2510.10976) trains Qwen2.5-VL-7B-Instruct with GRPO (Sec. 4) on 16 frames (32 at
 inference) of at most 128*28*28 pixels each, as Video-R1 / SpaceR; the reasoning inside <think> writes an
 inter-object relation graph (graph.py), the answer goes inside <answer>.
 How this differs: the CPU default is build_tiny's RANDOM Qwen2.5-VL (about 0.57M parameters, a byte-level BPE
-tokenizer trained on the data's text) trained from scratch. It is saved and loaded (load) exactly like a real
-local checkpoint, so the code path is the same for the 7B.
+tokenizer trained on the data's text), taught to see by train.py. It is saved and loaded (load) exactly like a
+real local checkpoint, so the code path is the same for the 7B.
 
 What is here: train_tokenizer / tiny_config / build_tiny / load; preprocess_video, Qwen2.5-VL's video processor in
 torch alone (the official one needs torchvision; parity: fixtures/qwen_video_golden.npz from make_golden_fixture),
@@ -13,14 +14,13 @@ with second_per_grid_ts from the TRUE frame times (Video-R1 and verl drop it, an
 rope_positions, the 3-D M-RoPE positions as Qwen's reference code computes them; build_prompt / make_inputs (chat
 template, instruction, <|video_pad|> expanded, left padding); LoRA by hand (add_lora; lora_disabled: the KL
 reference is the base model with its adapters off, no second copy; lora_sampling: bf16 copies for the rollout;
-merge_lora); estimate_memory, and shape7b for the paper's 7B (random_model: a 7B-shaped model built on the GPU).
+merge_lora); the 7B's shapes (qwen25_vl_7b_config, random_model: built on the GPU) and estimate_memory.
 
 Run: `python model.py [OUT_DIR]` builds a demo tiny model into OUT_DIR (default: a new temporary folder; train.py
 builds its own tiny_model/ fitted to its data) and prints its size and the 7B memory table for one 80 GB GPU;
-`python model.py shape7b [--layers 2 ...]` runs one GRPO step of the paper preset on a random model with the 7B's
-shapes, printing seconds and peak memory per stage; `python model.py --golden` remakes the golden fixture (in a
-side environment with torchvision). Everything is offline (HF_HUB_OFFLINE=1 is set here; transformers'
-Hub kernels are off: use_kernels=False).
+`python model.py --golden` remakes the golden fixture (in a side environment with torchvision); one GRPO step on a
+random 7B-shaped model is `python train.py --preset shape7b`. Everything is offline (HF_HUB_OFFLINE=1 is set here;
+transformers' Hub kernels are off: use_kernels=False).
 """
 import contextlib
 import functools
@@ -569,7 +569,7 @@ def lora_state_dict(model):
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if ".lora_" in k}
 
 
-# --- support: no paper content below (memory estimate, the 7B-shaped check, golden fixture) ---------------
+# --- support: no paper content below (memory estimate, the 7B's shapes, golden fixture) ---------------
 
 # --- memory ---------------------------------------------------------------------------------------------------------
 
@@ -678,7 +678,7 @@ def memory_table(config=None, G=8, prompt_len=1174, completion_len=768, vision_p
     return "\n".join(lines)
 
 
-# --- 7B-shaped check ------------------------------------------------------------------------------------------------
+# --- random models of the 7B's shapes (train.py --preset shape7b, grpo.py bench_rollout) -----------------------------
 
 def random_model(config, device, dtype, lora_rank, seed=0):
     """A randomly initialised Qwen2.5-VL of `config`, built directly on `device` in `dtype` (a 7B-shaped model never
@@ -696,112 +696,13 @@ def random_model(config, device, dtype, lora_rank, seed=0):
 
 def video_prompt(tok, config, frames, min_pixels, max_pixels, device, dtype):
     """make_inputs of one question with a random video of `frames` 224x448 frames resized to the pixel budget, on
-    `device` (the 7B-shaped check's prompt: 16 frames at 128x28x28 give 1136 tokens)."""
+    `device` (grpo.py bench_rollout's prompt: 16 frames at 128x28x28 give 1136 tokens)."""
     h, w = smart_resize(224, 448, min_pixels=min_pixels, max_pixels=max_pixels)
     video = np.random.default_rng(0).integers(0, 256, (frames, h, w, 3), dtype=np.uint8)
     row = {"id": "shape7b", "question": "How far is the red cube from the blue ball?", "answer_type": "num",
            "answer": 1.0}
     inputs = make_inputs(tok, config, [row], [(video, np.arange(frames) / 2.0)], min_pixels, max_pixels)
     return to_device(inputs, device, dtype)
-
-
-def shape7b(argv=()):
-    """One GRPO step of the paper preset on a RANDOMLY initialised model with Qwen2.5-VL-7B's shapes (no weights
-    needed): LoRA r=64, gradient checkpointing, bf16, G completions of one prompt with a video, every completion
-    max_new_tokens long (no EOS: the worst case). Prints seconds and peak memory per stage, and estimate_memory's
-    figure for the same shape and for the full 28-layer model. Defaults: the paper preset's sizes on CUDA; on a CPU
-    the 7B's widths with 2 + 2 layers, 4 frames of 112x112, G=2, 16 tokens (every size is a flag). The step is
-    train.py's (sample, group advantages, pi_ref, policy_loss, AdamW) written out with the paper's constants
-    (beta 0.04, lr 1e-6), so that it runs without data or a run folder; sampling uses train.py's decoder (grpo.sample
-    "auto": the CUDA graph on a GPU), --decoder picks another."""
-    import argparse
-    import resource
-    import time
-    import grpo
-    cuda = torch.cuda.is_available()
-    p = argparse.ArgumentParser(prog="python model.py shape7b", description=shape7b.__doc__.split(":")[0])
-    p.add_argument("--device", default="cuda" if cuda else "cpu")
-    p.add_argument("--layers", type=int, default=28 if cuda else 2, help="decoder layers (7B: 28)")
-    p.add_argument("--vision_layers", type=int, default=32 if cuda else 2, help="vision blocks (7B: 32)")
-    p.add_argument("--frames", type=int, default=16 if cuda else 4)
-    p.add_argument("--max_pixels", type=int, default=TRAIN_MAX_PIXELS if cuda else 16 * 28 * 28, help="per frame")
-    p.add_argument("--G", type=int, default=8 if cuda else 2)
-    p.add_argument("--max_new_tokens", type=int, default=768 if cuda else 16)
-    p.add_argument("--lora_rank", type=int, default=64)
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--decoder", default="auto", choices=grpo.DECODERS,
-                   help="grpo.sample's decoder (auto: a CUDA graph on a GPU, the plain loop on a CPU)")
-    a = p.parse_args(list(argv))
-    torch.set_num_threads(a.threads)
-    device, dtype = torch.device(a.device), torch.bfloat16 if a.dtype == "bf16" else torch.float32
-    gib = 1024 ** 3
-    times = {}
-
-    def stage(name, t0):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated() / gib
-            torch.cuda.reset_peak_memory_stats()
-            where = "peak GPU memory allocated in this stage"
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2     # KiB -> GiB (Linux)
-            where = "peak RSS of the process so far"
-        times[name] = time.time() - t0
-        print(f"{name:28s} {times[name]:8.2f} s   {peak:7.2f} GiB ({where})", flush=True)
-        return time.time()
-
-    t0 = time.time()
-    tok = train_tokenizer(demo_texts())
-    config = qwen25_vl_7b_config(a.layers, a.vision_layers, tok)
-    model = random_model(config, device, dtype, a.lora_rank)
-    set_checkpointing(model, True)
-    print(f"Qwen2.5-VL-7B shapes, random weights: {a.layers}/28 decoder layers, {a.vision_layers}/32 vision blocks, "
-          f"{count_params(model) / 1e9:.2f}B params ({count_params(model, True) / 1e6:.1f}M LoRA r={a.lora_rank}), "
-          f"{device} {dtype}, G={a.G}, {a.frames} frames at <= {a.max_pixels} px, {a.max_new_tokens} new tokens")
-    t0 = stage("build", t0)
-    min_pixels = 16 * 28 * 28 if cuda else 56 * 56                # the paper preset's lower budget on CUDA
-    inputs = video_prompt(tok, config, a.frames, min_pixels, a.max_pixels, device, dtype)
-    P, patches = inputs["input_ids"].shape[1], inputs["pixel_values_videos"].shape[0]
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
-    eos, suppress = special_ids(tok)
-    gen = torch.Generator(device).manual_seed(0)
-    t0 = time.time()
-    with torch.no_grad(), autocast:
-        decoder = grpo.rollout_decoder(model, a.decoder)       # auto's choice (a failed capture warns, then static)
-        ids, mask, _ = grpo.sample(model, inputs, a.G, a.max_new_tokens, 1.0, 1.0, eos_ids=(), suppress_ids=suppress,
-                                   generator=gen, pad_id=eos[0], decoder=a.decoder)      # (G, T)
-    t0 = stage(f"sample {a.G} x {ids.shape[1]} tokens ({decoder})", t0)
-    reward = torch.rand(a.G, generator=torch.Generator().manual_seed(0))                # (G,) stand-in rewards
-    adv = grpo.group_advantages(reward, a.G).to(device)                                  # (G,)
-    mask = mask.float()
-    with torch.no_grad(), autocast, lora_disabled(model):
-        ref_logp = grpo.token_logprobs(model, inputs, ids, mask).float()                # (G, T)
-    t0 = stage("reference log-probs", t0)
-    model.train()
-    with autocast:
-        logp = grpo.token_logprobs(model, inputs, ids, mask).float()                    # (G, T)
-    loss, stats = grpo.policy_loss(logp, None, ref_logp, adv, mask, beta=0.04)
-    t0 = stage("policy forward", t0)
-    loss.backward()
-    t0 = stage("backward (checkpointed)", t0)
-    params = [q for q in model.parameters() if q.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-6, betas=(0.9, 0.99))
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
-    opt.step()
-    t0 = stage("AdamW step", t0)
-    step = sum(v for k, v in times.items() if k != "build")
-    print(f"one GRPO step {step:.1f} s (loss {loss.item():+.4f}, kl {stats['kl']:.2e}, LoRA grad norm "
-          f"{grad_norm:.2e}); prompt {P} tokens, {patches} patches")
-    for name, L, V in (("this shape", a.layers, a.vision_layers), ("Qwen2.5-VL-7B (28 + 32 layers)", 28, 32)):
-        est = estimate_memory(qwen25_vl_7b_config(L, V), a.lora_rank, a.G, P + ids.shape[1], torch.bfloat16,
-                              patches, ids.shape[1])
-        print(f"estimate_memory at this run's sizes, {name}: {est['total_ckpt']:.1f} GiB with checkpointing (weights "
-              f"{est['weights']:.1f}, optimizer {est['optimizer']:.2f}, activations {est['activations_ckpt']:.1f}, "
-              f"logits chunk {est['logits']:.1f})")
-    if device.type != "cuda":
-        print("on CPU this proves the code path at the 7B's widths; the GPU figure for the full model is still "
-              "the estimate above (run `python model.py shape7b` on a GPU to measure it)")
 
 
 # --- golden fixture -------------------------------------------------------------------------------------------------
@@ -870,8 +771,6 @@ def make_golden_fixture(out_path=GOLDEN_PATH):
 def main():
     if "--golden" in sys.argv:
         return make_golden_fixture()
-    if sys.argv[1:2] == ["shape7b"]:
-        return shape7b(sys.argv[2:])
     # a throw-away folder by default: train.py builds its own tiny_model/ with a tokenizer fitted to its data
     out_dir = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="tiny_model_")
     build_tiny(out_dir, demo_texts())

@@ -69,7 +69,7 @@ import rewards
 @dataclass
 class Config:
     # run
-    preset: str = "tiny"            # tiny (GRPO from the shipped tiny base, CPU, minutes) | base (remake that base: 2 CPU cores, < 2 h) | scratch (phase 0, warm-up and GRPO from random weights in minutes: stays blind) | paper (7B from --model, one GPU)
+    preset: str = "tiny"            # tiny (GRPO from the shipped tiny base, CPU, minutes) | base (remake that base: 2 CPU cores, < 2 h) | scratch (phase 0, warm-up and GRPO from random weights in minutes: stays blind) | paper (7B from --model, one GPU) | shape7b (one GRPO step of paper on a random 7B-shaped model: time, memory)
     name: str = "default"           # outputs go to OUT/NAME
     out: str = "runs"               # folder of all runs
     seed: int = 0                   # seeds data order, sampling and init of new weights
@@ -94,6 +94,8 @@ class Config:
     fsdp: bool = False              # under torchrun, full fine-tuning: shard weights, grads, AdamW state (FSDP2)
     freeze_vision: bool = True      # keep the vision tower fixed in the warm-up and GRPO (it learned in phase 0)
     grad_ckpt: bool = False         # gradient checkpointing in the warm-up and GRPO (on for the paper preset)
+    shape_layers: int = 28          # --preset shape7b: decoder layers of its random model with the 7B's widths (7B: 28)
+    shape_vision_blocks: int = 32   # --preset shape7b: vision blocks of that model (7B: 32)
     # phase 0: the vision tower learns to see (tiny model only; a real checkpoint already sees)
     vision_steps: int = 0           # supervised steps on the rows' ground-truth graphs (0 skips the phase: the base sees)
     vision_batch: int = 16          # videos per step (per rank under torchrun)
@@ -110,6 +112,7 @@ class Config:
     max_new_tokens: int = 180       # completion budget T (the synthetic reference reasoning is 50-170 tokens)
     temperature: float = 1.0        # sampling temperature (paper / Video-R1: 1.0)
     top_p: float = 1.0              # nucleus sampling mass (1.0: off)
+    decoder: str = "auto"           # grpo.sample's decoder: auto (a CUDA graph on a GPU, else plain) | plain | static | graph
     lr: float = 5e-5                # GRPO learning rate (paper: 1e-6 for the 7B; tiny: 5e-5 chosen on val over 2e-4)
     lr_warmup: int = 10             # learning rate: linear warm-up steps of each phase, then cosine to 10 %
     weight_decay: float = 0.0       # AdamW weight decay
@@ -159,6 +162,12 @@ PRESETS = {
                  vision_steps=5000, vision_batch=8, sft_steps=9000, sft_batch=8, grpo_steps=0, eval_every=1500,
                  eval_n=200, ckpt_every=500),
 }
+# One GRPO step of the paper preset on a random model with Qwen2.5-VL-7B's shapes, no weights needed (shape7b;
+# README "A 7B-shaped check"). On a CPU it keeps the widths and cuts the depth and sizes; every size is a flag.
+ON_CPU = dict(shape_layers=2, shape_vision_blocks=2, frames=4, min_pixels=56 * 56, max_pixels=16 * 28 * 28, G=2,
+              max_new_tokens=16, threads=2)
+PRESETS["shape7b"] = dict(PRESETS["paper"], name="shape7b", dtype="bf16",
+                          **({} if torch.cuda.is_available() else ON_CPU))
 
 
 def run(cfg, run_dir, device, dtype):
@@ -352,7 +361,8 @@ def rollout(r, mdl, tok, rows, generator):
     t0 = time.time()
     with autocast(r.device, r.dtype):                                                        # sample: eval, no grad
         ids, mask, old_logp = grpo.sample(mdl, inputs, cfg.G, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                                          eos_ids=eos, suppress_ids=suppress, generator=generator)  # (N, T) each
+                                          eos_ids=eos, suppress_ids=suppress, generator=generator,
+                                          decoder=cfg.decoder)                                    # (N, T) each
     t1 = time.time()
     texts, lengths = qwen.decode_completions(tok, ids, mask)                             # N strings, N counts
     reward, parts = score(cfg, texts, lengths, rows, cfg.G)                              # (N,), N dicts
@@ -499,7 +509,7 @@ def parse_config(argv=None):
     cfg = Config(**{**PRESETS[preset], **given})
     if cfg.resume:   # the saved config wins, so a resumed run is the same run
         cfg = resumed_config(cfg, given, p.error)
-    if not cfg.model or not cfg.data:
+    if cfg.preset != "shape7b" and (not cfg.model or not cfg.data):
         p.error("--preset paper needs --model PATH (a local Qwen2.5-VL folder) and --data FOLDER_OR_JSONL")
     bad = [f"--{k} {getattr(cfg, k)}" for k in POSITIVE if getattr(cfg, k) < 1]
     if bad:
@@ -1597,12 +1607,72 @@ def pid_alive(pid):
     return True
 
 
+def shape7b(cfg, device, dtype):
+    """--preset shape7b: one GRPO step of the paper preset, this file's own rollout and grpo_update, on a RANDOMLY
+    initialised model with Qwen2.5-VL-7B's shapes (model.qwen25_vl_7b_config; --shape_layers and
+    --shape_vision_blocks cut the depth), asked about a clip of random pixels: seconds and peak memory per stage,
+    then estimate_memory's figure for this shape and for the full model. Rewards of random text are ~0, so the
+    update's gradient is ~0; the work (reference log-probs, forward, checkpointed backward, AdamW) is the same."""
+    import resource
+    import tempfile
+    torch.set_num_threads(cfg.threads)
+
+    def stage(name, seconds):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            peak, where = torch.cuda.max_memory_allocated() / 2 ** 30, "peak GPU memory allocated in this stage"
+            torch.cuda.reset_peak_memory_stats()
+        else:   # ru_maxrss is in KiB on Linux
+            peak, where = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, "peak RSS of the process so far"
+        print(f"{name:40s} {seconds:8.2f} s   {peak:7.2f} GiB ({where})", flush=True)
+
+    t0 = time.time()
+    tok = qwen.train_tokenizer(qwen.demo_texts())
+    config = qwen.qwen25_vl_7b_config(cfg.shape_layers, cfg.shape_vision_blocks, tok)
+    mdl = qwen.random_model(config, device, dtype, 0)
+    qwen.add_lora(mdl, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
+    qwen.set_checkpointing(mdl, cfg.grad_ckpt)
+    opt = torch.optim.AdamW(trainable(mdl), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=ADAM_BETAS)
+    print(f"Qwen2.5-VL-7B shapes, random weights: {cfg.shape_layers}/28 decoder layers, {cfg.shape_vision_blocks}/32 "
+          f"vision blocks, {qwen.count_params(mdl) / 1e9:.2f}B params ({qwen.count_params(mdl, True) / 1e6:.1f}M "
+          f"LoRA r={cfg.lora_rank}), {device} {dtype}, G={cfg.G}, {cfg.frames} frames at <= {cfg.max_pixels} px, "
+          f"{cfg.max_new_tokens} new tokens")
+    stage("build", time.time() - t0)
+    with tempfile.TemporaryDirectory() as tmp:
+        video = os.path.join(tmp, "noise.mp4")           # random pixels, 224x448, as a real clip is read
+        data.write_video(video, np.random.default_rng(0).integers(0, 256, (cfg.frames * 2, 224, 448, 3), np.uint8))
+        row = {"id": "shape7b", "video": video, "question": "How far is the red cube from the blue ball?",
+               "answer_type": "num", "answer": 1.0}
+        r = Run(cfg, tmp, device, dtype, [row], [], [])
+        with torch.no_grad(), autocast(device, dtype):
+            decoder = grpo.rollout_decoder(mdl, cfg.decoder)   # auto's choice (a failed capture warns, then static)
+        generator = torch.Generator(device).manual_seed(0)
+        ro = rollout(r, mdl, tok, [row], generator)
+        stage(f"sample {cfg.G} x {ro.ids.shape[1]} tokens ({decoder})", ro.t_sample)
+        stage("score", ro.t_score)
+        t0 = time.time()
+        stats = grpo_update(r, mdl, None, tok, ro, opt)
+        t_update = time.time() - t0
+        stage("update (pi_ref, loss, backward, AdamW)", t_update)
+    P, patches = ro.inputs["input_ids"].shape[1], ro.inputs["pixel_values_videos"].shape[0]
+    print(f"one GRPO step {ro.t_sample + ro.t_score + t_update:.1f} s (reward {ro.reward.mean():.2f}, kl "
+          f"{stats['kl']:.2e}, LoRA grad norm {stats['grad_norm']:.2e}); prompt {P} tokens, {patches} patches")
+    for name, L, V in (("this shape", cfg.shape_layers, cfg.shape_vision_blocks), ("Qwen2.5-VL-7B (28 + 32)", 28, 32)):
+        est = qwen.estimate_memory(qwen.qwen25_vl_7b_config(L, V), cfg.lora_rank, cfg.G, P + ro.ids.shape[1],
+                                   torch.bfloat16, patches, ro.ids.shape[1])
+        print(f"estimate_memory at this run's sizes, {name}: {est['total_ckpt']:.1f} GiB with checkpointing (weights "
+              f"{est['weights']:.1f}, optimizer {est['optimizer']:.2f}, activations {est['activations_ckpt']:.1f}, "
+              f"logits chunk {est['logits']:.1f})")
+
+
 def main(argv=None):
     cfg = parse_config(argv)
     torch.set_num_threads(cfg.threads)
     transformers.utils.logging.disable_progress_bar()
     device, dtype = pick_device(cfg)
     device = dist_setup(device)                      # torchrun: join the ranks (a no-op without torchrun)
+    if cfg.preset == "shape7b":
+        return shape7b(cfg, device, dtype)
     run_dir = os.path.join(cfg.out, cfg.name)
     if not cfg.resume and os.path.isdir(run_dir) and set(os.listdir(run_dir)) - {"run.lock"}:
         raise SystemExit(f"{run_dir} exists: --resume continues it, --name OTHER starts a new run")
