@@ -388,7 +388,9 @@ def make_inputs(tokenizer, config, rows, videos, min_pixels=TINY_MIN_PIXELS, max
         ids = tokenizer(build_prompt(row), add_special_tokens=False)["input_ids"]
         at = ids.index(video_id)
         seqs.append(ids[:at] + [video_id] * n_video + ids[at + 1:])               # expand <|video_pad|>
-        pixels.append(v["pixel_values_videos"]); grids.append(v["video_grid_thw"]); spgs.append(v["second_per_grid_ts"])
+        pixels.append(v["pixel_values_videos"])
+        grids.append(v["video_grid_thw"])
+        spgs.append(v["second_per_grid_ts"])
     width = max(len(s) for s in seqs)
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs])        # (B, P) left padding

@@ -1,40 +1,32 @@
 """Video-STR training: a supervised warm-up, then GRPO with the graph reward (paper Sec. 4), on one device or N
 ranks under torchrun.
 
-What one GRPO step does (DeepSeekMath's GRPO, as the paper uses it):
+What one GRPO step does (DeepSeekMath's GRPO, as the paper uses it; run_grpo):
   1. B prompts (video + question); grpo.sample draws G completions each, no grad       -> N = B*G sequences
-  2. rewards.total_reward scores each: R = R_format + R_ans + R_graph + R_l (a weight per part; --variant none is
-     the paper's "without graph reasoning": no graph in the prompt, the reasoning or R; README "The toy Table 2")
+  2. rewards.total_reward scores each: R = R_format + R_ans + R_graph + R_l (a weight per part; --variant sets
+     what the graph term is: rewards.VARIANTS, "none" is the paper's "without graph reasoning")
   3. grpo.group_advantages: A_i = (r_i - mean(r)) / (std(r) + eps) within each prompt's group
   4. reference log-probs: the start policy (LoRA adapters switched off, or a frozen copy for full fine-tuning)
   5. grpo.policy_loss: the surrogate minus beta * k3 KL. With mu = 1 (the default) we are on policy: the ratio is
      1 and the clip never acts, so it is skipped; mu > 1 inner epochs reuse the sampling log-probs and clip
   6. clip the gradient norm, AdamW, cosine schedule with warm-up.
-The default run is GRPO alone, from tiny_base/: a tiny Qwen2.5-VL that already sees, as the paper starts from a
-pretrained Qwen2.5-VL. This file also made that base (`--preset base`): phase 0 (--vision_steps, `run_vision`),
-where the random vision tower learns from the rows' ground-truth graphs which objects a key frame shows and where
-(a VisionHead reads the tower's tokens) and then stays frozen, and the supervised warm-up (--sft_steps): teacher-
-forced cross-entropy on the reference reasoning (graph blocks + a sentence + answer). `--grpo_steps 0` after a
-warm-up is the paper's SFT baseline alone. A real Qwen2.5-VL already sees, so `--preset paper` skips both.
+The default run is GRPO alone from tiny_base/, a tiny Qwen2.5-VL that already sees (as the paper starts from a
+pretrained Qwen2.5-VL). `--preset base` made it: phase 0 (run_vision: the random vision tower learns from the
+rows' ground-truth graphs which objects a key frame shows and where, then stays frozen) and the supervised
+warm-up (run_warmup: teacher-forced cross-entropy on the reference reasoning). `--grpo_steps 0` after a warm-up
+is the paper's SFT baseline. Differences from the paper: the data is synthetic (data.py) and the tiny base was
+made here from random weights; the rest is the paper's recipe with smaller numbers (`--preset paper`: the 7B).
 
-Presets: `--preset tiny` (default: GRPO from the shipped tiny base on synthetic videos, 2 CPU cores, ~11 min),
-`--preset base` (remakes tiny_base: phase 0 + warm-up on 20,000 fresh scenes, two torchrun ranks, ~1.7 h),
-`--preset scratch` (the earlier default: phase 0, warm-up and GRPO from random weights in ~13 min; its answers stay
-at the blind level) and `--preset paper` (Qwen2.5-VL-7B from `--model PATH`, G=8, beta=0.04, 16 frames at
-128*28*28 pixels, lr 1e-6, 768 new tokens, length window 320-512 with bonus 0.2, LoRA so it fits one 80 GB GPU).
-Differences from the paper: the data is synthetic (data.py), the tiny base was made from random weights by
-phase 0 and the warm-up; everything else is the paper's recipe with smaller numbers.
-
-Run: `python train.py` (GRPO from tiny_base, about 11 min on 2 CPU cores), `python train.py --resume` after an
-interruption, `torchrun --standalone --nproc_per_node 2 train.py --preset base` (remake the base),
-`python train.py --preset paper --model /path/to/Qwen2.5-VL-7B-Instruct --data /path/to/rows`;
-`torchrun --nproc_per_node N train.py ...` runs N data-parallel ranks (the marked block "Data parallelism" below).
+Run: `python train.py` (about 11 min on 2 CPU cores), `python train.py --resume` after an interruption,
+`torchrun --standalone --nproc_per_node 2 train.py --preset base` (remake the base, ~1.7 h),
+`python train.py --preset paper --model /path/to/Qwen2.5-VL-7B-Instruct --data /path/to/rows`,
+`python train.py --preset shape7b` (one step on a random 7B-shaped model: seconds and memory per stage);
+`torchrun --nproc_per_node N train.py ...` runs N data-parallel ranks ("data parallelism" below).
 Outputs in runs/NAME/: config.json, metrics.jsonl, samples.jsonl, curves.png, ckpt-*/, vision/, warmup/, final/,
 results.md + results.json + test_*.json (the final table, per question), skipped.json (rows left out: FILE:LINE and
 why), run.lock (the PID using the run); a kill at any instant leaves a run that --resume finishes.
-Layout: Config and presets, run() (the table of contents), the phases in run order (run_vision, run_warmup,
-run_grpo: rollout -> score -> grpo.group_advantages -> grpo_update), final_report; below the "support" marker,
-what a run needs and the paper does not describe (flags, setup, checkpoints, tables, logging, ranks, the card).
+Layout: Config and presets, run() (the table of contents), the phases in run order, final_report; below the
+"support" marker what a run needs and the paper does not describe (setup, checkpoints, tables, logging, ranks).
 Letters: B prompts, G completions per prompt, N = B*G, n rows of a GRPO micro-batch, T completion, P prompt tokens.
 """
 import argparse
@@ -181,7 +173,7 @@ def run(cfg, run_dir, device, dtype):
     tok = transformers.AutoTokenizer.from_pretrained(cfg.model, local_files_only=True)
     rows = {}
     for split, (good, bad) in found.items():
-        rows[split], too_long = fitting_prompts(cfg, tok, good)
+        rows[split], too_long = split_by(good, lambda row: qwen.prompt_problem(tok, row, cfg.max_prompt_tokens))
         report_skipped(run_dir, f"{split} rows", bad + too_long)
     train_rows, val_rows, test_rows = rows["train"], rows["val"], rows["test"]
     if not train_rows:
@@ -588,18 +580,12 @@ def ensure_data(cfg):
     if cfg.preset == "paper":
         raise SystemExit(f"no data at {cfg.data!r}: pass --data with train.jsonl / val.jsonl / test.jsonl")
     print(f"making the synthetic data set in {cfg.data} ({cfg.data_scenes} scenes, scene seed {scene_seed(cfg)}) ...")
-    make_folder(cfg.data, lambda tmp: data.make_dataset(tmp, cfg.data_scenes, seed=scene_seed(cfg)))
+    replace_folder(cfg.data, lambda tmp: data.make_dataset(tmp, cfg.data_scenes, seed=scene_seed(cfg)))
 
 
 def scene_seed(cfg):
     """The seed of the synthetic scenes: scene i is rendered from default_rng([scene_seed, i])."""
     return cfg.scene_seed if cfg.scene_seed >= 0 else cfg.seed
-
-
-def make_folder(path, build):
-    """build(tmp) makes the data or model folder through replace_folder: a kill while building leaves no half-made
-    folder that a later run would take for a finished one."""
-    replace_folder(os.path.normpath(path), build)
 
 
 def load_split(cfg, split):
@@ -610,11 +596,6 @@ def load_split(cfg, split):
     rows, bad_videos = data.check_videos(data.load_rows(path, skip_bad=True, skipped=skipped))
     think = rewards.VARIANTS[cfg.variant][0]             # what the variant's prompt asks for and its reasoning holds
     return [data.with_think(r, think) for r in rows], skipped + bad_videos
-
-
-def fitting_prompts(cfg, tok, rows):
-    """(rows whose prompt has at most max_prompt_tokens text tokens, [(FILE:LINE, why)] of the others)."""
-    return split_by(rows, lambda r: qwen.prompt_problem(tok, r, cfg.max_prompt_tokens))
 
 
 def split_by(rows, problem):
@@ -657,7 +638,7 @@ def ensure_model(cfg, train_rows):
     texts = [qwen.build_prompt(r) + (r.get("reasoning") or "") for r in train_rows]
     print(f"building the tiny Qwen2.5-VL in {cfg.model} ...")
     torch.manual_seed(cfg.seed)
-    make_folder(cfg.model, lambda tmp: qwen.build_tiny(tmp, texts, seed=cfg.seed))
+    replace_folder(cfg.model, lambda tmp: qwen.build_tiny(tmp, texts, seed=cfg.seed))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -978,7 +959,9 @@ def save_checkpoint(run_dir, step, mdl, opt, keep):
 
 def replace_folder(path, write):
     """write(tmp) fills a temporary folder .tmp-NAME beside `path`, which then takes its place (an older `path`
-    discarded first): a kill at any moment leaves the previous folder intact or the new one whole."""
+    discarded first): a kill at any moment leaves the previous folder intact or the new one whole (a data set or a
+    model being built is never taken for a finished one)."""
+    path = os.path.normpath(path)
     tmp = os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
     shutil.rmtree(tmp, ignore_errors=True)
     write(tmp)
