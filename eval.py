@@ -444,7 +444,7 @@ def rotation_main(argv):
         variants[name] = model_variant(mdl)
         by_model[name] = {}
         for a, rows in rows_by_angle.items():
-            completions, _ = complete(mdl, tokenizer, rows, args, f"{name} {args.axis} {a:g} deg")
+            completions, _ = ask(mdl, tokenizer, rows, args, f"{name} {args.axis} {a:g} deg")
             asked = [(c, r) for c, r in zip(completions, rows) if c is not None]
             scored = [score_completion(c, r) for c, r in asked]
             by_model[name][a] = {"summary": summarize([r for _, r in asked], scored, args.n_boot, args.seed),
@@ -827,11 +827,11 @@ def greedy_batch(mdl, tokenizer, rows, videos, max_new_tokens, min_pixels, max_p
 
 
 def run_model(path, rows, args, tag):
-    """complete() of one checkpoint for every row (greedy, batched); the model is freed afterwards."""
+    """ask() one checkpoint every row (greedy, batched); the model is freed afterwards."""
     import model as qwen
     mdl, tokenizer = qwen.load(path, device=args.device)
     mdl.eval()
-    out = complete(mdl, tokenizer, rows, args, tag)
+    out = ask(mdl, tokenizer, rows, args, tag)
     del mdl
     return out
 
@@ -844,41 +844,53 @@ def model_variant(mdl):
     return variant
 
 
-def complete(mdl, tokenizer, rows, args, tag):
-    """Greedy completions of a loaded model for every row, batch by batch, asked as the model's variant asks
-    (data.with_think); videos decoded per batch. Returns (completions, {row index: why}) with None for a row that
-    cannot be asked: its prompt is longer than --max_prompt_tokens or its video does not decode (data.VideoError /
-    FileNotFoundError: damage the cheap checks cannot see). With --skip_bad such a row is left out and the rest
-    goes on; without, BadRow names it."""
+def ask(mdl, tokenizer, rows, args, tag):
+    """eval.py's questions to a loaded model, asked as its variant asks (data.with_think): complete() with a row
+    left out (BadRow without --skip_bad) when its prompt is longer than --max_prompt_tokens or its video does not
+    decode (data.VideoError / FileNotFoundError: damage the cheap checks cannot see). Returns (completions,
+    {row index: why})."""
     import model as qwen
+
+    def clip(row):
+        why = qwen.prompt_problem(tokenizer, prompt_row(row), args.max_prompt_tokens)
+        return (None, why) if why else data.clip_problem(lambda r: data.row_clip(r, args.frames), row)
     rows = [data.with_think(r, rewards.VARIANTS[model_variant(mdl)][0]) for r in rows]
-    completions, problems, t0 = [None] * len(rows), {}, time.time()
-    for lo in range(0, len(rows), args.batch):
+    texts, _, problems = complete(mdl, tokenizer, rows, clip, args.batch, args.max_new_tokens, args.min_pixels,
+                                  args.max_pixels, tag, args.skip_bad)
+    return texts, problems
+
+
+def complete(mdl, tokenizer, rows, clip, batch, max_new_tokens, min_pixels, max_pixels, tag=None, skip_bad=True):
+    """Greedy completions (greedy_batch) for every row, `batch` rows at a time; the one loop behind eval.py and
+    train.py's held-out evaluations. clip(row) -> (clip, None), or (None, why) for a row that cannot be asked: it
+    is skipped (skip_bad) or BadRow names it. Returns (texts, token counts, {row index: why}), None for a row not
+    asked. tag: a self-overwriting progress line on stderr (rows done, rate, ETA)."""
+    texts, lengths, problems, t0 = [None] * len(rows), [None] * len(rows), {}, time.time()
+    for lo in range(0, len(rows), batch):
         asked, videos = [], []
-        for i in range(lo, min(lo + args.batch, len(rows))):
-            clip, why = None, qwen.prompt_problem(tokenizer, prompt_row(rows[i]), args.max_prompt_tokens)
-            if why is None:
-                clip, why = data.clip_problem(lambda r: data.row_clip(r, args.frames), rows[i])
+        for i in range(lo, min(lo + batch, len(rows))):
+            video, why = clip(rows[i])
             if why is None:
                 asked.append(i)
-                videos.append(clip)
-            elif args.skip_bad:
+                videos.append(video)
+            elif skip_bad:
                 problems[i] = why
             else:
                 raise BadRow(None, f"{why} (use --skip_bad to skip and count such rows)",
                              rows[i].get("file_line", rows[i].get("id")))
         if asked:
-            texts = greedy_batch(mdl, tokenizer, [rows[i] for i in asked], videos, args.max_new_tokens,
-                                 args.min_pixels, args.max_pixels)[0]
-            for i, text in zip(asked, texts):
-                completions[i] = text
-        done = min(lo + args.batch, len(rows))                       # progress: one self-overwriting stderr line
-        rate = done / max(time.time() - t0, 1e-9)
-        eta = (len(rows) - done) / rate if rate > 0 else float("inf")
-        sys.stderr.write(f"\r[{tag}] {done}/{len(rows)} rows  {rate:.2f} rows/s  ETA {eta:5.0f} s "
-                         + "\n" * (done == len(rows)))
-        sys.stderr.flush()
-    return completions, problems
+            out = greedy_batch(mdl, tokenizer, [rows[i] for i in asked], videos, max_new_tokens, min_pixels,
+                               max_pixels)
+            for i, text, n_tok in zip(asked, *out):
+                texts[i], lengths[i] = text, n_tok
+        if tag:
+            done = min(lo + batch, len(rows))
+            rate = done / max(time.time() - t0, 1e-9)
+            eta = (len(rows) - done) / rate if rate > 0 else float("inf")
+            sys.stderr.write(f"\r[{tag}] {done}/{len(rows)} rows  {rate:.2f} rows/s  ETA {eta:5.0f} s "
+                             + "\n" * (done == len(rows)))
+            sys.stderr.flush()
+    return texts, lengths, problems
 
 
 # --- command line ---------------------------------------------------------------------------------------------------

@@ -854,25 +854,21 @@ def blank_videos(run_dir, rows):
 
 
 def evaluate(r, mdl, tok, rows, swap=None, batch=16):
-    """Greedy completions (eval.greedy_batch) on held-out rows, scored with the training reward's parts.
+    """Greedy completions (eval.complete) on held-out rows, scored with the training reward's parts.
     swap: {video: other video} (wrong_videos) asks each question about another scene's clip. A row whose clip
     cannot be read is left out (the results then have fewer entries than rows)."""
     cfg = r.cfg
     mdl.eval()
-    results = []
     rows = rows if grpo.is_fsdp(mdl) else shard(rows)       # this rank's block of the questions (all in one process)
-    for lo in range(0, len(rows), batch):           # a row's prompt never names its video: swapping it is enough
-        chunk, _ = drop_unreadable(cfg, [{**row, "video": swap.get(row["video"], row["video"])} if swap else row
-                                         for row in rows[lo:lo + batch]])
-        if not chunk:
-            continue
-        with autocast(r.device, r.dtype):
-            texts, lengths = ev.greedy_batch(mdl, tok, chunk, [clip_of(cfg, row) for row in chunk],
-                                               cfg.max_new_tokens, cfg.min_pixels, cfg.max_pixels)
-        _, parts = score(cfg, texts, lengths, chunk, 1)
-        for row, part, text, n_tok in zip(chunk, parts, texts, lengths):
-            results.append({**part, "id": row["id"], "task": row["task"], "answer_type": row["answer_type"],
-                            "tokens": n_tok, "text": text})
+    if swap:                                                # a row's prompt never names its video: swapping it is enough
+        rows = [{**row, "video": swap.get(row["video"], row["video"])} for row in rows]
+    with autocast(r.device, r.dtype):
+        texts, lengths, _ = ev.complete(mdl, tok, rows, functools.partial(data.clip_problem, functools.partial(
+            clip_of, cfg)), batch, cfg.max_new_tokens, cfg.min_pixels, cfg.max_pixels)
+    asked = [i for i, text in enumerate(texts) if text is not None]
+    _, parts = score(cfg, [texts[i] for i in asked], [lengths[i] for i in asked], [rows[i] for i in asked], 1)
+    results = [{**part, "id": rows[i]["id"], "task": rows[i]["task"], "answer_type": rows[i]["answer_type"],
+                "tokens": lengths[i], "text": texts[i]} for i, part in zip(asked, parts)]
     return results if grpo.is_fsdp(mdl) else gather(results)
 
 
