@@ -1,10 +1,7 @@
-"""All tests of the repo, as plain `test_*` functions (pytest runs them too).
-
-`python test_all.py [NAME]` runs the tests whose name contains NAME, prints each failure and ends with `N passed,
-N failed` (non-zero exit on a failure). `python test_all.py --video` runs the video tests (names with "read_frames")
-with PyAV and numpy alone, without torch: .ci/run runs them again on Python 3.12+ with the newest PyAV. Inputs are
-tiny and worked out by hand, plus one end-to-end smoke run and one learning check; nothing downloads anything.
-"""
+"""All tests, as plain `test_*` functions (pytest runs them too): tiny inputs worked out by hand, one end-to-end
+smoke run, one learning check; nothing is downloaded. `python test_all.py [NAME]` runs the tests whose name contains
+NAME, ending with `N passed, N failed` (exit 1 on a failure); `--video` runs the video tests (names with
+"read_frames") with PyAV and numpy alone, no torch, as .ci/run does again on Python 3.12+ with the newest PyAV."""
 import atexit
 import collections
 import contextlib
@@ -21,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import timeit
 import traceback
 import warnings
 from unittest import mock
@@ -50,7 +48,7 @@ def close(a, b, tol=1e-6):
 
 # --- grpo.py: the loss ----------------------------------------------------------------------------------------------
 
-def test_group_advantages_by_hand_and_constant_groups_exactly_zero():
+def test_group_advantages_kl_k3_policy_loss_and_its_gradients_by_hand():
     adv = grpo.group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), G=4, eps=0.0)
     # mean 0.5, unbiased std sqrt((4 * 0.25) / 3) = 0.57735 -> A = +-0.5 / 0.57735 = +-0.86603
     assert torch.allclose(adv, torch.tensor([0.86603, -0.86603, -0.86603, 0.86603]), atol=1e-4)
@@ -58,17 +56,13 @@ def test_group_advantages_by_hand_and_constant_groups_exactly_zero():
     assert torch.allclose(adv, torch.tensor([0.5, -0.5, -0.5, 0.5]))
     # two groups of two: [2, 0] -> +-1 / (sqrt 2 + eps 1e-4); [3, 3] is constant -> exactly 0, no NaN
     adv = grpo.group_advantages(torch.tensor([2.0, 0.0, 3.0, 3.0]), G=2)
-    assert torch.isfinite(adv).all() and adv[2] == 0 and adv[3] == 0
-    assert close(adv[0].item(), 1.0 / (math.sqrt(2.0) + 1e-4), 1e-5)
+    assert torch.allclose(adv, torch.tensor([1.0, -1.0, 0, 0]) / (math.sqrt(2.0) + 1e-4)) and adv[2] == adv[3] == 0
     # the float32 mean of 8 x 1.7 is 1 ulp off 1.7; divided by std + eps that gave +-0.001 before
     for v in (0.1, 1.7, 2.2 + 0.2, 0.3, 2.9, 1 / 3):
         for scale in (True, False):
             adv = grpo.group_advantages(torch.tensor([v] * 8 + [0.0, 1.0] * 4), G=8, scale=scale)
             assert (adv[:8] == 0).all(), (v, scale, adv[:8])
             assert (adv[8:].abs() > 0.4).all()                                 # the other group keeps its signal
-
-
-def test_kl_k3_policy_loss_and_its_gradients_by_hand():
     lp = torch.log(torch.tensor([[0.2, 0.5, 0.9]]))
     assert torch.allclose(grpo.kl_k3(lp, lp), torch.zeros(1, 3))
     kl = grpo.kl_k3(lp, torch.log(torch.tensor([[0.4, 0.25, 0.9]])))
@@ -121,8 +115,7 @@ def test_grpo_learns_a_toy_task():
         B, G, first = 2, 8, None
         for step in range(60):
             with torch.no_grad():
-                probs = logits.softmax(-1)                                 # (T, V)
-                ids = torch.multinomial(probs.repeat(B * G, 1), 1).view(B * G, 4)       # (N, T)
+                ids = torch.multinomial(logits.softmax(-1).repeat(B * G, 1), 1).view(B * G, 4)   # (N, T)
                 reward = (ids == 2).float().mean(1)                        # (N,)
                 old_logp = logits.log_softmax(-1).gather(1, ids.T).T        # (N, T)
                 ref_logp = ref.log_softmax(-1).gather(1, ids.T).T
@@ -214,21 +207,12 @@ def test_parser_round_trip_skips_malformed_and_never_raises():
             s = "".join(chars)
         for g in graph.parse_graphs(s):
             assert isinstance(g, graph.Graph) and g.nodes
+    # linear time: a tenfold input costs ~10 times the CPU time (quadratic: ~100); process time, best of 3
+    cost = lambda x: max(min(timeit.repeat(lambda: graph.parse_graphs(x), timer=time.process_time, number=1,
+                                           repeat=3)), 1e-4)
     noise = "".join(rng.choice(alphabet) for _ in range(200_000))
     for text in (noise, "<graph t=1> " * 20_000, "<graph t=1> red cube (1,2,3); " * 5_000):
-        assert _growth(graph.parse_graphs, text[:len(text) // 10], text) < 40     # linear: ~10, quadratic: ~100
-
-
-def _growth(fn, small, large, repeat=3):
-    """CPU-time ratio fn(large) / fn(small), each the best of `repeat` runs (process time: others do not count)."""
-    def cost(x):
-        best = float("inf")
-        for _ in range(repeat):
-            t = time.process_time()
-            fn(x)
-            best = min(best, time.process_time() - t)
-        return max(best, 1e-4)
-    return cost(large) / cost(small)
+        assert cost(text) / cost(text[:len(text) // 10]) < 40
 
 
 def test_graph_rewards_by_hand_and_under_rotation():
@@ -264,7 +248,7 @@ def test_graph_rewards_by_hand_and_under_rotation():
 
 # --- rewards.py -----------------------------------------------------------------------------------------------------
 
-def test_format_extract_parse_and_strict_mc():
+def test_format_extract_parse_strict_mc_and_extraction_linear_as_the_regex():
     for text, want in (("<think>a</think><answer>B</answer>", 1.0),
                        ("  <think>\na\n</think> \n<answer> B </answer>\n", 1.0),
                        ("<answer>B</answer>", 0.0), ("<think>a</think>", 0.0), ("", 0.0), (None, 0.0),
@@ -280,14 +264,27 @@ def test_format_extract_parse_and_strict_mc():
     for bad in ("nan", "inf", "-inf", "1e999", "3 or 4", "", "abc", "__import__('os')", "1,23", "5..", "5 .",
                 None):
         assert rewards.parse_number(bad) is None, bad
-    assert rewards.parse_interval("[1.5, 3]") == [1.5, 3.0]
-    assert rewards.parse_interval("[1, 2, 3]") is None
+    assert rewards.parse_interval("[1.5, 3]") == [1.5, 3.0] and rewards.parse_interval("[1, 2, 3]") is None
     for text, want in (("B", 1.0), ("b", 1.0), ("(B)", 1.0), ("B.", 1.0), ("A", 0.0), ("A or B", 0.0),
                        ("", 0.0), ("AB", 0.0), ("B C", 0.0), (None, 0.0)):        # multiple choice: one letter
         assert rewards.answer_reward(text, "B", "mc") == want, text
+    regex = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)              # the old reading, quadratic
+    r1 = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)            # Video-R1's
+    rng = np.random.default_rng(5)
+    parts = ["<answer>", "</answer>", "<answer", "answer>", " ", "B", "\n", "x</", "<"]
+    for _ in range(5000):
+        text = "".join(rng.choice(parts) for _ in range(rng.integers(0, 14)))
+        found = regex.findall(text)
+        assert rewards.extract_answer(text) == (found[-1].strip() if found else None), text
+        m = r1.search(text)
+        assert ev.r1_extract(text) == (m.group(1).strip() if m else ""), text
+    # 2 MB of repeated tags: the regexes rescan the rest from every unclosed tag (hours); str.find is linear
+    assert rewards.extract_answer("<answer>" * 250_000) is None and ev.r1_extract("<answer>" * 250_000) == ""
+    assert rewards.extract_answer("<answer>x</answer>" * 120_000 + "<answer>" * 100_000) == "x"
+    assert ev.answer_text("<answer>" * 100_000) == "<answer>" * 100_000
 
 
-def test_mra_by_hand_in_the_reward_and_on_vsi_first_token():
+def test_mra_and_iou_by_hand_and_never_nan_on_huge_values():
     # share of theta in linspace(0.5, 0.95, 10) with |pred - gt| / gt <= 1 - theta, in VSI-Bench's float
     # arithmetic (no tolerance: on a threshold, float rounding decides); gt 0: the absolute error
     for pred, gt, want in (("3.3", 3.0, 0.9),       # 0.1 <= 1 - theta for theta 0.50..0.90
@@ -306,9 +303,6 @@ def test_mra_by_hand_in_the_reward_and_on_vsi_first_token():
     # the training reward reads the whole answer: units and a full stop allowed
     assert rewards.answer_reward("5.", 5.0, "num") == 1.0 and rewards.answer_reward("three", 3.0, "num") == 0.0
     assert close(rewards.answer_reward("3.3 m", 3.0, "num"), 0.9)
-
-
-def test_iou_by_hand_and_never_nan_on_huge_values():
     iou, box = rewards.interval_iou, rewards.box_iou
     # V-STaR: 0 when the union is 0, also for identical zero-length intervals / zero-area boxes
     for fn, a, b, want in ((iou, [1, 3], [2, 4], 1 / 3), (iou, [1, 2], [3, 4], 0), (iou, [3, 1], [1, 3], 0),
@@ -350,23 +344,6 @@ def test_length_total_reward_and_eval_graph_parts():
     assert "node" not in ev.score_completion("B", {"answer_type": "mc", "answer": "B"})
 
 
-def test_extract_answer_linear_and_same_pairs_as_the_regex():
-    regex = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)              # the old reading, quadratic
-    r1 = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)            # Video-R1's
-    rng = np.random.default_rng(5)
-    parts = ["<answer>", "</answer>", "<answer", "answer>", " ", "B", "\n", "x</", "<"]
-    for _ in range(5000):
-        text = "".join(rng.choice(parts) for _ in range(rng.integers(0, 14)))
-        found = regex.findall(text)
-        assert rewards.extract_answer(text) == (found[-1].strip() if found else None), text
-        m = r1.search(text)
-        assert ev.r1_extract(text) == (m.group(1).strip() if m else ""), text
-    # 2 MB of repeated tags: the regexes rescan the rest from every unclosed tag (hours); str.find is linear
-    assert rewards.extract_answer("<answer>" * 250_000) is None and ev.r1_extract("<answer>" * 250_000) == ""
-    assert rewards.extract_answer("<answer>x</answer>" * 120_000 + "<answer>" * 100_000) == "x"
-    assert ev.answer_text("<answer>" * 100_000) == "<answer>" * 100_000
-
-
 def test_import_is_light():
     code = "import sys, grpo, rewards, graph; print(sorted(m for m in ('transformers', 'av', 'matplotlib') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -376,8 +353,7 @@ def test_import_is_light():
 # --- data.py: stamped test videos -----------------------------------------------------------------------------------
 
 def _stamp(i, H=48, W=64, noise=False):
-    """A frame whose 8 vertical bands spell i in binary (survives lossy coding); noise=True: a noisy top strip, so
-    that the frame data, not the header, fills the file."""
+    """A frame whose 8 vertical bands spell i in binary (survives lossy coding); noise: frame data fills the file."""
     img = np.zeros((H, W, 3), np.uint8)
     img[:, ((i >> (np.arange(W) * 8 // W)) & 1).astype(bool)] = 255    # band b: columns b*W/8 .. , white if bit b
     if noise:
@@ -397,8 +373,7 @@ def _stamped_video(path, n, fps=25, times=None, gop=None, noise=False, **kw):
 
 
 def _pyav_video(path, frames, rate=25, mirrored_rotation=None, title=None):
-    """64x48 H.264 written by PyAV, not data.write_video: the mp4 index at the end (no faststart), optionally a
-    mirrored display matrix and a title; no frames -> a video stream that holds none."""
+    """64x48 H.264 by PyAV: index at the end (no faststart), maybe mirrored or titled; no frames: an empty stream."""
     with av.open(path, "w") as c:
         if title:
             c.metadata["title"] = title
@@ -586,7 +561,7 @@ def _scenes(n, seed=0, **kw):
     return [{**data.make_scene(np.random.default_rng([seed, i]), **kw), "id": i} for i in range(n)]
 
 
-def test_scene_and_render():
+def test_scene_render_and_graphs_match_the_scene():
     s = data.make_scene(np.random.default_rng(5))
     assert s == data.make_scene(np.random.default_rng(5))               # deterministic for a seed
     assert 2 <= len(s["objects"]) <= 3 and any(o["move"] for o in s["objects"])
@@ -602,9 +577,6 @@ def test_scene_and_render():
         col = np.array(data.COLOURS[o["colour"]])
         assert np.abs(img[int(v), int(u)] - col).max() < 90 or np.abs(img[int(v), int(u)] - col * 0.75).max() < 60
     assert all(len(b["objects"]) == 5 and data.scene_ok(b) for b in _scenes(5, seed=3, n_objects=(5, 5)))
-
-
-def test_graphs_match_scene():
     for s in _scenes(20, seed=1):
         assert data.key_frames(s) == [0, s["num_frames"] - 1]
         rows = data.make_questions(s, np.random.default_rng(0))
@@ -669,7 +641,7 @@ def _expected(row, s):
     raise AssertionError(task)
 
 
-def test_answers_recomputed_from_scene_and_mc_letters_balanced():
+def test_answers_recomputed_from_scene_mc_letters_balanced_and_reasoning_agrees():
     seen = set()
     for s in _scenes(80, seed=2):
         for row in data.make_questions(s, np.random.default_rng(s["id"])):
@@ -688,9 +660,6 @@ def test_answers_recomputed_from_scene_and_mc_letters_balanced():
     total = sum(counts.values())
     assert total >= 300 and set(counts) == set("ABCD")
     assert all(abs(c / total - 0.25) < 0.06 for c in counts.values()), counts      # ~4.5 sigma band at n >= 300
-
-
-def test_reasoning_never_contradicts_the_answer():
     # an abs_distance answer is the written d of its pair, also on a rounding boundary (the graph's mm centres)
     checked = 0
     for i in [419] + list(range(100)):                 # scene 419 of seed 0 sat on a boundary (2.5499 vs 2.5503 m)
@@ -707,7 +676,7 @@ def test_reasoning_never_contradicts_the_answer():
     assert checked >= 20
 
 
-def test_make_dataset_deterministic_and_split_by_scene():
+def test_make_dataset_deterministic_split_by_scene_and_base_scenes_disjoint_from_runs():
     """The shared 10-scene set (train.ensure_data: a pool of min(4, cores) renderers) is byte-identical to one made
     the other way (in this process, or a pool of 2 on a one-core machine); another seed differs."""
     a, seed = _run_base()[1], train.Config().seed
@@ -728,10 +697,7 @@ def test_make_dataset_deterministic_and_split_by_scene():
     assert len(videos) == 10 and all(len(v) == 1 for v in videos.values())   # no scene in two splits
     frames, times = data.read_frames(sorted(videos)[0], 16)
     assert frames.shape == (16, 112, 112, 3) and np.allclose(times, np.round(np.linspace(0, 31, 16)) / 8, atol=1e-3)
-
-
-def test_base_scenes_are_disjoint_from_the_default_runs_scenes():
-    """--preset base renders from BASE_SCENE_SEED, --seed 0/1/2 from their seed: no scene (but the id) in both."""
+    # --preset base renders from BASE_SCENE_SEED, --seed 0/1/2 from their seed: no scene (but the id) in both
     base = train.scene_seed(train.parse_config(["--preset", "base"]))
     seeds = {train.scene_seed(train.parse_config(["--seed", str(s)])) for s in range(3)}
     assert base == train.BASE_SCENE_SEED and seeds == {0, 1, 2}
@@ -835,7 +801,7 @@ def _tiny_inputs():
     return m, tok, inputs, tok.convert_tokens_to_ids(qwen.VISION_TOKENS)
 
 
-def test_tiny_builds_offline_save_load_gives_equal_logits_and_prompt_layout():
+def test_tiny_builds_offline_save_load_prompt_layout_and_golden_preprocessing():
     # a missing folder fails fast: model.load checks it before transformers could try the hub
     _raises(FileNotFoundError, qwen.load, os.path.join(tempfile.gettempdir(), "no_such_model_dir_xyz"),
             contains=("no checkpoint folder", "--model"))
@@ -868,20 +834,7 @@ def test_tiny_builds_offline_save_load_gives_equal_logits_and_prompt_layout():
     assert am[1, 0] == 0 and am[0].all() and am[1, -1] == 1             # left padding of the shorter prompt
     assert (ids[1][am[1] == 0] == tok.pad_token_id).all()
     assert torch.allclose(inputs["second_per_grid_ts"], torch.tensor([1.0, 1.0]))  # 2 frames / 2 fps
-
-
-def test_hub_kernels_off_after_load_train_and_build():
-    """transformers >= 5 would kernelize a loaded model from the Hub (use_kernels defaults to True; on CUDA the
-    first .train() downloads kernels-community code, offline a crash): every model the repo makes opts out."""
-    m, _ = _tiny()
-    assert m.use_kernels is False
-    assert m.train().use_kernels is False and m.eval().use_kernels is False
-    with torch.device("meta"):
-        built = qwen.new_model(m.config)                                    # build_tiny, param_counts, shape7b
-    assert built.train().use_kernels is False
-
-
-def test_preprocessing_matches_official_golden_fixture():
+    # preprocessing as Qwen's own pipeline: the golden fixture's ids, grids and pixels
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
     g = np.load(qwen.GOLDEN_PATH, allow_pickle=False)
@@ -900,6 +853,17 @@ def test_preprocessing_matches_official_golden_fixture():
     assert px.shape == ref.shape
     one_step = 1.0 / 255.0 / min(qwen.CLIP_STD)                             # one uint8 step after normalisation
     assert np.abs(px - ref).max() <= one_step + 1e-5, np.abs(px - ref).max()
+
+
+def test_hub_kernels_off_after_load_train_and_build():
+    """transformers >= 5 would kernelize a loaded model from the Hub (use_kernels defaults to True; on CUDA the
+    first .train() downloads kernels-community code, offline a crash): every model the repo makes opts out."""
+    m, _ = _tiny()
+    assert m.use_kernels is False
+    assert m.train().use_kernels is False and m.eval().use_kernels is False
+    with torch.device("meta"):
+        built = qwen.new_model(m.config)                                    # build_tiny, param_counts, shape7b
+    assert built.train().use_kernels is False
 
 
 def test_seconds_per_grid_and_temporal_positions_follow_qwen_and_frame_times():
@@ -949,18 +913,6 @@ def test_seconds_per_grid_and_temporal_positions_follow_qwen_and_frame_times():
 
 # --- sampling -------------------------------------------------------------------------------------------------------
 
-def _generate_with_our_positions(m, inputs, **kwargs):
-    """model.generate with transformers' get_rope_index replaced by model.rope_positions (Qwen's reference
-    M-RoPE; transformers 5.24 differs for text after a video), so both decoders see the same positions."""
-    def rope_index(input_ids, mm_token_type_ids=None, video_grid_thw=None, second_per_grid_ts=None,
-                   attention_mask=None, **_):
-        pos, next_pos = qwen.rope_positions(m.config, input_ids, mm_token_type_ids, attention_mask, video_grid_thw,
-                                            second_per_grid_ts)
-        return pos, (next_pos - attention_mask.sum(1)).unsqueeze(1)      # transformers' rope_deltas
-    with mock.patch.object(m.model, "get_rope_index", rope_index):
-        return m.generate(**inputs, **kwargs)
-
-
 def test_greedy_sample_equals_generate_with_eos_and_padding_and_suppressed_ids_never_sampled():
     m, tok, inputs, sup = _tiny_inputs()                                 # 2 prompts of different lengths
     ids0, mask0, _ = grpo.sample(m, inputs, 2, 10, temperature=0, suppress_ids=sup)
@@ -968,15 +920,20 @@ def test_greedy_sample_equals_generate_with_eos_and_padding_and_suppressed_ids_n
     eos = int(ids0[0, 4])                                                # a token seq 0 emits: a stop for it
     ids, mask, _ = grpo.sample(m, inputs, 1, 10, temperature=0, eos_ids=[eos], suppress_ids=sup,
                                pad_id=tok.pad_token_id)
-    gen = _generate_with_our_positions(m, inputs, do_sample=False, max_new_tokens=10, eos_token_id=[eos],
-                                       suppress_tokens=sup, pad_token_id=tok.pad_token_id)
-    gen = gen[:, inputs["input_ids"].shape[1]:]
+    # model.generate, with transformers' get_rope_index replaced by model.rope_positions (Qwen's reference M-RoPE;
+    # transformers 5.24 differs for text after a video), so both decoders see the same positions
+
+    def rope_index(input_ids, mm_token_type_ids=None, video_grid_thw=None, second_per_grid_ts=None,
+                   attention_mask=None, **_):
+        pos, next_pos = qwen.rope_positions(m.config, input_ids, mm_token_type_ids, attention_mask, video_grid_thw,
+                                            second_per_grid_ts)
+        return pos, (next_pos - attention_mask.sum(1)).unsqueeze(1)      # transformers' rope_deltas
+    with mock.patch.object(m.model, "get_rope_index", rope_index):
+        gen = m.generate(**inputs, do_sample=False, max_new_tokens=10, eos_token_id=[eos], suppress_tokens=sup,
+                         pad_token_id=tok.pad_token_id)[:, inputs["input_ids"].shape[1]:]
     assert torch.equal(ids, gen[:, :ids.shape[1]]), (ids, gen)
-    for n in range(ids.shape[0]):
-        stop = (ids[n] == eos).nonzero()
-        length = int(stop[0]) + 1 if len(stop) else ids.shape[1]
-        assert mask[n, :length].all() and not mask[n, length:].any()    # EOS kept, padding after
-        assert (ids[n, length:] == tok.pad_token_id).all()
+    before = (ids == eos).long().cumsum(1) - (ids == eos).long()        # (N, T) EOS tokens before each position
+    assert torch.equal(mask.bool(), before == 0) and (ids[before > 0] == tok.pad_token_id).all()   # EOS kept, pads
     assert mask[0].sum() <= 5 < 10                                        # seq 0 stopped at its EOS
     bias = torch.zeros(m.config.text_config.vocab_size)
     bias[sup] = 8.0                                                      # make vision tokens the favourites
@@ -989,7 +946,7 @@ def test_greedy_sample_equals_generate_with_eos_and_padding_and_suppressed_ids_n
             assert not torch.isin(ids, torch.tensor(sup)).any()
 
 
-def test_static_decoder_gives_plain_tokens_logprobs_and_ends_and_leaves_the_weights():
+def test_static_decoder_gives_plain_tokens_logprobs_and_ends_leaves_the_weights_and_reads_the_device_rarely():
     m, tok, inputs, sup = _tiny_inputs()                                 # 2 prompts of different lengths
     qwen.add_lora(m, rank=4, alpha=8)
     with torch.no_grad():
@@ -1044,11 +1001,9 @@ def test_static_decoder_gives_plain_tokens_logprobs_and_ends_and_leaves_the_weig
     g, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
     for _ in range(10):
         assert torch.equal(grpo.pick_tokens(logits, 1.0, 1.0, banned, g), torch.multinomial(probs, 1, generator=g2)[:, 0])
-
-
-def _host_reads():
-    """A dispatch mode counting (in .n) the ops that read a tensor's value back to the host (.item(), bool(),
-    int(), .tolist()): on a GPU each one waits for the device, and a CUDA graph cannot hold one."""
+    # device reads (.item(), bool(), int(), .tolist(): on a GPU each waits for the device, a CUDA graph holds none):
+    # for 16 more tokens static asks "all ended?" once per CHECK_EVERY tokens (once more after token 16) and reads
+    # nothing else; the plain loop reads at least once per token (its end check, transformers' mask)
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class HostReads(TorchDispatchMode):
@@ -1057,20 +1012,15 @@ def _host_reads():
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             self.n += func is torch.ops.aten._local_scalar_dense.default
             return func(*args, **(kwargs or {}))
-    return HostReads()
-
-
-def test_static_decoder_reads_the_device_once_per_check_not_per_token():
-    m, tok, inputs, sup = _tiny_inputs()
-    qwen.add_lora(m, rank=4, alpha=8)
+    with torch.no_grad():
+        for mod in qwen.lora_modules(m):
+            mod.lora_B.zero_()                                           # adapters as added: the base's tokens
     reads = {}
     for decoder, n in ((d, n) for d in ("plain", "static") for n in (8, 24)):
-        with _host_reads() as r:
+        with HostReads() as r:
             grpo.sample(m, inputs, 2, n, temperature=0.7, top_p=0.9, eos_ids=[5], suppress_ids=sup, decoder=decoder,
                         generator=torch.Generator().manual_seed(0))
         reads[decoder, n] = r.n
-    # 16 more tokens: static asks "all ended?" once per CHECK_EVERY tokens (once more, after token 16) and nothing
-    # else reads the device; the plain loop reads at least once per token (its end check, transformers' mask)
     checks = 24 // grpo.CHECK_EVERY - 8 // grpo.CHECK_EVERY
     assert reads["static", 24] - reads["static", 8] == checks < 16, reads
     assert reads["plain", 24] - reads["plain", 8] >= 16, reads
@@ -1174,7 +1124,7 @@ R1 = {"problem_id": 3, "problem": "What happens first?", "data_type": "video", "
       "path": "./VideoMME/v1.mp4", "data_source": "VideoMME"}
 
 
-def test_mc_and_number_rules_of_vsi_sti_and_videor1():
+def test_mc_number_and_interval_rules_of_vsi_sti_videor1_and_vstar():
     # VSI-Bench: exact_match(fuzzy_matching(pred), gt), fuzzy_matching = pred.split(' ')[0].rstrip('.').strip(),
     # compared lower-cased; the split is at ' ' only
     for pred, want in (("B", 1), ("b", 1), ("b.", 1), ("B.", 1), ("B chair", 1), ("B. The chair", 1), ("B\n", 1),
@@ -1220,9 +1170,6 @@ def test_mc_and_number_rules_of_vsi_sti_and_videor1():
     assert ev.score_completion("<answer>7.5</answer>", reg)["score"] == 0.0 and ev.number_mra("7.5", 5.0) == 0.1
     assert close(ev.score_completion("<answer>5.5</answer>", reg)["score"], 0.9)
     assert ev.score_completion("<answer>five</answer>", reg)["score"] == 0.0
-
-
-def test_tiou_recall_at_k_box_iou_and_viou():
     m = ev.interval_metrics("[2.0, 3.0]", [2.0, 4.0])                   # 1 / 2
     assert close(m["tIoU"], 0.5) and m["R@0.3"] == 1 and m["R@0.5"] == 1 and m["R@0.7"] == 0
     m = ev.interval_metrics("[1, 3]", [2, 4])                           # overlap 1, union 3 -> 1/3
@@ -1243,7 +1190,6 @@ def test_tiou_recall_at_k_box_iou_and_viou():
     assert close(ev.viou("[0, 0, 10, 10]", gt), 0.5)                    # a bare box is used for every frame
     assert ev.viou("nothing", gt) == 0.0 and ev.viou("3: [0, 0, 10]", gt) == 0.0
     assert ev.parse_frame_boxes("3: [1, 2, 3, 4]; 3: [5, 6, 7, 8]") == {3: [1.0, 2.0, 3.0, 4.0]}  # first wins
-
 
 
 def test_bootstrap_summary_table_and_report_by_hand():
@@ -1333,14 +1279,12 @@ def test_adapters_format_detection_and_load_benchmark_bad_rows_named_or_skipped(
             _raises(data.BadRow, ev.load_benchmark, _file(os.path.join(d, "qa.parquet"), b"PAR1"), contains=("pandas",))
 
 
-def _write_tiny_video(path, n=4, size=32, fps=4):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    data.write_video(path, np.stack([np.full((size, size, 3), 40 * k % 256, np.uint8) for k in range(n)]), fps=fps)
-
-
 def test_eval_end_to_end_two_columns_bad_rows_and_videos_skipped_or_named():
+    def write_tiny_video(path, n=4, size=32, fps=4):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        data.write_video(path, [np.full((size, size, 3), 40 * k % 256, np.uint8) for k in range(n)], fps=fps)
     with tempfile.TemporaryDirectory() as d:
-        _write_tiny_video(os.path.join(d, "VideoMME", "v1.mp4"))
+        write_tiny_video(os.path.join(d, "VideoMME", "v1.mp4"))
         path = _file(os.path.join(d, "r1.json"), json.dumps([R1, {**R1, "problem_id": 4,
                                                                     "path": "./VideoMME/missing.mp4"}]))
         rows, fmt, _ = ev.load_benchmark(path)
@@ -1350,7 +1294,7 @@ def test_eval_end_to_end_two_columns_bad_rows_and_videos_skipped_or_named():
         frames, times = data.row_clip(kept[0], 2)[:2]                   # a data.Clip: frames, times, ...
         assert frames.shape[0] == 2 and frames.shape[-1] == 3 and len(times) == 2
     with tempfile.TemporaryDirectory() as d:
-        _write_tiny_video(os.path.join(d, "videos", "clip1.mp4"), n=8, size=32)
+        write_tiny_video(os.path.join(d, "videos", "clip1.mp4"), n=8, size=32)
         _truncated_copy(os.path.join(d, "videos", "clip1.mp4"), os.path.join(d, "videos", "broken.mp4"))
         _file(os.path.join(d, "videos", "text.mp4"), "text")
         row = {**_STI_ROW, "time_start": 0.0, "time_end": 1.5}
@@ -1416,18 +1360,6 @@ def test_offset_pose_rotated_scene_and_roll_keep_edges_and_move_coordinates():
         for deg, k in ((90.0, 1), (-90.0, -1), (180.0, 2)):
             turned = data.render_clip(ev.with_offset(scene, "roll", deg))
             assert np.array_equal(turned, np.rot90(clip, k, axes=(1, 2))), (seed, deg)
-
-
-def test_every_flag_has_help_and_one_pixel_budget():
-    assert ev.TINY_PIXELS == qwen.TINY_MIN_PIXELS == qwen.TINY_MAX_PIXELS == train.Config.min_pixels == train.Config.max_pixels
-    assert ev.parse_args(["--model", "m", "--data", "d"]).threads == train.Config.threads       # one default
-    helps = train.field_help()
-    assert set(helps) == {f.name for f in dataclasses.fields(train.Config)}
-    assert all(helps.values()), [k for k, v in helps.items() if not v]
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
-        train.parse_config(["--help"])
-    assert "--len_bonus" in out.getvalue() and "default 0.2" in out.getvalue()
 
 
 def test_wrong_videos_derangement_and_comparison_table_by_hand():
@@ -1521,14 +1453,10 @@ def _interrupted_copy(src, dst, drop):
     return dst
 
 
-def _same_weights(a, b):
-    wa, wb = _weights(a), _weights(b)
-    return wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
-
-
 def _ends_like(run, ref, why):
     """run ended with ref's final weights, and logged each step and its samples once, as ref did."""
-    assert _same_weights(os.path.join(ref, "final"), os.path.join(run, "final")), why
+    wa, wb = _weights(os.path.join(ref, "final")), _weights(os.path.join(run, "final"))
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa), why
     for phase in ("sft", "grpo", "eval"):
         assert _steps(run, phase) == _steps(ref, phase), (phase, why)
     assert _steps(run, None, "samples.jsonl") == _steps(ref, None, "samples.jsonl"), why
@@ -1590,7 +1518,7 @@ def _variant_row():
             "graphs": [g.to_dict()], "reasoning": data.reasoning_text([g], "The blue ball is right.", "B")}
 
 
-def test_variants_ask_write_and_reward_their_own_think():
+def test_variants_ask_write_reward_and_a_coords_run_warms_up_on_its_reasoning():
     """Each --variant: what the prompt asks, what the reference reasoning keeps, and R_graph (R_n, R_e measured)."""
     row = _variant_row()
     want = {"graph": ("d=DIST", "| red cube-blue ball d=5.0 a=45 </graph>", 2.0, 1.0, 1.0),
@@ -1615,18 +1543,7 @@ def test_variants_ask_write_and_reward_their_own_think():
     nodes_only = data.with_think(row, "nodes")["reasoning"]
     assert ev.score_completion(nodes_only, row)["edge"] == 0.0
     assert ev.score_completion(nodes_only, row)["edge_from_centres"] == 1.0
-
-
-def _arg_error(argv):
-    """The message train.parse_config exits with (argparse prints usage, then 'error: MESSAGE', to stderr)."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        _raises(SystemExit, train.parse_config, argv)
-    return err.getvalue().split("error: ", 1)[-1]
-
-
-def test_variant_run_warms_up_on_its_reasoning_and_records_its_variant():
-    """--variant coords: node-only warm-up targets, coords models, test records with ids; a bad --variant refused."""
+    # --variant coords: node-only warm-up targets, coords models, test records with ids; a bad --variant refused.
     base, data_dir, model_dir = _run_base()
     targets, real = [], train.completion_tensors
     spy = lambda tok, texts, device: targets.extend(texts) or real(tok, texts, device)
@@ -1643,23 +1560,28 @@ def test_variant_run_warms_up_on_its_reasoning_and_records_its_variant():
     assert "--variant must be one of graph, none, coords, answer_only" in _arg_error(["--variant", "edges"])
 
 
-def _fake_run(folder, variant, seed, answers, ids=True):
-    """A finished run as eval.py ablation reads it: config.json and per-question test records."""
-    tasks = ["object_count", "displacement", "when_moving", "closest_object"]
-    _file(os.path.join(folder, "config.json"), json.dumps({"variant": variant, "seed": seed}))
-    _file(os.path.join(folder, "test_after_GRPO.json"), json.dumps([
-        {"task": tasks[k], "answer": a, "graph_node": 0.5, "graph_edge": 0.25, **({"id": f"q{k}"} if ids else {})}
-        for k, a in enumerate(answers)]))
-    return folder
+def _arg_error(argv):
+    """The message train.parse_config exits with (argparse prints usage, then 'error: MESSAGE', to stderr)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        _raises(SystemExit, train.parse_config, argv)
+    return err.getvalue().split("error: ", 1)[-1]
 
 
 def test_ablation_table_pools_seeds_and_pairs_questions_by_hand():
     """eval.py ablation: family means over both seeds, paired differences against graph; bad runs refused."""
+    def fake_run(folder, variant, seed, answers, ids=True):             # config.json, per-question records
+        tasks = ["object_count", "displacement", "when_moving", "closest_object"]
+        _file(os.path.join(folder, "config.json"), json.dumps({"variant": variant, "seed": seed}))
+        _file(os.path.join(folder, "test_after_GRPO.json"), json.dumps([
+            {"task": tasks[k], "answer": a, "graph_node": 0.5, "graph_edge": 0.25, **({"id": f"q{k}"} if ids else {})}
+            for k, a in enumerate(answers)]))
+        return folder
     with tempfile.TemporaryDirectory() as d:
-        runs = [_fake_run(os.path.join(d, "g0"), "graph", 0, [1.0, 0.5, 0.5, 1.0]),
-                _fake_run(os.path.join(d, "g1"), "graph", 1, [1.0, 0.0, 0.5, 0.0]),
-                _fake_run(os.path.join(d, "n0"), "none", 0, [0.0, 0.5, 0.5, 1.0]),
-                _fake_run(os.path.join(d, "n1"), "none", 1, [1.0, 0.5, 0.0, 0.0])]
+        runs = [fake_run(os.path.join(d, "g0"), "graph", 0, [1.0, 0.5, 0.5, 1.0]),
+                fake_run(os.path.join(d, "g1"), "graph", 1, [1.0, 0.0, 0.5, 0.0]),
+                fake_run(os.path.join(d, "n0"), "none", 0, [0.0, 0.5, 0.5, 1.0]),
+                fake_run(os.path.join(d, "n1"), "none", 1, [1.0, 0.5, 0.0, 0.0])]
         out = os.path.join(d, "out")
         with contextlib.redirect_stdout(io.StringIO()) as printed:
             ev.ablation_main(sum((["--run", r] for r in runs), []) + ["--out", out, "--n_boot", "200"])
@@ -1674,7 +1596,7 @@ def test_ablation_table_pools_seeds_and_pairs_questions_by_hand():
         assert res["seeds"] == {"graph": [0, 1], "none": [0, 1]}
         _raises(data.BadRow, ev.ablation_main, ["--run", runs[0], "--run", runs[0], "--out", out],
                 contains=("variant graph with seed 0",))
-        no_ids = _fake_run(os.path.join(d, "x"), "coords", 0, [1.0], ids=False)
+        no_ids = fake_run(os.path.join(d, "x"), "coords", 0, [1.0], ids=False)
         _raises(data.BadRow, ev.ablation_main, ["--run", no_ids, "--out", out], contains=("without ids",))
 
 
@@ -1777,7 +1699,7 @@ def test_kills_at_any_instant_then_resume_ends_as_the_uninterrupted_run():
     _ends_like(os.path.join(base, name), ref, f"killed {delay:.2f} s in")
 
 
-def test_write_file_is_atomic_when_the_disk_fills():
+def test_write_file_atomic_when_the_disk_fills_and_logs_read_tolerantly_and_trimmed():
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "config.json")
         train.write_json(path, {"lr": 1})
@@ -1790,9 +1712,6 @@ def test_write_file_is_atomic_when_the_disk_fills():
         assert json.load(open(path)) == {"lr": 1} and os.listdir(d) == ["config.json"]   # old file, no temp file
         data.write_file(os.path.join(d, "b.png"), b"\x89PNG")
         assert open(os.path.join(d, "b.png"), "rb").read() == b"\x89PNG"
-
-
-def test_logs_read_tolerantly_and_trimmed_on_resume():
     with tempfile.TemporaryDirectory() as run:
         lines = [{"phase": "vision", "step": 3}] + [{"phase": "sft", "step": s, "loss": 1.0} for s in range(1, 6)]
         _file(os.path.join(run, "metrics.jsonl"), _lines(*lines, "{broken", {"phase": "eval", "step": 4})
@@ -1813,7 +1732,7 @@ def test_logs_read_tolerantly_and_trimmed_on_resume():
         assert data.read_jsonl(os.path.join(run, "missing.jsonl")) == []
 
 
-def test_resume_flags_allowed_refused_and_missing_run():
+def test_every_flag_has_help_one_pixel_budget_and_resume_flags_allowed_or_refused():
     with tempfile.TemporaryDirectory() as out:
         for f in train.CKPT_FILES:
             _file(os.path.join(out, "r", "ckpt-0000004", f))
@@ -1830,9 +1749,18 @@ def test_resume_flags_allowed_refused_and_missing_run():
         assert "there is no run" in _arg_error(["--out", out, "--name", "nope", "--resume"])
         assert "at least 1" in _arg_error(["--out", out, "--name", "x", "--eval_every", "0"])
         assert train.parse_config(resume + ["--preset", "tiny"]).grpo_steps == 5          # unchanged: fine
+    assert ev.TINY_PIXELS == qwen.TINY_MIN_PIXELS == qwen.TINY_MAX_PIXELS == train.Config.min_pixels == train.Config.max_pixels
+    assert ev.parse_args(["--model", "m", "--data", "d"]).threads == train.Config.threads       # one default
+    helps = train.field_help()
+    assert set(helps) == {f.name for f in dataclasses.fields(train.Config)}
+    assert all(helps.values()), [k for k, v in helps.items() if not v]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        train.parse_config(["--help"])
+    assert "--len_bonus" in out.getvalue() and "default 0.2" in out.getvalue()
 
 
-def test_second_process_on_a_run_is_refused_and_a_killed_holder_does_not_block():
+def test_second_process_refused_killed_holder_does_not_block_and_more_ranks_than_gpus_stop():
     with tempfile.TemporaryDirectory() as out:
         run = os.path.join(out, "r")
         os.makedirs(run)
@@ -1852,6 +1780,19 @@ def test_second_process_on_a_run_is_refused_and_a_killed_holder_does_not_block()
             holder.wait()
         with train.run_lock(run):                                    # ... and does not block the next run
             assert open(os.path.join(run, "run.lock")).read().strip() == str(os.getpid())
+    # 3 ranks on a (patched) 2-GPU machine stop before touching CUDA, saying what to do; on 2, rank 1 gets cuda:1.
+    calls = []
+    env = {**os.environ, "WORLD_SIZE": "3", "LOCAL_WORLD_SIZE": "3", "RANK": "1", "LOCAL_RANK": "1"}
+    with mock.patch.object(torch.cuda, "device_count", lambda: 2), \
+            mock.patch.object(torch.cuda, "set_device", calls.append), \
+            mock.patch.object(torch.distributed, "init_process_group", calls.append), \
+            mock.patch.object(os, "environ", env):
+        e = _raises(SystemExit, train.dist_setup, torch.device("cuda"),
+                    contains=("3 ranks", "2 GPU(s)", "--nproc_per_node 2", "--device cpu"))
+        assert "\n" not in str(e) and calls == []
+        os.environ.update(WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
+        assert train.dist_setup(torch.device("cuda")) == torch.device("cuda", 1)
+    assert calls == [torch.device("cuda", 1), "nccl"]
 
 
 def test_nonfinite_update_refused_never_saved_and_the_run_stops_with_a_resume_command_that_works():
@@ -1982,27 +1923,25 @@ def _ddp_rank(rank, world, ports, argvs):
             train.main(argv)
 
 
-def _spawn_ranks(*argvs, world=2):
-    import socket
-    import torch.multiprocessing as mp
-    socks = [socket.socket() for _ in argvs]
-    for sock in socks:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in socks]
-    for sock in socks:
-        sock.close()
-    mp.spawn(_ddp_rank, args=(world, ports, argvs), nprocs=world, join=True)
-
-
 def test_two_ranks_equal_one_process_write_once_and_resume():
     """Two gloo ranks of batch 1 (replicated, and FSDP2) end with one batch-2 process's weights; only rank 0 writes;
     a two-rank FSDP2 resume ends where the uninterrupted run did; a one-process resume of it is refused by name."""
+    def spawn_ranks(*argvs, world=2):
+        import socket
+        import torch.multiprocessing as mp
+        socks = [socket.socket() for _ in argvs]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        ports = [sock.getsockname()[1] for sock in socks]
+        for sock in socks:
+            sock.close()
+        mp.spawn(_ddp_rank, args=(world, ports, argvs), nprocs=world, join=True)
     with tempfile.TemporaryDirectory() as tmp:
         def args(name, per_rank, *more):                  # gloo ranks (--device cpu), also where CUDA is visible
             return _smoke_args(name, out=tmp, sft_steps=2, vision_steps=2, device="cpu", batch=per_rank,
                                sft_batch=per_rank, vision_batch=per_rank) + list(more)
         _train(args("one", 2), _stand_ins)
-        _spawn_ranks(args("two", 1), args("fsdp", 1, "--fsdp"))
+        spawn_ranks(args("two", 1), args("fsdp", 1, "--fsdp"))
         one, two, fsdp = (_weights(os.path.join(tmp, n, "final")) for n in ("one", "two", "fsdp"))
         for name, other in (("two ranks", two), ("two FSDP2 ranks", fsdp)):       # phase 0's vision tower included
             worst = max(float((one[k] - other[k]).abs().max()) for k in one)
@@ -2028,28 +1967,12 @@ def test_two_ranks_equal_one_process_write_once_and_resume():
         for name, source in (("resumed", "fsdp"), ("refused", "two")):
             _interrupted_copy(os.path.join(tmp, source), os.path.join(tmp, name), lambda d: d in (
                 "final", "ckpt-0000004") or d.startswith("test_") or d.startswith("results"))
-        _spawn_ranks(["--out", tmp, "--name", "resumed", "--resume"])
+        spawn_ranks(["--out", tmp, "--name", "resumed", "--resume"])
         resumed = _weights(os.path.join(tmp, "resumed", "final"))
         assert all(torch.allclose(fsdp[k], resumed[k], atol=1e-6) for k in fsdp)
         with _stand_ins():
             _raises(SystemExit, train.main, ["--out", tmp, "--name", "refused", "--resume"],
                     contains=("made by 2 rank(s)", "torchrun --nproc_per_node 2"))
-
-
-def test_more_ranks_than_gpus_stop_with_one_line():
-    """3 ranks on a (patched) 2-GPU machine stop before touching CUDA, saying what to do; on 2, rank 1 gets cuda:1."""
-    calls = []
-    env = {**os.environ, "WORLD_SIZE": "3", "LOCAL_WORLD_SIZE": "3", "RANK": "1", "LOCAL_RANK": "1"}
-    with mock.patch.object(torch.cuda, "device_count", lambda: 2), \
-            mock.patch.object(torch.cuda, "set_device", calls.append), \
-            mock.patch.object(torch.distributed, "init_process_group", calls.append), \
-            mock.patch.object(os, "environ", env):
-        e = _raises(SystemExit, train.dist_setup, torch.device("cuda"),
-                    contains=("3 ranks", "2 GPU(s)", "--nproc_per_node 2", "--device cpu"))
-        assert "\n" not in str(e) and calls == []
-        os.environ.update(WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
-        assert train.dist_setup(torch.device("cuda")) == torch.device("cuda", 1)
-    assert calls == [torch.device("cuda", 1), "nccl"]
 
 
 # --- runner ---------------------------------------------------------------------------------------------------------
