@@ -205,8 +205,7 @@ def test_parser_round_trip_skips_malformed_and_never_raises():
                 if not chars:
                     break
             s = "".join(chars)
-        for g in graph.parse_graphs(s):
-            assert isinstance(g, graph.Graph) and g.nodes
+        assert all(isinstance(g, graph.Graph) and g.nodes for g in graph.parse_graphs(s)), s
     # linear time: a tenfold input costs ~10 times the CPU time (quadratic: ~100); process time, best of 3
     cost = lambda x: max(min(timeit.repeat(lambda: graph.parse_graphs(x), timer=time.process_time, number=1,
                                            repeat=3)), 1e-4)
@@ -350,7 +349,7 @@ def test_import_is_light():
     assert out.strip() == "[]", out
 
 
-# --- data.py: stamped test videos -----------------------------------------------------------------------------------
+# --- data.py: test videos, read_frames ------------------------------------------------------------------------------
 
 def _stamp(i, H=48, W=64, noise=False):
     """A frame whose 8 vertical bands spell i in binary (survives lossy coding); noise: frame data fills the file."""
@@ -368,6 +367,7 @@ def _unstamp(frames):
 
 
 def _stamped_video(path, n, fps=25, times=None, gop=None, noise=False, **kw):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     data.write_video(path, np.stack([_stamp(i, noise=noise) for i in range(n)]), fps=fps, times=times, gop=gop, **kw)
     return path
 
@@ -415,8 +415,6 @@ def _tmp():
     atexit.register(shutil.rmtree, d, ignore_errors=True)
     return d
 
-
-# --- read_frames ----------------------------------------------------------------------------------------------------
 
 def test_read_frames_counts_times_fps_cap_and_window():
     with tempfile.TemporaryDirectory() as d:
@@ -537,7 +535,7 @@ def test_read_frames_of_rendered_scenes_plain_and_rotated():
             assert frames.shape == turned.shape and np.abs(frames.astype(int) - turned).mean() < 6, deg
 
 
-# --- scenes, rendering, questions -----------------------------------------------------------------------------------
+# --- data.py: scenes, rendering, questions, load_rows ---------------------------------------------------------------
 
 def _world(o, t):
     """Independent re-implementation of an object's world centre."""
@@ -552,9 +550,8 @@ def _cam_axes(scene, t):
     psi, th = cam["yaw_rate"] * t, cam["pitch"]
     right = np.array([math.cos(psi), -math.sin(psi), 0])
     fwd = np.array([math.sin(psi) * math.cos(th), math.cos(psi) * math.cos(th), -math.sin(th)])
-    down = np.cross(fwd, right)
     centre = np.array([cam["pos"][0] + cam["vel"][0] * t, cam["pos"][1] + cam["vel"][1] * t, cam["height"]])
-    return right, down, fwd, centre
+    return right, np.cross(fwd, right), fwd, centre                    # down = forward x right
 
 
 def _scenes(n, seed=0, **kw):
@@ -565,8 +562,7 @@ def test_scene_render_and_graphs_match_the_scene():
     s = data.make_scene(np.random.default_rng(5))
     assert s == data.make_scene(np.random.default_rng(5))               # deterministic for a seed
     assert 2 <= len(s["objects"]) <= 3 and any(o["move"] for o in s["objects"])
-    assert len({o["name"] for o in s["objects"]}) == len(s["objects"])
-    assert data.scene_ok(s)
+    assert len({o["name"] for o in s["objects"]}) == len(s["objects"]) and data.scene_ok(s)   # distinct names
     assert abs(s["camera"]["yaw_rate"] * data.clip_end(s)) <= data.MAX_YAW + 1e-3
     f0, f1 = data.render(s, 0.0), data.render(s, data.clip_end(s))
     assert f0.shape == (112, 112, 3) and f0.dtype == np.uint8 and np.abs(f0.astype(int) - f1).mean() > 1
@@ -580,7 +576,9 @@ def test_scene_render_and_graphs_match_the_scene():
     for s in _scenes(20, seed=1):
         assert data.key_frames(s) == [0, s["num_frames"] - 1]
         rows = data.make_questions(s, np.random.default_rng(0))
-        for gd in rows[0]["graphs"]:
+        parsed = graph.parse_graphs(rows[0]["reasoning"])                # the text writes centres to 0.1 m
+        assert len(parsed) == len(rows[0]["graphs"])
+        for p, gd in zip(parsed, rows[0]["graphs"]):                     # the reward's targets keep mm
             t = gd["frame"] / s["fps"]
             right, down, fwd, c = _cam_axes(s, t)
             live = {o["name"]: o for o in s["objects"] if t >= o["appear"]}
@@ -590,12 +588,8 @@ def test_scene_render_and_graphs_match_the_scene():
             assert np.allclose(centers, (W - c) @ np.array([right, down, fwd]).T, atol=0.05 + 1e-9)  # camera frame
             dist, _ = graph.edge_features(centers)
             assert np.abs(dist - np.linalg.norm(W[:, None] - W[None], axis=-1)).max() <= 0.18   # rounding only
-        parsed = graph.parse_graphs(rows[0]["reasoning"])                # the text writes centres to 0.1 m
-        exact = [graph.Graph.from_dict(g) for g in rows[0]["graphs"]]       # the reward's targets keep mm
-        assert [(p.frame, [n.category for n in p.nodes]) for p in parsed] == \
-            [(g.frame, [n.category for n in g.nodes]) for g in exact]
-        for p, g in zip(parsed, exact):
-            assert np.allclose([n.center for n in p.nodes], [n.center for n in g.nodes], atol=0.05 + 1e-9)
+            assert p.frame == gd["frame"] and [n.category for n in p.nodes] == [n["category"] for n in gd["nodes"]]
+            assert np.allclose([n.center for n in p.nodes], centers, atol=0.05 + 1e-9)
 
 
 def _expected(row, s):
@@ -603,15 +597,14 @@ def _expected(row, s):
     T, task, q = (s["num_frames"] - 1) / s["fps"], row["task"], row["question"]
     t = T if "end of the video" in q else 0.0
     named = [o for _, o in sorted((q.index(o["name"]), o) for o in s["objects"] if o["name"] in q)]   # in q's order
-    opts = row["options"]
+    opts, x = row["options"], (named or [None])[0]                       # x: the first object the question names
     if task == "object_count":
         return float(len(s["objects"]))
     if task == "object_size":
-        return named[0]["height"]
+        return x["height"]
     if task == "abs_distance":
-        return round(float(np.linalg.norm(_world(named[0], t) - _world(named[1], t))), 1)
+        return round(float(np.linalg.norm(_world(x, t) - _world(named[1], t))), 1)
     if task == "closest_object":
-        x = named[0]
         live = [o for o in s["objects"] if o is not x and t >= o["appear"]]
         best = min(live, key=lambda o: np.linalg.norm(_world(o, t) - _world(x, t)))
         return data.LETTERS[opts.index(best["name"])]
@@ -622,22 +615,21 @@ def _expected(row, s):
         text = f"{'left' if d @ right < 0 else 'right'} and {'nearer' if d @ fwd < 0 else 'farther'}"
         return data.LETTERS[opts.index(text)]
     if task == "displacement":
-        return round(float(np.linalg.norm(_world(named[0], T) - _world(named[0], 0))), 1)
+        return round(float(np.linalg.norm(_world(x, T) - _world(x, 0))), 1)
     if task == "average_speed":
-        o = named[0]
-        return round(math.hypot(*o["vel"]) * (min(T, o["move"][1]) - o["move"][0]) / T, 2)
+        return round(math.hypot(*x["vel"]) * (min(T, x["move"][1]) - x["move"][0]) / T, 2)
     if task == "motion_direction":
         right, _, fwd, _ = _cam_axes(s, 0.0)
         fwd = np.array([fwd[0], fwd[1], 0]) / math.hypot(fwd[0], fwd[1])
-        v = np.array([*named[0]["vel"], 0])
-        x, z = v @ right, v @ fwd
-        return data.LETTERS[opts.index(("left" if x < 0 else "right") if abs(x) > abs(z)
+        v = np.array([*x["vel"], 0])
+        side, z = v @ right, v @ fwd
+        return data.LETTERS[opts.index(("left" if side < 0 else "right") if abs(side) > abs(z)
                                        else ("toward the camera" if z < 0 else "away from the camera"))]
     if task == "appearance_order":
         order = ", ".join(o["name"] for o in sorted(s["objects"], key=lambda o: o["appear"]))
         return data.LETTERS[opts.index(order)]
     if task == "when_moving":
-        return [round(x, 1) for x in named[0]["move"]]
+        return [round(m, 1) for m in x["move"]]
     raise AssertionError(task)
 
 
@@ -707,11 +699,8 @@ def test_make_dataset_deterministic_split_by_scene_and_base_scenes_disjoint_from
                 for i in range(n)}
     ours = scenes(base, 150)
     assert len(ours) == 150
-    for seed in seeds:
-        assert not ours & scenes(seed, 50), seed
+    assert not any(ours & scenes(seed, 50) for seed in seeds)
 
-
-# --- load_rows ------------------------------------------------------------------------------------------------------
 
 _GOOD_ROW = {"id": "x-1", "video": "videos/a.mp4", "question": "Which?", "options": ["red cube", "blue ball"],
              "answer": "B", "answer_type": "mc", "task": "closest_object", "time_window": None,
@@ -771,7 +760,7 @@ def test_load_rows_validates_names_file_line_field_and_reads_video_r1():
         assert [r["answer"] for r in data.load_rows(pl)] == ["C", 4.0, 2.75]
 
 
-# --- model.py and grpo's sampler ------------------------------------------------------------------------------------
+# --- model.py and grpo's sampler, LoRA, checkpointing, bf16 ---------------------------------------------------------
 
 @functools.lru_cache(maxsize=None)
 def _tiny_dir():
@@ -841,18 +830,15 @@ def test_tiny_builds_offline_save_load_prompt_layout_and_golden_preprocessing():
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(str(g["tokenizer_json"])),
                                   pad_token="<|endoftext|>", eos_token="<|im_end|>")
     tok.padding_side = "left"
-    rows = json.loads(str(g["rows_json"]))
-    n = len(rows)                                                        # clips with Qwen's sampled fps
-    videos = [data.Clip(g[f"frames{i}"], g[f"times{i}"], None, float(g["sample_fps"][i])) for i in range(n)]
+    rows = json.loads(str(g["rows_json"]))                               # clips with Qwen's sampled fps:
+    videos = [data.Clip(g[f"frames{i}"], g[f"times{i}"], None, float(g["sample_fps"][i])) for i in range(len(rows))]
     ours = qwen.make_inputs(tok, qwen.tiny_config(tok), rows, videos, int(g["min_pixels"]), int(g["max_pixels"]))
-    for k in ("input_ids", "attention_mask", "mm_token_type_ids", "video_grid_thw"):
-        assert np.array_equal(ours[k].numpy(), g[k]), k
+    assert all(np.array_equal(ours[k].numpy(), g[k]) for k in ("input_ids", "attention_mask", "mm_token_type_ids",
+                                                               "video_grid_thw"))
     assert np.allclose(ours["second_per_grid_ts"].numpy(), g["second_per_grid_ts"], rtol=1e-6)
     assert not close(2 / qwen.sampled_fps(g["times2"]), float(g["second_per_grid_ts"][2]), 1e-3)   # times alone: 0.83
-    px, ref = ours["pixel_values_videos"].numpy(), g["pixel_values_videos"]
-    assert px.shape == ref.shape
-    one_step = 1.0 / 255.0 / min(qwen.CLIP_STD)                             # one uint8 step after normalisation
-    assert np.abs(px - ref).max() <= one_step + 1e-5, np.abs(px - ref).max()
+    px, ref = ours["pixel_values_videos"].numpy(), g["pixel_values_videos"]       # within one uint8 step, normalised
+    assert px.shape == ref.shape and np.abs(px - ref).max() <= 1 / 255 / min(qwen.CLIP_STD) + 1e-5
 
 
 def test_hub_kernels_off_after_load_train_and_build():
@@ -897,21 +883,16 @@ def test_seconds_per_grid_and_temporal_positions_follow_qwen_and_frame_times():
         expect = torch.tensor([int(tps * (times[2 * k] - times[0]) + 1e-6) for k in range(4)])  # tps * dt
         assert torch.equal(t_pos[:, 0] - t_pos[0, 0], expect), (fps, t_pos[:, 0])
         hw = pos[1:, 0][:, is_vid].view(2, 4, 4)                        # height/width: 2x2 merged grid
-        assert torch.equal(hw[0, 0] - hw[0, 0, 0], torch.tensor([0, 0, 1, 1]))
-        assert torch.equal(hw[1, 0] - hw[1, 0, 0], torch.tensor([0, 1, 0, 1]))
+        assert torch.equal(hw[:, 0] - hw[:, 0, :1], torch.tensor([[0, 0, 1, 1], [0, 1, 0, 1]]))
         after = int(is_vid.nonzero()[-1]) + 1                           # first text token after the video
         assert (pos[:, 0, after] == pos[:, 0, is_vid].max() + 1).all()  # Qwen's reference: max + 1
         assert next_pos[0] == pos[:, 0].max() + 1
     # a one-grid video (2 frames): no temporal extent, so transformers' own get_rope_index agrees with ours
     inputs = qwen.make_inputs(tok, m.config, _ROWS, [_video(0, n=2), _video(1, n=2)])
-    theirs, _ = m.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
-                                       video_grid_thw=inputs["video_grid_thw"],
-                                       second_per_grid_ts=inputs["second_per_grid_ts"],
-                                       attention_mask=inputs["attention_mask"])
+    theirs, _ = m.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"], **{
+        k: inputs[k] for k in ("video_grid_thw", "second_per_grid_ts", "attention_mask")})
     assert torch.equal(grpo.prompt_positions(m, inputs)[0], theirs)
 
-
-# --- sampling -------------------------------------------------------------------------------------------------------
 
 def test_greedy_sample_equals_generate_with_eos_and_padding_and_suppressed_ids_never_sampled():
     m, tok, inputs, sup = _tiny_inputs()                                 # 2 prompts of different lengths
@@ -1026,8 +1007,6 @@ def test_static_decoder_gives_plain_tokens_logprobs_and_ends_leaves_the_weights_
     assert reads["plain", 24] - reads["plain", 8] >= 16, reads
 
 
-# --- LoRA, checkpointing, bf16 --------------------------------------------------------------------------------------
-
 def _logits(m, inputs):
     with torch.no_grad():
         return m(**inputs).logits
@@ -1068,8 +1047,7 @@ def test_lora_zero_init_adapters_off_grads_merge_checkpointing_and_bf16():
         grpo.token_logprobs(m, inputs, ids, mask).sum().backward()
         grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 50
-    for n in grads[0]:
-        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-4), n
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-4) for n in grads[0])
     qwen.set_checkpointing(m, False)
     m16, _ = _tiny(torch.bfloat16)
     assert m16.lm_head.weight.dtype == torch.bfloat16
@@ -1144,8 +1122,9 @@ def test_mc_number_and_interval_rules_of_vsi_sti_videor1_and_vstar():
     # Video-R1 eval_bench.py: first <answer> (or the whole output), exact string match for multiple choice
     r1 = ev.from_videor1(R1, "/e", "w")                                 # gt B
     assert r1["rule"] == "videor1" and r1["gt_text"] == "B"
-    num = ev.from_videor1({**R1, "problem_type": "numerical", "solution": "<answer>3.5</answer>", "options": []},
-                          "/e", "w")
+    num, reg = (ev.from_videor1({**R1, "problem_type": kind, "solution": f"<answer>{gt}</answer>", "options": []},
+                                "/e", "w") for kind, gt in (("numerical", 3.5), ("regression", 5)))
+    iou = {"answer_type": "iou", "answer": [2.0, 4.0]}
     for comp, row, want in (("<think>x</think><answer>B.</answer>", vsi, 1),
                             ("<answer> B</answer>", vsi, 1),          # the tagged answer is stripped
                             ("B", vsi, 1), (" B", vsi, 0),            # no tags: the whole text, as generated
@@ -1157,31 +1136,23 @@ def test_mc_number_and_interval_rules_of_vsi_sti_videor1_and_vstar():
                             ("<answer></answer>", r1, 0), ("<answer>C</answer><answer>B</answer>", r1, 0),
                             ("<answer>3.5</answer>", num, 1), ("<answer>3.50</answer>", num, 1),
                             ("<answer>3.504</answer>", num, 1), ("<answer>3.51</answer>", num, 0),
-                            ("<answer>4</answer>", num, 0), ("<answer>3.5 m</answer>", num, 0)):
-        assert ev.score_completion(comp, row)["score"] == want, (comp, row)
+                            ("<answer>4</answer>", num, 0), ("<answer>3.5 m</answer>", num, 0),
+                            # float32 with a strict '<': |7.5 - 5| / 5 = 0.5 < 1 - 0.5 fails (VSI's '<=': 1 of 10)
+                            ("<answer>7.5</answer>", reg, 0), ("<answer>5.5</answer>", reg, 0.9),
+                            ("<answer>five</answer>", reg, 0), ("<answer>[2.0, 4.0]</answer>", iou, 1),
+                            ("<answer>[0, 0, 10, 10]</answer>", {**iou, "answer": [0, 0, 10, 20]}, 0.5)):
+        assert close(ev.score_completion(comp, row)["score"], want), (comp, row)
     assert ev.score_completion("B", vsi)["format"] == 0.0
     s = ev.score_completion("<answer>B chair</answer>", vsi)            # the training reward is stricter
     assert s["score"] == 1.0 and s["train_reward"] == 0.0
     intgt = {**num, "gt_text": "4", "answer": 4.0}
     assert ev.r1_score("<answer>4</answer>", intgt) == 1.0 and ev.r1_score("<answer>4.0</answer>", intgt) == 0.0
-    reg = ev.from_videor1({**R1, "problem_type": "regression", "solution": "<answer>5</answer>", "options": []},
-                          "/e", "w")
-    # float32 with a strict '<': |7.5 - 5| / 5 = 0.5 < 1 - 0.5 fails (VSI-Bench's '<=' gives 1 of 10)
-    assert ev.score_completion("<answer>7.5</answer>", reg)["score"] == 0.0 and ev.number_mra("7.5", 5.0) == 0.1
-    assert close(ev.score_completion("<answer>5.5</answer>", reg)["score"], 0.9)
-    assert ev.score_completion("<answer>five</answer>", reg)["score"] == 0.0
-    m = ev.interval_metrics("[2.0, 3.0]", [2.0, 4.0])                   # 1 / 2
-    assert close(m["tIoU"], 0.5) and m["R@0.3"] == 1 and m["R@0.5"] == 1 and m["R@0.7"] == 0
-    m = ev.interval_metrics("[1, 3]", [2, 4])                           # overlap 1, union 3 -> 1/3
-    assert close(m["tIoU"], 1 / 3) and m["R@0.3"] == 1 and m["R@0.5"] == 0
-    assert ev.interval_metrics("[5, 6]", [2, 4])["tIoU"] == 0.0
-    assert ev.interval_metrics("soon", [2, 4])["tIoU"] == 0.0
-    assert ev.interval_metrics("[1, 2, 3, 4]", [2, 4])["tIoU"] == 0.0   # a box is not an interval
-    row = {"answer_type": "iou", "answer": [2.0, 4.0]}
-    s = ev.score_completion("<answer>[2.0, 4.0]</answer>", row)
-    assert s["score"] == 1.0 and s["R@0.7"] == 1.0
-    assert close(ev.score_completion("<answer>[0, 0, 10, 10]</answer>",
-                                     {"answer_type": "iou", "answer": [0, 0, 10, 20]})["score"], 0.5)
+    assert ev.number_mra("7.5", 5.0) == 0.1 and ev.score_completion("<answer>[2.0, 4.0]</answer>", iou)["R@0.7"] == 1
+    for pred, want in (("[2.0, 3.0]", (0.5, 1, 1, 0)), ("[1, 3]", (1 / 3, 1, 0, 0)),   # overlap 1 of union 2, 1 of 3
+                       ("[5, 6]", (0, 0, 0, 0)), ("soon", (0, 0, 0, 0)),
+                       ("[1, 2, 3, 4]", (0, 0, 0, 0))):                                 # a box is not an interval
+        m = ev.interval_metrics(pred, [2, 4])
+        assert np.allclose([m["tIoU"], m["R@0.3"], m["R@0.5"], m["R@0.7"]], want), (pred, m)
     gt = [{"frame": 3, "box": [0, 0, 10, 10]}, {"frame": 6, "box": [10, 10, 20, 20]}]
     # frame 3 exact (1), frame 6 [10,10,20,30] vs [10,10,20,20]: 100 / 200 -> mean 0.75
     assert close(ev.viou("3: [0, 0, 10, 10]; 6: [10, 10, 20, 30]", gt), 0.75)
@@ -1197,8 +1168,7 @@ def test_bootstrap_summary_table_and_report_by_hand():
     x = rng.random(50)
     lo, hi = ev.bootstrap_mean_ci(x, seed=3)
     assert lo < x.mean() < hi and hi - lo < 0.4
-    assert (lo, hi) == ev.bootstrap_mean_ci(x, seed=3)                  # deterministic for a seed
-    assert (lo, hi) != ev.bootstrap_mean_ci(x, seed=4)
+    assert (lo, hi) == ev.bootstrap_mean_ci(x, seed=3) != ev.bootstrap_mean_ci(x, seed=4)   # a function of the seed
     assert ev.bootstrap_mean_ci([0.7] * 9) == (0.7, 0.7)                # no spread, no interval
     lo, hi = ev.bootstrap_task_mean_ci({"a": x[:20], "b": x[20:]}, seed=3)
     assert lo < ev.unweighted_task_mean({"a": x[:20].mean(), "b": x[20:].mean()}) < hi
@@ -1206,8 +1176,7 @@ def test_bootstrap_summary_table_and_report_by_hand():
     rows = [{"task": "a", "answer_type": "mc"}] * 4 + [{"task": "b", "answer_type": "num"}]
     scored = [{"score": 1.0, "format": 1.0}] * 4 + [{"score": 0.0, "format": 0.0}]
     s = ev.summarize(rows, scored, n_boot=100)
-    assert close(s["overall_task"]["mean"], 0.5)                       # (1 + 0) / 2, VSI-Bench
-    assert close(s["overall_q"]["mean"], 0.8)                          # 4 / 5, STI-Bench
+    assert close(s["overall_task"]["mean"], 0.5) and close(s["overall_q"]["mean"], 0.8)   # VSI (1 + 0) / 2, STI 4 / 5
     assert s["tasks"]["a"]["n"] == 4 and close(s["answer_types"]["num"]["mean"], 0.0)
     assert close(s["metrics"]["format"]["mean"], 0.8)
     # VSI-Bench averages rel_direction easy/medium/hard into one task first: (mean(1, 0) + 1) / 2
@@ -1223,7 +1192,7 @@ def test_bootstrap_summary_table_and_report_by_hand():
     assert ev.model_names(["x/tiny", "x/tiny"]) == ["tiny#1", "tiny#2"]
 
 
-# --- eval.py: adapters, loading, a whole evaluation -----------------------------------------------------------------
+# --- eval.py: adapters, loading, a whole evaluation, the rotation stress test (no model) ----------------------------
 
 def _has(row, **want):
     """row holds every key of want with that value."""
@@ -1280,11 +1249,8 @@ def test_adapters_format_detection_and_load_benchmark_bad_rows_named_or_skipped(
 
 
 def test_eval_end_to_end_two_columns_bad_rows_and_videos_skipped_or_named():
-    def write_tiny_video(path, n=4, size=32, fps=4):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        data.write_video(path, [np.full((size, size, 3), 40 * k % 256, np.uint8) for k in range(n)], fps=fps)
     with tempfile.TemporaryDirectory() as d:
-        write_tiny_video(os.path.join(d, "VideoMME", "v1.mp4"))
+        _stamped_video(os.path.join(d, "VideoMME", "v1.mp4"), 4, fps=4)
         path = _file(os.path.join(d, "r1.json"), json.dumps([R1, {**R1, "problem_id": 4,
                                                                     "path": "./VideoMME/missing.mp4"}]))
         rows, fmt, _ = ev.load_benchmark(path)
@@ -1294,8 +1260,8 @@ def test_eval_end_to_end_two_columns_bad_rows_and_videos_skipped_or_named():
         frames, times = data.row_clip(kept[0], 2)[:2]                   # a data.Clip: frames, times, ...
         assert frames.shape[0] == 2 and frames.shape[-1] == 3 and len(times) == 2
     with tempfile.TemporaryDirectory() as d:
-        write_tiny_video(os.path.join(d, "videos", "clip1.mp4"), n=8, size=32)
-        _truncated_copy(os.path.join(d, "videos", "clip1.mp4"), os.path.join(d, "videos", "broken.mp4"))
+        _truncated_copy(_stamped_video(os.path.join(d, "videos", "clip1.mp4"), 8, fps=4),
+                        os.path.join(d, "videos", "broken.mp4"))
         _file(os.path.join(d, "videos", "text.mp4"), "text")
         row = {**_STI_ROW, "time_start": 0.0, "time_end": 1.5}
         rows = [{k: v for k, v in row.items() if k != "Candidates"},                   # bad first row
@@ -1307,8 +1273,7 @@ def test_eval_end_to_end_two_columns_bad_rows_and_videos_skipped_or_named():
                 "4", "--batch", "2", "--dump", "2", "--n_boot", "20", "--max_prompt_tokens", "600", "--threads", "1",
                 "--out", out]
         _raises(data.BadRow, ev.main, args, contains=("first row", "cannot detect the format"))
-        err = io.StringIO()
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), \
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()), \
                 warnings.catch_warnings(record=True):
             _raises(data.BadRow, ev.main, args + ["--format", "stibench"], contains=("row 0", "Candidates"))
             ev.main(args + ["--skip_bad"])
@@ -1326,8 +1291,6 @@ def test_eval_end_to_end_two_columns_bad_rows_and_videos_skipped_or_named():
             e = _raises(data.BadRow, ev.main, args)
         assert "qa2.json row 1" in str(e) and "zero frames" in str(e) and "--skip_bad" in str(e)
 
-
-# --- rotation stress test (no model), flags, the comparison table ---------------------------------------------------
 
 def test_offset_pose_rotated_scene_and_roll_keep_edges_and_move_coordinates():
     R0, c0 = np.eye(3), np.array([0.0, 0.0, 1.6])
@@ -1360,32 +1323,6 @@ def test_offset_pose_rotated_scene_and_roll_keep_edges_and_move_coordinates():
         for deg, k in ((90.0, 1), (-90.0, -1), (180.0, 2)):
             turned = data.render_clip(ev.with_offset(scene, "roll", deg))
             assert np.array_equal(turned, np.rot90(clip, k, axes=(1, 2))), (seed, deg)
-
-
-def test_wrong_videos_derangement_and_comparison_table_by_hand():
-    rows = [{"video": f"v{k % 7}.mp4"} for k in range(20)]                  # 7 scenes, several questions each
-    swap = train.wrong_videos(rows, seed=0)
-    videos = sorted({r["video"] for r in rows})
-    assert sorted(swap) == videos and sorted(swap.values()) == videos     # a permutation of the scenes
-    assert all(swap[v] != v for v in videos)                              # no question keeps its own video
-    assert swap == train.wrong_videos(list(reversed(rows)), seed=0)       # fixed: a function of the set and seed
-    assert swap != train.wrong_videos(rows, seed=1) and train.wrong_videos([{"video": "a"}], seed=0) == {}
-    res = lambda answers, kind="num": [{"answer": a, "answer_type": kind, "graph": 0.5, "graph_node": 0.2,
-                                        "graph_edge": 0.3, "format": 1.0} for a in answers]
-    blind = [{"answer": a, "answer_type": "num"} for a in (0.5, 0.5, 0.5, 0.5)]     # no graph, no format
-    columns = {"blind": blind, "wrong video": res([0.0, 0.5, 0.0, 0.5]), "after warm-up": res([0.5, 0.5, 1.0, 0.0]),
-               "after GRPO": res([1.0, 0.5, 1.0, 0.5])}
-    table, stats = train.comparison_table(columns, [("after GRPO", "after warm-up"), ("after GRPO", "blind")])
-    assert stats["after GRPO"]["answer"][0] == 0.75 and stats["wrong video"]["answer"][0] == 0.25
-    assert stats["after GRPO - after warm-up"]["answer"][0] == 0.25       # paired: (0.5 + 0 + 0 + 0.5) / 4
-    assert stats["after GRPO - blind"]["answer"][0] == 0.25
-    assert stats["blind"]["graph"] is None and stats["after GRPO - blind"]["graph"] is None
-    assert stats["after GRPO"]["answer_mc"] is None and stats["after GRPO"]["answer_num"][0] == 0.75
-    lo, hi = stats["after GRPO - after warm-up"]["answer"][1:]
-    assert 0.0 <= lo <= 0.25 <= hi <= 0.5                                 # bootstrap interval of 4 paired values
-    assert table.splitlines()[0] == ("| held-out metric | blind | wrong video | after warm-up | after GRPO | "
-                                     "after GRPO - after warm-up | after GRPO - blind |")
-    assert "| graph | - | 0.500 [0.500, 0.500] |" in table and "+0.250 [" in table
 
 
 # --- train.py: the whole loop ---------------------------------------------------------------------------------------
@@ -1457,8 +1394,7 @@ def _ends_like(run, ref, why):
     """run ended with ref's final weights, and logged each step and its samples once, as ref did."""
     wa, wb = _weights(os.path.join(ref, "final")), _weights(os.path.join(run, "final"))
     assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa), why
-    for phase in ("sft", "grpo", "eval"):
-        assert _steps(run, phase) == _steps(ref, phase), (phase, why)
+    assert [_steps(run, p) for p in ("sft", "grpo", "eval")] == [_steps(ref, p) for p in ("sft", "grpo", "eval")], why
     assert _steps(run, None, "samples.jsonl") == _steps(ref, None, "samples.jsonl"), why
 
 
@@ -1475,8 +1411,7 @@ def test_train_loop_smoke_checkpoint_and_exact_resume():
     assert any(not torch.equal(init[k], warm[k]) for k in init)          # the warm-up moved the policy
     assert any(not torch.equal(warm[k], final[k]) for k in warm)         # so did GRPO
     assert sorted(d for d in os.listdir(run) if d.startswith("ckpt-"))[-1] == "ckpt-0000005"
-    for f in ("config.json", "results.md", "curves.png", "samples.jsonl", "vision"):
-        assert os.path.exists(os.path.join(run, f)), f
+    assert all(os.path.exists(os.path.join(run, f)) for f in ("config.json", "curves.png", "vision")), os.listdir(run)
     table = open(os.path.join(run, "results.md")).read()
     assert ("| held-out metric | blind | wrong video | blank clip | after warm-up | after GRPO | "
             "after GRPO - after warm-up | after GRPO - blind |") in table
@@ -1488,6 +1423,32 @@ def test_train_loop_smoke_checkpoint_and_exact_resume():
                              lambda d: d in ("final", "ckpt-0000005") or d.startswith("test_"))
     _train(["--out", base, "--name", "smoke_resumed", "--resume"])
     _ends_like(copy, run, "resumed")
+
+
+def test_wrong_videos_derangement_and_comparison_table_by_hand():
+    rows = [{"video": f"v{k % 7}.mp4"} for k in range(20)]                  # 7 scenes, several questions each
+    swap = train.wrong_videos(rows, seed=0)
+    videos = sorted({r["video"] for r in rows})
+    assert sorted(swap) == videos and sorted(swap.values()) == videos     # a permutation of the scenes
+    assert all(swap[v] != v for v in videos)                              # no question keeps its own video
+    assert swap == train.wrong_videos(list(reversed(rows)), seed=0)       # fixed: a function of the set and seed
+    assert swap != train.wrong_videos(rows, seed=1) and train.wrong_videos([{"video": "a"}], seed=0) == {}
+    res = lambda answers, kind="num": [{"answer": a, "answer_type": kind, "graph": 0.5, "graph_node": 0.2,
+                                        "graph_edge": 0.3, "format": 1.0} for a in answers]
+    blind = [{"answer": a, "answer_type": "num"} for a in (0.5, 0.5, 0.5, 0.5)]     # no graph, no format
+    columns = {"blind": blind, "wrong video": res([0.0, 0.5, 0.0, 0.5]), "after warm-up": res([0.5, 0.5, 1.0, 0.0]),
+               "after GRPO": res([1.0, 0.5, 1.0, 0.5])}
+    table, stats = train.comparison_table(columns, [("after GRPO", "after warm-up"), ("after GRPO", "blind")])
+    assert stats["after GRPO"]["answer"][0] == 0.75 and stats["wrong video"]["answer"][0] == 0.25
+    assert stats["after GRPO - after warm-up"]["answer"][0] == 0.25       # paired: (0.5 + 0 + 0 + 0.5) / 4
+    assert stats["after GRPO - blind"]["answer"][0] == 0.25
+    assert stats["blind"]["graph"] is None and stats["after GRPO - blind"]["graph"] is None
+    assert stats["after GRPO"]["answer_mc"] is None and stats["after GRPO"]["answer_num"][0] == 0.75
+    lo, hi = stats["after GRPO - after warm-up"]["answer"][1:]
+    assert 0.0 <= lo <= 0.25 <= hi <= 0.5                                 # bootstrap interval of 4 paired values
+    assert table.splitlines()[0] == ("| held-out metric | blind | wrong video | after warm-up | after GRPO | "
+                                     "after GRPO - after warm-up | after GRPO - blind |")
+    assert "| graph | - | 0.500 [0.500, 0.500] |" in table and "+0.250 [" in table
 
 
 def test_base_preset_writes_its_card_and_grpo_starts_from_it():
@@ -1504,23 +1465,18 @@ def test_base_preset_writes_its_card_and_grpo_starts_from_it():
     assert "| held-out metric | blind | wrong video | blank clip | after warm-up | after warm-up - blind |" in card
     assert len(re.findall(r"^\| [24] \| ", card, re.M)) == 2                  # scaling lines at warm-up steps 2, 4
     assert "scenes default_rng([0, i]) for i < 10 " in card                    # the data's own seed, not the preset's
-    _train(flags[:4] + ["--threads", "1", "--name", "from_base", "--model", folder, "--grpo_steps", "1", "--batch",
-                        "2", "--G", "2", "--max_new_tokens", "12", "--eval_n", "2", "--test_n", "2"], _stand_ins)
+    _train(_smoke_args("from_base", model=folder, vision_steps=0, sft_steps=0, grpo_steps=1), _stand_ins)
     table = open(os.path.join(base, "from_base", "results.md")).read()
     assert "| blind | wrong video | blank clip | base | after GRPO | after GRPO - base | after GRPO - blind |" in table
 
 
-def _variant_row():
-    """One mc row whose ground truth a reasoning can write exactly: d = 5.0 m and a = 45 deg between the centres."""
-    g = graph.Graph(31, [graph.Node("red cube", (0.0, 0.0, 5.0)), graph.Node("blue ball", (5.0, 0.0, 5.0))])
-    return {"id": "synth-000001-00", "video": "v.mp4", "question": "Which object is farther right?",
-            "options": ["red cube", "blue ball"], "answer": "B", "answer_type": "mc", "task": "relative_direction",
-            "graphs": [g.to_dict()], "reasoning": data.reasoning_text([g], "The blue ball is right.", "B")}
-
-
 def test_variants_ask_write_reward_and_a_coords_run_warms_up_on_its_reasoning():
     """Each --variant: what the prompt asks, what the reference reasoning keeps, and R_graph (R_n, R_e measured)."""
-    row = _variant_row()
+    # one mc row whose ground truth a reasoning can write exactly: d = 5.0 m and a = 45 deg between the centres
+    g = graph.Graph(31, [graph.Node("red cube", (0.0, 0.0, 5.0)), graph.Node("blue ball", (5.0, 0.0, 5.0))])
+    row = {"id": "synth-000001-00", "video": "v.mp4", "question": "Which object is farther right?",
+           "options": ["red cube", "blue ball"], "answer": "B", "answer_type": "mc", "task": "relative_direction",
+           "graphs": [g.to_dict()], "reasoning": data.reasoning_text([g], "The blue ball is right.", "B")}
     want = {"graph": ("d=DIST", "| red cube-blue ball d=5.0 a=45 </graph>", 2.0, 1.0, 1.0),
             "coords": ("(x,y,z)", "<graph t=31> red cube (0.0,0.0,5.0); blue ball (5.0,0.0,5.0) </graph>", 2.0, 1.0,
                        0.0),
@@ -1544,18 +1500,14 @@ def test_variants_ask_write_reward_and_a_coords_run_warms_up_on_its_reasoning():
     assert ev.score_completion(nodes_only, row)["edge"] == 0.0
     assert ev.score_completion(nodes_only, row)["edge_from_centres"] == 1.0
     # --variant coords: node-only warm-up targets, coords models, test records with ids; a bad --variant refused.
-    base, data_dir, model_dir = _run_base()
-    targets, real = [], train.completion_tensors
+    targets, real, run = [], train.completion_tensors, os.path.join(_run_base()[0], "coords")
     spy = lambda tok, texts, device: targets.extend(texts) or real(tok, texts, device)
     with mock.patch.object(train, "completion_tensors", spy):
-        _train(["--out", base, "--data", data_dir, "--model", model_dir, "--name", "coords", "--variant", "coords",
-                "--sft_steps", "1", "--sft_batch", "2", "--grpo_steps", "1", "--batch", "2", "--G", "2",
-                "--max_new_tokens", "12", "--eval_n", "2", "--test_n", "2", "--threads", "1"], _stand_ins)
+        _train(_smoke_args("coords", variant="coords", vision_steps=0, sft_steps=1, grpo_steps=1), _stand_ins)
     assert targets and all("<graph t=" in t and "|" not in t and " d=" not in t for t in targets), targets
-    for folder in ("warmup", "final"):
-        mdl, _ = qwen.load(os.path.join(base, "coords", folder), dtype=torch.float32, device="cpu")
-        assert ev.model_variant(mdl) == "coords"
-    records = json.load(open(os.path.join(base, "coords", "test_after_GRPO.json")))
+    for folder in ("warmup", "final"):                             # eval.py asks as they were trained
+        assert ev.model_variant(qwen.load(os.path.join(run, folder), device="cpu")[0]) == "coords"
+    records = json.load(open(os.path.join(run, "test_after_GRPO.json")))
     assert all(r["id"].startswith("synth-") for r in records)
     assert "--variant must be one of graph, none, coords, answer_only" in _arg_error(["--variant", "edges"])
 
@@ -1610,8 +1562,7 @@ def test_shipped_base_matches_its_card_answers_and_evaluates_under_rotation_besi
     rows = data.load_rows(test_rows)[:2]
     texts, _ = ev.greedy_batch(mdl, tok, rows, [train.clip_of(cfg, r) for r in rows],
                                cfg.max_new_tokens, cfg.min_pixels, cfg.max_pixels)
-    for text in texts:
-        assert rewards.format_reward(text) == 1.0 and "<graph" in text and rewards.extract_answer(text), text
+    assert all(rewards.format_reward(t) == 1.0 and "<graph" in t and rewards.extract_answer(t) for t in texts), texts
     with tempfile.TemporaryDirectory() as d:
         coords = os.path.join(d, "coords")
         config = os.path.join(shutil.copytree(folder, coords), "config.json")
@@ -1628,7 +1579,7 @@ def test_shipped_base_matches_its_card_answers_and_evaluates_under_rotation_besi
         assert os.path.isfile(os.path.join(d, "out", "rotation.png"))
 
 
-# --- train.py: interruptions, bad data ------------------------------------------------------------------------------
+# --- train.py: interruptions, bad data, ranks -----------------------------------------------------------------------
 
 class _Killed(BaseException):
     """Raised where a test kills a run: nothing after that instant runs, as after kill -9."""
@@ -1656,8 +1607,7 @@ def test_kills_at_any_instant_then_resume_ends_as_the_uninterrupted_run():
     name, k = "killed", int(np.random.default_rng().integers(1, 14))      # the third run renames 13 times
     ref, base = _reference_run(), _run_base()[0]
     run, resume = os.path.join(base, name), ["--out", base, "--name", name, "--resume"]
-    half_line = lambda run_dir, record, line: _file(os.path.join(run_dir, "metrics.jsonl"), json.dumps(record)[:20],
-                                                    "a")
+    half_line = lambda run_dir, record, _: _file(os.path.join(run_dir, "metrics.jsonl"), json.dumps(record)[:20], "a")
     half_file = lambda path, content: _file(f"{path}.tmp{os.getpid()}", content[: len(content) // 2])
     kills = [(_smoke_args(name, keep_ckpts=2), _kill(torch, "save", lambda n, *a: n == 2)),  # ckpt-2 half written
              (resume, _kill(train, "log", lambda n, *a: n == 2, half_line)),   # step 2's held-out line, after ckpt-2
@@ -1834,8 +1784,7 @@ def test_nonfinite_update_refused_never_saved_and_the_run_stops_with_a_resume_co
     assert all(torch.isfinite(t).all() for t in ckpt.values())
     _train(command.split()[2:])                                   # exactly the printed command, without the code
     assert json.load(open(os.path.join(run, "config.json")))["sft_lr"] == 3e-4 and _steps(run, "sft") == [1, 2, 3]
-    for folder in ("warmup", "final"):
-        assert all(torch.isfinite(t).all() for t in _weights(os.path.join(run, folder)).values())
+    assert all(torch.isfinite(t).all() for f in ("warmup", "final") for t in _weights(os.path.join(run, f)).values())
 
 
 def _truncated_copy(src, dst):
@@ -1875,16 +1824,14 @@ def test_bad_rows_and_videos_are_skipped_counted_and_the_run_goes_on():
     for line, why in want.items():
         assert why in skipped["train rows"][f"{train_file}:{line}"], (line, skipped["train rows"])
     assert len(skipped["train rows"]) == 6 and "train rows: skipped 6 row(s)" in said
-    for where in ("warm-up steps", "GRPO steps"):                        # line 10: damaged inside, found at a step
-        assert "zero frames" in skipped[where][f"{train_file}:10"], (where, skipped)
+    # line 10: damaged inside, found at a step
+    assert all("zero frames" in skipped[w][f"{train_file}:10"] for w in ("warm-up steps", "GRPO steps")), skipped
     assert "zero frames" in skipped["phase 0 steps"][broken]               # phase 0 learns per video
     recs = data.read_jsonl(os.path.join(run, "metrics.jsonl"))
     assert _steps(run, "sft") == [1, 2, 3] and sum(r.get("skipped", 0) for r in recs if r["phase"] != "eval") >= 2
     assert [r["n"] for r in recs if r["phase"] == "eval"] == [2, 2]                  # 3 val rows, 1 unreadable
     assert len(json.load(open(os.path.join(run, "test_after_GRPO.json")))) == 2
 
-
-# --- train.py: ranks ------------------------------------------------------------------------------------------------
 
 def _prompt_sampler(model, prompt_inputs, G, max_new_tokens, *_, eos_ids=(), suppress_ids=(), **__):
     """grpo.sample's stand-in whose completions depend on the prompt's tokens only (not on the model or a shared
@@ -1961,8 +1908,8 @@ def test_two_ranks_equal_one_process_write_once_and_resume():
         state = torch.load(os.path.join(run, "ckpt-0000004", "state.pt"), weights_only=True)
         assert len(state["rank_rng"]) == 2
         assert _steps(run, None, "samples.jsonl") == [3] * 4 + [4] * 4       # written once: both ranks' completions
-        for f in ("config.json", "results.md", "results.json", "curves.png", "vision", "warmup"):
-            assert os.path.exists(os.path.join(run, f)), f
+        assert all(os.path.exists(os.path.join(run, f)) for f in ("config.json", "results.md", "results.json",
+                                                                  "curves.png", "vision", "warmup")), os.listdir(run)
         # interrupted after GRPO step 1: resume on two ranks, and a one-process resume is refused
         for name, source in (("resumed", "fsdp"), ("refused", "two")):
             _interrupted_copy(os.path.join(tmp, source), os.path.join(tmp, name), lambda d: d in (
