@@ -6,21 +6,13 @@ inference) of at most 128*28*28 pixels each, as Video-R1 / SpaceR; the reasoning
 inter-object relation graph (graph.py), the answer goes inside <answer>.
 How this differs: the CPU default is build_tiny's RANDOM Qwen2.5-VL (about 0.57M parameters, a byte-level BPE
 tokenizer trained on the data's text), taught to see by train.py. It is saved and loaded (load) exactly like a
-real local checkpoint, so the code path is the same for the 7B.
+real local checkpoint, so the code path is the same for the 7B. preprocess_video is Qwen2.5-VL's video processor
+in torch alone (the official one needs torchvision), with second_per_grid_ts from the TRUE frame times (Video-R1
+and verl drop it, and M-RoPE's time axis collapses).
 
-What is here: train_tokenizer / tiny_config / build_tiny / load; preprocess_video, Qwen2.5-VL's video processor in
-torch alone (the official one needs torchvision; parity: fixtures/qwen_video_golden.npz from make_golden_fixture),
-with second_per_grid_ts from the TRUE frame times (Video-R1 and verl drop it, and M-RoPE's time axis collapses);
-rope_positions, the 3-D M-RoPE positions as Qwen's reference code computes them; build_prompt / make_inputs (chat
-template, instruction, <|video_pad|> expanded, left padding); LoRA by hand (add_lora; lora_disabled: the KL
-reference is the base model with its adapters off, no second copy; lora_sampling: bf16 copies for the rollout;
-merge_lora); the 7B's shapes (qwen25_vl_7b_config, random_model: built on the GPU) and estimate_memory.
-
-Run: `python model.py [OUT_DIR]` builds a demo tiny model into OUT_DIR (default: a new temporary folder; train.py
-builds its own tiny_model/ fitted to its data) and prints its size and the 7B memory table for one 80 GB GPU;
-`python model.py --golden` remakes the golden fixture (in a side environment with torchvision); one GRPO step on a
-random 7B-shaped model is `python train.py --preset shape7b`. Everything is offline (HF_HUB_OFFLINE=1 is set here;
-transformers' Hub kernels are off: use_kernels=False).
+Run: `python model.py [OUT_DIR]` builds a demo tiny model into OUT_DIR and prints its size and the 7B memory table
+for one 80 GB GPU; `python model.py --golden` remakes the golden fixture of the preprocessing parity test.
+Everything is offline (HF_HUB_OFFLINE=1 is set here; transformers' Hub kernels are off: use_kernels=False).
 """
 import contextlib
 import functools
@@ -82,10 +74,8 @@ TINY = dict(vocab_size=1024, hidden_size=64, num_hidden_layers=4, num_attention_
 # --- tokenizer ------------------------------------------------------------------------------------------------------
 
 def train_tokenizer(texts, vocab_size=TINY["vocab_size"]):
-    """Byte-level BPE trained on `texts` (Qwen2's pre-tokenizer: digits single tokens) + Qwen special tokens.
-
-    decode(encode(s)) == s for any string: all 256 bytes are in the initial alphabet, no normaliser.
-    """
+    """Byte-level BPE trained on `texts` (pre-tokenizer: PRETOKENIZE_REGEX) + Qwen special tokens.
+    decode(encode(s)) == s for any string: all 256 bytes are in the initial alphabet, no normaliser."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
@@ -105,39 +95,31 @@ def train_tokenizer(texts, vocab_size=TINY["vocab_size"]):
 
 # --- config / build -------------------------------------------------------------------------------------------------
 
-def mrope_section(head_dim):
-    """Split head_dim/2 rotary frequencies into (temporal, height, width) like Qwen's [16, 24, 24] of 64."""
-    half = head_dim // 2
-    t = half // 4
-    h = (half - t) // 2
-    return [t, h, half - t - h]
-
-
 def tiny_config(tokenizer, **overrides):
-    """A shrunken Qwen2_5_VLConfig whose special ids are those of `tokenizer` (sizes: TINY + overrides; the
-    vision tower's output width is the text hidden size, mrope_section splits the text head's rotary pairs)."""
+    """A shrunken Qwen2_5_VLConfig (sizes: TINY + overrides) whose special ids are those of `tokenizer`."""
     unknown = set(overrides) - set(TINY)
     if unknown:
         raise ValueError(f"model.tiny_config: unknown size override(s) {sorted(unknown)}; known: {sorted(TINY)}")
-    s = {**TINY, **overrides}
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    head_dim = s["hidden_size"] // s["num_attention_heads"]
-    text = dict(vocab_size=len(tokenizer), hidden_size=s["hidden_size"], intermediate_size=s["intermediate_size"],
+    return vl_config({**TINY, **overrides, "vocab_size": len(tokenizer)}, ids, pad_token_id=ids["<|endoftext|>"])
+
+
+def vl_config(s, ids, **text):
+    """Qwen2_5_VLConfig from sizes `s` (TINY's keys), {special token: id} and more text-config fields `text`. The
+    vision tower's output width is the text hidden size."""
+    half = s["hidden_size"] // s["num_attention_heads"] // 2    # a head's rotary frequencies, split (t, h, w)
+    t, h = half // 4, (half - half // 4) // 2                    # like Qwen's mrope_section [16, 24, 24] of 64
+    text.update(vocab_size=s["vocab_size"], hidden_size=s["hidden_size"], intermediate_size=s["intermediate_size"],
                 num_hidden_layers=s["num_hidden_layers"], num_attention_heads=s["num_attention_heads"],
                 num_key_value_heads=s["num_key_value_heads"], max_position_embeddings=s["max_position_embeddings"],
                 rope_parameters={"rope_type": "default", "rope_theta": s["rope_theta"],
-                                 "mrope_section": mrope_section(head_dim)},
-                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+                                 "mrope_section": [t, h, half - t - h]},
+                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"])
     depth = s["vision_depth"]
     vision = dict(depth=depth, hidden_size=s["vision_hidden_size"], num_heads=s["vision_num_heads"],
                   intermediate_size=s["vision_intermediate_size"], out_hidden_size=s["hidden_size"],
                   window_size=s["window_size"], tokens_per_second=s["tokens_per_second"], patch_size=s["patch_size"],
                   fullatt_block_indexes=[depth - 1] if depth < 8 else list(range(7, depth, 8)))
-    return vl_config(text, vision, ids)
-
-
-def vl_config(text, vision, ids):
-    """Qwen2_5_VLConfig from the text and vision sizes and {special token: id}."""
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids[IMAGE_PAD],
                             video_token_id=ids[VIDEO_PAD], vision_start_token_id=ids["<|vision_start|>"],
                             vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
@@ -153,9 +135,8 @@ def new_model(config):
 def build_tiny(out_dir, texts, seed=0, **overrides):
     """Train the tokenizer on `texts`, build a random tiny Qwen2.5-VL, save both to out_dir. Returns out_dir."""
     tokenizer = train_tokenizer(texts, overrides.pop("vocab_size", TINY["vocab_size"]))
-    config = tiny_config(tokenizer, **overrides)
     torch.manual_seed(seed)
-    model = new_model(config)
+    model = new_model(tiny_config(tokenizer, **overrides))
     im_end, eot = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
     model.generation_config = GenerationConfig(eos_token_id=[im_end, eot], pad_token_id=eot, bos_token_id=eot,
                                                do_sample=False)
@@ -167,18 +148,16 @@ def build_tiny(out_dir, texts, seed=0, **overrides):
 
 def best_dtype(device):
     """bf16 on a GPU that supports it, else float32 (bf16 is slower than fp32 on a CPU: `python grpo.py bench`)."""
-    if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    cuda = torch.device(device).type == "cuda"
+    return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
 
 
 def load(path, dtype=None, device=None):
     """(model, tokenizer) from a local folder, tiny or real (e.g. a local copy of Qwen2.5-VL-7B-Instruct)."""
     if not path or not os.path.isfile(os.path.join(path, "config.json")):
-        raise FileNotFoundError(
-            f"model.load: no checkpoint folder at {path!r} (needs config.json + *.safetensors + tokenizer). "
-            "Pass --model PATH to a local folder (`python train.py` builds the tiny one in tiny_model/); a real "
-            "Qwen2.5-VL-7B-Instruct must be copied there beforehand (nothing is downloaded here).")
+        raise FileNotFoundError(f"model.load: no checkpoint folder at {path!r} (config.json + *.safetensors + "
+                                "tokenizer). Pass --model PATH to a local folder (`python train.py` builds "
+                                "tiny_model/; a real Qwen2.5-VL-7B-Instruct must be copied there: no download).")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or best_dtype(device)
     # use_kernels=False: else transformers >= 5 runs Hub-downloaded kernels in training (offline: a crash at .train())
@@ -227,10 +206,8 @@ def preprocess_video(frames, times, min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_
     """Qwen2VLVideoProcessor by hand. frames uint8 (F,H,W,3), times (F,) seconds, fps the sampled frame rate in
     Qwen's convention (data.Clip.sample_fps; None: sampled_fps(times)); second_per_grid_ts = temporal_patch_size
     / fps, as the official processor and qwen-vl-utils compute it.
-
     Returns {"pixel_values_videos": (t*h*w, 3*tp*p*p) float32, "video_grid_thw": (1, 3) long,
-             "second_per_grid_ts": (1,) float32, "fps": float} with (t, h, w) the grid in patches.
-    """
+             "second_per_grid_ts": (1,) float32, "fps": float} with (t, h, w) the grid in patches."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"model.preprocess_video: frames must be uint8 (F,H,W,3), got {frames.dtype} {frames.shape}")
@@ -242,8 +219,7 @@ def preprocess_video(frames, times, min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_
         # bit-exact with the official processor; a float resize + round differs by up to 5 uint8 steps)
         x = F.interpolate(x.contiguous(), size=(rh, rw), mode="bicubic", align_corners=False, antialias=True)
     x = x.float()                                                             # (F, 3, rh, rw)
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1) * 255.0
+    mean, std = (torch.tensor(c).view(1, 3, 1, 1) * 255.0 for c in (CLIP_MEAN, CLIP_STD))
     x = (x - mean) / std                            # x/255 rescale and CLIP normalisation, fused as upstream
     if pad := -n_frames % temporal_patch_size:     # repeat the last frame
         x = torch.cat([x, x[-1:].expand(pad, -1, -1, -1)], 0)
@@ -260,47 +236,37 @@ def preprocess_video(frames, times, min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_
 
 def rope_positions(config, input_ids, mm_token_type_ids, attention_mask, video_grid_thw, second_per_grid_ts):
     """Qwen2.5-VL's 3-D M-RoPE position ids (t, h, w) of left-padded prompts, as Qwen's reference code (and
-    transformers <= 5.2, vLLM) computes them:
+    transformers 4.49-4.50, vLLM) computes them:
       text token:  the same index on all three axes, continuing from max(all earlier positions) + 1;
       video grid k, row i, column j (merged), starting at s:  (s + floor(k * second_per_grid * tokens_per_second),
                    s + i, s + j)  -> the temporal axis follows the true frame times (2 positions per second).
     transformers 5.24's get_rope_index restarts the text after a video at s + max(h, w) instead of max + 1, so
     the question overlaps the video's temporal positions; a real checkpoint was trained with max + 1. transformers
     5.2 also continues at max + 1 but casts the seconds per grid to an integer before multiplying (0.5 s per grid
-    gives 0, 1, 2, 2, 2 ...); 4.49-4.50 and this function follow Qwen's scheme exactly.
-    Returns pos (3, B, P) long (0 on padding) and next_pos (B,) = max + 1, where the completion starts.
-    """
-    merge = config.vision_config.spatial_merge_size
-    tps = config.vision_config.tokens_per_second
-    B, P = input_ids.shape
-    pos = torch.zeros(3, B, P, dtype=torch.long, device=input_ids.device)
-    next_pos = torch.zeros(B, dtype=torch.long, device=input_ids.device)
+    gives 0, 1, 2, 2, 2 ...).
+    Returns pos (3, B, P) long (0 on padding) and next_pos (B,) = max + 1, where the completion starts."""
+    merge, tps = config.vision_config.spatial_merge_size, config.vision_config.tokens_per_second
+    pos = torch.zeros(3, *input_ids.shape, dtype=torch.long, device=input_ids.device)      # (3, B, P)
     n_video = 0
-    for b in range(B):
+    for b in range(input_ids.shape[0]):
         keep = attention_mask[b].bool()
-        types = mm_token_type_ids[b][keep].tolist()
-        chunks, start, i = [], 0, 0
-        while i < len(types):
-            j = i
-            while j < len(types) and types[j] == types[i]:
-                j += 1
-            if types[i] == 0:                                                   # text run
-                chunks.append(torch.arange(j - i).view(1, -1).expand(3, -1) + start)
+        kinds, counts = torch.unique_consecutive(mm_token_type_ids[b][keep], return_counts=True)  # runs of one type
+        chunks, start = [], 0
+        for kind, n in zip(kinds.tolist(), counts.tolist()):
+            if kind == 0:                                                       # text run
+                chunks.append(torch.arange(n).view(1, -1).expand(3, -1) + start)
             else:                                                               # one video
                 t, h, w = (int(x) for x in video_grid_thw[n_video])
                 h, w = h // merge, w // merge
-                if j - i != t * h * w:
-                    raise ValueError(f"model.rope_positions: row {b} has {j - i} video tokens, grid needs {t * h * w}")
+                if n != t * h * w:
+                    raise ValueError(f"model.rope_positions: row {b} has {n} video tokens, grid needs {t * h * w}")
                 tt = (torch.arange(t) * second_per_grid_ts[n_video].float().cpu() * tps).long()  # as Qwen: float32
                 grid = torch.stack(torch.meshgrid(tt, torch.arange(h), torch.arange(w), indexing="ij"))
                 chunks.append(grid.reshape(3, -1) + start)                      # (3, t*h*w)
                 n_video += 1
             start = int(chunks[-1].max()) + 1
-            i = j
-        p = torch.cat(chunks, 1).to(pos.device)                                 # (3, real tokens)
-        pos[:, b, keep] = p
-        next_pos[b] = p.max() + 1
-    return pos, next_pos
+        pos[:, b, keep] = torch.cat(chunks, 1).to(pos.device)                   # (3, real tokens)
+    return pos, pos.amax((0, 2)) + 1                                            # next_pos (B,)
 
 
 # --- prompt ---------------------------------------------------------------------------------------------------------
@@ -313,12 +279,8 @@ THINK_INSTRUCTION = {   # by row["think"] (data.with_think; rewards.VARIANTS): w
               "... </graph> (centres in metres in the camera frame: x right, y down, z forward). "),
     "free": "Think in <think> </think>. ",
 }
-ANSWER_INSTRUCTION = {
-    "mc": "Then answer in <answer> </answer> with only the option's letter.",
-    "num": "Then answer in <answer> </answer> with only a number.",
-    "iou": "Then answer in <answer> </answer> with only [start, end] in seconds.",
-    "box": "Then answer in <answer> </answer> with only [x1, y1, x2, y2].",
-}
+ANSWER_FORMAT = {"mc": "the option's letter", "num": "a number", "iou": "[start, end] in seconds",
+                 "box": "[x1, y1, x2, y2]"}
 
 
 def build_prompt(row):
@@ -329,10 +291,8 @@ def build_prompt(row):
         raise ValueError(f"model.build_prompt: row {row.get('id')!r} field answer_type={kind!r} not mc/num/iou")
     if kind == "iou" and isinstance(row.get("answer"), (list, tuple)) and len(row["answer"]) == 4:
         kind = "box"
-    text = ""
-    if row.get("time_window"):
-        s, e = row["time_window"]
-        text += f"From {s:.1f} s to {e:.1f} s. "
+    window = row.get("time_window")
+    text = "From {:.1f} s to {:.1f} s. ".format(*window) if window else ""
     text += row["question"].strip()
     if row.get("options"):
         text += "\n" + "\n".join(f"({chr(ord('A') + i)}) {opt}" for i, opt in enumerate(row["options"]))
@@ -342,7 +302,8 @@ def build_prompt(row):
     if think not in THINK_INSTRUCTION:
         raise ValueError(f"model.build_prompt: row {row.get('id')!r} field think={think!r} not one of "
                          f"{sorted(THINK_INSTRUCTION)}")
-    text += "\n" + THINK_INSTRUCTION[think].format(frames=which) + ANSWER_INSTRUCTION[kind]
+    text += (f"\n{THINK_INSTRUCTION[think].format(frames=which)}"
+             f"Then answer in <answer> </answer> with only {ANSWER_FORMAT[kind]}.")
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}]
     return chat_template().render(messages=messages, add_generation_prompt=True)
 
@@ -360,45 +321,38 @@ def prompt_tokens(tokenizer, row):
 
 
 def prompt_problem(tokenizer, row, max_tokens):
-    """Why a row's prompt is too long to ask (more than max_tokens text tokens), or None. train.py and eval.py
-    skip such rows (--max_prompt_tokens) instead of running out of memory on them: a 1 MB question is ~400k
-    tokens."""
+    """Why a row's prompt is too long to ask (over max_tokens text tokens), or None. train.py and eval.py skip
+    such rows (--max_prompt_tokens) instead of running out of memory on them: a 1 MB question is ~400k tokens."""
     n = prompt_tokens(tokenizer, row)
     return f"prompt of {n} tokens exceeds --max_prompt_tokens {max_tokens}" if n > max_tokens else None
 
 
 def make_inputs(tokenizer, config, rows, videos, min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS):
     """Model inputs for B prompts (one video each), left-padded. videos: list of (frames (F,H,W,3), times (F,)).
-
     A video may be a data.Clip: its sample_fps (Qwen's convention) then sets second_per_grid_ts.
     Returns input_ids (B,P), attention_mask (B,P), mm_token_type_ids (B,P) (2 on video tokens: without it
-    transformers silently uses 1-D positions), and
-    pixel_values_videos (sum of t*h*w, 1176), video_grid_thw (B,3), second_per_grid_ts (B,).
-    """
+    transformers silently uses 1-D positions), pixel_values_videos (sum of t*h*w, 1176), video_grid_thw (B,3)
+    and second_per_grid_ts (B,)."""
     vc = config.vision_config
     video_id = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
     if video_id != config.video_token_id:
         raise ValueError(f"model.make_inputs: tokenizer's {VIDEO_PAD} id {video_id} != config {config.video_token_id}")
-    seqs, pixels, grids, spgs = [], [], [], []
+    seqs, vs = [], []
     for row, video in zip(rows, videos, strict=True):
         frames, times = video[:2]
-        v = preprocess_video(frames, times, min_pixels, max_pixels, vc.patch_size, vc.temporal_patch_size,
-                             vc.spatial_merge_size, getattr(video, "sample_fps", None))
-        n_video = int(v["video_grid_thw"].prod()) // vc.spatial_merge_size ** 2    # merged tokens
+        vs.append(preprocess_video(frames, times, min_pixels, max_pixels, vc.patch_size, vc.temporal_patch_size,
+                                   vc.spatial_merge_size, getattr(video, "sample_fps", None)))
+        n_video = int(vs[-1]["video_grid_thw"].prod()) // vc.spatial_merge_size ** 2    # merged tokens
         ids = tokenizer(build_prompt(row), add_special_tokens=False)["input_ids"]
         at = ids.index(video_id)
         seqs.append(ids[:at] + [video_id] * n_video + ids[at + 1:])               # expand <|video_pad|>
-        pixels.append(v["pixel_values_videos"])
-        grids.append(v["video_grid_thw"])
-        spgs.append(v["second_per_grid_ts"])
     width = max(len(s) for s in seqs)
-    pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs])        # (B, P) left padding
+    input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(s)) + s for s in seqs])  # (B, P) left padding
     attention_mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
     mm_token_type_ids = (input_ids == video_id).int() * 2                        # (B, P) text 0, video 2
+    keys = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
     return {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": mm_token_type_ids,
-            "pixel_values_videos": torch.cat(pixels), "video_grid_thw": torch.cat(grids),
-            "second_per_grid_ts": torch.cat(spgs)}
+            **{k: torch.cat([v[k] for v in vs]) for k in keys}}
 
 
 def to_device(inputs, device, dtype):
@@ -419,11 +373,9 @@ def special_ids(tokenizer):
 def decode_completions(tokenizer, ids, mask):
     """Completion ids (N, T) / mask (N, T) -> (texts without the closing EOS, token counts with it)."""
     eos, _ = special_ids(tokenizer)
-    texts, lengths = [], []
-    for seq, n in zip(ids.tolist(), mask.sum(1).long().tolist()):
-        body = seq[:n]
-        texts.append(tokenizer.decode(body[:-1] if body and body[-1] in eos else body, skip_special_tokens=False))
-        lengths.append(n)
+    lengths = mask.sum(1).long().tolist()
+    bodies = [seq[:n] for seq, n in zip(ids.tolist(), lengths)]
+    texts = [tokenizer.decode(b[:-1] if b and b[-1] in eos else b, skip_special_tokens=False) for b in bodies]
     return texts, lengths
 
 
@@ -465,15 +417,13 @@ def set_checkpointing(model, on=True):
 
 def freeze_vision(model):
     """Freeze the vision tower (patch embedding, blocks and merger)."""
-    for p in model.model.visual.parameters():
-        p.requires_grad_(False)
+    model.model.visual.requires_grad_(False)
     return model
 
 
 class LoRALinear(nn.Module):
     """y = W x + b + (alpha / r) * B A dropout(x)  (Hu et al. 2021). A: (r, in) Kaiming, B: (out, r) zeros,
-    so a fresh adapter leaves the output unchanged. Adapters are float32 whatever the base dtype; inside
-    lora_sampling they compute from copies in the base dtype instead."""
+    so a fresh adapter leaves the output unchanged. Adapters are float32 whatever the base dtype."""
 
     def __init__(self, base: nn.Linear, rank, alpha, dropout=0.0):
         super().__init__()
@@ -501,21 +451,17 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 def add_lora(model, rank, alpha=None, dropout=0.0, targets=LORA_TARGETS):
-    """Wrap the language model's attention and MLP projections with LoRA and freeze every base weight.
-
-    rank 0 is a no-op (full fine-tuning). alpha defaults to 2 * rank. Returns the model.
-    """
+    """Wrap the language model's attention and MLP projections with LoRA and freeze every base weight; rank 0 is a
+    no-op (full fine-tuning)."""
     if rank <= 0:
         return model
     alpha = 2 * rank if alpha is None else alpha
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model.requires_grad_(False)
     lm = model.model.language_model
     for name, module in list(lm.named_modules()):
-        leaf = name.rsplit(".", 1)[-1]
+        parent, _, leaf = name.rpartition(".")
         if leaf in targets and isinstance(module, nn.Linear):
-            parent = lm.get_submodule(name.rsplit(".", 1)[0])
-            setattr(parent, leaf, LoRALinear(module, rank, alpha, dropout))
+            setattr(lm.get_submodule(parent), leaf, LoRALinear(module, rank, alpha, dropout))
     return model
 
 
@@ -526,15 +472,14 @@ def lora_modules(model):
 @contextlib.contextmanager
 def lora_disabled(model):
     """Inside this block the model is the base model (adapters off): the KL reference pi_ref, no copy."""
-    mods = lora_modules(model)
-    states = [m.enabled for m in mods]
+    mods = [m for m in lora_modules(model) if m.enabled]
     for m in mods:
         m.enabled = False
     try:
         yield model
     finally:
-        for m, s in zip(mods, states):
-            m.enabled = s
+        for m in mods:
+            m.enabled = True
 
 
 @contextlib.contextmanager
@@ -561,8 +506,8 @@ def merge_lora(model):
         if isinstance(module, LoRALinear):
             w = module.base.weight
             w += (module.lora_B @ module.lora_A * module.scale).to(w.dtype)
-            parent_name, leaf = name.rsplit(".", 1)
-            setattr(model.get_submodule(parent_name), leaf, module.base)
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent), leaf, module.base)
     return model
 
 
@@ -572,9 +517,6 @@ def lora_state_dict(model):
 
 
 # --- support: no paper content below (memory estimate, the 7B's shapes, golden fixture) ---------------
-
-# --- memory ---------------------------------------------------------------------------------------------------------
-
 def qwen25_vl_7b_config(layers=28, vision_layers=32, tokenizer=None):
     """Qwen2.5-VL-7B-Instruct's published config.json, written out by hand (nothing is downloaded).
 
@@ -583,23 +525,18 @@ def qwen25_vl_7b_config(layers=28, vision_layers=32, tokenizer=None):
     ids = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|vision_start|>": 151652,
            "<|vision_end|>": 151653, IMAGE_PAD: 151655, VIDEO_PAD: 151656}
     ids.update({t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS} if tokenizer is not None else {})
-    text = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=layers,
-                num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000, rms_norm_eps=1e-6,
-                rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]},
-                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"])
-    vision = dict(depth=vision_layers, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
-                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                  fullatt_block_indexes=[i for i in (7, 15, 23, 31) if i < vision_layers] or [vision_layers - 1],
-                  tokens_per_second=2)
-    return vl_config(text, vision, ids)
+    sizes = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=layers,
+                 num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000, rope_theta=1e6,
+                 vision_hidden_size=1280, vision_depth=vision_layers, vision_intermediate_size=3420,
+                 vision_num_heads=16, window_size=112, tokens_per_second=2, patch_size=14)
+    return vl_config(sizes, ids, rms_norm_eps=1e-6)      # mrope_section [16, 24, 24]; full attention in 7, 15, 23, 31
 
 
 def param_counts(config):
     """(total, vision, lm_per_layer_linear_shapes) of a config, counted on the meta device (no memory)."""
     with torch.device("meta"):
         m = new_model(config)
-    total = sum(p.numel() for p in m.parameters())
-    vision = sum(p.numel() for p in m.model.visual.parameters())
+    total, vision = count_params(m), count_params(m.model.visual)
     shapes = [(mod.in_features, mod.out_features) for name, mod in m.model.language_model.named_modules()
               if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in LORA_TARGETS]
     return total, vision, shapes
@@ -624,7 +561,6 @@ def estimate_memory(config, lora_rank, batch, seq_len, dtype=torch.bfloat16, vis
                decoder layers in b bytes (the one computing and the one prefetched), the `gathered` entry.
                Activations and logits are per rank and do not shrink (each rank has its own `batch`).
     """
-    gib = 1024 ** 3
     b = torch.finfo(dtype).bits // 8
     tc, vc = config.text_config, config.vision_config
     total, vision, shapes = param_counts(config)
@@ -634,9 +570,8 @@ def estimate_memory(config, lora_rank, batch, seq_len, dtype=torch.bfloat16, vis
         grads, optimizer, reference = trainable * 4, trainable * 8, 0
     else:
         trainable = total - (vision if freeze_vision_tower else 0)
-        weights, grads = total * b, trainable * b
+        weights, grads, reference = total * b, trainable * b, total * b
         optimizer = trainable * (8 + (4 if b < 4 else 0))
-        reference = total * b
     H, I, L = tc.hidden_size, tc.intermediate_size, tc.num_hidden_layers
     kv = tc.num_key_value_heads * H // tc.num_attention_heads
     tokens = batch * seq_len
@@ -646,28 +581,22 @@ def estimate_memory(config, lora_rank, batch, seq_len, dtype=torch.bfloat16, vis
     act_ckpt = (tokens * (L * b * H + per_tok_layer)
                 + vision_patches * (vc.depth * b * vc.hidden_size + v_per_patch_layer))
     logits = (completion_len or seq_len) * tc.vocab_size * (b + 8)
-    gathered = 0
-    if shards > 1:
-        weights, grads, optimizer, reference = (x / shards for x in (weights, grads, optimizer, reference))
-        gathered = 2 * b * sum(i * o for i, o in shapes) / L
+    weights, grads, optimizer, reference = (x / shards for x in (weights, grads, optimizer, reference))
+    gathered = 2 * b * sum(i * o for i, o in shapes) / L if shards > 1 else 0
     fixed = weights + grads + optimizer + reference + logits + gathered
-    out = {"params": total, "trainable": trainable, "weights": weights, "grads": grads, "optimizer": optimizer,
-           "reference": reference, "gathered": gathered, "activations_no_ckpt": act_full,
-           "activations_ckpt": act_ckpt, "logits": logits,
-           "total_no_ckpt": fixed + act_full, "total_ckpt": fixed + act_ckpt}
-    return {k: (v if k in ("params", "trainable") else v / gib) for k, v in out.items()}
+    nbytes = {"weights": weights, "grads": grads, "optimizer": optimizer, "reference": reference,
+              "gathered": gathered, "activations_no_ckpt": act_full, "activations_ckpt": act_ckpt, "logits": logits,
+              "total_no_ckpt": fixed + act_full, "total_ckpt": fixed + act_ckpt}
+    return {"params": total, "trainable": trainable, **{k: v / 1024 ** 3 for k, v in nbytes.items()}}
 
 
 def memory_table(config=None, G=8, prompt_len=1174, completion_len=768, vision_patches=4096, gpu_gib=80.0,
                  lora_ranks=(0, 64)):
     """Text table: full fine-tuning vs LoRA for one GRPO step (G sequences of prompt + completion tokens).
-
-    Defaults: 16 frames at 128*28*28 -> grid (8, 16, 32)-ish = 4096 patches = 1024 video tokens + ~150 text.
-    """
+    Defaults: 16 frames at 128*28*28 -> grid (8, 16, 32)-ish = 4096 patches = 1024 video tokens + ~150 text."""
     config = config or qwen25_vl_7b_config()
-    rows = [(("full FT" if r == 0 else f"LoRA r={r}"),
-             estimate_memory(config, r, G, prompt_len + completion_len, torch.bfloat16, vision_patches, completion_len))
-            for r in lora_ranks]
+    rows = [("full FT" if r == 0 else f"LoRA r={r}", estimate_memory(config, r, G, prompt_len + completion_len,
+             torch.bfloat16, vision_patches, completion_len)) for r in lora_ranks]
     keys = ["weights", "grads", "optimizer", "reference", "activations_no_ckpt", "activations_ckpt", "logits",
             "total_no_ckpt", "total_ckpt"]
     lines = [f"Qwen2.5-VL-7B-Instruct ({rows[0][1]['params'] / 1e9:.2f}B params), bf16, AdamW, one GPU of "
