@@ -114,6 +114,11 @@ def policy_loss(logp, old_logp, ref_logp, adv, mask, clip_eps=0.2, clip_eps_high
     return loss, stats
 
 
+def autocast(device, dtype):
+    """bf16 autocast for the policy's forwards (CUDA by default; CPU with --dtype bf16); a no-op in fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+
+
 # --- sampling and log-probabilities by hand -------------------------------------------------------------------------
 
 def prompt_positions(model, prompt_inputs):
@@ -499,11 +504,10 @@ def bench_rollout(argv=()):
           f"{dtype}, {where}; G={a.G}, prompt {inputs['input_ids'].shape[1]} tokens ({a.frames} frames), "
           f"{a.new_tokens} new tokens; torch {torch.__version__}, transformers {transformers.__version__}; built in "
           f"{time.perf_counter() - t0:.1f} s", flush=True)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
 
     @torch.no_grad()
     def run(name, n):                          # n new tokens per sequence from `name` (a decoder or "generate")
-        with autocast:
+        with autocast(device, dtype):
             if name == "generate":
                 return generate_all(model, inputs, a.G, n, suppress, eos[0])
             return sample(model, inputs, a.G, n, 1.0, 1.0, eos_ids=(), suppress_ids=suppress, pad_id=eos[0],
@@ -550,7 +554,7 @@ def bench_rollout(argv=()):
     for name in [d for d in checked if d != "plain"]:
         try:
             ids, mask, logp = run(name, n)                                          # (N, n)
-            with torch.no_grad(), autocast:
+            with torch.no_grad(), autocast(device, dtype):
                 err = float((logp - token_logprobs(model, inputs, ids, mask).float()).abs().max())
         except RuntimeError as e:                       # reported, not raised
             print(f"check {name} failed: {type(e).__name__}: {e}", flush=True)

@@ -280,7 +280,7 @@ def sft_step(r, mdl, tok, rows, opt):
     mdl.train()
     inputs = prompt_batch(r, tok, mdl, rows)
     ids, mask = completion_tensors(tok, [row["reasoning"] for row in rows], r.device)   # (B, T)
-    with autocast(r.device, r.dtype):
+    with grpo.autocast(r.device, r.dtype):
         logp = grpo.token_logprobs(mdl, inputs, ids, mask)                          # (B, T)
     loss = -(logp * mask).sum() / dist_norm(mask.sum())
     check_finite(loss, "the loss")
@@ -351,7 +351,7 @@ def rollout(r, mdl, tok, rows, generator):
     cfg, eos, suppress = r.cfg, *qwen.special_ids(tok)
     inputs = prompt_batch(r, tok, mdl, rows)
     t0 = time.time()
-    with autocast(r.device, r.dtype):                                                        # sample: eval, no grad
+    with grpo.autocast(r.device, r.dtype):                                              # sample: eval, no grad
         ids, mask, old_logp = grpo.sample(mdl, inputs, cfg.G, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
                                           eos_ids=eos, suppress_ids=suppress, generator=generator,
                                           decoder=cfg.decoder)                                    # (N, T) each
@@ -385,14 +385,14 @@ def grpo_update(r, mdl, ref_mdl, tok, ro, opt):
              for lo, hi in chunks]                     # ids, mask, old_logp (n, T); adv (n,)
     ref_logp = [None] * len(chunks)
     if cfg.beta > 0:                                   # pi_ref log-probs, once per rollout: (n, T) per chunk
-        with torch.no_grad(), autocast(device, dtype), ref_policy(mdl, ref_mdl) as ref:
+        with torch.no_grad(), grpo.autocast(device, dtype), ref_policy(mdl, ref_mdl) as ref:
             ref_logp = [grpo.token_logprobs(ref, x, m["ids"], m["mask"]).float() for x, m in zip(inputs, micro)]
     n_tok_all = dist_norm(ro.mask.sum())               # scalar: tokens of all ranks / ranks
     stats_sum, n_backward = {}, 0
     for _ in range(cfg.mu):
         mdl.train()
         for (lo, hi), x, m, ref_lp in zip(chunks, inputs, micro, ref_logp):
-            with autocast(device, dtype):
+            with grpo.autocast(device, dtype):
                 logp = grpo.token_logprobs(mdl, x, m["ids"], m["mask"]).float()                # (n, T)
             loss, stats = grpo.policy_loss(logp, m["old_logp"] if cfg.mu > 1 else None, ref_lp, m["adv"],
                                            m["mask"], cfg.clip_eps, cfg.clip_eps_high, cfg.beta, cfg.agg,
@@ -771,11 +771,6 @@ def ref_policy(mdl, ref_mdl):
     return contextlib.nullcontext(ref_mdl) if ref_mdl is not None else qwen.lora_disabled(mdl)
 
 
-def autocast(device, dtype):
-    """bf16 autocast (CUDA by default; CPU with --dtype bf16); a no-op in fp32."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
-
-
 def trainable(mdl):
     return [p for p in mdl.parameters() if p.requires_grad]
 
@@ -862,7 +857,7 @@ def evaluate(r, mdl, tok, rows, swap=None, batch=16):
     rows = rows if grpo.is_fsdp(mdl) else shard(rows)       # this rank's block of the questions (all in one process)
     if swap:                                                # a row's prompt never names its video: swapping it is enough
         rows = [{**row, "video": swap.get(row["video"], row["video"])} for row in rows]
-    with autocast(r.device, r.dtype):
+    with grpo.autocast(r.device, r.dtype):
         texts, lengths, _ = ev.complete(mdl, tok, rows, functools.partial(data.clip_problem, functools.partial(
             clip_of, cfg)), batch, cfg.max_new_tokens, cfg.min_pixels, cfg.max_pixels)
     asked = [i for i, text in enumerate(texts) if text is not None]
@@ -1623,7 +1618,7 @@ def shape7b(cfg, device, dtype):
         row = {"id": "shape7b", "video": video, "question": "How far is the red cube from the blue ball?",
                "answer_type": "num", "answer": 1.0}
         r = Run(cfg, tmp, device, dtype, [row], [], [])
-        with torch.no_grad(), autocast(device, dtype):
+        with torch.no_grad(), grpo.autocast(device, dtype):
             decoder = grpo.rollout_decoder(mdl, cfg.decoder)   # auto's choice (a failed capture warns, then static)
         generator = torch.Generator(device).manual_seed(0)
         ro = rollout(r, mdl, tok, [row], generator)
