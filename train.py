@@ -17,16 +17,12 @@ warm-up (run_warmup: teacher-forced cross-entropy on the reference reasoning). `
 is the paper's SFT baseline. Differences from the paper: the data is synthetic (data.py) and the tiny base was
 made here from random weights; the rest is the paper's recipe with smaller numbers (`--preset paper`: the 7B).
 
-Run: `python train.py` (about 11 min on 2 CPU cores), `python train.py --resume` after an interruption,
-`torchrun --standalone --nproc_per_node 2 train.py --preset base` (remake the base, ~1.7 h),
-`python train.py --preset paper --model /path/to/Qwen2.5-VL-7B-Instruct --data /path/to/rows`,
-`python train.py --preset shape7b` (one step on a random 7B-shaped model: seconds and memory per stage);
-`torchrun --nproc_per_node N train.py ...` runs N data-parallel ranks ("data parallelism" below).
-Outputs in runs/NAME/: config.json, metrics.jsonl, samples.jsonl, curves.png, ckpt-*/, vision/, warmup/, final/,
-results.md + results.json + test_*.json (the final table, per question), skipped.json (rows left out: FILE:LINE and
-why), run.lock (the PID using the run); a kill at any instant leaves a run that --resume finishes.
-Layout: Config and presets, run() (the table of contents), the phases in run order, final_report; below the
-"support" marker what a run needs and the paper does not describe (setup, checkpoints, tables, logging, ranks).
+Run: `python train.py` (about 11 min on 2 CPU cores); `--resume` after an interruption; `--preset` picks PRESETS;
+`torchrun --nproc_per_node N train.py ...` runs N data-parallel ranks. Outputs in runs/NAME/: config.json,
+metrics.jsonl, samples.jsonl, curves.png, ckpt-*/, vision/, warmup/, final/, results.md + results.json + test_*.json
+(the final table, per question), skipped.json (rows left out: FILE:LINE and why), run.lock (the PID using the run);
+a kill at any instant leaves a run that --resume finishes. Below the "support" marker: what a run needs and the
+paper does not describe.
 Letters: B prompts, G completions per prompt, N = B*G, n rows of a GRPO micro-batch, T completion, P prompt tokens.
 """
 import argparse
@@ -138,8 +134,7 @@ BASE_SCENE_SEED = 1000         # the base preset's scenes: default_rng([1000, i]
 
 PRESETS = {
     "tiny": {},
-    # The earlier default: the random tiny model learns to see and to write graphs in minutes, then GRPO. Its answers
-    # stay at the blind level (README "From scratch in 13 minutes"); kept to show why the base exists.
+    # The earlier default (README "From scratch in 13 minutes"): it stays blind, kept to show why the base exists.
     "scratch": dict(name="scratch", model="tiny_model", vision_steps=700, sft_steps=1300, grpo_steps=130,
                     eval_every=500, lr=2e-4),
     "paper": dict(model="", data="", frames=data.TRAIN_FRAMES, min_pixels=16 * 28 * 28,
@@ -147,9 +142,8 @@ PRESETS = {
                   lora_alpha=128.0, grad_ckpt=True, sft_steps=0, grpo_steps=1000, batch=1, micro_batch=1,
                   max_new_tokens=768, lr=1e-6, len_lo=rewards.LEN_LO, len_hi=rewards.LEN_HI, eval_every=100,
                   eval_n=200, ckpt_every=100, threads=8),   # G, temperature, beta, len_bonus: Config's defaults
-    # The tiny base that sees (README "Remaking the base"): phase 0 and the warm-up on many fresh scenes, each seen
-    # about twice, no GRPO; run with `torchrun --standalone --nproc_per_node 2` (batches per rank). Its scenes come
-    # from BASE_SCENE_SEED, which no other preset's seeds reach, so GRPO from the base sees scenes it never saw.
+    # The tiny base that sees (README "Remaking the base"; `torchrun --standalone --nproc_per_node 2`, batches per
+    # rank): phase 0 and the warm-up on fresh scenes, each seen about twice; GRPO from it meets scenes it never saw.
     "base": dict(name="base", data="data/base", model="base_init", scene_seed=BASE_SCENE_SEED, data_scenes=20000,
                  vision_steps=5000, vision_batch=8, sft_steps=9000, sft_batch=8, grpo_steps=0, eval_every=1500,
                  eval_n=200, ckpt_every=500),
@@ -178,11 +172,10 @@ def run(cfg, run_dir, device, dtype):
     train_rows, val_rows, test_rows = rows["train"], rows["val"], rows["test"]
     if not train_rows:
         raise SystemExit(f"no usable training rows in {cfg.data} (see {run_dir}/skipped.json)")
+    step = checkpoint_step(run_dir)
     if is_main():
         print(f"run {run_dir} | {device} {dtype} | {len(train_rows)} train / {len(val_rows)} val / "
               f"{len(test_rows)} test rows | config in {run_dir}/config.json" + (f" | {world()} ranks" * (world() > 1)))
-    step = checkpoint_step(run_dir)
-    if is_main():
         drop_metrics_after(run_dir, step)
     total = cfg.sft_steps + cfg.grpo_steps
     r = Run(cfg, run_dir, device, dtype, train_rows, val_rows[:cfg.eval_n], test_rows[:cfg.test_n])
@@ -200,10 +193,9 @@ def run(cfg, run_dir, device, dtype):
 
 
 def run_vision(r):
-    """Phase 0 (tiny model only): the random vision tower and a VisionHead learn, from the training rows'
-    ground-truth graphs, which objects are in a key frame and where. A real Qwen2.5-VL checkpoint already sees; a
-    random tiny one would otherwise spend the whole warm-up learning to (its language model cannot pull a weak,
-    untrained visual signal through; measured in the README's experiment table). Exports runs/NAME/vision/."""
+    """Phase 0 (tiny model only): the vision tower and a VisionHead learn which objects a key frame shows and where
+    (the rows' ground-truth graphs). A random tiny model's language model cannot pull an untrained visual signal
+    through (README's experiment table); a real Qwen2.5-VL already sees. Exports runs/NAME/vision/."""
     cfg, run_dir = r.cfg, r.dir
     mdl, tok = qwen.load(cfg.model, dtype=torch.float32, device=r.device)
     graphs, held = key_frame_graphs(r.train_rows), key_frame_graphs(r.val_rows)
@@ -232,21 +224,19 @@ def run_vision(r):
             clipped_update(opt, params, cfg.grad_clip)
         if (step + 1) % 100 == 0 or step + 1 == cfg.vision_steps:
             with torch.no_grad():
-                pred, target, _ = vision_step(r, mdl, tok, head, held_videos, {**held})
+                pred, target, _ = vision_step(r, mdl, tok, head, held_videos, held)
             if pred is None:
                 continue
             rep = vision_report(pred, target)
             log(run_dir, {"phase": "vision", "step": step + 1, "loss": loss.item(), **rep},
-                f"vision step {step + 1:5d}/{cfg.vision_steps} loss {loss.item():.3f} | held-out: names found "
-                f"{rep['names']:.2f}, |error| x {rep['err_x']:.2f} y {rep['err_y']:.2f} z {rep['err_z']:.2f} m "
-                f"(blind {rep['blind_x']:.2f} {rep['blind_y']:.2f} {rep['blind_z']:.2f}) | {time.time() - t0:.2f}s")
+                f"vision step {step + 1:5d}/{cfg.vision_steps} loss {loss.item():.3f} | held-out: "
+                f"{vision_summary(rep)} | {time.time() - t0:.2f}s")
     export(mdl, tok, os.path.join(run_dir, "vision"))
 
 
 def run_warmup(r, step):
-    """Supervised warm-up on the reference reasoning, steps [step, sft_steps); exports runs/NAME/warmup.
-    A row whose clip cannot be read is skipped at its step (counted in the step's `skipped` and in skipped.json);
-    a non-finite loss or gradient stops the run before the update (stop_message)."""
+    """Supervised warm-up on the reference reasoning, steps [step, sft_steps); exports runs/NAME/warmup. Unreadable
+    rows are skipped (step_rows); a non-finite loss or gradient stops the run, not updated (stop_if_nonfinite)."""
     cfg, run_dir = r.cfg, r.dir
     forget_test_results(run_dir, "after warm-up")
     mdl, tok, _, opt, step = open_phase(r, start_folder(cfg, run_dir), cfg.sft_lr, step, 0, cfg.sft_steps, "warm-up")
@@ -291,9 +281,8 @@ def sft_step(r, mdl, tok, rows, opt):
 
 
 def run_grpo(r, step):
-    """GRPO steps [step, sft_steps + grpo_steps) from the warm-up policy; exports runs/NAME/final. Unreadable
-    rows and non-finite values are handled as in run_warmup. One step: rollout (sample G completions per prompt,
-    score them, group advantages), then grpo_update (reference log-probs, loss, AdamW step)."""
+    """GRPO steps [step, sft_steps + grpo_steps) from the warm-up policy (one step: rollout, then grpo_update);
+    exports runs/NAME/final. Unreadable rows and non-finite values are handled as in run_warmup."""
     cfg, run_dir = r.cfg, r.dir
     forget_test_results(run_dir, "after GRPO", "wrong video")
     start = os.path.join(run_dir, "warmup") if cfg.sft_steps > 0 else start_folder(cfg, run_dir)
@@ -372,10 +361,9 @@ def score(cfg, texts, lengths, rows, G):
 
 
 def grpo_update(r, mdl, ref_mdl, tok, ro, opt):
-    """mu epochs of the clipped GRPO loss over one rollout, gradients accumulated over micro-batches of prompts.
-
-    Each micro-batch's loss is weighted by its share of the batch aggregate (sequences for "seq" / "const",
-    tokens for "token"), so the accumulated gradient equals that of one big batch."""
+    """mu epochs of the clipped GRPO loss over one rollout, gradients accumulated over micro-batches of prompts,
+    each loss weighted by its share of the batch aggregate (sequences for "seq" / "const", tokens for "token"), so
+    the accumulated gradient equals that of one big batch."""
     cfg, device, dtype = r.cfg, r.device, r.dtype
     B, G = len(ro.rows), cfg.G                         # n = (hi - lo) * G rows of one micro-batch [lo, hi)
     chunks = [(lo, min(B, lo + cfg.micro_batch)) for lo in range(0, B, cfg.micro_batch)]   # prompt ranges
@@ -388,7 +376,7 @@ def grpo_update(r, mdl, ref_mdl, tok, ro, opt):
         with torch.no_grad(), grpo.autocast(device, dtype), ref_policy(mdl, ref_mdl) as ref:
             ref_logp = [grpo.token_logprobs(ref, x, m["ids"], m["mask"]).float() for x, m in zip(inputs, micro)]
     n_tok_all = dist_norm(ro.mask.sum())               # scalar: tokens of all ranks / ranks
-    stats_sum, n_backward = {}, 0
+    stats_all = []
     for _ in range(cfg.mu):
         mdl.train()
         for (lo, hi), x, m, ref_lp in zip(chunks, inputs, micro, ref_logp):
@@ -400,19 +388,16 @@ def grpo_update(r, mdl, ref_mdl, tok, ro, opt):
             check_finite(loss, "the GRPO loss")
             share = m["mask"].sum() / n_tok_all if cfg.agg == "token" else (hi - lo) / B   # scalar weight
             (loss * share).backward()
-            for k, v in stats.items():
-                stats_sum[k] = stats_sum.get(k, 0.0) + v
-            n_backward += 1
+            stats_all.append(stats)
         average_grads(trainable(mdl))
         grad_norm = clipped_update(opt, trainable(mdl), cfg.grad_clip)
-    return {**{k: v / n_backward for k, v in stats_sum.items()}, "grad_norm": grad_norm}
+    return {**{k: sum(s[k] for s in stats_all) / len(stats_all) for k in stats_all[0]}, "grad_norm": grad_norm}
 
 
 def final_report(r):
-    """The table on the test split (results.md, results.json): blind baseline; the final model asked each question
-    about another test scene's clip (wrong video) and about a blank clip; after warm-up (or the base GRPO starts
-    from when there is none); after GRPO; the paired differences after GRPO - after warm-up (or base) and after
-    GRPO - blind; every metric overall, by answer type and the answer by task."""
+    """The table on the test split (results.md, results.json): blind baseline; the final model asked about another
+    test scene's clip (wrong video) and about a blank clip; after warm-up (or the base GRPO starts from); after GRPO;
+    the paired differences final - start and final - blind; every metric overall, by answer type and by task."""
     cfg, run_dir, test_rows = r.cfg, r.dir, r.test_rows
     states = [("after warm-up", os.path.join(run_dir, "warmup")) if cfg.sft_steps > 0 else
               ("base", start_folder(cfg, run_dir)),
@@ -475,13 +460,8 @@ POSITIVE = ("frames", "sft_batch", "batch", "micro_batch", "G", "max_new_tokens"
 def field_help():
     """{field: its comment in Config's source}: the comment is the flag's --help (as cleanrl's Args docstrings)."""
     import inspect
-    helps = {}
-    for line in inspect.getsource(Config).splitlines():
-        code, _, comment = line.partition("#")
-        name = code.split(":")[0].strip()
-        if ":" in code and name.isidentifier():
-            helps[name] = comment.strip()
-    return helps
+    return {name: comment.strip() for name, comment in re.findall(r"^ +(\w+): [^#\n]*#(.*)$",
+                                                                    inspect.getsource(Config), re.M)}
 
 
 def parse_config(argv=None):
@@ -489,11 +469,9 @@ def parse_config(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     helps = field_help()
     for f in dataclasses.fields(Config):
-        text = f"{helps[f.name]} (default {f.default!r})".replace("%", "%%")
-        if f.type is bool or isinstance(f.default, bool):
-            p.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
-        else:
-            p.add_argument(f"--{f.name}", type=type(f.default), default=argparse.SUPPRESS, help=text)
+        kind = {"action": argparse.BooleanOptionalAction} if f.type is bool else {"type": type(f.default)}
+        p.add_argument(f"--{f.name}", **kind, default=argparse.SUPPRESS,
+                       help=f"{helps[f.name]} (default {f.default!r})".replace("%", "%%"))
     given = vars(p.parse_args(argv))
     preset = given.get("preset", Config.preset)
     if preset not in PRESETS:
@@ -512,20 +490,14 @@ def parse_config(argv=None):
 
 
 def resumed_config(cfg, given, error):
-    """The saved config of runs/NAME with the RESUMABLE flags given on the command line applied. Calls error()
-    (it exits) when the run does not exist, when another flag would change, or when a new step count would
-    end before the last checkpoint or change a warm-up that is already over."""
+    """The saved config of runs/NAME with the RESUMABLE flags given applied; error() (it exits) on a missing run,
+    on another flag changed, or on step counts that end before the last checkpoint or change a finished warm-up."""
     run_dir = os.path.join(cfg.out, cfg.name)
     path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
-        error(f"--resume: there is no run {run_dir} ({path} is missing); leave out --resume to start it")
-    try:
-        with open(path) as fh:
-            saved = json.load(fh)
-    except (OSError, json.JSONDecodeError) as e:
-        error(f"--resume: cannot read {path}: {e}")
-    fields = {f.name for f in dataclasses.fields(Config)}
-    saved = {k: v for k, v in saved.items() if k in fields}
+    saved = read_json(path, "--resume cannot continue the run")
+    if not isinstance(saved, dict):
+        error(f"--resume: there is no run {run_dir} ({path} missing or unreadable); leave out --resume to start it")
+    saved = {k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(Config)}}
     changed = {k: v for k, v in given.items() if k not in ("resume", "name", "out") and saved.get(k) != v}
     refused = [k for k in changed if k not in RESUMABLE]
     if refused:
@@ -564,10 +536,9 @@ def lr_at(step, total, peak, warmup):
 
 def batch_indices(n_rows, step, batch, seed):
     """Rows of a step: a fresh permutation every epoch, a pure function of the step (so resuming is exact)."""
-    first = step * batch
     out = []
     while len(out) < batch:
-        epoch, pos = divmod(first + len(out), n_rows)
+        epoch, pos = divmod(step * batch + len(out), n_rows)
         perm = np.random.default_rng([seed, epoch]).permutation(n_rows)
         out.extend(perm[pos:pos + batch - len(out)].tolist())
     return out
@@ -589,8 +560,7 @@ def scene_seed(cfg):
 
 
 def load_split(cfg, split):
-    """Valid rows of a split whose videos pass data.check_videos, as the --variant asks them (data.with_think), and
-    [(FILE:LINE, why)] of those skipped."""
+    """(valid rows of a split with readable videos, as --variant asks them; [(FILE:LINE, why)] of the others)."""
     path = cfg.data if os.path.isfile(cfg.data) else os.path.join(cfg.data, f"{split}.jsonl")
     skipped = []
     rows, bad_videos = data.check_videos(data.load_rows(path, skip_bad=True, skipped=skipped))
@@ -600,14 +570,9 @@ def load_split(cfg, split):
 
 def split_by(rows, problem):
     """(rows for which problem(row) is None, [(FILE:LINE, why)] of the others, why = problem(row))."""
-    keep, bad = [], []
-    for r in rows:
-        why = problem(r)
-        if why is None:
-            keep.append(r)
-        else:
-            bad.append((r.get("file_line", r.get("id", r.get("video"))), why))
-    return keep, bad
+    whys = [problem(r) for r in rows]
+    return ([r for r, why in zip(rows, whys) if why is None],
+            [(r.get("file_line", r.get("id", r.get("video"))), why) for r, why in zip(rows, whys) if why is not None])
 
 
 def report_skipped(run_dir, where, bad):
@@ -632,9 +597,8 @@ def ensure_model(cfg, train_rows):
     if os.path.exists(os.path.join(cfg.model, "config.json")):
         return
     if cfg.preset == "paper" or cfg.vision_steps == 0:
-        raise SystemExit(f"no model at {cfg.model!r}: pass --model with a local Qwen2.5-VL folder (the tiny base, "
-                         f"tiny_base/, is part of the repo: restore it with `git checkout tiny_base`, or remake it "
-                         f"as the README's \"Remaking the base\" says)")
+        raise SystemExit(f"no model at {cfg.model!r}: pass --model with a local Qwen2.5-VL folder (tiny_base/ is in "
+                         f"the repo: `git checkout tiny_base` restores it; README \"Remaking the base\" remakes it)")
     texts = [qwen.build_prompt(r) + (r.get("reasoning") or "") for r in train_rows]
     print(f"building the tiny Qwen2.5-VL in {cfg.model} ...")
     torch.manual_seed(cfg.seed)
@@ -649,8 +613,7 @@ def load_video(video, num_frames, window=()):
 
 
 def drop_unreadable(cfg, rows):
-    """(rows whose clip reads, now in load_video's cache; [(FILE:LINE, why)] of the others, data.clip_problem).
-    Each step drops such a row and goes on with the rest of its batch."""
+    """(rows whose clip reads, now in load_video's cache; [(FILE:LINE, why)] of the others, data.clip_problem)."""
     return split_by(rows, lambda r: data.clip_problem(functools.partial(clip_of, cfg), r)[1])
 
 
@@ -681,8 +644,7 @@ def start_folder(cfg, run_dir):
 
 
 def log_grpo_step(cfg, run_dir, step, ro, stats, t_update, lr):
-    """The per-step line: reward and parts, accuracy by answer type, KL, clipping, length, zero-variance groups,
-    seconds per stage and sampling throughput."""
+    """A GRPO step's line and record: reward parts, accuracy by answer type, KL, clipping, length, seconds."""
     parts, G = ro.parts, cfg.G
     mean = {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
     acc = {f"acc_{t}": float(np.mean([p["answer"] for i, p in enumerate(parts) if ro.rows[i // G]["answer_type"] == t]))
@@ -694,12 +656,11 @@ def log_grpo_step(cfg, run_dir, step, ro, stats, t_update, lr):
            "zero_var": zero_var, "t_sample": ro.t_sample, "t_score": ro.t_score, "t_update": t_update,
            "tok_per_s": n_tok / max(ro.t_sample, 1e-9), "lr": lr}
     log(run_dir, rec,
-        f"grpo step {step - cfg.sft_steps:4d}/{cfg.grpo_steps} (step {step}) | R {rec['reward']:.3f} "
-        f"(fmt {mean['format']:.2f} ans {mean['answer']:.2f} "
-        f"graph {mean['graph']:.2f} len {mean['length']:.2f}) | " + " ".join(f"{k} {v:.2f}" for k, v in acc.items())
+        f"grpo step {step - cfg.sft_steps:4d}/{cfg.grpo_steps} (step {step}) | R {rec['reward']:.3f} (fmt "
+        f"{mean['format']:.2f} ans {mean['answer']:.2f} graph {mean['graph']:.2f} len {mean['length']:.2f}) | "
+        + " ".join(f"{k} {v:.2f}" for k, v in acc.items())
         + f" | kl {stats['kl']:.4f} clip {stats['clip_frac']:.3f} tokens {rec['length']:.0f} zero_var {zero_var:.2f}"
-        f" | s sample {ro.t_sample:.1f} score {ro.t_score:.2f} update {t_update:.1f} "
-        f"| {rec['tok_per_s']:.0f} tok/s")
+        f" | s sample {ro.t_sample:.1f} score {ro.t_score:.2f} update {t_update:.1f} | {rec['tok_per_s']:.0f} tok/s")
 
 
 def write_samples(run_dir, step, ro, G, n=4):
@@ -715,11 +676,10 @@ def write_samples(run_dir, step, ro, G, n=4):
 
 
 def open_phase(r, path, lr, step, first, end, tag, ref=False):
-    """A phase's policy from the checkpoint folder `path` and its tokenizer, the frozen reference copy when `ref`
-    and full fine-tuning need one, and AdamW; moved on to the newest checkpoint when it lies past `first` (the
-    phase's first step), redoing a held-out evaluation whose line a kill lost. Returns (mdl, tok, ref_mdl, opt,
-    step). Full fine-tuning keeps fp32 master weights (a 1e-6 step is lost in bf16) and computes in bf16 under
-    autocast; with LoRA the frozen base is stored in `dtype` and the adapters are fp32."""
+    """(mdl, tok, ref_mdl, opt, step) of a phase: the policy from folder `path`, its frozen reference copy when `ref`
+    and full fine-tuning need one, AdamW; restored from the newest checkpoint when it lies past `first` (the phase's
+    first step), redoing a held-out evaluation whose line a kill lost. Full fine-tuning keeps fp32 master weights
+    (a 1e-6 step is lost in bf16) under bf16 autocast; with LoRA the frozen base is in `dtype`, the adapters fp32."""
     cfg, run_dir = r.cfg, r.dir
     mdl, tok = qwen.load(path, dtype=torch.float32 if cfg.lora_rank == 0 else r.dtype, device=r.device)
     mdl.config.video_str_variant = cfg.variant         # saved with the exports: eval.py asks as this variant asks
@@ -751,8 +711,8 @@ def step_rows(cfg, run_dir, rows, k, batch, seed, where):
 
 
 def checkpoint_and_eval(r, step, end, mdl, tok, opt, tag):
-    """After a step of a phase ending at `end`: a checkpoint (every ckpt_every steps and at the end), then the
-    held-out evaluation when it is due (returns True then)."""
+    """After a step: a checkpoint (every ckpt_every steps and at `end`), then the held-out evaluation when due
+    (returns True then)."""
     if step % r.cfg.ckpt_every == 0 or step == end:
         save_checkpoint(r.dir, step, mdl, opt, r.cfg.keep_ckpts)
     if eval_due(r.cfg, step, end):
@@ -776,7 +736,7 @@ def trainable(mdl):
 
 
 class NonFinite(FloatingPointError):
-    """A non-finite loss, gradient norm or weight: the step stops before its update is applied (stop_message)."""
+    """A non-finite loss, gradient norm or weight: the step stops before its update is applied (stop_if_nonfinite)."""
 
 
 def check_finite(loss, what):
@@ -791,9 +751,8 @@ def weights_finite(params):
 
 
 def clipped_update(opt, params, grad_clip):
-    """Clip the gradient norm, opt.step(), zero the gradients; returns the norm before clipping. A non-finite
-    norm raises NonFinite before the update is applied; weights made non-finite by the update raise it before
-    anything is saved or exported (checkpoints and exports hold finite weights only)."""
+    """Clip the gradient norm, opt.step(), zero the gradients; returns the norm before clipping. NonFinite: a
+    non-finite norm (before the update) or weights made non-finite (before anything is saved or exported)."""
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
     if not math.isfinite(grad_norm):
         raise NonFinite(f"the gradient norm is {grad_norm} (update not applied)")
@@ -811,22 +770,18 @@ def set_lr(opt, lr):
 
 @contextlib.contextmanager
 def stop_if_nonfinite(cfg, run_dir, phase, step):
-    """A NonFinite loss or gradient inside the block stops the run with stop_message's advice (nothing updated)."""
+    """A NonFinite loss or gradient inside the block (nothing updated) stops the run, saying what is safe on disk
+    and the command that resumes it with a ten times lower learning rate of that phase."""
     try:
         yield
-    except NonFinite as e:
-        raise SystemExit(stop_message(cfg, run_dir, phase, step, e)) from None
-
-
-def stop_message(cfg, run_dir, phase, step, err):
-    """Why the run stopped at a non-finite value, what is safe on disk, and the command that resumes it with a
-    ten times lower learning rate of that phase."""
-    flag = {"vision": "vision_lr", "sft": "sft_lr", "grpo": "lr"}[phase]
-    ckpt = latest_checkpoint(run_dir) if phase != "vision" else None
-    safe = (f"the last checkpoint, {os.path.basename(ckpt)}, holds finite weights" if ckpt else
-            "no checkpoint of this phase yet: it starts again")
-    return (f"{phase} step {step}: {err}; the run stopped ({safe}). Resume with a lower learning rate: "
-            f"python train.py --out {cfg.out} --name {cfg.name} --resume --{flag} {getattr(cfg, flag) / 10:g}")
+    except NonFinite as err:
+        flag = {"vision": "vision_lr", "sft": "sft_lr", "grpo": "lr"}[phase]
+        ckpt = latest_checkpoint(run_dir) if phase != "vision" else None
+        safe = (f"the last checkpoint, {os.path.basename(ckpt)}, holds finite weights" if ckpt else
+                "no checkpoint of this phase yet: it starts again")
+        raise SystemExit(f"{phase} step {step}: {err}; the run stopped ({safe}). Resume with a lower learning rate: "
+                         f"python train.py --out {cfg.out} --name {cfg.name} --resume --{flag} "
+                         f"{getattr(cfg, flag) / 10:g}") from None
 
 
 def wrong_videos(rows, seed=0):
@@ -849,9 +804,8 @@ def blank_videos(run_dir, rows):
 
 
 def evaluate(r, mdl, tok, rows, swap=None, batch=16):
-    """Greedy completions (eval.complete) on held-out rows, scored with the training reward's parts.
-    swap: {video: other video} (wrong_videos) asks each question about another scene's clip. A row whose clip
-    cannot be read is left out (the results then have fewer entries than rows)."""
+    """Greedy completions (eval.complete) on held-out rows, scored with the training reward's parts; swap
+    (wrong_videos) asks each question about another scene's clip. Rows whose clip cannot be read are left out."""
     cfg = r.cfg
     mdl.eval()
     rows = rows if grpo.is_fsdp(mdl) else shard(rows)       # this rank's block of the questions (all in one process)
@@ -949,9 +903,8 @@ def save_checkpoint(run_dir, step, mdl, opt, keep):
 
 
 def replace_folder(path, write):
-    """write(tmp) fills a temporary folder .tmp-NAME beside `path`, which then takes its place (an older `path`
-    discarded first): a kill at any moment leaves the previous folder intact or the new one whole (a data set or a
-    model being built is never taken for a finished one)."""
+    """write(tmp) fills a temporary folder .tmp-NAME beside `path`, which then replaces `path` (discard): a kill at
+    any moment leaves the old folder or the new one whole, never a half-built one under the real name."""
     path = os.path.normpath(path)
     tmp = os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
     shutil.rmtree(tmp, ignore_errors=True)
@@ -968,9 +921,8 @@ def prune_checkpoints(run_dir, keep):
 
 
 def discard(path):
-    """Rename a folder out of the way (atomic), then delete it: a kill in between leaves a .old-* folder that
-    clean_leftovers removes, never a half-deleted checkpoint or export under its real name (so none is ever
-    taken for a whole one)."""
+    """Rename a folder to .old-NAME (atomic), then delete it: a kill in between leaves a .old-* folder for
+    clean_leftovers, never a half-deleted checkpoint or export under its real name."""
     old = os.path.join(os.path.dirname(path), f".old-{os.path.basename(path)}")
     shutil.rmtree(old, ignore_errors=True)
     os.replace(path, old)
@@ -978,8 +930,7 @@ def discard(path):
 
 
 def clean_leftovers(run_dir):
-    """Remove what a killed process left half-written: .tmp-* and .old-* folders, *.tmpPID files (and *.tmp
-    folders of older versions)."""
+    """Remove what a kill left half-written: .tmp-* and .old-* folders, *.tmpPID files (and older *.tmp folders)."""
     for name in os.listdir(run_dir):
         path = os.path.join(run_dir, name)
         if re.fullmatch(r"\.(tmp|old)-.*|.*\.tmp\d*", name):
@@ -1008,9 +959,8 @@ def restore_checkpoint(path, mdl, opt):
     weights = load_file(os.path.join(path, "trainable.safetensors"))
     own = {n for n, p in mdl.named_parameters() if p.requires_grad}
     if set(weights) != own:
-        raise RuntimeError(f"{path}: its weights do not match this model's trainable parameters "
-                           f"({len(set(weights) ^ own)} names differ); was it made with other --lora_rank / "
-                           f"--freeze_vision settings?")
+        raise RuntimeError(f"{path}: {len(set(weights) ^ own)} weight names differ from this model's trainable "
+                           f"parameters; was it made with other --lora_rank / --freeze_vision settings?")
     state = torch.load(os.path.join(path, "state.pt"), weights_only=True)
     load_checkpoint_state(mdl, opt, weights, state["optimizer"])
     torch.set_rng_state(rank_rng(state, path))
@@ -1047,9 +997,8 @@ def log(run_dir, record, line):
 
 
 def drop_metrics_after(run_dir, step):
-    """On resume, forget the lines of metrics.jsonl and samples.jsonl written by steps after the checkpoint (and
-    phase 0's when its export is missing): those steps run again, and each step's lines then appear once. Read
-    with data.read_jsonl (a line cut off by a kill is dropped with a warning), rewritten atomically."""
+    """On resume, drop the metrics.jsonl and samples.jsonl lines of steps after the checkpoint (and phase 0's when
+    its export is missing): those steps run again. A line cut off by a kill is dropped too (data.read_jsonl)."""
     vision_done = os.path.isdir(os.path.join(run_dir, "vision"))
     for name in ("metrics.jsonl", "samples.jsonl"):
         path = os.path.join(run_dir, name)
@@ -1066,8 +1015,7 @@ def eval_logged(run_dir, step):
 
 
 def plot_curves(run_dir):
-    """curves.png from metrics.jsonl: phase 0 (vision), warm-up loss, GRPO reward parts, held-out answers against
-    the wrong-video and blind controls, GRPO diagnostics and completion length."""
+    """curves.png from metrics.jsonl: phase 0, warm-up loss, GRPO rewards, held-out answers and controls, GRPO."""
     if not is_main():
         return
     import matplotlib
@@ -1120,15 +1068,9 @@ def plot_curves(run_dir):
 
 
 # --- data parallelism --------------------------------------------------------------------------------------------
-# Data parallelism: `torchrun --nproc_per_node N train.py ...` (PyTorch's own torch.distributed; gloo on CPU, nccl
-# on CUDA). Every rank holds the whole model and takes its own block of each global batch (N x --batch prompts,
-# N x --sft_batch rows, N x --vision_batch clips in phase 0); a prompt's G completions stay on one rank, so
-# advantages stay local. Loss normalisers are global (dist_norm) and gradients are averaged over the ranks before
-# clipping (average_grads), so an update equals one process's with the same global batch. Held-out questions are
-# sharded and gathered (evaluate); rank 0 alone writes files (log, plot_curves, write_samples, save_checkpoint,
-# export, write_json). With --fsdp (full fine-tuning too big for one GPU)
-# FSDP2 splits parameters, gradients and AdamW state over the ranks (DTensors). Without torchrun (no WORLD_SIZE)
-# every helper below is a no-op and one process computes exactly what it did before.
+# `torchrun --nproc_per_node N train.py ...` (README "Past one GPU"): each rank takes its block of every global batch
+# (shard), loss normalisers are global (dist_norm), gradients are averaged before clipping (average_grads), rank 0
+# alone writes files; --fsdp shards full fine-tuning with FSDP2. Without torchrun every helper below is a no-op.
 
 
 def launched_by_torchrun():
@@ -1141,9 +1083,8 @@ def dist_on():
 
 
 def dist_setup(device):
-    """Join the process group when launched by torchrun (nccl on CUDA, one GPU per rank: cuda:LOCAL_RANK; gloo on
-    CPU). Returns this rank's device; the device unchanged in one process. More ranks on a machine than it has GPUs
-    stop with one line (else rank N fails in CUDA with 'invalid device ordinal')."""
+    """This rank's device, after joining torchrun's process group (nccl on cuda:LOCAL_RANK, gloo on CPU). More ranks
+    than GPUs stop with one line (else rank N fails in CUDA with 'invalid device ordinal')."""
     if not launched_by_torchrun() or dist_on():
         return device
     if device.type == "cuda":
@@ -1305,8 +1246,7 @@ def full_state_options(**kw):
 
 
 def checkpoint_state(mdl, opt):
-    """(trainable weights {name: full CPU tensor}, optimizer state dict); FSDP2 gathers both from every rank
-    (call on all)."""
+    """(trainable weights {name: full CPU tensor}, optimizer state); FSDP2 gathers both (call on every rank)."""
     weights = {n: (p.detach().full_tensor() if grpo.is_sharded(p) else p.detach()).to("cpu").contiguous()
                for n, p in mdl.named_parameters() if p.requires_grad}
     if not grpo.is_fsdp(mdl):
@@ -1364,21 +1304,16 @@ class VisionHead(torch.nn.Module):
 
 def graph_targets(items, categories):
     """Ground truth of phase 0 per (video, key frame): (C, 4) = (present 0/1, x, y, z) for each category."""
-    index = {c: i for i, c in enumerate(categories)}
-    out = []
-    for nodes in items:
-        t = torch.zeros(len(categories), 4)
+    out = torch.zeros(len(items), len(categories), 4)                        # (K, C, 4)
+    for k, nodes in enumerate(items):
         for n in nodes:
-            if n["category"] in index:
-                t[index[n["category"]], 0] = 1.0
-                t[index[n["category"]], 1:] = torch.tensor(n["center"])
-        out.append(t)
-    return torch.stack(out)                                                  # (K, C, 4)
+            if n["category"] in categories:
+                out[k, categories.index(n["category"])] = torch.tensor([1.0, *n["center"]])
+    return out
 
 
 def key_frame_graphs(rows):
-    """{(video, time window): {source frame: nodes}} from the rows' ground-truth graphs (every row of a clip adds
-    its frames)."""
+    """{(video, time window): {source frame: nodes}} from the rows' ground-truth graphs (all rows of a clip)."""
     by_video = {}
     for r in rows:
         for g in r.get("graphs") or []:
@@ -1387,10 +1322,9 @@ def key_frame_graphs(rows):
 
 
 def vision_step(r, mdl, tok, head, videos, graphs):
-    """Video tokens of B clips -> VisionHead at the slice of each key frame -> (predictions, targets), each
-    (K, C, 4) over the K key frames of the batch. A key frame's slice = its position among the sampled frames
-    // temporal_patch_size (2 frames per video token). A clip that cannot be read is left out, and returned:
-    (predictions, targets, [(video, why)]); predictions is None when no clip reads."""
+    """Video tokens of B clips -> VisionHead at the slice of each key frame (its index among the sampled frames //
+    temporal_patch_size) -> (predictions, targets), each (K, C, 4) over the batch's K key frames, and [(video, why)]
+    of the clips that cannot be read (left out; predictions None when no clip reads)."""
     rows = [{"video": v, "time_window": list(w) or None, "question": "", "answer_type": "num", "answer": 0.0}
             for v, w in videos]
     rows, bad = drop_unreadable(r.cfg, rows)
@@ -1434,6 +1368,12 @@ def vision_report(pred, target):
             **{f"blind_{a}": float(e) for a, e in zip("xyz", blind)}}
 
 
+def vision_summary(rep):
+    """vision_report's numbers in words (phase 0's line, the model card)."""
+    return ("names found {names:.2f}, |error| x {err_x:.2f} y {err_y:.2f} z {err_z:.2f} m (blind {blind_x:.2f} "
+            "{blind_y:.2f} {blind_z:.2f})").format(**rep)
+
+
 def results_cache(run_dir, tag):
     """The file holding the final test evaluation of one model state ("after GRPO", "wrong video", ...)."""
     return os.path.join(run_dir, "test_" + tag.replace(" ", "_").replace("-", "") + ".json")
@@ -1447,9 +1387,8 @@ def forget_test_results(run_dir, *tags):
 
 
 def write_card(cfg, run_dir):
-    """CARD.md beside the base's weights (runs/NAME/warmup, the folder the repo ships as tiny_base/): the command,
-    commit, seeds and wall time that made it, its held-out table (results.md: blind, another scene's video, a blank
-    clip, its own video), the scaling table along the run, and the sha256 of its weights (a test checks it)."""
+    """CARD.md beside the base's weights (runs/NAME/warmup, shipped as tiny_base/): the command, commit, seeds and
+    wall time that made it, its held-out table (results.md), the scaling table and its weights' sha256."""
     folder = os.path.join(run_dir, "warmup")
     started = read_json(os.path.join(run_dir, "started.json"), "the wall time is unknown") or {}
     hours = (time.time() - started["time"]) / 3600 if "time" in started else float("nan")
@@ -1492,10 +1431,7 @@ def scaling_table(run_dir, rows_per_step):
                          f"{r['answer_blind']:.3f} |")
     vision = [r for r in records if r.get("phase") == "vision"]
     if vision:
-        v = vision[-1]
-        lines.append(f"\nphase 0, step {v['step']} (held-out key frames): names found {v['names']:.2f}, |error| "
-                     f"x {v['err_x']:.2f} y {v['err_y']:.2f} z {v['err_z']:.2f} m (blind {v['blind_x']:.2f} "
-                     f"{v['blind_y']:.2f} {v['blind_z']:.2f})")
+        lines.append(f"\nphase 0, step {vision[-1]['step']} (held-out key frames): {vision_summary(vision[-1])}")
     return "\n".join(lines)
 
 
@@ -1523,8 +1459,7 @@ def git_commit():
 
 
 def read_json(path, redo):
-    """A JSON file's content, or None when it is missing or unreadable (a kill, an old version): then `redo` says
-    what happens instead."""
+    """A JSON file's content, or None when missing or unreadable (a kill, an old version: printed with `redo`)."""
     try:
         with open(path) as fh:
             return json.load(fh)
@@ -1545,10 +1480,9 @@ def write_json(path, obj, indent=None):
 
 
 def run_lock(run_dir):
-    """Hold runs/NAME/run.lock while the run works: a second process on the same run stops with a message naming
-    the holder's PID (two would both train and write the same logs). The lock is the kernel's (flock), so a
-    killed run never leaves it stuck; where flock is missing, a PID in the file that is no longer alive is stale.
-    The file stays behind holding the last PID."""
+    """Hold runs/NAME/run.lock (it keeps the last PID) while the run works: a second process on the run stops naming
+    the holder's PID. The lock is the kernel's (flock), so a killed run never leaves it stuck; where flock is
+    missing, a PID in the file that is no longer alive is stale."""
     path = os.path.join(run_dir, "run.lock")
     fh = open(path, "a+")
     fh.seek(0)
@@ -1565,8 +1499,7 @@ def run_lock(run_dir):
         fh.close()
         raise SystemExit(f"{run_dir} is in use by process {holder or '?'} ({path}): wait for it to end, or stop "
                          f"it; a lock left by a killed run is taken over by itself")
-    fh.seek(0)
-    fh.truncate()
+    fh.truncate(0)
     fh.write(f"{os.getpid()}\n")
     fh.flush()
     return contextlib.closing(fh)             # closing the file releases the lock
@@ -1582,14 +1515,12 @@ def pid_alive(pid):
 
 
 def shape7b(cfg, device, dtype):
-    """--preset shape7b: one GRPO step of the paper preset, this file's own rollout and grpo_update, on a RANDOMLY
-    initialised model with Qwen2.5-VL-7B's shapes (model.qwen25_vl_7b_config; --shape_layers and
-    --shape_vision_blocks cut the depth), asked about a clip of random pixels: seconds and peak memory per stage,
-    then estimate_memory's figure for this shape and for the full model. Rewards of random text are ~0, so the
-    update's gradient is ~0; the work (reference log-probs, forward, checkpointed backward, AdamW) is the same."""
+    """--preset shape7b: one GRPO step of the paper preset (this file's rollout and grpo_update) on a RANDOMLY
+    initialised model with Qwen2.5-VL-7B's shapes (--shape_layers, --shape_vision_blocks cut the depth) and a clip of
+    random pixels: seconds and peak memory per stage, then estimate_memory for this shape and the full model. Random
+    text scores ~0 (gradient ~0), but the work (reference log-probs, forward, checkpointed backward) is the same."""
     import resource
     import tempfile
-    torch.set_num_threads(cfg.threads)
 
     def stage(name, seconds):
         if device.type == "cuda":
