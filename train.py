@@ -198,36 +198,30 @@ def run_vision(r):
     through (README's experiment table); a real Qwen2.5-VL already sees. Exports runs/NAME/vision/."""
     cfg, run_dir = r.cfg, r.dir
     mdl, tok = qwen.load(cfg.model, dtype=torch.float32, device=r.device)
-    graphs, held = key_frame_graphs(r.train_rows), key_frame_graphs(r.val_rows)
-    categories = sorted({n["category"] for fr in graphs.values() for nodes in fr.values() for n in nodes})
-    if not graphs:
+    clips, held = key_frame_clips(r.train_rows), drop_unreadable(cfg, key_frame_clips(r.val_rows)[:64])[0]
+    categories = sorted({n["category"] for c in clips for nodes in c["frames"].values() for n in nodes})
+    if not clips:
         raise SystemExit("phase 0 needs rows with ground-truth `graphs`; use --vision_steps 0 for data without")
     head = VisionHead(mdl.config.text_config.hidden_size, categories).to(r.device)
     params = list(mdl.model.visual.parameters()) + list(head.parameters())
     sync_params(params)                                # every rank starts from rank 0's head (as DDP does)
     opt = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=cfg.weight_decay, betas=ADAM_BETAS)
-    videos, held_videos = sorted(graphs), sorted(held)[:64]
     mdl.train()
     for step in range(cfg.vision_steps):
         set_lr(opt, lr_at(step, cfg.vision_steps, cfg.vision_lr, cfg.lr_warmup))
         t0 = time.time()
-        batch = [videos[i] for i in shard(batch_indices(len(videos), step, cfg.vision_batch * world(), cfg.seed + 2))]
-        pred, target, bad = vision_step(r, mdl, tok, head, batch, graphs)
-        report_skipped(run_dir, "phase 0 steps", bad)
-        if pred is None:
+        batch, _ = step_rows(cfg, run_dir, clips, step, cfg.vision_batch, cfg.seed + 2, "phase 0 steps")
+        if not batch:
             continue
-        loss = vision_loss(pred, target)
+        loss = vision_loss(*vision_step(r, mdl, tok, head, batch))
         with stop_if_nonfinite(cfg, run_dir, "vision", step + 1):
             check_finite(loss, "the vision loss")
             loss.backward()
             average_grads(params)
             clipped_update(opt, params, cfg.grad_clip)
-        if (step + 1) % 100 == 0 or step + 1 == cfg.vision_steps:
+        if held and ((step + 1) % 100 == 0 or step + 1 == cfg.vision_steps):
             with torch.no_grad():
-                pred, target, _ = vision_step(r, mdl, tok, head, held_videos, held)
-            if pred is None:
-                continue
-            rep = vision_report(pred, target)
+                rep = vision_report(*vision_step(r, mdl, tok, head, held))
             log(run_dir, {"phase": "vision", "step": step + 1, "loss": loss.item(), **rep},
                 f"vision step {step + 1:5d}/{cfg.vision_steps} loss {loss.item():.3f} | held-out: "
                 f"{vision_summary(rep)} | {time.time() - t0:.2f}s")
@@ -1312,24 +1306,20 @@ def graph_targets(items, categories):
     return out
 
 
-def key_frame_graphs(rows):
-    """{(video, time window): {source frame: nodes}} from the rows' ground-truth graphs (all rows of a clip)."""
-    by_video = {}
+def key_frame_clips(rows):
+    """Phase 0's rows: one per clip (video, time window) of the rows, sorted, with "frames": {source frame: nodes}
+    from the ground-truth graphs of all its rows."""
+    frames = {}
     for r in rows:
         for g in r.get("graphs") or []:
-            by_video.setdefault((r["video"], tuple(r.get("time_window") or ())), {})[g["frame"]] = g["nodes"]
-    return by_video
+            frames.setdefault((r["video"], tuple(r.get("time_window") or ())), {})[g["frame"]] = g["nodes"]
+    return [{"video": v, "time_window": list(w) or None, "question": "", "answer_type": "num", "answer": 0.0,
+             "frames": f} for (v, w), f in sorted(frames.items())]
 
 
-def vision_step(r, mdl, tok, head, videos, graphs):
-    """Video tokens of B clips -> VisionHead at the slice of each key frame (its index among the sampled frames //
-    temporal_patch_size) -> (predictions, targets), each (K, C, 4) over the batch's K key frames, and [(video, why)]
-    of the clips that cannot be read (left out; predictions None when no clip reads)."""
-    rows = [{"video": v, "time_window": list(w) or None, "question": "", "answer_type": "num", "answer": 0.0}
-            for v, w in videos]
-    rows, bad = drop_unreadable(r.cfg, rows)
-    if not rows:
-        return None, None, bad
+def vision_step(r, mdl, tok, head, rows):
+    """Video tokens of B readable clips (key_frame_clips) -> VisionHead at the slice of each key frame (its index
+    among the sampled frames // temporal_patch_size) -> (predictions, targets), each (K, C, 4) over K key frames."""
     inputs = prompt_batch(r, tok, mdl, rows)
     feats = mdl.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"],
                                          return_dict=True).pooler_output       # B x (t*h*w/4, H)
@@ -1338,11 +1328,11 @@ def vision_step(r, mdl, tok, head, videos, graphs):
     for row, f, grid in zip(rows, feats, inputs["video_grid_thw"]):
         idx = clip_of(r.cfg, row).indices                                    # (F,)
         f = f.view(int(grid[0]), -1, f.shape[-1])                             # (t, tokens per slice, H)
-        for frame, frame_nodes in graphs[(row["video"], tuple(row["time_window"] or ()))].items():
+        for frame, frame_nodes in row["frames"].items():
             k = int(np.abs(idx - frame).argmin()) // tp                       # the slice holding that frame
             preds.append(head(f[k]))
             nodes.append(frame_nodes)
-    return torch.stack(preds), graph_targets(nodes, head.categories).to(r.device), bad
+    return torch.stack(preds), graph_targets(nodes, head.categories).to(r.device)
 
 
 def vision_loss(pred, target, presence_weight=4.0):
