@@ -18,11 +18,9 @@ is the paper's SFT baseline. Differences from the paper: the data is synthetic (
 made here from random weights; the rest is the paper's recipe with smaller numbers (`--preset paper`: the 7B).
 
 Run: `python train.py` (about 11 min on 2 CPU cores); `--resume` after an interruption; `--preset` picks PRESETS;
-`torchrun --nproc_per_node N train.py ...` runs N data-parallel ranks. Outputs in runs/NAME/: config.json,
-metrics.jsonl, samples.jsonl, curves.png, ckpt-*/, vision/, warmup/, final/, results.md + results.json + test_*.json
-(the final table, per question), skipped.json (rows left out: FILE:LINE and why), run.lock (the PID using the run);
-a kill at any instant leaves a run that --resume finishes. Below the "support" marker: what a run needs and the
-paper does not describe.
+`torchrun --nproc_per_node N train.py ...` runs N data-parallel ranks. Outputs go to runs/NAME/ (README "What
+train.py logs"); a kill at any instant leaves a run that --resume finishes. Below the "support" marker: what a run
+needs and the paper does not describe.
 Letters: B prompts, G completions per prompt, N = B*G, n rows of a GRPO micro-batch, T completion, P prompt tokens.
 """
 import argparse
@@ -612,7 +610,6 @@ def drop_unreadable(cfg, rows):
 
 
 def clip_of(cfg, row):
-    """The clip of a row (within its time_window, if any), from load_video's per-run cache."""
     return load_video(row["video"], cfg.frames, tuple(row.get("time_window") or ()))
 
 
@@ -1003,7 +1000,6 @@ def drop_metrics_after(run_dir, step):
 
 
 def eval_logged(run_dir, step):
-    """True when metrics.jsonl holds the held-out evaluation of this step."""
     return any(r.get("phase") == "eval" and r.get("step") == step
                for r in data.read_jsonl(os.path.join(run_dir, "metrics.jsonl")))
 
@@ -1093,7 +1089,6 @@ def dist_setup(device):
 
 
 def world():
-    """Number of ranks (1 without torchrun)."""
     return torch.distributed.get_world_size() if dist_on() else 1
 
 
