@@ -155,8 +155,7 @@ PRESETS["shape7b"] = dict(PRESETS["paper"], name="shape7b", dtype="bf16",
 
 
 def run(cfg, run_dir, device, dtype):
-    """Data and model (made on first use, by rank 0 first), the rows that can be used, then each unfinished phase
-    from the last checkpoint, then the final test table."""
+    """Data and model (made on first use, by rank 0 first), usable rows, each unfinished phase, the test table."""
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     main_first(ensure_data, cfg)
@@ -215,7 +214,6 @@ def run_vision(r):
         with stop_if_nonfinite(cfg, run_dir, "vision", step + 1):
             check_finite(loss, "the vision loss")
             loss.backward()
-            average_grads(params)
             clipped_update(opt, params, cfg.grad_clip)
         if held and ((step + 1) % 100 == 0 or step + 1 == cfg.vision_steps):
             with torch.no_grad():
@@ -267,7 +265,6 @@ def sft_step(r, mdl, tok, rows, opt):
     loss = -(logp * mask).sum() / dist_norm(mask.sum())
     check_finite(loss, "the loss")
     loss.backward()
-    average_grads(trainable(mdl))
     grad_norm = clipped_update(opt, trainable(mdl), r.cfg.grad_clip)
     return all_mean({"loss": loss.item(), "grad_norm": grad_norm, "tokens": int(mask.sum())}, sums=("tokens",))
 
@@ -381,7 +378,6 @@ def grpo_update(r, mdl, ref_mdl, tok, ro, opt):
             share = m["mask"].sum() / n_tok_all if cfg.agg == "token" else (hi - lo) / B   # scalar weight
             (loss * share).backward()
             stats_all.append(stats)
-        average_grads(trainable(mdl))
         grad_norm = clipped_update(opt, trainable(mdl), cfg.grad_clip)
     return {**{k: sum(s[k] for s in stats_all) / len(stats_all) for k in stats_all[0]}, "grad_norm": grad_norm}
 
@@ -593,7 +589,6 @@ def ensure_model(cfg, train_rows):
                          f"the repo: `git checkout tiny_base` restores it; README \"Remaking the base\" remakes it)")
     texts = [qwen.build_prompt(r) + (r.get("reasoning") or "") for r in train_rows]
     print(f"building the tiny Qwen2.5-VL in {cfg.model} ...")
-    torch.manual_seed(cfg.seed)
     replace_folder(cfg.model, lambda tmp: qwen.build_tiny(tmp, texts, seed=cfg.seed))
 
 
@@ -742,8 +737,9 @@ def weights_finite(params):
 
 
 def clipped_update(opt, params, grad_clip):
-    """Clip the gradient norm, opt.step(), zero the gradients; returns the norm before clipping. NonFinite: a
-    non-finite norm (before the update) or weights made non-finite (before anything is saved or exported)."""
+    """Average the gradients over the ranks (average_grads), clip their norm, opt.step(), zero them; returns the norm
+    before clipping. NonFinite: a non-finite norm (before the update) or weights made non-finite by it."""
+    average_grads(params)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
     if not math.isfinite(grad_norm):
         raise NonFinite(f"the gradient norm is {grad_norm} (update not applied)")
