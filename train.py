@@ -362,7 +362,8 @@ def grpo_update(r, mdl, ref_mdl, tok, ro, opt):
              for lo, hi in chunks]                     # ids, mask, old_logp (n, T); adv (n,)
     ref_logp = [None] * len(chunks)
     if cfg.beta > 0:                                   # pi_ref log-probs, once per rollout: (n, T) per chunk
-        with torch.no_grad(), grpo.autocast(device, dtype), ref_policy(mdl, ref_mdl) as ref:
+        pi_ref = contextlib.nullcontext(ref_mdl) if ref_mdl is not None else qwen.lora_disabled(mdl)
+        with torch.no_grad(), grpo.autocast(device, dtype), pi_ref as ref:
             ref_logp = [grpo.token_logprobs(ref, x, m["ids"], m["mask"]).float() for x, m in zip(inputs, micro)]
     n_tok_all = dist_norm(ro.mask.sum())               # scalar: tokens of all ranks / ranks
     stats_all = []
@@ -712,11 +713,6 @@ def eval_due(cfg, step, end):
     return step > 0 and (step % cfg.eval_every == 0 or step == end)
 
 
-def ref_policy(mdl, ref_mdl):
-    """Context giving pi_ref: a frozen copy (full fine-tuning) or the same model with its adapters off (LoRA)."""
-    return contextlib.nullcontext(ref_mdl) if ref_mdl is not None else qwen.lora_disabled(mdl)
-
-
 def trainable(mdl):
     return [p for p in mdl.parameters() if p.requires_grad]
 
@@ -955,8 +951,7 @@ def restore_checkpoint(path, mdl, opt):
 
 
 def export(mdl, tok, path):
-    """A plain Hugging Face folder (LoRA merged) that model.load / eval.py read; written atomically
-    (replace_folder). Refuses (NonFinite) to export non-finite weights."""
+    """A Hugging Face folder (LoRA merged) for model.load / eval.py (replace_folder); refuses non-finite weights."""
     state = None                                       # save_pretrained reads the model itself ...
     if grpo.is_fsdp(mdl):                                   # ... but under FSDP2 the whole model is gathered on rank 0
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
@@ -1206,9 +1201,8 @@ def rank_rng(state, path):
 
 
 def fsdp_shard(cfg, mdl):
-    """With --fsdp under torchrun: FSDP2's fully_shard on every decoder layer, the final norm, the embeddings,
-    lm_head, every vision block and the vision tower (each a unit gathered just for its own forward, since
-    grpo.py calls the embeddings, the language model and lm_head separately). Returns mdl (None stays None)."""
+    """With --fsdp under torchrun: FSDP2's fully_shard on each decoder layer, the final norm, the embeddings, lm_head,
+    each vision block and the tower (own units: grpo.py calls these separately). Returns mdl (None stays None)."""
     if mdl is None or not cfg.fsdp or world() == 1:
         return mdl
     if cfg.lora_rank > 0:
@@ -1452,8 +1446,7 @@ def read_json(path, redo):
 
 
 def write_json(path, obj, indent=None):
-    """Write JSON through a temporary file and a rename (data.write_file): a kill or a full disk never leaves a
-    half-written file. Collective under torchrun: rank 0 writes, every rank calls it and waits."""
+    """JSON written atomically (data.write_file). Collective under torchrun: rank 0 writes, every rank waits."""
     if not is_main():                                  # rank 0 writes; the others wait, then read it
         return barrier()
     data.write_file(path, json.dumps(obj, indent=indent))
