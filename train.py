@@ -601,12 +601,17 @@ def load_video(video, num_frames, window=()):
 
 
 def drop_unreadable(cfg, rows):
-    """(rows whose clip reads, now in load_video's cache; [(FILE:LINE, why)] of the others, data.clip_problem)."""
-    return split_by(rows, lambda r: data.clip_problem(functools.partial(clip_of, cfg), r)[1])
+    """(rows whose clip reads, now in load_video's cache; [(FILE:LINE, why)] of the others)."""
+    return split_by(rows, lambda row: clip_or_why(cfg, row)[1])
 
 
 def clip_of(cfg, row):
     return load_video(row["video"], cfg.frames, tuple(row.get("time_window") or ()))
+
+
+def clip_or_why(cfg, row):
+    """(clip_of the row, None), or (None, why) when its video cannot be read (data.clip_problem)."""
+    return data.clip_problem(functools.partial(clip_of, cfg), row)
 
 
 def prompt_batch(r, tok, mdl, rows):
@@ -795,8 +800,8 @@ def evaluate(r, mdl, tok, rows, swap=None, batch=16):
     if swap:                                                # a row's prompt never names its video: swapping it is enough
         rows = [{**row, "video": swap.get(row["video"], row["video"])} for row in rows]
     with grpo.autocast(r.device, r.dtype):
-        texts, lengths, _ = ev.complete(mdl, tok, rows, functools.partial(data.clip_problem, functools.partial(
-            clip_of, cfg)), batch, cfg.max_new_tokens, cfg.min_pixels, cfg.max_pixels)
+        texts, lengths, _ = ev.complete(mdl, tok, rows, functools.partial(clip_or_why, cfg), batch,
+                                        cfg.max_new_tokens, cfg.min_pixels, cfg.max_pixels)
     asked = [i for i, text in enumerate(texts) if text is not None]
     _, parts = score(cfg, [texts[i] for i in asked], [lengths[i] for i in asked], [rows[i] for i in asked], 1)
     results = [{**part, "id": rows[i]["id"], "task": rows[i]["task"], "answer_type": rows[i]["answer_type"],
