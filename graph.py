@@ -28,10 +28,10 @@ Rewards (the paper gives no formulas; these follow its description and SpaceR's 
                  1/2 max(0, 1 - |delta a| / ANGLE_TOL); an edge not predicted scores 0.
     graph_reward R_graph = mean over the k ground-truth frames of (R_n + R_e), in [0, 2].
 
-Run: `python graph.py` prints the invariance on a random scene and writes graph_demo.png.
+Run: `python graph.py [--out graph_demo.png]` prints the invariance on a random scene and draws it.
 """
+import argparse
 import re
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -289,7 +289,15 @@ def plot_graphs(graphs, titles, path):
     plt.close(fig)
 
 
-def main(out="graph_demo.png"):
+def cli():
+    """graph.py's command line: the invariance demo (docstring's "Run:")."""
+    p = argparse.ArgumentParser(prog="python graph.py", description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="graph_demo.png", help="the figure (default graph_demo.png)")
+    return p
+
+
+def main(argv=None):
+    out = cli().parse_args(argv).out
     rng = np.random.default_rng(0)
     names = ["red cube", "blue ball", "green cone"]
     centers = np.column_stack([rng.uniform(-3, 3, 3), np.full(3, 1.2), rng.uniform(2, 8, 3)])  # (N, 3)
@@ -318,4 +326,4 @@ def main(out="graph_demo.png"):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    main()

@@ -21,8 +21,12 @@ the default here is DeepSeekMath's ("seq"). The log-ratio inside the KL is clamp
 does, so a bf16 outlier token cannot produce an inf.
 
 Letters used in shape comments: B prompts, G completions per prompt, N = B*G sequences, T completion tokens
-(padded), P prompt tokens, V vocabulary. Run `python grpo.py` for a worked example of the loss.
+(padded), P prompt tokens, V vocabulary.
+Run: `python grpo.py` (a worked example of the loss), `python grpo.py bench` (the sampler against model.generate,
+fp32 against bf16, tiny model), `python grpo.py bench_rollout [--shape 7b|tiny ...]` (decode steps against the
+weights-read floor; `--help` lists the flags).
 """
+import argparse
 import contextlib
 import functools
 import sys
@@ -469,23 +473,14 @@ def _timed(fn, cuda=False):
     return time.perf_counter() - t0
 
 
-def bench_rollout(argv=()):
+def bench_rollout(a):
     """ms per decode step of sample()'s decoders and of model.generate, LoRA on and off, against the floor: the
     language model's weights read once per step at the bandwidth of a large copy measured in the same run.
     Random weights (model.random_model; LoRA's B random too, so that a wrong adapter path shows), no EOS; by
-    default (flags) the 7B shape in bf16 on CUDA, the tiny one in float32 on a CPU. Then it checks the decoders."""
-    import argparse
+    default (flags: cli) the 7B shape in bf16 on CUDA, the tiny one in float32 on a CPU. Then it checks the decoders."""
     import transformers
     import model as qwen
     cuda = torch.cuda.is_available()
-    p = argparse.ArgumentParser(prog="python grpo.py bench_rollout", description=bench_rollout.__doc__.split(":")[0])
-    p.add_argument("--shape", default="7b" if cuda else "tiny", choices=["7b", "tiny"])
-    for flag, default in (("--G", 8), ("--frames", 16), ("--new_tokens", 128 if cuda else 64),
-                          ("--lora_rank", 64 if cuda else 8)):
-        p.add_argument(flag, type=int, default=default)
-    p.add_argument("--decoders", default="plain,static,graph" if cuda else "plain,static",
-                   help="sample() decoders to time, comma-separated (model.generate is always timed)")
-    a = p.parse_args(list(argv))
     device = torch.device("cuda" if cuda else "cpu")
     dtype = qwen.best_dtype(device)
     t0 = time.perf_counter()
@@ -583,6 +578,28 @@ def demo():
         print(f"agg={agg:5s} loss {loss.item():+.5f}  kl {stats['kl']:.5f}  clip_frac {stats['clip_frac']}")
 
 
+def cli():
+    """grpo.py's command line: no command, the worked example of the loss (demo); bench; bench_rollout FLAGS."""
+    import data                                                        # torch-free: its SubcommandParser only
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(prog="python grpo.py", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", title="commands (none: the loss worked by hand)",
+                           parser_class=data.SubcommandParser)
+    sub.add_parser("bench", help="tokens/s of sample() vs model.generate(), an update in fp32 vs bf16 (tiny model)")
+    r = sub.add_parser("bench_rollout", help=bench_rollout.__doc__.split(":")[0])
+    r.add_argument("--shape", default="7b" if cuda else "tiny", choices=["7b", "tiny"])
+    for flag, default in (("--G", 8), ("--frames", 16), ("--new_tokens", 128 if cuda else 64),
+                          ("--lora_rank", 64 if cuda else 8)):
+        r.add_argument(flag, type=int, default=default)
+    r.add_argument("--decoders", default="plain,static,graph" if cuda else "plain,static",
+                   help="sample() decoders to time, comma-separated (model.generate is always timed)")
+    return p
+
+
+def main(argv=None):
+    args = cli().parse_args(argv)
+    {None: lambda _: demo(), "bench": lambda _: bench(), "bench_rollout": bench_rollout}[args.command](args)
+
+
 if __name__ == "__main__":
-    commands = {"bench": bench, "bench_rollout": lambda: bench_rollout(sys.argv[2:])}
-    commands.get(sys.argv[1] if len(sys.argv) > 1 else None, demo)()
+    main()

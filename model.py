@@ -10,10 +10,12 @@ real local checkpoint, so the code path is the same for the 7B. preprocess_video
 in torch alone (the official one needs torchvision), with second_per_grid_ts from the TRUE frame times (Video-R1
 and verl drop it, and M-RoPE's time axis collapses).
 
-Run: `python model.py [OUT_DIR]` builds a demo tiny model into OUT_DIR and prints its size and the 7B memory table
-for one 80 GB GPU; `python model.py --golden` remakes the golden fixture of the preprocessing parity test.
+Run: `python model.py [--out DIR]` builds a demo tiny model into DIR (default: a temporary folder) and prints its
+size and memory_table (the 7B on one 80 GB GPU); `python model.py --golden` remakes the golden fixture of the
+preprocessing parity test.
 Everything is offline (HF_HUB_OFFLINE=1 is set here; transformers' Hub kernels are off: use_kernels=False).
 """
+import argparse
 import contextlib
 import functools
 import json
@@ -699,11 +701,20 @@ def make_golden_fixture(out_path=GOLDEN_PATH):
 
 # --- main -----------------------------------------------------------------------------------------------------------
 
-def main():
-    if "--golden" in sys.argv:
+def cli():
+    """model.py's command line (the docstring's "Run:")."""
+    p = argparse.ArgumentParser(prog="python model.py", description=__doc__.split("\n")[0])
+    p.add_argument("--out", help="folder of the demo tiny model (default: a new temporary folder)")
+    p.add_argument("--golden", action="store_true", help="remake the golden fixture of the preprocessing parity test")
+    return p
+
+
+def main(argv=None):
+    args = cli().parse_args(argv)
+    if args.golden:
         return make_golden_fixture()
     # a throw-away folder by default: train.py builds its own tiny_model/ with a tokenizer fitted to its data
-    out_dir = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="tiny_model_")
+    out_dir = args.out or tempfile.mkdtemp(prefix="tiny_model_")
     build_tiny(out_dir, demo_texts())
     model, tok = load(out_dir, dtype=torch.float32, device="cpu")
     print(f"tiny Qwen2.5-VL in {out_dir}/: {count_params(model):,} parameters "

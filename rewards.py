@@ -25,6 +25,7 @@ level rule this per-completion function leaves out. Graphs are read only from th
 
 Run: `python rewards.py` scores a few completions (good, hacked, malformed) and prints every part.
 """
+import argparse
 import math
 import re
 
@@ -219,5 +220,15 @@ def demo():
     print("MRA of 3.3 vs 3.0:", mra(3.3, 3.0), "| tIoU [1,3] vs [2,4]:", round(interval_iou([1, 3], [2, 4]), 3))
 
 
-if __name__ == "__main__":
+def cli():
+    """rewards.py's command line: the demo alone (no flags)."""
+    return argparse.ArgumentParser(prog="python rewards.py", description=__doc__.split("\n")[0])
+
+
+def main(argv=None):
+    cli().parse_args(argv)
     demo()
+
+
+if __name__ == "__main__":
+    main()
