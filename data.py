@@ -2,13 +2,14 @@
 by Qwen's rules), then a synthetic stand-in for the paper's STV-205k (arXiv 2510.10976 Sec. 3, not downloadable
 here): rendered scenes whose questions, graphs and reference reasoning come from their exact geometry.
 
-Run:
+Run (each command's flags: `python data.py COMMAND --help`):
   python data.py                                   # a few clips in a temp folder, their questions and reasoning
-  python data.py make --out data/synth --n 2000 --seed 0 [--max-objects 5] [--questions 4]
+  python data.py make --out data/synth --n 1500 --seed 0 [--max-objects 3] [--questions 4]
   python data.py bench                             # read_frames(16) vs decoding every frame of a 2-min video
 
 `--n` counts scenes (= videos), each with up to `--questions` rows of different tasks (the files: make_dataset);
-`--n 2000` takes ~2 min and ~60 MB on 2 CPU cores.
+`--n 2000` takes ~2 min and ~60 MB on 2 CPU cores. make's defaults are train.py's set (data/synth, SCENES, seed 0);
+it renders into a temporary folder renamed into place at the end: an interrupted make leaves no set.
 
 Letters in shape comments: F frames, H height, W width, N objects (or frames of a whole video), K points.
 Time: `sec` is a time in seconds; `frame` (and `t` in a `<graph t=...>` block) is a source-frame index.
@@ -30,6 +31,7 @@ scene's exact geometry in mm, the reasoning writes them to 0.1 m):
      a=13 </graph> The green ball is closest, 1.9 m. </think><answer>D</answer>"}
   (one line in the file). num rows: "options": null, "answer": 2.4; iou rows: "answer": [1.0, 3.5].
 """
+import argparse
 import contextlib
 import itertools
 import json
@@ -37,6 +39,7 @@ import math
 import multiprocessing
 import os
 import re
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -59,6 +62,7 @@ SEEK_GAP = 12                                   # seek when a keyframe lets us s
 HFOV = math.radians(60.0)                       # horizontal field of view of the synthetic camera
 CAM_HEIGHT, CAM_PITCH, MAX_YAW = 1.6, 0.30, 0.35  # metres, radians down, radians of yaw over a clip
 LETTERS = "ABCDEFGHIJ"
+SCENES = 1500                                   # scenes of the default synthetic set (data.py make, train.py)
 MAX_PROMPT_TOKENS = 1024                        # rows with a longer prompt (text tokens) are skipped: train.py, eval.py
 
 
@@ -1117,9 +1121,10 @@ def make_scene_files(job):
 def make_dataset(out_dir, n, seed=0, questions=4, n_objects=(2, 3), size=CLIP_SIZE, num_frames=CLIP_FRAMES,
                  fps=CLIP_FPS, sheet=True, log=print, workers=None):
     """Write n scenes: videos/NNNNNN.mp4, up to `questions` rows per scene (distinct tasks) into train/val/test.jsonl
-    (split by scene, split_of), scenes.jsonl (the scene parameters), dataset.json (n, seed) and contact_sheet.png.
-    Scene i uses rng = default_rng([seed, i]): the files are byte-identical for a seed, however many worker
-    processes render (default: one per CPU core, at most 4)."""
+    (split by scene, split_of), scenes.jsonl (the scene parameters), contact_sheet.png, then dataset.json (n, seed,
+    the other settings, the row counts; train.ensure_data checks it). Scene i uses rng = default_rng([seed, i]): the
+    files are byte-identical for a seed, however many worker processes render (default: one per CPU core, at most
+    4). `make` and train.ensure_data write it through replace_folder: a set is whole or absent."""
     os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
     splits, counts, t_start, shown = split_of(n, seed), {"train": 0, "val": 0, "test": 0}, time.time(), []
     jobs = [(out_dir, i, seed, questions, n_objects, size, num_frames, fps) for i in range(n)]
@@ -1140,9 +1145,11 @@ def make_dataset(out_dir, n, seed=0, questions=4, n_objects=(2, 3), size=CLIP_SI
                 el = time.time() - t_start
                 log(f"\rscenes {i + 1}/{n}  rows {sum(counts.values())}  {el:.0f}s elapsed, "
                     f"~{el / (i + 1) * (n - i - 1):.0f}s left", end="" if i + 1 < n else "\n", flush=True)
-    write_file(os.path.join(out_dir, "dataset.json"), json.dumps({"scenes": n, "seed": seed, "questions": questions}))
     if sheet:
         contact_sheet(shown, os.path.join(out_dir, "contact_sheet.png"))
+    write_file(os.path.join(out_dir, "dataset.json"), json.dumps(      # the last file: the set is finished
+        {"scenes": n, "seed": seed, "questions": questions, "objects": list(n_objects), "size": size,
+         "frames": num_frames, "fps": fps, "rows": counts}))
     return counts
 
 
@@ -1183,6 +1190,38 @@ def write_file(path, content):
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def replace_folder(path, write):
+    """write(tmp) fills a temporary folder .tmp-NAME beside `path`, which then replaces `path` (discard); returns
+    write's result. A kill at any moment leaves the old folder or the new one whole, never a half-built one."""
+    path = os.path.normpath(path)
+    tmp = os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
+    shutil.rmtree(tmp, ignore_errors=True)
+    out = write(tmp)
+    if os.path.exists(path):
+        discard(path)
+    os.replace(tmp, path)
+    return out
+
+
+def discard(path):
+    """Rename a folder to .old-NAME (atomic), then delete it: a kill in between leaves a .old-* folder for
+    train.clean_leftovers, never a half-deleted checkpoint or export under its real name."""
+    old = os.path.join(os.path.dirname(path), f".old-{os.path.basename(path)}")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(path, old)
+    shutil.rmtree(old)
+
+
+class SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser (add_subparsers(parser_class=...)) that refuses an unknown flag itself, with its own
+    usage, instead of passing it up to the top level's (data.py, eval.py and grpo.py use it)."""
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extra = super().parse_known_args(args, namespace)
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return namespace, extra
 
 
 OPTION_PREFIX_RE = re.compile(r"^\s*\(?([A-Za-z])[.):]\s+")    # "A. ", "(A) ", "A) ", "A: "
@@ -1303,24 +1342,32 @@ def demo():
     print(f"files in {out} (contact_sheet.png shows the clips). Usage:\n" + __doc__.split("Run:")[1].split("`--n`")[0])
 
 
-def main(argv):
-    if not argv:
-        return demo()
-    if argv[0] == "bench":
-        return bench()
-    if argv[0] == "make":
-        opts = {"--out": "data/synth", "--n": "2000", "--seed": "0", "--questions": "4", "--max-objects": "3"}
-        for k, v in zip(argv[1::2], argv[2::2]):
-            if k not in opts:
-                sys.exit(f"unknown option {k}; options: {' '.join(opts)}")
-            opts[k] = v
-        t = time.time()
-        counts = make_dataset(opts["--out"], int(opts["--n"]), int(opts["--seed"]), int(opts["--questions"]),
-                              (2, int(opts["--max-objects"])))
-        print(f"rows {counts} in {time.time() - t:.0f} s -> {opts['--out']}")
-        return None
-    sys.exit(__doc__)
+def cli():
+    """data.py's command line (the docstring's "Run:"); no command: the demo."""
+    p = argparse.ArgumentParser(prog="python data.py", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", title="commands (none: the demo)", parser_class=SubcommandParser)
+    make = sub.add_parser("make", help="render a synthetic data set (make_dataset)")
+    make.add_argument("--out", default="data/synth", help="the folder (replaced whole when it holds a set)")
+    for flag, default, what in (("--n", SCENES, "scenes (= videos)"), ("--seed", 0, "scene i: default_rng([seed, i])"),
+                                ("--questions", 4, "rows per scene"), ("--max-objects", 3, "objects per scene")):
+        make.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
+    sub.add_parser("bench", help="read_frames(16) vs decoding every frame of a 2-min video; the renderer")
+    return p
+
+
+def main(argv=None):
+    args = cli().parse_args(argv)
+    if args.command != "make":
+        return bench() if args.command else demo()
+    if os.listdir(args.out) if os.path.isdir(args.out) else os.path.exists(args.out):
+        if not any(os.path.exists(os.path.join(args.out, f)) for f in ("dataset.json", "scenes.jsonl")):
+            sys.exit(f"data.py make: {args.out} exists and holds no data set (no dataset.json): pick another --out")
+    t = time.time()
+    counts = replace_folder(args.out, lambda tmp: make_dataset(tmp, args.n, args.seed, args.questions,
+                                                               (2, args.max_objects)))
+    print(f"rows {counts} in {time.time() - t:.0f} s -> {args.out}")
+    return None
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

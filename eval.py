@@ -26,8 +26,13 @@ scored; V-STaR's inference_demo.py reads intervals and boxes from each model's o
 of parse_frame_boxes); the benchmarks' scripts score the whole reply, here the text in the answer tags; the
 prompt is model.build_prompt's for every benchmark; STI-Bench uses at most 30 frames (pass --frames 30). Every
 model is asked as it was trained: with its --variant's instruction (train.py saves it in config.json;
-data.with_think). Commands: README steps 3 and "The toy Table 2"; `python eval.py demo` scores hand-written
-completions without a model.
+data.with_think).
+
+Run (each command's flags: `python eval.py COMMAND --help`; README step 3 and "The toy Table 2" show them at work):
+  python eval.py --model tiny_base --model runs/default/final --data data/synth/test.jsonl   # score, side by side
+  python eval.py demo                              # hand-written completions, good and poor, scored without a model
+  python eval.py rotation --model tiny_base --axis roll --angles 0 30 90   # the rotation stress test
+  python eval.py ablation --run runs/graph_s0 --run runs/none_s0           # the toy Table 2 from finished runs
 """
 import argparse
 import json
@@ -425,11 +430,10 @@ def plot_rotation(by_model, path, title):
     save_png(fig, path)
 
 
-def rotation_main(argv):
-    """Render every angle, score each model at each; a table per model, rotation.json, rotation.png."""
+def rotation(args):
+    """`eval.py rotation`: render every angle, score each model at each; a table per model, rotation.json, .png."""
     import torch
     import model as qwen
-    args = parse_args(argv, rotation=True)
     torch.set_num_threads(args.threads)
     ids = scene_ids(data.load_rows(args.data))[:args.scenes]
     scenes = load_scenes(os.path.dirname(os.path.abspath(args.data)), ids)
@@ -520,16 +524,10 @@ def ablation_table(means, diffs, runs, ref="graph"):
     return "\n".join(lines)
 
 
-def ablation_main(argv):
+def ablation(args):
     """`eval.py ablation --run DIR [--run DIR ...]`, the toy Table 2: the runs' final test records pooled per
     variant over seeds, the answer per task group and overall with 95 % bootstrap intervals, each variant minus
     graph paired question by question; printed and written (ablation.md, ablation.json, ablation.png)."""
-    p = argparse.ArgumentParser(description="The toy Table 2: finished train.py runs of several --variant values.")
-    p.add_argument("--run", action="append", required=True, help="a train.py run folder (runs/NAME); repeat")
-    p.add_argument("--out", default="out/ablation")
-    p.add_argument("--n_boot", type=int, default=N_BOOT)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
     by_variant, runs, per_run = {}, {}, []
     for run_dir in args.run:
         variant, seed, records, line = load_run(run_dir)
@@ -934,40 +932,58 @@ def report(summaries, meta, out_dir, dumps=(), title=""):
 TINY_PIXELS = 56 * 56   # = model.TINY_MIN_PIXELS = TINY_MAX_PIXELS (test_all checks; eval.py imports no torch here)
 
 
-def parse_args(argv, rotation=False):
-    """The flags of `eval.py`, or of `eval.py rotation`; both share the model and decoding flags."""
-    p = argparse.ArgumentParser(description="Rotation stress test on the synthetic scenes (see docstring)." if
-                                rotation else "Score checkpoints with each benchmark's own metric (see docstring).")
-    p.add_argument("--model", action="append", required=True, help="checkpoint folder; repeat for side by side")
-    if rotation:
-        p.add_argument("--angles", type=float, nargs="+", default=[0, 30, 60, 90, 180])
-        p.add_argument("--axis", default="yaw", choices=["yaw", "roll", "orbit"])
-        p.add_argument("--data", default="data/synth/test.jsonl", help="synthetic rows; scenes.jsonl beside it")
-        p.add_argument("--scenes", type=int, default=20, help="first N scenes of the file")
-    else:
-        p.add_argument("--data", required=True, help="rows: .jsonl / .json / .parquet")
-        p.add_argument("--format", default="auto", choices=["auto", *FORMAT_KEYS])
-        p.add_argument("--video_root", default=None, help="videos of benchmark rows (default: the data file's folder)")
-        p.add_argument("--limit", type=int, default=None, help="score only the first N rows")
-        p.add_argument("--dump", type=int, default=0, help="write N completions per model with their metrics")
-    p.add_argument("--frames", type=int, default=32, help="frames per video (paper: 32 at inference)")
-    p.add_argument("--min_pixels", type=int, default=TINY_PIXELS, help="per frame (tiny default; 7B: 16*28*28)")
-    p.add_argument("--max_pixels", type=int, default=TINY_PIXELS, help="per frame (tiny default; 7B: 128*28*28)")
-    for flag, default in (("--batch", 8), ("--max_new_tokens", 512), ("--n_boot", N_BOOT), ("--seed", 0)):
-        p.add_argument(flag, type=int, default=default)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (train.py's default: 1)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--out", default="out/rotation" if rotation else "out/eval")
-    p.add_argument("--skip_bad", action="store_true", help="skip and count bad rows (a bad field, a video that "
-                   "does not open or decode, a prompt over --max_prompt_tokens) instead of stopping; the rest is "
-                   "scored and written")
-    p.add_argument("--max_prompt_tokens", type=int, default=data.MAX_PROMPT_TOKENS,
-                   help="rows whose prompt text has more tokens (model.prompt_tokens, video not counted) are bad rows")
-    return p.parse_args(argv)
+def cli():
+    """eval.py's command line (the docstring's "Run:"): scoring by default, or a command with its own flags;
+    scoring and rotation share the model and decoding flags."""
+    p = argparse.ArgumentParser(prog="python eval.py", description="Score checkpoints with each benchmark's own "
+                                "metric, side by side (see the docstring); or run a command.")
+    sub = p.add_subparsers(dest="command", title="commands (none: scoring)", parser_class=data.SubcommandParser)
+    sub.add_parser("demo", help="score hand-written completions without a model")
+    rot = sub.add_parser("rotation", help="the rotation stress test on the synthetic scenes, models side by side")
+    ab = sub.add_parser("ablation", help="the toy Table 2 from finished train.py runs of several --variant values")
+    ab.add_argument("--run", action="append", help="a train.py run folder (runs/NAME); repeat (needed)")
+    ab.add_argument("--out", default="out/ablation")
+    for q, out in ((p, "out/eval"), (rot, "out/rotation")):
+        q.add_argument("--model", action="append", help="checkpoint folder; repeat for side by side (needed)")
+        q.add_argument("--frames", type=int, default=32, help="frames per video (paper: 32 at inference)")
+        q.add_argument("--min_pixels", type=int, default=TINY_PIXELS, help="per frame (tiny default; 7B: 16*28*28)")
+        q.add_argument("--max_pixels", type=int, default=TINY_PIXELS, help="per frame (tiny default; 7B: 128*28*28)")
+        for flag, default in (("--batch", 8), ("--max_new_tokens", 512)):
+            q.add_argument(flag, type=int, default=default)
+        q.add_argument("--threads", type=int, default=1, help="torch CPU threads (train.py's default: 1)")
+        q.add_argument("--device", default=None)
+        q.add_argument("--out", default=out)
+        q.add_argument("--skip_bad", action="store_true", help="skip and count bad rows (a bad field, a video that "
+                       "does not open or decode, a prompt over --max_prompt_tokens) instead of stopping; the rest is "
+                       "scored and written")
+        q.add_argument("--max_prompt_tokens", type=int, default=data.MAX_PROMPT_TOKENS, help="rows whose prompt "
+                       "text has more tokens (model.prompt_tokens, video not counted) are bad rows")
+    for q in (p, rot, ab):
+        q.add_argument("--n_boot", type=int, default=N_BOOT, help="bootstrap resamples of the 95 %% intervals")
+        q.add_argument("--seed", type=int, default=0)
+    rot.add_argument("--angles", type=float, nargs="+", default=[0, 30, 60, 90, 180])
+    rot.add_argument("--axis", default="yaw", choices=["yaw", "roll", "orbit"])
+    rot.add_argument("--data", default="data/synth/test.jsonl", help="synthetic rows; scenes.jsonl beside it")
+    rot.add_argument("--scenes", type=int, default=20, help="first N scenes of the file")
+    p.add_argument("--data", help="rows: .jsonl / .json / .parquet (needed)")
+    p.add_argument("--format", default="auto", choices=["auto", *FORMAT_KEYS])
+    p.add_argument("--video_root", default=None, help="videos of benchmark rows (default: the data file's folder)")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N rows")
+    p.add_argument("--dump", type=int, default=0, help="write N completions per model with their metrics")
+    return p
 
 
-def main(argv):
-    args = parse_args(argv)
+def main(argv=None):
+    p = cli()
+    args = p.parse_args(argv)
+    needed = {None: ("model", "data"), "rotation": ("model",), "ablation": ("run",)}.get(args.command, ())
+    if any(getattr(args, k) is None for k in needed):
+        p.error(f"{args.command or 'scoring'} needs {' and '.join('--' + k for k in needed)}")
+    {None: score, "demo": lambda _: demo(), "rotation": rotation, "ablation": ablation}[args.command](args)
+
+
+def score(args):
+    """Scoring (no command): each --model on --data, one column each; results.json, results.png (report)."""
     for path in args.model:
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise BadRow(None, "no checkpoint folder there (config.json, *.safetensors, tokenizer)", f"--model {path}")
@@ -1024,11 +1040,7 @@ def demo():
 
 
 if __name__ == "__main__":
-    subcommands = {"demo": lambda argv: demo(), "rotation": rotation_main, "ablation": ablation_main}
     try:
-        if sys.argv[1:2] and sys.argv[1] in subcommands:
-            subcommands[sys.argv[1]](sys.argv[2:])
-        else:
-            main(sys.argv[1:])
-    except BadRow as e:
-        sys.exit(f"eval.py: {e}")
+        main()
+    except BadRow as err:
+        sys.exit(f"eval.py: {err}")

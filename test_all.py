@@ -1369,7 +1369,7 @@ def _smoke_args(name, **changes):
     flags = {"out": base, "data": data_dir, "model": model_dir, "name": name, "sft_steps": 3, "grpo_steps": 2,
              "sft_batch": 2, "batch": 2, "micro_batch": 1, "G": 2, "max_new_tokens": 12, "eval_every": 2,
              "eval_n": 2, "test_n": 2, "ckpt_every": 1, "keep_ckpts": 10, "sft_lr": 3e-3, "lr": 1e-3,
-             "vision_steps": 3, "vision_batch": 2, "threads": 1, "sample_every": 1, **changes}
+             "vision_steps": 3, "vision_batch": 2, "threads": 1, "sample_every": 1, "data_scenes": 10, **changes}
     return [a for k, v in flags.items() for a in (f"--{k}", str(v))]
 
 
@@ -1456,7 +1456,7 @@ def test_base_preset_writes_its_card_and_grpo_starts_from_it():
     base, data_dir, _ = _run_base()
     flags = ["--out", base, "--data", data_dir, "--threads", "1", "--vision_steps", "2", "--vision_batch", "2",
              "--sft_steps", "4", "--sft_batch", "2", "--eval_every", "2", "--eval_n", "2", "--test_n", "2",
-             "--max_new_tokens", "12"]
+             "--max_new_tokens", "12", "--data_scenes", "10", "--scene_seed", "0"]
     _train(flags + ["--preset", "base", "--name", "base_card", "--model", os.path.join(base, "base_init")],
            contextlib.nullcontext)
     folder = os.path.join(base, "base_card", "warmup")
@@ -1464,7 +1464,7 @@ def test_base_preset_writes_its_card_and_grpo_starts_from_it():
     assert train.card_sha256(folder) == train.sha256(os.path.join(folder, "model.safetensors"))
     assert "| held-out metric | blind | wrong video | blank clip | after warm-up | after warm-up - blind |" in card
     assert len(re.findall(r"^\| [24] \| ", card, re.M)) == 2                  # scaling lines at warm-up steps 2, 4
-    assert "scenes default_rng([0, i]) for i < 10 " in card                    # the data's own seed, not the preset's
+    assert "scenes default_rng([0, i]) for i < 10 " in card        # the data's dataset.json (ensure_data checked it)
     _train(_smoke_args("from_base", model=folder, vision_steps=0, sft_steps=0, grpo_steps=1), _stand_ins)
     table = open(os.path.join(base, "from_base", "results.md")).read()
     assert "| blind | wrong video | blank clip | base | after GRPO | after GRPO - base | after GRPO - blind |" in table
@@ -1536,7 +1536,7 @@ def test_ablation_table_pools_seeds_and_pairs_questions_by_hand():
                 fake_run(os.path.join(d, "n1"), "none", 1, [1.0, 0.5, 0.0, 0.0])]
         out = os.path.join(d, "out")
         with contextlib.redirect_stdout(io.StringIO()) as printed:
-            ev.ablation_main(sum((["--run", r] for r in runs), []) + ["--out", out, "--n_boot", "200"])
+            ev.main(["ablation"] + sum((["--run", r] for r in runs), []) + ["--out", out, "--n_boot", "200"])
         res = json.load(open(os.path.join(out, "ablation.json")))
         g, n, diff = res["answer"]["graph"], res["answer"]["none"], res["minus_graph"]["none"]
         assert g["static spatial"][0] == 0.75 and g["static spatial"][3] == 4     # (1 + 1 + 1 + 0) / 4
@@ -1546,10 +1546,10 @@ def test_ablation_table_pools_seeds_and_pairs_questions_by_hand():
         assert diff["overall"][0] == -0.125 and diff["overall"][3] == 8
         assert "| none - graph (paired) |" in printed.getvalue() and os.path.isfile(os.path.join(out, "ablation.png"))
         assert res["seeds"] == {"graph": [0, 1], "none": [0, 1]}
-        _raises(data.BadRow, ev.ablation_main, ["--run", runs[0], "--run", runs[0], "--out", out],
+        _raises(data.BadRow, ev.main, ["ablation", "--run", runs[0], "--run", runs[0], "--out", out],
                 contains=("variant graph with seed 0",))
         no_ids = fake_run(os.path.join(d, "x"), "coords", 0, [1.0], ids=False)
-        _raises(data.BadRow, ev.ablation_main, ["--run", no_ids, "--out", out], contains=("without ids",))
+        _raises(data.BadRow, ev.main, ["ablation", "--run", no_ids, "--out", out], contains=("without ids",))
 
 
 def test_shipped_base_matches_its_card_answers_and_evaluates_under_rotation_beside_a_coords_copy():
@@ -1568,7 +1568,7 @@ def test_shipped_base_matches_its_card_answers_and_evaluates_under_rotation_besi
         config = os.path.join(shutil.copytree(folder, coords), "config.json")
         _file(config, json.dumps({**json.load(open(config)), "video_str_variant": "coords"}))
         with contextlib.redirect_stdout(io.StringIO()) as printed, contextlib.redirect_stderr(io.StringIO()):
-            ev.rotation_main(["--model", folder, "--model", coords, "--data", test_rows, "--scenes", "1",
+            ev.main(["rotation", "--model", folder, "--model", coords, "--data", test_rows, "--scenes", "1",
                               "--angles", "0", "90", "--axis", "roll", "--max_new_tokens", "40", "--frames", "4",
                               "--out", os.path.join(d, "out"), "--n_boot", "50", "--device", "cpu"])
         res = json.load(open(os.path.join(d, "out", "rotation.json")))
@@ -1700,7 +1700,7 @@ def test_every_flag_has_help_one_pixel_budget_and_resume_flags_allowed_or_refuse
         assert "at least 1" in _arg_error(["--out", out, "--name", "x", "--eval_every", "0"])
         assert train.parse_config(resume + ["--preset", "tiny"]).grpo_steps == 5          # unchanged: fine
     assert ev.TINY_PIXELS == qwen.TINY_MIN_PIXELS == qwen.TINY_MAX_PIXELS == train.Config.min_pixels == train.Config.max_pixels
-    assert ev.parse_args(["--model", "m", "--data", "d"]).threads == train.Config.threads       # one default
+    assert ev.cli().parse_args(["--model", "m", "--data", "d"]).threads == train.Config.threads       # one default
     helps = train.field_help()
     assert set(helps) == {f.name for f in dataclasses.fields(train.Config)}
     assert all(helps.values()), [k for k, v in helps.items() if not v]

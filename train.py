@@ -55,39 +55,48 @@ import rewards
 @dataclass
 class Config:
     # run
-    preset: str = "tiny"            # tiny (GRPO from the shipped tiny base, CPU, minutes) | base (remake that base: 2 CPU cores, < 2 h) | scratch (phase 0, warm-up and GRPO from random weights in minutes: stays blind) | paper (7B from --model, one GPU) | shape7b (one GRPO step of paper on a random 7B-shaped model: time, memory)
+    preset: str = "tiny"            # tiny (GRPO from the shipped tiny base, CPU, minutes) | base (remake that base: 2
+                                    # CPU cores, < 2 h) | scratch (phase 0, warm-up and GRPO from random weights in
+                                    # minutes: stays blind) | paper (7B from --model, one GPU) | shape7b (one GRPO
+                                    # step of paper on a random 7B-shaped model: time, memory)
     name: str = "default"           # outputs go to OUT/NAME
     out: str = "runs"               # folder of all runs
     seed: int = 0                   # seeds data order, sampling and init of new weights
     device: str = "auto"            # auto (cuda if present) | cpu | cuda
-    dtype: str = "auto"             # auto (bf16 on a GPU that has it, else fp32: faster on cpu, `python grpo.py bench`) | bf16 | fp32
-    threads: int = 1                # torch CPU threads (1 degrades gracefully beside other work; 2: ~10 % faster idle)
+    dtype: str = "auto"             # auto (bf16 on a GPU that has it, else fp32: faster on cpu, `python
+                                    # grpo.py bench`) | bf16 | fp32
+    threads: int = 1                # torch CPU threads (1 degrades gracefully beside other work; 2: 10 % faster idle)
     resume: bool = False            # continue runs/NAME from its last checkpoint; only RESUMABLE flags may differ
-    variant: str = "graph"          # graph (Video-STR) | none (no graph asked, written or rewarded: the paper's w/o graph) | coords (centres only, R_graph = 2 R_n) | answer_only (graphs written, R_graph dropped): rewards.VARIANTS
+    variant: str = "graph"          # graph (Video-STR) | none (no graph asked, written or rewarded: the paper's w/o
+                                    # graph) | coords (centres only, R_graph = 2 R_n) | answer_only (graphs written,
+                                    # R_graph dropped): rewards.VARIANTS
     # data
     frames: int = data.TRAIN_FRAMES  # frames per video (paper: 16 for training)
     max_prompt_tokens: int = data.MAX_PROMPT_TOKENS  # skip rows whose prompt has more text tokens (video not counted)
-    data: str = "data/synth"        # folder with train.jsonl / val.jsonl / test.jsonl (--preset tiny makes it if missing)
-    data_scenes: int = 1500         # scenes to render when the synthetic set is made (4 questions each)
+    data_scenes: int = data.SCENES  # scenes of the synthetic set (4 questions each; data.py make's --n)
+    data: str = "data/synth"        # folder with train.jsonl / val.jsonl / test.jsonl, or a .jsonl; a synthetic set
+                                    # (data.py make) is made when missing, its dataset.json checked (ensure_data)
     scene_seed: int = -1            # seed of the rendered scenes (-1: --seed); the base preset renders its own
     min_pixels: int = qwen.TINY_MIN_PIXELS  # lower per-frame pixel budget of Qwen2.5-VL's smart_resize (tiny: 56x56)
     max_pixels: int = qwen.TINY_MAX_PIXELS  # upper pixel budget per frame (paper: 128x28x28)
     # model
-    model: str = "tiny_base"        # local folder of a Qwen2.5-VL checkpoint (tiny_base: shipped; built here when phase 0 will teach it to see)
+    model: str = "tiny_base"        # local folder of a Qwen2.5-VL checkpoint (tiny_base: shipped; built here
+                                    # when phase 0 will teach it to see)
     lora_rank: int = 0              # 0 = full fine-tuning
     lora_alpha: float = 16.0        # LoRA scale alpha / rank
     lora_dropout: float = 0.0       # dropout on the LoRA input (0: none)
     fsdp: bool = False              # under torchrun, full fine-tuning: shard weights, grads, AdamW state (FSDP2)
     freeze_vision: bool = True      # keep the vision tower fixed in the warm-up and GRPO (it learned in phase 0)
     grad_ckpt: bool = False         # gradient checkpointing in the warm-up and GRPO (on for the paper preset)
-    shape_layers: int = 28          # --preset shape7b: decoder layers of its random model with the 7B's widths (7B: 28)
+    shape_layers: int = 28          # --preset shape7b: decoder layers of a random model of the 7B's widths (7B: 28)
     shape_vision_blocks: int = 32   # --preset shape7b: vision blocks of that model (7B: 32)
     # phase 0: the vision tower learns to see (tiny model only; a real checkpoint already sees)
-    vision_steps: int = 0           # supervised steps on the rows' ground-truth graphs (0 skips the phase: the base sees)
+    vision_steps: int = 0           # supervised steps on the rows' ground-truth graphs (0: skipped, the base sees)
     vision_batch: int = 16          # videos per step (per rank under torchrun)
     vision_lr: float = 3e-3         # phase 0 learning rate (vision tower and its head)
     # supervised warm-up
-    sft_steps: int = 0              # teacher-forced steps on the reference reasoning before GRPO (the base had its own)
+    sft_steps: int = 0              # teacher-forced steps on the reference reasoning before GRPO (the base had
+                                    # its own)
     sft_batch: int = 8              # rows per warm-up step (per rank under torchrun)
     sft_lr: float = 3e-3            # warm-up learning rate
     # GRPO
@@ -98,7 +107,8 @@ class Config:
     max_new_tokens: int = 180       # completion budget T (the synthetic reference reasoning is 50-170 tokens)
     temperature: float = 1.0        # sampling temperature (paper / Video-R1: 1.0)
     top_p: float = 1.0              # nucleus sampling mass (1.0: off)
-    decoder: str = "auto"           # grpo.sample's decoder: auto (a CUDA graph on a GPU, else plain) | plain | static | graph
+    decoder: str = "auto"           # grpo.sample's decoder: auto (a CUDA graph on a GPU, else plain) | plain |
+                                    # static | graph
     lr: float = 5e-5                # GRPO learning rate (paper: 1e-6 for the 7B; tiny: 5e-5 chosen on val over 2e-4)
     lr_warmup: int = 10             # learning rate: linear warm-up steps of each phase, then cosine to 10 %
     weight_decay: float = 0.0       # AdamW weight decay
@@ -114,7 +124,7 @@ class Config:
     w_answer: float = 1.0           # weight of R_ans
     w_graph: float = 1.0            # weight of R_graph (the variant's graph term: --variant sets which)
     w_length: float = 1.0           # weight of R_l
-    len_lo: int = 40                # lower end of the R_l window in tokens (paper: 320 of 768; tiny reasoning is shorter)
+    len_lo: int = 40                # R_l window's lower end in tokens (paper: 320 of 768; tiny reasoning is shorter)
     len_hi: int = 170               # upper end of the R_l window in tokens (paper: 512)
     len_bonus: float = 0.2          # R_l when the answer is correct and the length in the window (paper: 0.2)
     # logging, evaluation, checkpoints
@@ -447,20 +457,28 @@ POSITIVE = ("frames", "sft_batch", "batch", "micro_batch", "G", "max_new_tokens"
 
 
 def field_help():
-    """{field: its comment in Config's source}: the comment is the flag's --help (as cleanrl's Args docstrings)."""
+    """{field: its comment in Config's source, wrapped lines joined}: the flag's --help (as cleanrl's Args
+    docstrings). A comment wraps onto lines that hold only a comment, indented deeper than the fields."""
     import inspect
-    return {name: comment.strip() for name, comment in re.findall(r"^ +(\w+): [^#\n]*#(.*)$",
-                                                                    inspect.getsource(Config), re.M)}
+    found = re.findall(r"^    (\w+): [^#\n]*#(.*(?:\n {5,}#.*)*)", inspect.getsource(Config), re.M)
+    return {name: " ".join(re.sub(r"\n +#", " ", comment).split()) for name, comment in found}
 
 
-def parse_config(argv=None):
-    """Config defaults <- preset <- command-line flags (one flag per field)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def cli():
+    """train.py's command line: one flag per Config field, its help the field's comment (field_help)."""
+    p = argparse.ArgumentParser(prog="python train.py", description=__doc__.split("\n\n")[0],
+                                usage="%(prog)s [--FIELD VALUE ...]: one flag per Config field (--help lists them)")
     helps = field_help()
     for f in dataclasses.fields(Config):
         kind = {"action": argparse.BooleanOptionalAction} if f.type is bool else {"type": type(f.default)}
         p.add_argument(f"--{f.name}", **kind, default=argparse.SUPPRESS,
                        help=f"{helps[f.name]} (default {f.default!r})".replace("%", "%%"))
+    return p
+
+
+def parse_config(argv=None):
+    """Config defaults <- preset <- command-line flags (one flag per field)."""
+    p = cli()
     given = vars(p.parse_args(argv))
     preset = given.get("preset", Config.preset)
     if preset not in PRESETS:
@@ -534,13 +552,25 @@ def batch_indices(n_rows, step, batch, seed):
 
 
 def ensure_data(cfg):
-    """The synthetic set is made on first use; a user's own folder must already exist."""
-    if os.path.exists(os.path.join(cfg.data, "train.jsonl")) or os.path.isfile(cfg.data):
+    """The synthetic set is made on first use, whole or not at all (data.replace_folder). A folder that
+    data.make_dataset wrote (scenes.jsonl) must be finished (dataset.json, its last file) and hold the scenes this
+    run asks for (--data_scenes, the scene seed); a user's folder or JSONL file must already exist."""
+    seed, made = scene_seed(cfg), os.path.join(cfg.data, "dataset.json")
+    info = read_json(made, "treated as missing") if os.path.isfile(made) else None
+    remake = f"remake it with `python data.py make --out {cfg.data} --n {cfg.data_scenes} --seed {seed}`"
+    if info is None and os.path.exists(os.path.join(cfg.data, "scenes.jsonl")):
+        raise SystemExit(f"{cfg.data} is an unfinished synthetic data set (no dataset.json: its making was "
+                         f"interrupted); {remake}")
+    if info is not None and (info.get("scenes"), info.get("seed")) != (cfg.data_scenes, seed):
+        raise SystemExit(f"{cfg.data} holds {info.get('scenes')} scenes of seed {info.get('seed')} (dataset.json), "
+                         f"this run asks for {cfg.data_scenes} of seed {seed}: pass --data_scenes "
+                         f"{info.get('scenes')} --scene_seed {info.get('seed')}, or --data OTHER, or {remake}")
+    if info is not None or os.path.exists(os.path.join(cfg.data, "train.jsonl")) or os.path.isfile(cfg.data):
         return
     if cfg.preset == "paper":
         raise SystemExit(f"no data at {cfg.data!r}: pass --data with train.jsonl / val.jsonl / test.jsonl")
-    print(f"making the synthetic data set in {cfg.data} ({cfg.data_scenes} scenes, scene seed {scene_seed(cfg)}) ...")
-    replace_folder(cfg.data, lambda tmp: data.make_dataset(tmp, cfg.data_scenes, seed=scene_seed(cfg)))
+    print(f"making the synthetic data set in {cfg.data} ({cfg.data_scenes} scenes, scene seed {seed}) ...")
+    data.replace_folder(cfg.data, lambda tmp: data.make_dataset(tmp, cfg.data_scenes, seed=seed))
 
 
 def scene_seed(cfg):
@@ -590,7 +620,7 @@ def ensure_model(cfg, train_rows):
                          f"the repo: `git checkout tiny_base` restores it; README \"Remaking the base\" remakes it)")
     texts = [qwen.build_prompt(r) + (r.get("reasoning") or "") for r in train_rows]
     print(f"building the tiny Qwen2.5-VL in {cfg.model} ...")
-    replace_folder(cfg.model, lambda tmp: qwen.build_tiny(tmp, texts, seed=cfg.seed))
+    data.replace_folder(cfg.model, lambda tmp: qwen.build_tiny(tmp, texts, seed=cfg.seed))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -787,7 +817,7 @@ def blank_videos(run_dir, rows):
     seconds = max([data.CLIP_FRAMES / data.CLIP_FPS] + [r["time_window"][1] + 1 for r in rows if r.get("time_window")])
     frames = np.full((int(np.ceil(seconds * data.CLIP_FPS)), data.CLIP_SIZE, data.CLIP_SIZE, 3), 128, np.uint8)
     if not os.path.exists(path):
-        replace_folder(path, lambda tmp: data.write_video(tmp, frames, data.CLIP_FPS))
+        data.replace_folder(path, lambda tmp: data.write_video(tmp, frames, data.CLIP_FPS))
     return {r["video"]: path for r in rows}
 
 
@@ -886,35 +916,14 @@ def save_checkpoint(run_dir, step, mdl, opt, keep):
         save_file(weights, os.path.join(tmp, "trainable.safetensors"))
         torch.save({"optimizer": opt_state, "torch_rng": torch.get_rng_state(), "step": step,
                     **({"rank_rng": rngs} if world() > 1 else {})}, os.path.join(tmp, "state.pt"))
-    replace_folder(os.path.join(run_dir, f"ckpt-{step:07d}"), write)
+    data.replace_folder(os.path.join(run_dir, f"ckpt-{step:07d}"), write)
     prune_checkpoints(run_dir, keep)
-
-
-def replace_folder(path, write):
-    """write(tmp) fills a temporary folder .tmp-NAME beside `path`, which then replaces `path` (discard): a kill at
-    any moment leaves the old folder or the new one whole, never a half-built one under the real name."""
-    path = os.path.normpath(path)
-    tmp = os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    if os.path.exists(path):
-        discard(path)
-    os.replace(tmp, path)
 
 
 def prune_checkpoints(run_dir, keep):
     """Delete all but the newest `keep` checkpoints (also at start: a kill may have stopped a pruning)."""
     for old in sorted(d for d in os.listdir(run_dir) if d.startswith("ckpt-"))[:-keep]:
-        discard(os.path.join(run_dir, old))
-
-
-def discard(path):
-    """Rename a folder to .old-NAME (atomic), then delete it: a kill in between leaves a .old-* folder for
-    clean_leftovers, never a half-deleted checkpoint or export under its real name."""
-    old = os.path.join(os.path.dirname(path), f".old-{os.path.basename(path)}")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(path, old)
-    shutil.rmtree(old)
+        data.discard(os.path.join(run_dir, old))
 
 
 def clean_leftovers(run_dir):
@@ -970,7 +979,7 @@ def export(mdl, tok, path):
     def write(tmp):
         mdl.save_pretrained(tmp, state_dict=state)
         tok.save_pretrained(tmp)
-    replace_folder(path, write)
+    data.replace_folder(path, write)
     barrier()
 
 
