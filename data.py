@@ -63,7 +63,7 @@ HFOV = math.radians(60.0)                       # horizontal field of view of th
 CAM_HEIGHT, CAM_PITCH, MAX_YAW = 1.6, 0.30, 0.35  # metres, radians down, radians of yaw over a clip
 LETTERS = "ABCDEFGHIJ"
 SCENES = 1500                                   # scenes of the default synthetic set (data.py make, train.py)
-MAX_PROMPT_TOKENS = 1024                        # rows with a longer prompt (text tokens) are skipped: train.py, eval.py
+MAX_PROMPT_TOKENS = 1024                        # rows with more prompt text tokens are skipped: train.py, eval.py
 
 
 # --- loading rows ---------------------------------------------------------------------------------------------------
@@ -104,7 +104,8 @@ ROW_CHECKS = (                          # (field, test of the row, what it must 
     ("answer_type", lambda r: r.get("answer_type") in ANSWER_TYPES, f"one of {ANSWER_TYPES}"),
     ("answer", lambda r: "answer" in r, "given"),
     ("options", lambda r: r["options"] in (None, []) if r["answer_type"] != "mc" else (
-        isinstance(r["options"], list) and 2 <= len(r["options"]) <= len(LETTERS) and all(map(_is_text, r["options"]))),
+        isinstance(r["options"], list) and 2 <= len(r["options"]) <= len(LETTERS)
+        and all(map(_is_text, r["options"]))),
      "a list of 2-10 non-empty option texts for mc, null for num / iou"),
     ("answer", _is_answer, "an option letter (mc), a finite number (num), [start, end] or [x1, y1, x2, y2] in "
                            "order (iou)"),
@@ -500,9 +501,9 @@ def write_video(path, frames, fps=CLIP_FPS, times=None, codec="libx264", gop=Non
 
 COLOURS = {"red": (215, 45, 40), "blue": (45, 85, 225), "green": (40, 165, 65), "yellow": (235, 200, 35)}
 SHAPES = ("cube", "ball", "cone", "cylinder")
-SIZES = np.round(np.arange(0.6, 1.21, 0.1), 1)      # widths of cubes and balls, metres (multiples of 0.1: exact answers)
+SIZES = np.round(np.arange(0.6, 1.21, 0.1), 1)      # widths of cubes and balls, metres (multiples of 0.1: exact)
 SLIM = np.round(np.arange(0.5, 0.81, 0.1), 1)       # widths of cones and cylinders: slim and tall, so that at 56 px a
-HEIGHTS = np.round(np.arange(1.0, 1.61, 0.1), 1)    # cylinder is not mistaken for a cube (silhouettes differ in shape)
+HEIGHTS = np.round(np.arange(1.0, 1.61, 0.1), 1)    # cylinder is not mistaken for a cube (silhouettes differ)
 HOOD_TOP, STRIPE = 0.9, 0.05                        # the bonnet below 0.9 H; its centre stripe 0.05 W wide each side
 
 
@@ -809,7 +810,8 @@ def _draw_object(img, scene, o, p, R, c):
     bottom = proj(_ring(p, rad, 0.0, k, phase))                          # (k, 2)
     if o["shape"] == "cone":
         apex = np.repeat(proj(np.array([[p[0], p[1], h]])), k, axis=0)  # (k, 2)
-        _fill_edges(img, np.vstack([bottom, bottom]), np.vstack([np.roll(bottom, -1, 0), apex]), _shade(o["colour"], 0.9))
+        _fill_edges(img, np.vstack([bottom, bottom]), np.vstack([np.roll(bottom, -1, 0), apex]),
+                    _shade(o["colour"], 0.9))
         return
     top = proj(_ring(p, rad, h, k, phase))                               # (k, 2)
     edges_a = np.vstack([bottom, top, bottom])                           # bottom, top and vertical edges
@@ -1042,7 +1044,8 @@ def q_when_moving(scene, rng, keys):
     return None
 
 
-TASK_GROUPS = {"static spatial": ("object_count", "abs_distance", "closest_object", "relative_direction", "object_size"),
+TASK_GROUPS = {"static spatial": ("object_count", "abs_distance", "closest_object", "relative_direction",
+                                  "object_size"),
                "motion": ("displacement", "average_speed", "motion_direction"),
                "temporal": ("appearance_order", "when_moving")}    # the paper's groups (Table 2 reports them)
 TASKS = {t: globals()[f"q_{t}"] for group in TASK_GROUPS.values() for t in group}   # task -> its q_ function above
@@ -1339,7 +1342,7 @@ def demo():
     frames, times = read_frames(rows[0]["video"], 16)
     print(f"read_frames({os.path.basename(rows[0]['video'])}, 16): frames {frames.shape} {frames.dtype}, "
           f"times {np.round(times, 3).tolist()}")
-    print(f"files in {out} (contact_sheet.png shows the clips). Usage:\n" + __doc__.split("Run:")[1].split("`--n`")[0])
+    print(f"files in {out} (contact_sheet.png shows the clips). Usage:" + __doc__.split("Run")[1].split("`--n`")[0])
 
 
 def cli():
@@ -1348,7 +1351,7 @@ def cli():
     sub = p.add_subparsers(dest="command", title="commands (none: the demo)", parser_class=SubcommandParser)
     make = sub.add_parser("make", help="render a synthetic data set (make_dataset)")
     make.add_argument("--out", default="data/synth", help="the folder (replaced whole when it holds a set)")
-    for flag, default, what in (("--n", SCENES, "scenes (= videos)"), ("--seed", 0, "scene i: default_rng([seed, i])"),
+    for flag, default, what in (("--n", SCENES, "scenes (= videos)"), ("--seed", 0, "scene i: rng([seed, i])"),
                                 ("--questions", 4, "rows per scene"), ("--max-objects", 3, "objects per scene")):
         make.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
     sub.add_parser("bench", help="read_frames(16) vs decoding every frame of a 2-min video; the renderer")

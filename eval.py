@@ -410,7 +410,8 @@ def plot_rotation(by_model, path, title):
             ax.plot(angles, [x["mean"] for x in st], "o-", c=f"C{k}", label=name + suffix)
             ax.fill_between(angles, [x["lo"] for x in st], [x["hi"] for x in st], color=f"C{k}", alpha=0.15)
             ax.set(xlabel="camera rotation (deg)", title=label, ylim=(-0.02, 1.02))
-        axes[0].plot(angles, [results[a]["visible"] for a in angles], "k--", label="objects in view (share)" * (k == 0))
+        axes[0].plot(angles, [results[a]["visible"] for a in angles], "k--",
+                     label="objects in view (share)" * (k == 0))
     bx, tx, results = axes[3], axes[3].twinx(), next(iter(by_model.values()))
     angles = list(results)
     for ax, key, style, label in ((bx, "coord_change_m", "o-C3", "|delta x| camera-frame centres (m)"),
@@ -542,7 +543,7 @@ def ablation(args):
                  for v, recs in by_variant.items()}
     lines = [ablation_table(means, diffs, runs), "", "| variant | R_n written | R_e written |", "|---|---|---|"] + [
         f"| {v} | {ne['graph_node']:.3f} | {ne['graph_edge']:.3f} |" for v, ne in node_edge.items()] + [
-        "", "| run | variant | seed | blind | GRPO started from | after GRPO |", "|---|---|---|---|---|---|"] + per_run
+        "", "| run | variant | seed | blind | GRPO started from | after GRPO |", "|---" * 6 + "|"] + per_run
     print("\n".join(lines))
     os.makedirs(args.out, exist_ok=True)
     data.write_file(os.path.join(args.out, "ablation.md"), "\n".join(lines) + "\n")
@@ -986,7 +987,8 @@ def score(args):
     """Scoring (no command): each --model on --data, one column each; results.json, results.png (report)."""
     for path in args.model:
         if not os.path.isfile(os.path.join(path, "config.json")):
-            raise BadRow(None, "no checkpoint folder there (config.json, *.safetensors, tokenizer)", f"--model {path}")
+            raise BadRow(None, "no checkpoint folder there (config.json, *.safetensors, tokenizer)",
+                         f"--model {path}")
     import torch
     torch.set_num_threads(args.threads)
     rows, fmt, skipped = load_benchmark(args.data, args.format, args.video_root, args.skip_bad)
@@ -1010,9 +1012,9 @@ def score(args):
                    "gt": r["answer"], "answer_text": answer_text(c), "completion": c, **s}     # --dump: the first N
                   for r, c, s in list(zip(kept, completions, scored))[:args.dump]]
     meta = {"data": args.data, "format": fmt, "rows": len(kept), "skipped_bad": skipped, "skipped_no_video": missing,
-            "skipped_unreadable": len(problems), "skipped_rows": skipped_rows, "frames": args.frames,
-            "decoding": "greedy", "max_new_tokens": args.max_new_tokens, "max_prompt_tokens": args.max_prompt_tokens,
-            "rules": "each benchmark's own scoring code (eval.py docstring)", "paths": dict(zip(summaries, args.model))}
+            "skipped_unreadable": len(problems), "skipped_rows": skipped_rows, "frames": args.frames, "decoding":
+            "greedy", "max_new_tokens": args.max_new_tokens, "max_prompt_tokens": args.max_prompt_tokens, "rules":
+            "each benchmark's own scoring code (eval.py docstring)", "paths": dict(zip(summaries, args.model))}
     report(summaries, meta, args.out, dumps, f"{os.path.basename(args.data)} ({fmt}, {len(kept)} questions)")
 
 

@@ -477,7 +477,7 @@ def bench_rollout(a):
     """ms per decode step of sample()'s decoders and of model.generate, LoRA on and off, against the floor: the
     language model's weights read once per step at the bandwidth of a large copy measured in the same run.
     Random weights (model.random_model; LoRA's B random too, so that a wrong adapter path shows), no EOS; by
-    default (flags: cli) the 7B shape in bf16 on CUDA, the tiny one in float32 on a CPU. Then it checks the decoders."""
+    default (cli's flags) the 7B shape in bf16 on CUDA, the tiny one in float32 on a CPU; then checks the decoders."""
     import transformers
     import model as qwen
     cuda = torch.cuda.is_available()

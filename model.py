@@ -338,7 +338,8 @@ def make_inputs(tokenizer, config, rows, videos, min_pixels=TINY_MIN_PIXELS, max
     vc = config.vision_config
     video_id = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
     if video_id != config.video_token_id:
-        raise ValueError(f"model.make_inputs: tokenizer's {VIDEO_PAD} id {video_id} != config {config.video_token_id}")
+        raise ValueError(f"model.make_inputs: tokenizer's {VIDEO_PAD} id {video_id} != config's "
+                         f"{config.video_token_id}")
     seqs, vs = [], []
     for row, video in zip(rows, videos, strict=True):
         frames, times = video[:2]
@@ -611,7 +612,7 @@ def memory_table(config=None, G=8, prompt_len=1174, completion_len=768, vision_p
     return "\n".join(lines)
 
 
-# --- random models of the 7B's shapes (train.py --preset shape7b, grpo.py bench_rollout) -----------------------------
+# --- random models of the 7B's shapes (train.py --preset shape7b, grpo.py bench_rollout) ----------------------------
 
 def random_model(config, device, dtype, lora_rank, seed=0):
     """A randomly initialised Qwen2.5-VL of `config`, built directly on `device` in `dtype` (a 7B-shaped model never

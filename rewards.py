@@ -3,7 +3,7 @@
     R_format  1 iff the completion is exactly <think>...</think> then <answer>...</answer> (white space between).
     R_ans     by answer type: mc   1 iff the answer is exactly the right option letter ("A or B", "", "AB" score 0);
                               num  mean relative accuracy, MRA (VSI-Bench):
-                                   MRA = 1/10 sum_{theta in 0.50, 0.55, ..., 0.95} 1[ |y_hat - y| / |y| <= 1 - theta ];
+                                   MRA = 1/10 sum_{theta in 0.50, 0.55, ..., 0.95} 1[|y_hat - y| / |y| <= 1 - theta];
                               iou  temporal IoU of [start, end] seconds, or box IoU of [x1, y1, x2, y2] (V-STaR).
     R_graph   R_n + R_e averaged over the k ground-truth frames (graph.graph_reward).
     R_l       + bonus (0.2) when the answer is correct and lo <= n_tokens <= hi (320..512 in the paper).
@@ -11,7 +11,7 @@
 The arithmetic shared with the benchmarks is theirs exactly (eval.py reports benchmark numbers with these
 functions, and the training reward uses the same ones):
     mra                   VSI-Bench, mean_relative_accuracy in lmms_eval/tasks/vsibench/utils.py (thinking-in-space
-                          and lmms-eval): abs(pred - gt) / gt <= 1 - np.linspace(0.5, 0.95, 10), float64, no tolerance.
+                          and lmms-eval): abs(pred - gt) / gt <= 1 - np.linspace(0.5, 0.95, 10), float64, no epsilon.
     interval_iou, box_iou V-STaR, calculate_temporal_iou / compute_iou in eval.py (V-STaR-Bench/V-STaR):
                           intersection / union if union > 0 else 0.0.
 

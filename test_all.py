@@ -344,7 +344,8 @@ def test_length_total_reward_and_eval_graph_parts():
 
 
 def test_import_is_light():
-    code = "import sys, grpo, rewards, graph; print(sorted(m for m in ('transformers', 'av', 'matplotlib') if m in sys.modules))"
+    code = ("import sys, grpo, rewards, graph; "
+            "print(sorted(m for m in ('transformers', 'av', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
 
@@ -724,8 +725,8 @@ def test_load_rows_validates_names_file_line_field_and_reads_video_r1():
     def item(pid, kind, answer, path, options=(), **kw):
         return {"problem_id": pid, "problem": f"question {pid}?", "data_type": "video", "problem_type": kind,
                 "options": list(options), "solution": f"<answer>{answer}</answer>", "path": path, **kw}
-    bad_rows = [({"question": None}, "question"), ({"answer_type": "box"}, "answer_type"), ({"answer": "E"}, "answer"),
-                ({"options": ["only one"], "answer": "A"}, "options"),
+    bad_rows = [({"question": None}, "question"), ({"answer_type": "box"}, "answer_type"),
+                ({"answer": "E"}, "answer"), ({"options": ["only one"], "answer": "A"}, "options"),
                 ({"answer_type": "num", "options": None, "answer": "abc"}, "answer"),
                 ({"answer_type": "iou", "options": None, "answer": [3.0, 1.0]}, "answer"),
                 ({"time_window": [2.0, 1.0]}, "time_window"),
@@ -870,7 +871,8 @@ def test_seconds_per_grid_and_temporal_positions_follow_qwen_and_frame_times():
         assert close(float(inputs["second_per_grid_ts"][0]), 2 / 4.8, 1e-6)
     on_gpu = qwen.to_device({"second_per_grid_ts": torch.tensor([2 / 1.2]), "pixel_values_videos": torch.ones(2)},
                             "cpu", torch.bfloat16)                       # bf16 would round 1.667 s to 1.664
-    assert on_gpu["second_per_grid_ts"].dtype == torch.float32 and on_gpu["pixel_values_videos"].dtype == torch.bfloat16
+    assert on_gpu["second_per_grid_ts"].dtype == torch.float32
+    assert on_gpu["pixel_values_videos"].dtype == torch.bfloat16
     tps = m.config.vision_config.tokens_per_second
     for fps in (2.0, 4.0, 1.0, 3.0):
         frames, times = _video(0, n=8, fps=fps)
@@ -981,7 +983,8 @@ def test_static_decoder_gives_plain_tokens_logprobs_and_ends_leaves_the_weights_
     probs = logits.index_fill(1, banned, float("-inf")).softmax(-1)     # (5, 40)
     g, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
     for _ in range(10):
-        assert torch.equal(grpo.pick_tokens(logits, 1.0, 1.0, banned, g), torch.multinomial(probs, 1, generator=g2)[:, 0])
+        assert torch.equal(grpo.pick_tokens(logits, 1.0, 1.0, banned, g),
+                           torch.multinomial(probs, 1, generator=g2)[:, 0])
     # device reads (.item(), bool(), int(), .tolist(): on a GPU each waits for the device, a CUDA graph holds none):
     # for 16 more tokens static asks "all ended?" once per CHECK_EVERY tokens (once more after token 16) and reads
     # nothing else; the plain loop reads at least once per token (its end check, transformers' mask)
@@ -1057,7 +1060,8 @@ def test_lora_zero_init_adapters_off_grads_merge_checkpointing_and_bf16():
 
 def test_7b_shaped_config_and_memory_estimates():
     """The 7B-shaped check's config keeps the published widths at any depth and takes the tokenizer's special ids;
-    the 7B estimate (8.29B parameters; full fine-tuning over 80 GB, LoRA under); estimate_memory(shards=N) splits weights, grads, optimizer and reference by N and adds two gathered layers."""
+    the 7B estimate (8.29B parameters; full fine-tuning over 80 GB, LoRA under); estimate_memory(shards=N) splits
+    weights, grads, optimizer and reference by N and adds two gathered layers."""
     tok = qwen.train_tokenizer(qwen.demo_texts())
     cfg = qwen.qwen25_vl_7b_config(2, 3, tok)
     tc, vc = cfg.text_config, cfg.vision_config
@@ -1207,7 +1211,8 @@ def test_adapters_format_detection_and_load_benchmark_bad_rows_named_or_skipped(
     _has(ev.from_stibench(_STI_ROW, "/data", "f row 0"), video="/data/videos/clip1.mp4", time_window=[1.5, 4.0],
          options=["1 m", "2 m", "3 m", "4 m", "5 m"], answer="D", answer_type="mc", id="sti-12", rule="stibench",
          task="Displacement & Path Length")
-    assert ev.from_stibench({**_STI_ROW, "Candidates": {"A": "x", "B": "y"}, "Answer": "b"}, "/d", "w")["answer"] == "B"
+    row = {**_STI_ROW, "Candidates": {"A": "x", "B": "y"}, "Answer": "b"}
+    assert ev.from_stibench(row, "/d", "w")["answer"] == "B"
     when, where = ev.from_vstar(_VSTAR_ROW, "/v", "f row 5")
     _has(when, video="/v/abc.mp4", answer=[2.0, 5.5], answer_type="iou", task="when", rule="vstar")
     _has(where, video="/v/abc.mp4", answer_type="boxes", task="where", rule="vstar",
@@ -1245,7 +1250,8 @@ def test_adapters_format_detection_and_load_benchmark_bad_rows_named_or_skipped(
         try:
             import pandas  # noqa: F401
         except ImportError:
-            _raises(data.BadRow, ev.load_benchmark, _file(os.path.join(d, "qa.parquet"), b"PAR1"), contains=("pandas",))
+            _raises(data.BadRow, ev.load_benchmark, _file(os.path.join(d, "qa.parquet"), b"PAR1"),
+                    contains=("pandas",))
 
 
 def test_eval_end_to_end_two_columns_bad_rows_and_videos_skipped_or_named():
@@ -1467,7 +1473,8 @@ def test_base_preset_writes_its_card_and_grpo_starts_from_it():
     assert "scenes default_rng([0, i]) for i < 10 " in card        # the data's dataset.json (ensure_data checked it)
     _train(_smoke_args("from_base", model=folder, vision_steps=0, sft_steps=0, grpo_steps=1), _stand_ins)
     table = open(os.path.join(base, "from_base", "results.md")).read()
-    assert "| blind | wrong video | blank clip | base | after GRPO | after GRPO - base | after GRPO - blind |" in table
+    assert ("| blind | wrong video | blank clip | base | after GRPO | after GRPO - base | after GRPO - blind |"
+            in table)
 
 
 def test_variants_ask_write_reward_and_a_coords_run_warms_up_on_its_reasoning():
@@ -1487,13 +1494,14 @@ def test_variants_ask_write_reward_and_a_coords_run_warms_up_on_its_reasoning():
         asked_row = data.with_think(row, rewards.VARIANTS[variant][0])
         prompt = qwen.build_prompt(asked_row)
         assert asked in prompt, (variant, prompt)
-        assert ("<graph" in prompt) == (variant != "none") and ("d=DIST" in prompt) == (variant in ("graph", "answer_only"))
+        assert ("<graph" in prompt) == (variant != "none")
+        assert ("d=DIST" in prompt) == (variant in ("graph", "answer_only"))
         assert written in asked_row["reasoning"] and asked_row["reasoning"].endswith("<answer>B</answer>"), variant
         total, parts = rewards.total_reward(asked_row["reasoning"], 400, asked_row, variant=variant)
         got = (parts["graph"], parts["graph_node"], parts["graph_edge"])
         assert np.allclose(got, (r_graph, r_n, r_e), atol=1e-9), (variant, parts)
         assert close(total, 1.0 + 1.0 + r_graph + rewards.LEN_BONUS, 1e-9)   # format + answer + graph term + length
-    assert qwen.build_prompt(data.with_think(row, "graph")) == qwen.build_prompt({**row, "think": None})   # the default
+    assert qwen.build_prompt(data.with_think(row, "graph")) == qwen.build_prompt({**row, "think": None})  # default
     _raises(ValueError, qwen.build_prompt, {**row, "think": "edges"}, contains=("think='edges'",))
     # R_e of the edges a nodes-only reasoning implies: centres exact -> 1, while its written edges earn 0
     nodes_only = data.with_think(row, "nodes")["reasoning"]
@@ -1699,7 +1707,8 @@ def test_every_flag_has_help_one_pixel_budget_and_resume_flags_allowed_or_refuse
         assert "there is no run" in _arg_error(["--out", out, "--name", "nope", "--resume"])
         assert "at least 1" in _arg_error(["--out", out, "--name", "x", "--eval_every", "0"])
         assert train.parse_config(resume + ["--preset", "tiny"]).grpo_steps == 5          # unchanged: fine
-    assert ev.TINY_PIXELS == qwen.TINY_MIN_PIXELS == qwen.TINY_MAX_PIXELS == train.Config.min_pixels == train.Config.max_pixels
+    assert (ev.TINY_PIXELS == qwen.TINY_MIN_PIXELS == qwen.TINY_MAX_PIXELS == train.Config.min_pixels
+            == train.Config.max_pixels)
     assert ev.cli().parse_args(["--model", "m", "--data", "d"]).threads == train.Config.threads       # one default
     helps = train.field_help()
     assert set(helps) == {f.name for f in dataclasses.fields(train.Config)}
@@ -1819,8 +1828,8 @@ def test_bad_rows_and_videos_are_skipped_counted_and_the_run_goes_on():
     assert os.path.isdir(os.path.join(run, "final")) and os.path.isfile(os.path.join(run, "results.md"))
     skipped = json.load(open(os.path.join(run, "skipped.json")))
     train_file = os.path.join(folder, "train.jsonl")
-    want = {4: "no such file", 5: "not a readable video", 6: "empty file", 7: "not valid JSON", 8: "outside the video",
-            9: "exceeds --max_prompt_tokens 400"}
+    want = {4: "no such file", 5: "not a readable video", 6: "empty file", 7: "not valid JSON",
+            8: "outside the video", 9: "exceeds --max_prompt_tokens 400"}
     for line, why in want.items():
         assert why in skipped["train rows"][f"{train_file}:{line}"], (line, skipped["train rows"])
     assert len(skipped["train rows"]) == 6 and "train rows: skipped 6 row(s)" in said
@@ -1896,7 +1905,8 @@ def test_two_ranks_equal_one_process_write_once_and_resume():
             # into up to ~1e-5 (8.1e-6 on the 2-core machine, 9.8e-7 on an H200)
             assert worst < 3e-5, f"{name} differ from one process by {worst}"
             print(f"{name}: largest weight difference from one process {worst:.1e}")
-        assert any(not torch.equal(one[k], _weights(os.path.join(tmp, "one", "warmup"))[k]) for k in one)  # GRPO moved
+        warm = _weights(os.path.join(tmp, "one", "warmup"))
+        assert any(not torch.equal(one[k], warm[k]) for k in one)                         # GRPO moved the weights
         run = os.path.join(tmp, "two")
         assert _steps(run, "sft") == [1, 2] and _steps(run, "grpo") == [3, 4] and _steps(run, "eval") == [2, 4]
         sft = [[r for r in data.read_jsonl(os.path.join(tmp, n, "metrics.jsonl")) if r["phase"] == "sft"]

@@ -138,7 +138,7 @@ class Config:
 
 
 ADAM_BETAS = (0.9, 0.99)       # AdamW (beta1, beta2) of every phase
-BASE_SCENE_SEED = 1000         # the base preset's scenes: default_rng([1000, i]); other runs use --seed (0, 1, 2, ...)
+BASE_SCENE_SEED = 1000         # the base preset's scenes: default_rng([1000, i]); other runs use --seed (0, 1, 2..)
 
 PRESETS = {
     "tiny": {},
@@ -181,8 +181,8 @@ def run(cfg, run_dir, device, dtype):
         raise SystemExit(f"no usable training rows in {cfg.data} (see {run_dir}/skipped.json)")
     step = checkpoint_step(run_dir)
     if is_main():
-        print(f"run {run_dir} | {device} {dtype} | {len(train_rows)} train / {len(val_rows)} val / "
-              f"{len(test_rows)} test rows | config in {run_dir}/config.json" + (f" | {world()} ranks" * (world() > 1)))
+        print(f"run {run_dir} | {device} {dtype} | {len(train_rows)} train / {len(val_rows)} val / {len(test_rows)} "
+              f"test rows | config in {run_dir}/config.json" + (f" | {world()} ranks" * (world() > 1)))
         drop_metrics_after(run_dir, step)
     total = cfg.sft_steps + cfg.grpo_steps
     r = Run(cfg, run_dir, device, dtype, train_rows, val_rows[:cfg.eval_n], test_rows[:cfg.test_n])
@@ -452,8 +452,8 @@ RESUMABLE = ("lr", "sft_lr", "vision_lr", "sft_steps", "grpo_steps", "eval_every
              "threads", "plot_every", "sample_every")   # what --resume may change; anything else makes another run
 
 
-POSITIVE = ("frames", "sft_batch", "batch", "micro_batch", "G", "max_new_tokens", "eval_every", "eval_n", "ckpt_every",
-            "keep_ckpts", "sample_every", "plot_every", "threads", "max_prompt_tokens", "vision_batch")
+POSITIVE = ("frames", "sft_batch", "batch", "micro_batch", "G", "max_new_tokens", "eval_every", "eval_n",
+            "ckpt_every", "keep_ckpts", "sample_every", "plot_every", "threads", "max_prompt_tokens", "vision_batch")
 
 
 def field_help():
@@ -669,8 +669,9 @@ def log_grpo_step(cfg, run_dir, step, ro, stats, t_update, lr):
     """A GRPO step's line and record: reward parts, accuracy by answer type, KL, clipping, length, seconds."""
     parts, G = ro.parts, cfg.G
     mean = {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
-    acc = {f"acc_{t}": float(np.mean([p["answer"] for i, p in enumerate(parts) if ro.rows[i // G]["answer_type"] == t]))
-           for t in ("mc", "num", "iou") if any(r["answer_type"] == t for r in ro.rows)}
+    types = [ro.rows[i // G]["answer_type"] for i in range(len(parts))]
+    acc = {f"acc_{t}": float(np.mean([p["answer"] for p, ty in zip(parts, types) if ty == t]))
+           for t in ("mc", "num", "iou") if t in types}
     zero_var = float(grpo.flat_groups(ro.reward, G).float().mean())
     n_tok = sum(ro.lengths)                    # = mask.sum(): the mask is 1 up to and with the EOS
     rec = {"phase": "grpo", "step": step, "reward": float(ro.reward.mean()),
@@ -814,7 +815,8 @@ def blank_videos(run_dir, rows):
     """The blank-clip control: {video: runs/NAME/blank.mp4}, a mid-grey clip as long as the longest time window
     (at least the synthetic clip's 4 s), so every question is asked about a video that shows nothing."""
     path = os.path.join(run_dir, "blank.mp4")
-    seconds = max([data.CLIP_FRAMES / data.CLIP_FPS] + [r["time_window"][1] + 1 for r in rows if r.get("time_window")])
+    windows = [r["time_window"][1] + 1 for r in rows if r.get("time_window")]
+    seconds = max([data.CLIP_FRAMES / data.CLIP_FPS] + windows)
     frames = np.full((int(np.ceil(seconds * data.CLIP_FPS)), data.CLIP_SIZE, data.CLIP_SIZE, 3), 128, np.uint8)
     if not os.path.exists(path):
         data.replace_folder(path, lambda tmp: data.write_video(tmp, frames, data.CLIP_FPS))
@@ -827,7 +829,7 @@ def evaluate(r, mdl, tok, rows, swap=None, batch=16):
     cfg = r.cfg
     mdl.eval()
     rows = rows if grpo.is_fsdp(mdl) else shard(rows)       # this rank's block of the questions (all in one process)
-    if swap:                                                # a row's prompt never names its video: swapping it is enough
+    if swap:                                                # a prompt never names its video: swapping it is enough
         rows = [{**row, "video": swap.get(row["video"], row["video"])} for row in rows]
     with grpo.autocast(r.device, r.dtype):
         texts, lengths, _ = ev.complete(mdl, tok, rows, functools.partial(clip_or_why, cfg), batch,
@@ -889,7 +891,8 @@ def comparison_table(columns, diffs, keys=TABLE_KEYS):
         stats[f"{a} - {b}"] = {}
         for k in keys:
             va, vb = metric_values(columns[a], k), metric_values(columns[b], k)
-            stats[f"{a} - {b}"][k] = ev.mean_ci([y - x for x, y in zip(vb, va)]) if va and len(va) == len(vb) else None
+            paired = va and len(va) == len(vb)
+            stats[f"{a} - {b}"][k] = ev.mean_ci([y - x for x, y in zip(vb, va)]) if paired else None
     names = list(stats)
     lines = ["| held-out metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for k in keys:
@@ -967,7 +970,7 @@ def restore_checkpoint(path, mdl, opt):
 def export(mdl, tok, path):
     """A Hugging Face folder (LoRA merged) for model.load / eval.py (replace_folder); refuses non-finite weights."""
     state = None                                       # save_pretrained reads the model itself ...
-    if grpo.is_fsdp(mdl):                                   # ... but under FSDP2 the whole model is gathered on rank 0
+    if grpo.is_fsdp(mdl):                              # ... but under FSDP2 the whole model is gathered on rank 0
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
         state = get_model_state_dict(mdl, options=full_state_options(cpu_offload=True))
     if not is_main():                                  # rank 0 writes; the others wait until it is there
@@ -1028,7 +1031,7 @@ def plot_curves(run_dir):
         if by["vision"]:
             vis.axhline(by["vision"][-1][key], color=c, ls=":", label=f"{key.replace('_', ' ')} (mean centre)")
     vis.set_title("phase 0: the vision tower learns to see (held-out key frames)")
-    ax[0, 1].semilogy([r["step"] for r in by["sft"]], [r["loss"] for r in by["sft"]], color="C1", label="warm-up loss")
+    ax[0, 1].semilogy([r["step"] for r in by["sft"]], [r["loss"] for r in by["sft"]], "C1", label="warm-up loss")
     ax[0, 1].set_title("warm-up: cross-entropy per reference token (log)")
     for key in ("reward", "r_format", "r_answer", "r_graph", "r_length"):   # per-step means are noisy (B*G samples)
         v = np.array([r[key] for r in by["grpo"]], dtype=np.float64)
@@ -1516,7 +1519,8 @@ def shape7b(cfg, device, dtype):
             peak, where = torch.cuda.max_memory_allocated() / 2 ** 30, "peak GPU memory allocated in this stage"
             torch.cuda.reset_peak_memory_stats()
         else:   # ru_maxrss is in KiB on Linux
-            peak, where = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, "peak RSS of the process so far"
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+            where = "peak RSS of the process so far"
         print(f"{name:40s} {seconds:8.2f} s   {peak:7.2f} GiB ({where})", flush=True)
 
     t0 = time.time()
@@ -1550,7 +1554,8 @@ def shape7b(cfg, device, dtype):
     P, patches = ro.inputs["input_ids"].shape[1], ro.inputs["pixel_values_videos"].shape[0]
     print(f"one GRPO step {ro.t_sample + ro.t_score + t_update:.1f} s (reward {ro.reward.mean():.2f}, kl "
           f"{stats['kl']:.2e}, LoRA grad norm {stats['grad_norm']:.2e}); prompt {P} tokens, {patches} patches")
-    for name, L, V in (("this shape", cfg.shape_layers, cfg.shape_vision_blocks), ("Qwen2.5-VL-7B (28 + 32)", 28, 32)):
+    shapes = (("this shape", cfg.shape_layers, cfg.shape_vision_blocks), ("Qwen2.5-VL-7B (28 + 32)", 28, 32))
+    for name, L, V in shapes:
         est = qwen.estimate_memory(qwen.qwen25_vl_7b_config(L, V), cfg.lora_rank, cfg.G, P + ro.ids.shape[1],
                                    torch.bfloat16, patches, ro.ids.shape[1])
         print(f"estimate_memory at this run's sizes, {name}: {est['total_ckpt']:.1f} GiB with checkpointing (weights "
