@@ -1345,8 +1345,8 @@ def demo():
     print(f"files in {out} (contact_sheet.png shows the clips). Usage:" + __doc__.split("Run")[1].split("`--n`")[0])
 
 
-def cli():
-    """data.py's command line (the docstring's "Run:"); no command: the demo."""
+def main(argv=None):
+    """The command line (the docstring's "Run:"); no command: the demo."""
     p = argparse.ArgumentParser(prog="python data.py", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", title="commands (none: the demo)", parser_class=SubcommandParser)
     make = sub.add_parser("make", help="render a synthetic data set (make_dataset)")
@@ -1355,16 +1355,12 @@ def cli():
                                 ("--questions", 4, "rows per scene"), ("--max-objects", 3, "objects per scene")):
         make.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
     sub.add_parser("bench", help="read_frames(16) vs decoding every frame of a 2-min video; the renderer")
-    return p
-
-
-def main(argv=None):
-    args = cli().parse_args(argv)
+    args = p.parse_args(argv)
     if args.command != "make":
         return bench() if args.command else demo()
-    if os.listdir(args.out) if os.path.isdir(args.out) else os.path.exists(args.out):
-        if not any(os.path.exists(os.path.join(args.out, f)) for f in ("dataset.json", "scenes.jsonl")):
-            sys.exit(f"data.py make: {args.out} exists and holds no data set (no dataset.json): pick another --out")
+    taken = os.path.exists(args.out) and (os.path.isfile(args.out) or os.listdir(args.out))
+    if taken and not os.path.isfile(os.path.join(args.out, "scenes.jsonl")):          # not a set made here
+        sys.exit(f"data.py make: {args.out} exists and holds no data set (no scenes.jsonl): pick another --out")
     t = time.time()
     counts = replace_folder(args.out, lambda tmp: make_dataset(tmp, args.n, args.seed, args.questions,
                                                                (2, args.max_objects)))

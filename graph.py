@@ -289,15 +289,11 @@ def plot_graphs(graphs, titles, path):
     plt.close(fig)
 
 
-def cli():
-    """graph.py's command line: the invariance demo (docstring's "Run:")."""
+def main(argv=None):
+    """The invariance demo (the docstring's "Run:")."""
     p = argparse.ArgumentParser(prog="python graph.py", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="graph_demo.png", help="the figure (default graph_demo.png)")
-    return p
-
-
-def main(argv=None):
-    out = cli().parse_args(argv).out
+    out = p.parse_args(argv).out
     rng = np.random.default_rng(0)
     names = ["red cube", "blue ball", "green cone"]
     centers = np.column_stack([rng.uniform(-3, 3, 3), np.full(3, 1.2), rng.uniform(2, 8, 3)])  # (N, 3)

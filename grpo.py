@@ -578,8 +578,8 @@ def demo():
         print(f"agg={agg:5s} loss {loss.item():+.5f}  kl {stats['kl']:.5f}  clip_frac {stats['clip_frac']}")
 
 
-def cli():
-    """grpo.py's command line: no command, the worked example of the loss (demo); bench; bench_rollout FLAGS."""
+def main(argv=None):
+    """The command line: no command, the worked example of the loss (demo); bench; bench_rollout FLAGS."""
     import data                                                        # torch-free: its SubcommandParser only
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(prog="python grpo.py", description=__doc__.split("\n")[0])
@@ -593,11 +593,7 @@ def cli():
         r.add_argument(flag, type=int, default=default)
     r.add_argument("--decoders", default="plain,static,graph" if cuda else "plain,static",
                    help="sample() decoders to time, comma-separated (model.generate is always timed)")
-    return p
-
-
-def main(argv=None):
-    args = cli().parse_args(argv)
+    args = p.parse_args(argv)
     {None: lambda _: demo(), "bench": lambda _: bench(), "bench_rollout": bench_rollout}[args.command](args)
 
 

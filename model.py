@@ -702,16 +702,12 @@ def make_golden_fixture(out_path=GOLDEN_PATH):
 
 # --- main -----------------------------------------------------------------------------------------------------------
 
-def cli():
-    """model.py's command line (the docstring's "Run:")."""
+def main(argv=None):
+    """The docstring's "Run:"."""
     p = argparse.ArgumentParser(prog="python model.py", description=__doc__.split("\n")[0])
     p.add_argument("--out", help="folder of the demo tiny model (default: a new temporary folder)")
     p.add_argument("--golden", action="store_true", help="remake the golden fixture of the preprocessing parity test")
-    return p
-
-
-def main(argv=None):
-    args = cli().parse_args(argv)
+    args = p.parse_args(argv)
     if args.golden:
         return make_golden_fixture()
     # a throw-away folder by default: train.py builds its own tiny_model/ with a tokenizer fitted to its data

@@ -203,7 +203,9 @@ def total_reward(completion, n_tokens, row, weights=None, lo=LEN_LO, hi=LEN_HI, 
 
 # --- support: no paper content below (demo) -------------------------------------------------------------------------
 
-def demo():
+def main(argv=None):
+    """The demo (the docstring's "Run:"; no flags)."""
+    argparse.ArgumentParser(prog="python rewards.py", description=__doc__.split("\n")[0]).parse_args(argv)
     gt_graph = graph.Graph(0, [graph.Node("red cube", (1.2, 0.4, 5.1)), graph.Node("blue ball", (-0.8, 0.4, 6.0))])
     row = {"answer": "B", "answer_type": "mc", "graphs": [gt_graph.to_dict()]}
     good = f"<think>{graph.to_text(gt_graph)} The ball is farther. </think><answer>B</answer>"
@@ -218,16 +220,6 @@ def demo():
         total, parts = total_reward(text, n_tokens=400, row=row)
         print(f"{name:24s} R={total:.3f}  " + "  ".join(f"{k}={v:.2f}" for k, v in parts.items()))
     print("MRA of 3.3 vs 3.0:", mra(3.3, 3.0), "| tIoU [1,3] vs [2,4]:", round(interval_iou([1, 3], [2, 4]), 3))
-
-
-def cli():
-    """rewards.py's command line: the demo alone (no flags)."""
-    return argparse.ArgumentParser(prog="python rewards.py", description=__doc__.split("\n")[0])
-
-
-def main(argv=None):
-    cli().parse_args(argv)
-    demo()
 
 
 if __name__ == "__main__":

@@ -1932,6 +1932,146 @@ def test_two_ranks_equal_one_process_write_once_and_resume():
                     contains=("made by 2 rank(s)", "torchrun --nproc_per_node 2"))
 
 
+# --- command lines: every entry point, the data set, the docs' commands -------------------------------------------
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _cli(mod, argv):
+    """mod.main(argv) in-process: (exit code, stdout, stderr); code 0 when it returns."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            mod.main(argv)
+            code = 0
+        except SystemExit as e:                 # sys.exit("message"): Python prints it to stderr, exit code 1
+            code, _ = (1, err.write(e.code + "\n")) if isinstance(e.code, str) else (e.code, None)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _entry_points():
+    """{file: module} of every runnable file but test_all.py."""
+    return {"data.py": data, "eval.py": ev, "graph.py": graph, "grpo.py": grpo, "model.py": qwen,
+            "rewards.py": rewards, "train.py": train}
+
+
+@functools.lru_cache(maxsize=None)
+def _help(file, command=None):
+    """(the flags `python FILE [COMMAND] --help` lists, FILE's commands); None when argparse refuses COMMAND."""
+    code, out, _ = _cli(_entry_points()[file], [command, "--help"] if command else ["--help"])
+    found = re.search(r"\{([\w,]+)\} \.\.\.", out) if not command else None     # argparse's "{cmd1,cmd2} ..."
+    options = " ".join(re.findall(r"^  (-.*?)(?:  |$)", out, re.M))        # "  --flag VALUE  help" lines
+    commands = set(found.group(1).split(",")) if found else set()
+    return None if code else (set(re.findall(r"--[\w-]+", options)), commands)
+
+
+def test_every_entry_point_refuses_unknown_arguments_and_help_only_helps():
+    """A bad argument exits non-zero naming it (and the valid choices where there are some), --help prints the usage
+    and exits 0; neither writes a file. In-process through main(argv) for every case, then three real processes."""
+    bad = [("model.py", ["shape7b"], ["shape7b"]), ("train.py", ["--bogus"], ["--bogus", "--help"]),
+           ("eval.py", ["--bogus"], ["--bogus", "--model"]),
+           ("eval.py", ["--model", "m"], ["needs --model and --data"]),
+           ("eval.py", ["rotation", "--bogus"], ["--bogus", "--angles"]), ("eval.py", ["ablation"], ["needs --run"]),
+           ("data.py", ["frobnicate"], ["frobnicate", "'make', 'bench'"]), ("data.py", ["make", "--bogus"],
+           ["--bogus", "--max-objects"]), ("data.py", ["bench", "x"], ["x"]), ("graph.py", ["a", "b"], ["a b"]),
+           ("grpo.py", ["nonsense"], ["nonsense", "'bench', 'bench_rollout'"]),
+           ("grpo.py", ["bench_rollout", "--bogus"], ["--bogus", "--decoders"]),
+           ("rewards.py", ["--bogus"], ["--bogus"])]
+    helps = [(f, [c] if c else []) for f in _entry_points() for c in [None, *_help(f)[1]]]
+    assert len(helps) == 14, helps                        # 7 files, data.py's 2, eval.py's 3 and grpo.py's 2 commands
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        try:
+            for file, argv, said in bad:
+                code, out, err = _cli(_entry_points()[file], argv)
+                assert code not in (0, None) and f"usage: python {file}" in err and not out, (file, argv, code, err)
+                assert all(s in err for s in said), (file, argv, err)
+            for file, argv in helps:
+                code, out, err = _cli(_entry_points()[file], argv + ["--help"])
+                assert code == 0 and out.startswith(f"usage: python {file}") and not err, (file, argv, code, err)
+            assert {"demo", "rotation", "ablation"} <= set(_cli(ev, ["--help"])[1].split())   # it lists its commands
+            assert _cli(train, ["--help"])[1].count("\n  --") == len(dataclasses.fields(train.Config))   # one a field
+            runs = {argv: subprocess.Popen([sys.executable, os.path.join(HERE, argv[0]), *argv[1:]],
+                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                    for argv in (("model.py", "shape7b"), ("eval.py", "--bogus"), ("data.py", "make", "--help"))}
+            done = {argv: (p.wait(timeout=120), *p.communicate()) for argv, p in runs.items()}
+            assert os.listdir(tmp) == [], os.listdir(tmp)                 # nothing written: no shape7b/, no data/
+        finally:
+            os.chdir(cwd)
+    for argv, (code, out, err) in done.items():
+        assert (code == 0) == ("--help" in argv) and argv[-1] in (out if code == 0 else err), (argv, code, out, err)
+    assert "--max-objects" in done["data.py", "make", "--help"][1]
+
+
+def test_a_data_set_is_whole_or_absent_and_train_refuses_an_unfinished_or_another_one():
+    """`data.py make` killed mid-render leaves no set under the name (only .tmp-NAME, without dataset.json);
+    train.ensure_data refuses a folder make began but did not finish, and a set of other scenes or seed, naming the
+    folder and the command that remakes it; a user's folder without make's files is used as it is."""
+    _, made, _ = _run_base()                                                  # 10 scenes of seed 0
+    assert json.load(open(os.path.join(made, "dataset.json")))["scenes"] == 10
+    with tempfile.TemporaryDirectory() as tmp:
+        out, part = os.path.join(tmp, "synth"), os.path.join(tmp, ".tmp-synth")
+        proc = subprocess.Popen([sys.executable, os.path.join(HERE, "data.py"), "make", "--out", out, "--n", "400"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            deadline = time.time() + 60
+            while time.time() < deadline and not (os.path.exists(os.path.join(part, "scenes.jsonl")) and
+                                                  os.path.getsize(os.path.join(part, "scenes.jsonl"))):
+                time.sleep(0.05)
+        finally:
+            os.killpg(proc.pid, 9)                                          # the renderer and its workers
+            proc.wait()
+        assert os.listdir(tmp) == [".tmp-synth"] and "dataset.json" not in os.listdir(part), os.listdir(tmp)
+        assert os.path.getsize(os.path.join(part, "scenes.jsonl")) > 0           # it was killed mid-render
+        old = shutil.copytree(part, os.path.join(tmp, "old"))     # what an interrupted make left before this change
+        _raises(SystemExit, train.ensure_data, train.Config(data=old), contains=(
+            old, "unfinished", f"python data.py make --out {old} --n {data.SCENES} --seed 0"))
+        for changes, said in (({}, "holds 10 scenes of seed 0"), ({"data_scenes": 10, "seed": 1}, "10 of seed 1")):
+            _raises(SystemExit, train.ensure_data, train.Config(data=made, **changes), contains=(made, said))
+        assert train.ensure_data(train.Config(data=made, data_scenes=10)) is None                  # the same set
+        user = os.path.join(tmp, "user")                    # a user's rows: no scenes.jsonl, no dataset.json
+        shutil.copytree(made, user, ignore=lambda d, names: [n for n in names if n != "train.jsonl"])
+        assert train.ensure_data(train.Config(data=user)) is None                                  # used as it is
+        code, _, err = _cli(data, ["make", "--out", user])                      # make replaces only a set of its own
+        assert code and "holds no data set" in err and os.listdir(user) == ["train.jsonl"], err
+
+
+def test_every_command_the_docs_show_is_real_and_no_source_line_is_over_118():
+    """Each `python FILE ...` (or `torchrun ... train.py ...`) line of README.md and RESULTS.md (when present), in
+    code blocks and inline code: FILE's command exists and every --flag is one that `python FILE [COMMAND] --help`
+    lists (placeholders such as /path/to/... are not checked). And no .py line is wider than 118 characters."""
+    bad, seen = [], 0
+    for doc in ("README.md", "RESULTS.md"):
+        path = os.path.join(HERE, doc)
+        if not os.path.isfile(path):
+            continue
+        text = open(path, encoding="utf-8").read()
+        blocks = re.findall(r"^\s*```[^\n]*\n(.*?)^\s*```", text, re.S | re.M)
+        lines = [ln for b in blocks for ln in b.replace("\\\n", " ").split("\n")]
+        spans = re.findall(r"`([^`]+)`", re.sub(r"^\s*```[^\n]*\n.*?^\s*```", "", text, flags=re.S | re.M))
+        for cmd in [" ".join(x.split()) for x in lines + spans]:
+            words = re.sub(r"\s#.*", "", cmd).split()
+            script = next((i for i, w in enumerate(words) if w.endswith(".py")), None)
+            if words[:1] not in (["python"], ["torchrun"]) or script is None or words[script] == "test_all.py":
+                continue
+            file, args, seen = os.path.basename(words[script]), words[script + 1:], seen + 1
+            if file not in _entry_points():
+                bad.append(f"{doc}: {cmd}: no such file")
+                continue
+            command = args[0] if args and not args[0].startswith("-") and _help(file)[1] else None
+            if command and _help(file, command) is None:
+                bad.append(f"{doc}: {cmd}: {file} has no command {command} ({', '.join(sorted(_help(file)[1]))})")
+                continue
+            bad += [f"{doc}: {cmd}: {a}" for a in args if a.startswith("--") and
+                    a.split("=")[0] not in _help(file, command)[0]]
+    assert seen > 20 and not bad, "\n".join(bad)
+    wide = [f"{f}:{n}" for f in os.listdir(HERE) if f.endswith(".py")
+            for n, line in enumerate(open(os.path.join(HERE, f), encoding="utf-8"), 1)
+            if len(line.rstrip("\n")) > 118]
+    assert not wide, wide
+
+
 # --- runner ---------------------------------------------------------------------------------------------------------
 
 def main():

@@ -464,8 +464,8 @@ def field_help():
     return {name: " ".join(re.sub(r"\n +#", " ", comment).split()) for name, comment in found}
 
 
-def cli():
-    """train.py's command line: one flag per Config field, its help the field's comment (field_help)."""
+def parse_config(argv=None):
+    """Config defaults <- preset <- command-line flags (one flag per field, its --help the field's comment)."""
     p = argparse.ArgumentParser(prog="python train.py", description=__doc__.split("\n\n")[0],
                                 usage="%(prog)s [--FIELD VALUE ...]: one flag per Config field (--help lists them)")
     helps = field_help()
@@ -473,12 +473,6 @@ def cli():
         kind = {"action": argparse.BooleanOptionalAction} if f.type is bool else {"type": type(f.default)}
         p.add_argument(f"--{f.name}", **kind, default=argparse.SUPPRESS,
                        help=f"{helps[f.name]} (default {f.default!r})".replace("%", "%%"))
-    return p
-
-
-def parse_config(argv=None):
-    """Config defaults <- preset <- command-line flags (one flag per field)."""
-    p = cli()
     given = vars(p.parse_args(argv))
     preset = given.get("preset", Config.preset)
     if preset not in PRESETS:
