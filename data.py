@@ -1180,8 +1180,9 @@ def contact_sheet(shown, path, n_frames=4):
 # --- support: no paper content below (files written atomically and read tolerantly, bench, command line) --------
 
 def write_file(path, content):
-    """Write text (str) or bytes through a temporary file in the same folder, flushed to disk, then a rename: a
-    kill or a full disk at any moment leaves the old file or the new one, never a part of one."""
+    """Write text (str) or bytes through a temporary file in the same folder (made if missing), flushed to disk,
+    then a rename: a kill or a full disk at any moment leaves the old file or the new one, never a part of one."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb") as fh:
@@ -1218,8 +1219,8 @@ def discard(path):
 
 
 class SubcommandParser(argparse.ArgumentParser):
-    """A subcommand's parser (add_subparsers(parser_class=...)) that refuses an unknown flag itself, with its own
-    usage, instead of passing it up to the top level's (data.py, eval.py and grpo.py use it)."""
+    """A subcommand's parser that refuses an unknown flag with its own usage, not the top level's (data.py, eval.py,
+    grpo.py: add_subparsers(parser_class=SubcommandParser))."""
     def parse_known_args(self, args=None, namespace=None):
         namespace, extra = super().parse_known_args(args, namespace)
         if extra:
@@ -1346,7 +1347,6 @@ def demo():
 
 
 def main(argv=None):
-    """The command line (the docstring's "Run:"); no command: the demo."""
     p = argparse.ArgumentParser(prog="python data.py", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", title="commands (none: the demo)", parser_class=SubcommandParser)
     make = sub.add_parser("make", help="render a synthetic data set (make_dataset)")

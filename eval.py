@@ -461,7 +461,6 @@ def rotation(args):
              f"scenes, {len(rows_by_angle[first])} questions per angle")
     for name, results in by_model.items():
         print(f"\n{name} (variant {variants[name]})\n" + rotation_table(results))
-    os.makedirs(args.out, exist_ok=True)
     data.write_file(os.path.join(args.out, "rotation.json"), json.dumps(
         {"axis": args.axis, "data": args.data, "models": {
             n: {"path": p, "variant": variants[n], "angles": {f"{a:g}": r for a, r in by_model[n].items()}}
@@ -545,7 +544,6 @@ def ablation(args):
         f"| {v} | {ne['graph_node']:.3f} | {ne['graph_edge']:.3f} |" for v, ne in node_edge.items()] + [
         "", "| run | variant | seed | blind | GRPO started from | after GRPO |", "|---" * 6 + "|"] + per_run
     print("\n".join(lines))
-    os.makedirs(args.out, exist_ok=True)
     data.write_file(os.path.join(args.out, "ablation.md"), "\n".join(lines) + "\n")
     data.write_file(os.path.join(args.out, "ablation.json"), json.dumps(
         {"runs": args.run, "seeds": runs, "answer": means, "minus_graph": diffs, "written": node_edge}, indent=1))
@@ -816,8 +814,7 @@ def greedy_batch(mdl, tokenizer, rows, videos, max_new_tokens, min_pixels, max_p
     import grpo
     import model as qwen
     eos, suppress = qwen.special_ids(tokenizer)
-    inputs = qwen.make_inputs(tokenizer, mdl.config, [prompt_row(r) for r in rows], videos,
-                              min_pixels, max_pixels)
+    inputs = qwen.make_inputs(tokenizer, mdl.config, [prompt_row(r) for r in rows], videos, min_pixels, max_pixels)
     inputs = qwen.to_device(inputs, mdl.device, next(mdl.parameters()).dtype)
     with torch.no_grad():
         ids, mask, _ = grpo.sample(mdl, inputs, 1, max_new_tokens, temperature=0.0,
@@ -915,7 +912,6 @@ def rows_with_videos(rows, skip_bad):
 def report(summaries, meta, out_dir, dumps=(), title=""):
     """Print the table; write results.json, results.png (bars of the two overalls and each task, a colour per
     model, x100 with 95% intervals) and (if any) dump.jsonl into out_dir."""
-    os.makedirs(out_dir, exist_ok=True)
     print(markdown_table(summaries))
     data.write_file(os.path.join(out_dir, "results.json"), json.dumps({**meta, "models": summaries}, indent=1))
     tasks = sorted({t for s in summaries.values() for t in s["tasks"]})
@@ -934,8 +930,7 @@ TINY_PIXELS = 56 * 56   # = model.TINY_MIN_PIXELS = TINY_MAX_PIXELS (test_all ch
 
 
 def cli():
-    """eval.py's command line (the docstring's "Run:"): scoring by default, or a command with its own flags;
-    scoring and rotation share the model and decoding flags."""
+    """The command line (the docstring's "Run:"): scoring, or a command; scoring and rotation share most flags."""
     p = argparse.ArgumentParser(prog="python eval.py", description="Score checkpoints with each benchmark's own "
                                 "metric, side by side (see the docstring); or run a command.")
     sub = p.add_subparsers(dest="command", title="commands (none: scoring)", parser_class=data.SubcommandParser)

@@ -290,7 +290,6 @@ def plot_graphs(graphs, titles, path):
 
 
 def main(argv=None):
-    """The invariance demo (the docstring's "Run:")."""
     p = argparse.ArgumentParser(prog="python graph.py", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="graph_demo.png", help="the figure (default graph_demo.png)")
     out = p.parse_args(argv).out

@@ -579,7 +579,6 @@ def demo():
 
 
 def main(argv=None):
-    """The command line: no command, the worked example of the loss (demo); bench; bench_rollout FLAGS."""
     import data                                                        # torch-free: its SubcommandParser only
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(prog="python grpo.py", description=__doc__.split("\n")[0])

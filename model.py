@@ -338,8 +338,7 @@ def make_inputs(tokenizer, config, rows, videos, min_pixels=TINY_MIN_PIXELS, max
     vc = config.vision_config
     video_id = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
     if video_id != config.video_token_id:
-        raise ValueError(f"model.make_inputs: tokenizer's {VIDEO_PAD} id {video_id} != config's "
-                         f"{config.video_token_id}")
+        raise ValueError(f"model.make_inputs: tokenizer {VIDEO_PAD} id {video_id} != config {config.video_token_id}")
     seqs, vs = [], []
     for row, video in zip(rows, videos, strict=True):
         frames, times = video[:2]
@@ -703,7 +702,6 @@ def make_golden_fixture(out_path=GOLDEN_PATH):
 # --- main -----------------------------------------------------------------------------------------------------------
 
 def main(argv=None):
-    """The docstring's "Run:"."""
     p = argparse.ArgumentParser(prog="python model.py", description=__doc__.split("\n")[0])
     p.add_argument("--out", help="folder of the demo tiny model (default: a new temporary folder)")
     p.add_argument("--golden", action="store_true", help="remake the golden fixture of the preprocessing parity test")

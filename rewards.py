@@ -8,16 +8,11 @@
     R_graph   R_n + R_e averaged over the k ground-truth frames (graph.graph_reward).
     R_l       + bonus (0.2) when the answer is correct and lo <= n_tokens <= hi (320..512 in the paper).
 
-The arithmetic shared with the benchmarks is theirs exactly (eval.py reports benchmark numbers with these
-functions, and the training reward uses the same ones):
-    mra                   VSI-Bench, mean_relative_accuracy in lmms_eval/tasks/vsibench/utils.py (thinking-in-space
-                          and lmms-eval): abs(pred - gt) / gt <= 1 - np.linspace(0.5, 0.95, 10), float64, no epsilon.
-    interval_iou, box_iou V-STaR, calculate_temporal_iou / compute_iou in eval.py (V-STaR-Bench/V-STaR):
-                          intersection / union if union > 0 else 0.0.
+mra (VSI-Bench's), interval_iou and box_iou (V-STaR's) are the benchmarks' own arithmetic exactly, each docstring
+naming its source: eval.py reports benchmark numbers with these functions, and the training reward uses them too.
 
-Each part has a weight (a setting). The variants of VARIANTS (train.py --variant) set what <think> holds and which
-graph term R has, together: `none` is the paper's "w/o graph reasoning" (Table 2), `coords` a baseline that writes
-camera-frame centres only, `answer_only` keeps the graphs but drops their reward.
+Each part has a weight (a setting). VARIANTS (train.py --variant, one comment each) set what <think> holds and
+which graph term R has, together.
 Differences from the paper / peers: "correct" for R_l means R_ans >= 0.5 (an exact letter, a number within
 ~25 %, an IoU >= 0.5); Video-R1 also requires that more than one completion of the group is correct, a group
 level rule this per-completion function leaves out. Graphs are read only from the text before the first
@@ -204,8 +199,7 @@ def total_reward(completion, n_tokens, row, weights=None, lo=LEN_LO, hi=LEN_HI, 
 # --- support: no paper content below (demo) -------------------------------------------------------------------------
 
 def main(argv=None):
-    """The demo (the docstring's "Run:"; no flags)."""
-    argparse.ArgumentParser(prog="python rewards.py", description=__doc__.split("\n")[0]).parse_args(argv)
+    argparse.ArgumentParser(prog="python rewards.py", description=__doc__.split("\n")[0]).parse_args(argv)  # no flags
     gt_graph = graph.Graph(0, [graph.Node("red cube", (1.2, 0.4, 5.1)), graph.Node("blue ball", (-0.8, 0.4, 6.0))])
     row = {"answer": "B", "answer_type": "mc", "graphs": [gt_graph.to_dict()]}
     good = f"<think>{graph.to_text(gt_graph)} The ball is farther. </think><answer>B</answer>"

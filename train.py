@@ -3,12 +3,11 @@ ranks under torchrun.
 
 What one GRPO step does (DeepSeekMath's GRPO, as the paper uses it; run_grpo):
   1. B prompts (video + question); grpo.sample draws G completions each, no grad       -> N = B*G sequences
-  2. rewards.total_reward scores each: R = R_format + R_ans + R_graph + R_l (a weight per part; --variant sets
-     what the graph term is: rewards.VARIANTS, "none" is the paper's "without graph reasoning")
+  2. rewards.total_reward scores each: R = R_format + R_ans + R_graph + R_l (a weight per part; the graph term
+     as --variant sets it: rewards.VARIANTS)
   3. grpo.group_advantages: A_i = (r_i - mean(r)) / (std(r) + eps) within each prompt's group
   4. reference log-probs: the start policy (LoRA adapters switched off, or a frozen copy for full fine-tuning)
-  5. grpo.policy_loss: the surrogate minus beta * k3 KL. With mu = 1 (the default) we are on policy: the ratio is
-     1 and the clip never acts, so it is skipped; mu > 1 inner epochs reuse the sampling log-probs and clip
+  5. grpo.policy_loss: the surrogate minus beta * k3 KL, clipped only when mu > 1 (mu = 1: grpo.py's docstring)
   6. clip the gradient norm, AdamW, cosine schedule with warm-up.
 The default run is GRPO alone from tiny_base/, a tiny Qwen2.5-VL that already sees (as the paper starts from a
 pretrained Qwen2.5-VL). `--preset base` made it: phase 0 (run_vision: the random vision tower learns from the
@@ -63,8 +62,7 @@ class Config:
     out: str = "runs"               # folder of all runs
     seed: int = 0                   # seeds data order, sampling and init of new weights
     device: str = "auto"            # auto (cuda if present) | cpu | cuda
-    dtype: str = "auto"             # auto (bf16 on a GPU that has it, else fp32: faster on cpu, `python
-                                    # grpo.py bench`) | bf16 | fp32
+    dtype: str = "auto"             # auto (model.best_dtype: bf16 on a GPU that has it, else fp32) | bf16 | fp32
     threads: int = 1                # torch CPU threads (1 degrades gracefully beside other work; 2: 10 % faster idle)
     resume: bool = False            # continue runs/NAME from its last checkpoint; only RESUMABLE flags may differ
     variant: str = "graph"          # graph (Video-STR) | none (no graph asked, written or rewarded: the paper's w/o
@@ -457,8 +455,7 @@ POSITIVE = ("frames", "sft_batch", "batch", "micro_batch", "G", "max_new_tokens"
 
 
 def field_help():
-    """{field: its comment in Config's source, wrapped lines joined}: the flag's --help (as cleanrl's Args
-    docstrings). A comment wraps onto lines that hold only a comment, indented deeper than the fields."""
+    """{field: its comment in Config's source, with the comment-only lines it wraps onto}: the flag's --help."""
     import inspect
     found = re.findall(r"^    (\w+): [^#\n]*#(.*(?:\n {5,}#.*)*)", inspect.getsource(Config), re.M)
     return {name: " ".join(re.sub(r"\n +#", " ", comment).split()) for name, comment in found}
@@ -521,7 +518,7 @@ def resumed_config(cfg, given, error):
 
 
 def pick_device(cfg):
-    """(device, dtype): CUDA with bf16 when present; on CPU fp32, which measured faster than bf16 here."""
+    """(device, dtype) of --device and --dtype: auto is CUDA when present, and model.best_dtype for it."""
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
     return device, qwen.best_dtype(device) if cfg.dtype == "auto" else dtypes[cfg.dtype]
@@ -546,19 +543,17 @@ def batch_indices(n_rows, step, batch, seed):
 
 
 def ensure_data(cfg):
-    """The synthetic set is made on first use, whole or not at all (data.replace_folder). A folder that
-    data.make_dataset wrote (scenes.jsonl) must be finished (dataset.json, its last file) and hold the scenes this
-    run asks for (--data_scenes, the scene seed); a user's folder or JSONL file must already exist."""
+    """The synthetic set is made on first use, whole or not at all (data.replace_folder); one that make_dataset
+    wrote (scenes.jsonl) must be finished (dataset.json, its last file) and be the scenes this run asks for
+    (--data_scenes, the scene seed). A user's folder or JSONL file must already exist."""
     seed, made = scene_seed(cfg), os.path.join(cfg.data, "dataset.json")
     info = read_json(made, "treated as missing") if os.path.isfile(made) else None
     remake = f"remake it with `python data.py make --out {cfg.data} --n {cfg.data_scenes} --seed {seed}`"
     if info is None and os.path.exists(os.path.join(cfg.data, "scenes.jsonl")):
-        raise SystemExit(f"{cfg.data} is an unfinished synthetic data set (no dataset.json: its making was "
-                         f"interrupted); {remake}")
+        raise SystemExit(f"{cfg.data} is an unfinished synthetic set (no dataset.json: its making stopped); {remake}")
     if info is not None and (info.get("scenes"), info.get("seed")) != (cfg.data_scenes, seed):
-        raise SystemExit(f"{cfg.data} holds {info.get('scenes')} scenes of seed {info.get('seed')} (dataset.json), "
-                         f"this run asks for {cfg.data_scenes} of seed {seed}: pass --data_scenes "
-                         f"{info.get('scenes')} --scene_seed {info.get('seed')}, or --data OTHER, or {remake}")
+        raise SystemExit(f"{cfg.data} holds {info.get('scenes')} scenes of seed {info.get('seed')}, this run asks "
+                         f"for {cfg.data_scenes} of seed {seed} (set --data_scenes, --scene_seed), or {remake}")
     if info is not None or os.path.exists(os.path.join(cfg.data, "train.jsonl")) or os.path.isfile(cfg.data):
         return
     if cfg.preset == "paper":
@@ -728,8 +723,7 @@ def step_rows(cfg, run_dir, rows, k, batch, seed, where):
 
 
 def checkpoint_and_eval(r, step, end, mdl, tok, opt, tag):
-    """After a step: a checkpoint (every ckpt_every steps and at `end`), then the held-out evaluation when due
-    (returns True then)."""
+    """After a step: a checkpoint (every ckpt_every steps, at `end`), then a held-out evaluation if due (True)."""
     if step % r.cfg.ckpt_every == 0 or step == end:
         save_checkpoint(r.dir, step, mdl, opt, r.cfg.keep_ckpts)
     if eval_due(r.cfg, step, end):
