@@ -1219,8 +1219,7 @@ def discard(path):
 
 
 class SubcommandParser(argparse.ArgumentParser):
-    """A subcommand's parser that refuses an unknown flag with its own usage, not the top level's (data.py, eval.py,
-    grpo.py: add_subparsers(parser_class=SubcommandParser))."""
+    """A subcommand's parser (add_subparsers' parser_class) that refuses an unknown flag with its own usage."""
     def parse_known_args(self, args=None, namespace=None):
         namespace, extra = super().parse_known_args(args, namespace)
         if extra:

@@ -257,9 +257,7 @@ def bootstrap_task_mean_ci(scores_by_task, n_boot=N_BOOT, seed=0, level=0.95):
 
 def mean_ci(values, n_boot=N_BOOT, seed=0):
     """(mean, lo, hi) with the 95 % bootstrap interval, or None without values."""
-    if not len(values):
-        return None
-    return (float(np.mean(values)), *bootstrap_mean_ci(values, n_boot, seed))
+    return (float(np.mean(values)), *bootstrap_mean_ci(values, n_boot, seed)) if len(values) else None
 
 
 def fmt_ci(stat, signed=False):
@@ -823,13 +821,10 @@ def greedy_batch(mdl, tokenizer, rows, videos, max_new_tokens, min_pixels, max_p
 
 
 def run_model(path, rows, args, tag):
-    """ask() one checkpoint every row (greedy, batched); the model is freed afterwards."""
+    """ask() one checkpoint every row (greedy, batched); the model is freed on return."""
     import model as qwen
     mdl, tokenizer = qwen.load(path, device=args.device)
-    mdl.eval()
-    out = ask(mdl, tokenizer, rows, args, tag)
-    del mdl
-    return out
+    return ask(mdl.eval(), tokenizer, rows, args, tag)
 
 
 def model_variant(mdl):
@@ -938,8 +933,7 @@ def cli():
     rot = sub.add_parser("rotation", help="the rotation stress test on the synthetic scenes, models side by side")
     ab = sub.add_parser("ablation", help="the toy Table 2 from finished train.py runs of several --variant values")
     ab.add_argument("--run", action="append", help="a train.py run folder (runs/NAME); repeat (needed)")
-    ab.add_argument("--out", default="out/ablation")
-    for q, out in ((p, "out/eval"), (rot, "out/rotation")):
+    for q in (p, rot):
         q.add_argument("--model", action="append", help="checkpoint folder; repeat for side by side (needed)")
         q.add_argument("--frames", type=int, default=32, help="frames per video (paper: 32 at inference)")
         q.add_argument("--min_pixels", type=int, default=TINY_PIXELS, help="per frame (tiny default; 7B: 16*28*28)")
@@ -948,13 +942,13 @@ def cli():
             q.add_argument(flag, type=int, default=default)
         q.add_argument("--threads", type=int, default=1, help="torch CPU threads (train.py's default: 1)")
         q.add_argument("--device", default=None)
-        q.add_argument("--out", default=out)
         q.add_argument("--skip_bad", action="store_true", help="skip and count bad rows (a bad field, a video that "
                        "does not open or decode, a prompt over --max_prompt_tokens) instead of stopping; the rest is "
                        "scored and written")
         q.add_argument("--max_prompt_tokens", type=int, default=data.MAX_PROMPT_TOKENS, help="rows whose prompt "
                        "text has more tokens (model.prompt_tokens, video not counted) are bad rows")
-    for q in (p, rot, ab):
+    for q, out in ((p, "out/eval"), (rot, "out/rotation"), (ab, "out/ablation")):
+        q.add_argument("--out", default=out)
         q.add_argument("--n_boot", type=int, default=N_BOOT, help="bootstrap resamples of the 95 %% intervals")
         q.add_argument("--seed", type=int, default=0)
     rot.add_argument("--angles", type=float, nargs="+", default=[0, 30, 60, 90, 180])

@@ -198,9 +198,7 @@ def sampled_fps(times):
     have no Clip.sample_fps (Qwen's F / M x video_fps, data.Clip). The two differ for round(linspace) sampling:
     16 of 100 frames at 30 fps give 0.44 s per grid here and Qwen's 0.4167 there."""
     times = np.asarray(times, dtype=np.float64)
-    if len(times) < 2 or times[-1] <= times[0]:
-        return None
-    return float((len(times) - 1) / (times[-1] - times[0]))
+    return float((len(times) - 1) / (times[-1] - times[0])) if len(times) > 1 and times[-1] > times[0] else None
 
 
 def preprocess_video(frames, times, min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS, patch_size=14,

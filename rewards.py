@@ -94,12 +94,11 @@ def parse_interval(s):
 
 def mra(pred, gt):
     """Mean relative accuracy with VSI-Bench's arithmetic exactly (mean_relative_accuracy in thinking-in-space,
-    lmms_eval/tasks/vsibench/utils.py): 1[abs(pred - gt) / gt <= 1 - theta] over theta = np.linspace(0.5, 0.95,
-    10), float64, no tolerance, so an answer exactly on a threshold falls where float rounding puts it
-    (mra(6, 5) = 0.6: 0.2 <= 1 - 0.8 is False in floats). The training reward uses this same function, so reward
-    and reported number agree; a tolerance would only move answers that sit exactly on a threshold.
-    Beyond VSI-Bench (whose ground truths are all > 0): |gt| is the divisor, and with gt == 0 (undefined there)
-    the absolute error |pred| is used in its place (so an exact 0 scores 1)."""
+    lmms_eval/tasks/vsibench/utils.py): 1[abs(pred - gt) / gt <= 1 - theta] over theta = np.linspace(0.5, 0.95, 10),
+    float64, no tolerance, so an answer exactly on a threshold falls where float rounding puts it (mra(6, 5) = 0.6:
+    0.2 <= 1 - 0.8 is False in floats); a tolerance would only move such answers, and the reward would part from the
+    reported number. Beyond VSI-Bench (whose ground truths are all > 0): |gt| is the divisor, and with gt == 0
+    (undefined there) the absolute error |pred| is used in its place (so an exact 0 scores 1)."""
     rel = abs(pred - gt) / (abs(gt) if gt != 0 else 1.0)
     return float(np.mean(rel <= 1 - MRA_THRESHOLDS))
 
