@@ -4,7 +4,7 @@ here): rendered scenes whose questions, graphs and reference reasoning come from
 
 Run (each command's flags: `python data.py COMMAND --help`):
   python data.py                                   # a few clips in a temp folder, their questions and reasoning
-  python data.py make --out data/synth --n 1500 --seed 0 [--max-objects 3] [--questions 4]
+  python data.py make --out data/synth --n 1500 --seed 0 [--max-objects 5] [--questions 4]
   python data.py bench                             # read_frames(16) vs decoding every frame of a 2-min video
 
 `--n` counts scenes (= videos), each with up to `--questions` rows of different tasks (the files: make_dataset);

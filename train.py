@@ -63,7 +63,7 @@ class Config:
     seed: int = 0                   # seeds data order, sampling and init of new weights
     device: str = "auto"            # auto (cuda if present) | cpu | cuda
     dtype: str = "auto"             # auto (model.best_dtype: bf16 on a GPU that has it, else fp32) | bf16 | fp32
-    threads: int = 1                # torch CPU threads (1 degrades gracefully beside other work; 2: 10 % faster idle)
+    threads: int = 1                # torch CPU threads (1 degrades gracefully beside other work; 2 ~10 % faster idle)
     resume: bool = False            # continue runs/NAME from its last checkpoint; only RESUMABLE flags may differ
     variant: str = "graph"          # graph (Video-STR) | none (no graph asked, written or rewarded: the paper's w/o
                                     # graph) | coords (centres only, R_graph = 2 R_n) | answer_only (graphs written,
@@ -93,8 +93,7 @@ class Config:
     vision_batch: int = 16          # videos per step (per rank under torchrun)
     vision_lr: float = 3e-3         # phase 0 learning rate (vision tower and its head)
     # supervised warm-up
-    sft_steps: int = 0              # teacher-forced steps on the reference reasoning before GRPO (the base had
-                                    # its own)
+    sft_steps: int = 0              # teacher-forced steps on the reference reasoning first (the base had its own)
     sft_batch: int = 8              # rows per warm-up step (per rank under torchrun)
     sft_lr: float = 3e-3            # warm-up learning rate
     # GRPO
@@ -105,8 +104,7 @@ class Config:
     max_new_tokens: int = 180       # completion budget T (the synthetic reference reasoning is 50-170 tokens)
     temperature: float = 1.0        # sampling temperature (paper / Video-R1: 1.0)
     top_p: float = 1.0              # nucleus sampling mass (1.0: off)
-    decoder: str = "auto"           # grpo.sample's decoder: auto (a CUDA graph on a GPU, else plain) | plain |
-                                    # static | graph
+    decoder: str = "auto"           # auto (a CUDA graph on a GPU, else plain) | plain | static | graph (grpo.sample)
     lr: float = 5e-5                # GRPO learning rate (paper: 1e-6 for the 7B; tiny: 5e-5 chosen on val over 2e-4)
     lr_warmup: int = 10             # learning rate: linear warm-up steps of each phase, then cosine to 10 %
     weight_decay: float = 0.0       # AdamW weight decay
