@@ -61,6 +61,7 @@ KEY_FRAMES = 2                                  # k key frames per scene (first,
 SEEK_GAP = 12                                   # seek when a keyframe lets us skip more than this many frames
 HFOV = math.radians(60.0)                       # horizontal field of view of the synthetic camera
 CAM_HEIGHT, CAM_PITCH, MAX_YAW = 1.6, 0.30, 0.35  # metres, radians down, radians of yaw over a clip
+MAX_ROLL = 45.0                                 # degrees: a rolled scene's camera turns up to this about its axis
 LETTERS = "ABCDEFGHIJ"
 SCENES = 1500                                   # scenes of the default synthetic set (data.py make, train.py)
 MAX_PROMPT_TOKENS = 1024                        # rows with more prompt text tokens are skipped: train.py, eval.py
@@ -656,8 +657,11 @@ def _fits(scene, o, others, poses=None):
     H, W = scene["size"]
     poses = poses or _poses(scene)
     cw, pc, uv, live = _track(scene, o, poses)
-    z, u, v = pc[live, 2], uv[live, 0], uv[live, 1]
-    if (z < 1.5).any() or (u < 0.08 * W).any() or (u > 0.92 * W).any() or (v > (HOOD_TOP - 0.05) * H).any():
+    z, u, v, phi = pc[live, 2], uv[live, 0], uv[live, 1], _roll(scene)
+    y0 = (math.sin(phi) * pc[live, 0] + math.cos(phi) * pc[live, 1]) / z   # ray slope y before the roll (_hood)
+    v_hood = scene["focal"] * y0 + H / 2
+    if (z < 1.5).any() or (u < 0.08 * W).any() or (u > 0.92 * W).any() or (v_hood > (HOOD_TOP - 0.05) * H).any() \
+            or (phi and (v < 0.08 * H).any()):           # a rolled camera: the bonnet is drawn unrolled (_hood)
         return False
     for q in others:
         cw2, pc2, uv2, live2 = _track(scene, q, poses)
@@ -675,10 +679,11 @@ def scene_ok(scene):
     return all(_fits(scene, o, objs[:i]) for i, o in enumerate(objs))
 
 
-def make_scene(rng, n_objects=(2, 3), size=CLIP_SIZE, num_frames=CLIP_FRAMES, fps=CLIP_FPS, stagger_p=0.3):
+def make_scene(rng, n_objects=(2, 3), size=CLIP_SIZE, num_frames=CLIP_FRAMES, fps=CLIP_FPS, stagger_p=0.3, roll=0.0):
     """A random scene (JSON-able dict) of n_objects = (min, max) objects, at least one moving; a camera 1.6 m
-    high, pitched down, driving slowly and yawing by up to MAX_YAW rad over the clip; with probability
-    stagger_p the objects appear one after the other. Objects are placed one at a time (deterministic)."""
+    high, pitched down, driving slowly and yawing by up to MAX_YAW rad over the clip, turned `roll` degrees about
+    its optical axis (offset_pose; 0: level); with probability stagger_p the objects appear one after the other.
+    Objects are placed one at a time (deterministic; a level scene draws the same numbers as before rolls)."""
     T = (num_frames - 1) / fps                                           # time of the last frame
     depth = (3.0, 7.0) if n_objects[1] <= 3 else (2.5, 9.0)
     for _ in range(200):
@@ -692,6 +697,8 @@ def make_scene(rng, n_objects=(2, 3), size=CLIP_SIZE, num_frames=CLIP_FRAMES, fp
                "pos": [0.0, 0.0],
                "vel": [round(float(rng.uniform(-0.2, 0.2)), 3), round(float(rng.uniform(0, 0.3)), 3)],
                "yaw_rate": round(float(rng.uniform(-MAX_YAW, MAX_YAW)) / T, 4)}
+        if roll:
+            cam["offset"] = {"axis": "roll", "deg": roll}
         scene = {"id": 0, "size": [size, size], "focal": round((size / 2.0) / math.tan(HFOV / 2.0), 3),
                  "fps": fps, "num_frames": num_frames, "camera": cam, "objects": []}
         poses = _poses(scene)
@@ -1111,9 +1118,11 @@ def split_of(n, seed, fractions=(0.8, 0.1, 0.1)):
 def make_scene_files(job):
     """Scene i of a data set: render it, write videos/NNNNNN.mp4, return (scene, rows, first-clip frames or None).
     A pure function of (out_dir, i, seed, ...) so that make_dataset can hand scenes to worker processes."""
-    out_dir, i, seed, questions, n_objects, size, num_frames, fps = job
+    out_dir, i, seed, questions, n_objects, size, num_frames, fps, roll_share, max_roll = job
+    rolls = np.random.default_rng([seed, i, 1])                          # a stream of its own: level scenes unchanged
+    roll = round(float(rolls.uniform(-max_roll, max_roll)), 1) if rolls.random() < roll_share else 0.0
     rng = np.random.default_rng([seed, i])
-    scene = make_scene(rng, n_objects, size, num_frames, fps)
+    scene = make_scene(rng, n_objects, size, num_frames, fps, roll=roll)
     scene["id"] = i
     rows = make_questions(scene, rng)[:questions]
     clip = render_clip(scene)                                            # (F, H, W, 3)
@@ -1122,15 +1131,16 @@ def make_scene_files(job):
 
 
 def make_dataset(out_dir, n, seed=0, questions=4, n_objects=(2, 3), size=CLIP_SIZE, num_frames=CLIP_FRAMES,
-                 fps=CLIP_FPS, sheet=True, log=print, workers=None):
+                 fps=CLIP_FPS, sheet=True, log=print, workers=None, roll_share=0.0, max_roll=MAX_ROLL):
     """Write n scenes: videos/NNNNNN.mp4, up to `questions` rows per scene (distinct tasks) into train/val/test.jsonl
     (split by scene, split_of), scenes.jsonl (the scene parameters), contact_sheet.png, then dataset.json (n, seed,
     the other settings, the row counts; train.ensure_data checks it). Scene i uses rng = default_rng([seed, i]): the
     files are byte-identical for a seed, however many worker processes render (default: one per CPU core, at most
-    4). `make` and train.ensure_data write it through replace_folder: a set is whole or absent."""
+    4). A share `roll_share` of the scenes has its camera rolled by up to +-max_roll degrees (make_scene; from
+    default_rng([seed, i, 1])). `make` and train.ensure_data write it through replace_folder: whole or absent."""
     os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
     splits, counts, t_start, shown = split_of(n, seed), {"train": 0, "val": 0, "test": 0}, time.time(), []
-    jobs = [(out_dir, i, seed, questions, n_objects, size, num_frames, fps) for i in range(n)]
+    jobs = [(out_dir, i, seed, questions, n_objects, size, num_frames, fps, roll_share, max_roll) for i in range(n)]
     workers = workers or min(4, os.cpu_count() or 1)
     with contextlib.ExitStack() as stack:
         files = {s: stack.enter_context(open(os.path.join(out_dir, f"{s}.jsonl"), "w")) for s in counts}
@@ -1152,7 +1162,7 @@ def make_dataset(out_dir, n, seed=0, questions=4, n_objects=(2, 3), size=CLIP_SI
         contact_sheet(shown, os.path.join(out_dir, "contact_sheet.png"))
     write_file(os.path.join(out_dir, "dataset.json"), json.dumps(      # the last file: the set is finished
         {"scenes": n, "seed": seed, "questions": questions, "objects": list(n_objects), "size": size,
-         "frames": num_frames, "fps": fps, "rows": counts}))
+         "frames": num_frames, "fps": fps, "roll_share": roll_share, "max_roll": max_roll, "rows": counts}))
     return counts
 
 
@@ -1353,6 +1363,8 @@ def main(argv=None):
     for flag, default, what in (("--n", SCENES, "scenes (= videos)"), ("--seed", 0, "scene i: rng([seed, i])"),
                                 ("--questions", 4, "rows per scene"), ("--max-objects", 3, "objects per scene")):
         make.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
+    make.add_argument("--roll-share", type=float, default=0.0, help="share of scenes with a rolled camera (def. 0)")
+    make.add_argument("--max-roll", type=float, default=MAX_ROLL, help=f"their roll, +- degrees (default {MAX_ROLL})")
     sub.add_parser("bench", help="read_frames(16) vs decoding every frame of a 2-min video; the renderer")
     args = p.parse_args(argv)
     if args.command != "make":
@@ -1362,7 +1374,8 @@ def main(argv=None):
         sys.exit(f"data.py make: {args.out} exists and holds no data set (no scenes.jsonl): pick another --out")
     t = time.time()
     counts = replace_folder(args.out, lambda tmp: make_dataset(tmp, args.n, args.seed, args.questions,
-                                                               (2, args.max_objects)))
+                                                               (2, args.max_objects), roll_share=args.roll_share,
+                                                               max_roll=args.max_roll))
     print(f"rows {counts} in {time.time() - t:.0f} s -> {args.out}")
     return None
 

@@ -218,6 +218,67 @@ def score_completion(completion, row):
         implied = [graph.Graph(g.frame, g.nodes, graph.derive_edges(g.nodes)) for g in graph.parse_graphs(reasoning)]
         truth = [graph.Graph.from_dict(g) for g in row["graphs"]]
         out["edge_from_centres"] = graph.graph_reward(implied, truth)[1]["edge"]
+    return {**out, **follows(completion, row)}
+
+
+# --- does the answer follow the model's own reasoning? --------------------------------------------------------------
+# GRPO reinforces whole completions: it can teach the reasoning only where the reasoning decides the answer. Two
+# checks on synthetic rows, each present only where it applies (a mean over the questions that have it):
+#   follows_graph     1 iff the answer is the one the completion's own graph implies at the row's key frame
+#                     (abs_distance: the d written on the asked pair's edge; closest_object: the option with the
+#                     smallest written d to the named object; relative_direction: the signs of x and z between the
+#                     written centres), 0 when the answer differs or the graph lacks what it needs.
+#   follows_sentence  mc whose reference sentence names an option: 1 iff the letter is that of the option the
+#                     text after the graphs names, 0 when it differs or the text names none.
+GRAPH_TASKS = ("abs_distance", "closest_object", "relative_direction")
+
+
+def names_in(text, names):
+    """The names that occur in text, in the order they first occur."""
+    return [n for _, n in sorted((text.find(n), n) for n in set(names) if n in text)]
+
+
+def graph_answer(written, row):
+    """The answer text that graph.Graph `written` implies for the row's question, or None if it cannot."""
+    asked = names_in(row["question"], [n["category"] for n in row["graphs"][0]["nodes"]])
+    at = {n.category: np.array(n.center) for n in written.nodes}
+    d = {frozenset((written.nodes[e.i].category, written.nodes[e.j].category)): e.dist for e in written.edges}
+    if row["task"] == "abs_distance" and len(asked) == 2:
+        found = d.get(frozenset(asked))
+        return None if found is None else graph.fmt_num(found)
+    options = row.get("options") or []
+    if row["task"] == "closest_object" and asked:
+        near = sorted((dist, next(iter(pair - {asked[0]}))) for pair, dist in d.items() if asked[0] in pair)
+        pick = near[0][1] if near else None
+    elif row["task"] == "relative_direction" and len(asked) == 2 and all(n in at for n in asked):
+        dx, _, dz = at[asked[0]] - at[asked[1]]          # "where is the B relative to the A": B named first
+        pick = f"{'left' if dx < 0 else 'right'} and {'nearer' if dz < 0 else 'farther'}"
+    else:
+        return None
+    return data.LETTERS[options.index(pick)] if pick in options else None
+
+
+def named_option(reasoning, options):
+    """The letter of the (longest) option that the text after the last graph block names, or None."""
+    sentence = re.split(r"</\s*graph\s*>", reasoning.split("<answer>", 1)[0])[-1].lower()
+    named = sorted((o for o in options if o.lower() in sentence), key=len)
+    return data.LETTERS[options.index(named[-1])] if named else None
+
+
+def follows(completion, row):
+    """{'follows_graph': 0/1, 'follows_sentence': 0/1}, each only where the row allows it (the comment above: which
+    questions have it depends on the row alone, so two models' values pair question by question)."""
+    if not isinstance(completion, str) or not row.get("graphs") or row.get("answer_type") not in ("mc", "num"):
+        return {}
+    answer, out = rewards.extract_answer(completion), {}
+    truth = row["graphs"]
+    if row.get("task") in GRAPH_TASKS and len(truth) == 1:
+        written = [g for g in graph.parse_graphs(completion.split("<answer>", 1)[0]) if g.frame == truth[0]["frame"]]
+        implied = graph_answer(written[0], row) if written else None
+        out["follows_graph"] = float(implied is not None and answer == implied)
+    if row["answer_type"] == "mc" and named_option(row.get("reasoning") or "", row["options"]):
+        named = named_option(completion, row["options"])
+        out["follows_sentence"] = float(named is not None and answer == named)
     return out
 
 

@@ -1411,6 +1411,8 @@ def test_train_loop_smoke_checkpoint_and_exact_resume():
     recs = data.read_jsonl(os.path.join(run, "metrics.jsonl"))
     assert (_steps(run, "sft"), _steps(run, "grpo"), _steps(run, "eval")) == ([1, 2, 3], [4, 5], [2, 3, 4, 5])
     assert _steps(run, None, "samples.jsonl") == [4] * 4 + [5] * 4
+    # the paired training answer at GRPO step 1 (paired_every 5): pi_ref is still the policy, the noise is shared
+    assert [r.get("paired_answer") for r in recs if r["phase"] == "grpo"] == [[0.0, 0.0], None]
     assert all(math.isfinite(r["loss"]) for r in recs if r["phase"] == "sft")
     assert all(math.isfinite(r["kl"]) and math.isfinite(r["reward"]) for r in recs if r["phase"] == "grpo")
     init, warm, final = (_weights(p) for p in (model_dir, os.path.join(run, "warmup"), os.path.join(run, "final")))
@@ -2027,7 +2029,8 @@ def test_a_data_set_is_whole_or_absent_and_train_refuses_an_unfinished_or_anothe
         old = shutil.copytree(part, os.path.join(tmp, "old"))     # what an interrupted make left before this change
         _raises(SystemExit, train.ensure_data, train.Config(data=old), contains=(
             old, "unfinished", f"python data.py make --out {old} --n {data.SCENES} --seed 0"))
-        for changes, said in (({}, "holds 10 scenes of seed 0"), ({"data_scenes": 10, "seed": 1}, "10 of seed 1")):
+        for changes, said in (({}, "holds 10 scenes of seed 0"), ({"data_scenes": 10, "seed": 1}, "10 of seed 1"),
+                              ({"data_scenes": 10, "roll_share": 0.5}, "rolled share 0.5")):
             _raises(SystemExit, train.ensure_data, train.Config(data=made, **changes), contains=(made, said))
         assert train.ensure_data(train.Config(data=made, data_scenes=10)) is None                  # the same set
         user = os.path.join(tmp, "user")                    # a user's rows: no scenes.jsonl, no dataset.json
@@ -2035,6 +2038,60 @@ def test_a_data_set_is_whole_or_absent_and_train_refuses_an_unfinished_or_anothe
         assert train.ensure_data(train.Config(data=user)) is None                                  # used as it is
         code, _, err = _cli(data, ["make", "--out", user])                      # make replaces only a set of its own
         assert code and "holds no data set" in err and os.listdir(user) == ["train.jsonl"], err
+
+
+def test_rolled_scenes_leave_level_ones_unchanged_keep_objects_in_view_and_are_recorded():
+    """make_dataset(roll_share=0.5): the level scenes are those of roll_share=0 (the roll has its own random stream),
+    the rolled ones carry a roll offset within +-MAX_ROLL and keep every object inside the turned frame (scene_ok);
+    dataset.json records the share."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for share in (0.0, 0.5):
+            data.make_dataset(os.path.join(tmp, str(share)), 8, seed=4, sheet=False, log=None, workers=1,
+                              roll_share=share)
+        level, mixed = (data.read_jsonl(os.path.join(tmp, str(share), "scenes.jsonl")) for share in (0.0, 0.5))
+        rolled = [s for s in mixed if s["camera"].get("offset")]
+        assert 0 < len(rolled) < 8 and json.load(open(os.path.join(tmp, "0.5", "dataset.json")))["roll_share"] == 0.5
+        assert [s for s in mixed if s not in rolled] == [s for s in level if s["id"] not in {r["id"] for r in rolled}]
+        for s in rolled:
+            assert s["camera"]["offset"]["axis"] == "roll" and 0 < abs(s["camera"]["offset"]["deg"]) <= data.MAX_ROLL
+            assert data.scene_ok(s)
+
+
+def test_answer_follows_its_own_graph_and_its_sentence_by_hand():
+    """eval.follows on hand-made rows: the answer the completion's own graph implies (the asked pair's written d,
+    the smallest written d, the signs of x and z between written centres) and the option its sentence names; never
+    raises; every reference reasoning follows itself."""
+    g = {"frame": 31, "nodes": [{"category": "red cube", "center": [-2.0, -0.2, 5.3]},
+                                {"category": "green ball", "center": [-0.6, 0.2, 4.2]},
+                                {"category": "blue cone", "center": [0.3, -0.3, 5.5]}]}
+    think = ("<think><graph t=31> red cube (-2.0,-0.2,5.3); green ball (-0.6,0.2,4.2); blue cone (0.3,-0.3,5.5) | "
+             "red cube-green ball d=1.9 a=14; red cube-blue cone d=2.5 a=24; green ball-blue cone d=1.6 a=13 </graph> ")
+    dist = {"task": "abs_distance", "answer_type": "num", "answer": 2.3, "graphs": [g], "options": None,
+            "question": "What is the distance between the blue cone and the red cube, in metres?"}
+    assert ev.follows(think + "2.5 m apart. </think><answer>2.5</answer>", dist) == {"follows_graph": 1.0}  # own d
+    assert ev.follows(think + "1.6 m apart. </think><answer>1.6</answer>", dist) == {"follows_graph": 0.0}  # last d
+    assert ev.follows("<think>no graph</think><answer>2.5</answer>", dist) == {"follows_graph": 0.0}
+    options = ["blue cone", "yellow cube", "green ball", "red ball"]
+    closest = {"task": "closest_object", "answer_type": "mc", "answer": "C", "graphs": [g], "options": options,
+               "question": "Which object is closest to the red cube?", "reasoning": "The green ball is closest."}
+    for sentence, letter, expect in (("The green ball is closest.", "C", (1.0, 1.0)),     # 1.9 < 2.5: green ball
+                                     ("The blue cone is closest.", "A", (0.0, 1.0)),      # follows its sentence only
+                                     ("The green ball is closest.", "A", (0.0, 0.0)),
+                                     ("Closest: nothing.", "C", (1.0, 0.0))):             # names no option
+        got = ev.follows(f"{think}{sentence} </think><answer>{letter}</answer>", closest)
+        assert (got["follows_graph"], got["follows_sentence"]) == expect, (sentence, letter, got)
+    rel = {"task": "relative_direction", "answer_type": "mc", "answer": "B", "graphs": [g],
+           "options": ["left and nearer", "right and farther", "left and farther", "right and nearer"],
+           "question": "Where is the blue cone relative to the red cube?", "reasoning": "It is right and farther."}
+    # blue cone - red cube: x 0.3 - (-2.0) > 0 (right), z 5.5 - 5.3 > 0 (farther): option B
+    assert ev.follows(think + "It is right and farther. </think><answer>B</answer>", rel) == {
+        "follows_graph": 1.0, "follows_sentence": 1.0}
+    for junk in (None, 7, "", "<graph t=31> | - d=x </graph><answer>", "<answer>" * 50, think * 3):
+        assert set(ev.follows(junk, rel).values()) <= {0.0}, junk
+    rows = [row for i in range(30) for row in data.make_questions({**data.make_scene(np.random.default_rng([9, i])),
+                                                                     "id": i}, np.random.default_rng([9, i, 2]))]
+    checks = [v for row in rows for v in ev.follows(row["reasoning"], row).values()]
+    assert len(checks) > 40 and set(checks) == {1.0}
 
 
 def test_every_command_the_docs_show_is_real_and_no_source_line_is_over_118():

@@ -75,6 +75,8 @@ class Config:
     data: str = "data/synth"        # folder with train.jsonl / val.jsonl / test.jsonl, or a .jsonl; a synthetic set
                                     # (data.py make) is made when missing, its dataset.json checked (ensure_data)
     scene_seed: int = -1            # seed of the rendered scenes (-1: --seed); the base preset renders its own
+    roll_share: float = 0.0         # share of the rendered scenes whose camera is rolled about its optical axis (up
+                                    # to data.MAX_ROLL degrees): the base preset's vision tower sees rolled footage
     min_pixels: int = qwen.TINY_MIN_PIXELS  # lower per-frame pixel budget of Qwen2.5-VL's smart_resize (tiny: 56x56)
     max_pixels: int = qwen.TINY_MAX_PIXELS  # upper pixel budget per frame (paper: 128x28x28)
     # model
@@ -131,6 +133,8 @@ class Config:
     keep_ckpts: int = 2             # newest checkpoints kept
     sample_every: int = 25          # write a few completions to samples.jsonl every N GRPO steps
     plot_every: int = 25            # redraw curves.png every N GRPO steps
+    paired_every: int = 5           # every N GRPO steps also sample pi_ref (the start) on the step's prompts with the
+                                    # step's sampling noise: the paired training answer of curves.png (0: off)
 
 
 ADAM_BETAS = (0.9, 0.99)       # AdamW (beta1, beta2) of every phase
@@ -289,14 +293,18 @@ def run_grpo(r, step):
         k = step - cfg.sft_steps
         set_lr(opt, lr_at(k, cfg.grpo_steps, cfg.lr, cfg.lr_warmup))
         rows, bad = step_rows(cfg, run_dir, r.train_rows, k, cfg.batch, cfg.seed + 1, "GRPO steps")
-        generator = torch.Generator(r.device).manual_seed(cfg.seed * 1_000_003 + step + rank() * 2 ** 40)
+        seed = cfg.seed * 1_000_003 + step + rank() * 2 ** 40
         if rows:
-            ro = rollout(r, mdl, tok, rows, generator)
+            ro = rollout(r, mdl, tok, rows, torch.Generator(r.device).manual_seed(seed))
+            paired = paired_answer(r, mdl, ref_mdl, tok, ro, seed) if cfg.paired_every and k % cfg.paired_every == 0 \
+                else None
             t0 = time.time()
             with stop_if_nonfinite(cfg, run_dir, "grpo", step + 1):
                 stats = grpo_update(r, mdl, ref_mdl, tok, ro, opt)
             t_update = time.time() - t0
             logged, stats = gather_rollout(ro), all_mean(stats)   # every rank's samples and statistics, for the log
+            if paired is not None:
+                stats["paired_answer"] = gather(paired)
         step += 1
         if not rows:
             log(run_dir, {"phase": "grpo", "step": step, "skipped": len(bad)},
@@ -347,6 +355,22 @@ def rollout(r, mdl, tok, rows, generator):
                    lengths, t_sample=t1 - t0, t_score=time.time() - t1)
 
 
+def paired_answer(r, mdl, ref_mdl, tok, ro, seed):
+    """Per prompt (B,), the policy's mean answer part minus pi_ref's (the model GRPO started from), pi_ref sampled on
+    the same prompts with the same sampling noise (a generator seeded as the step's): whether GRPO improves the
+    answer, apart from which prompts a step happened to draw. Costs one more rollout (no update)."""
+    with pi_ref(mdl, ref_mdl) as ref:
+        base = rollout(r, ref, tok, ro.rows, torch.Generator(r.device).manual_seed(seed))
+    per_prompt = lambda parts: np.array([p["answer"] for p in parts]).reshape(-1, r.cfg.G).mean(1)    # (B,)
+    return (per_prompt(ro.parts) - per_prompt(base.parts)).tolist()
+
+
+def pi_ref(mdl, ref_mdl):
+    """The reference policy as a context: the frozen copy (full fine-tuning), else the policy with its LoRA
+    adapters switched off (the base weights, no second copy)."""
+    return contextlib.nullcontext(ref_mdl) if ref_mdl is not None else qwen.lora_disabled(mdl)
+
+
 def score(cfg, texts, lengths, rows, G):
     """R_i (N,) and its named parts for N = B*G completions (row i // G for completion i)."""
     weights = {"format": cfg.w_format, "answer": cfg.w_answer, "graph": cfg.w_graph, "length": cfg.w_length}
@@ -368,8 +392,7 @@ def grpo_update(r, mdl, ref_mdl, tok, ro, opt):
              for lo, hi in chunks]                     # ids, mask, old_logp (n, T); adv (n,)
     ref_logp = [None] * len(chunks)
     if cfg.beta > 0:                                   # pi_ref log-probs, once per rollout: (n, T) per chunk
-        pi_ref = contextlib.nullcontext(ref_mdl) if ref_mdl is not None else qwen.lora_disabled(mdl)
-        with torch.no_grad(), grpo.autocast(device, dtype), pi_ref as ref:
+        with torch.no_grad(), grpo.autocast(device, dtype), pi_ref(mdl, ref_mdl) as ref:
             ref_logp = [grpo.token_logprobs(ref, x, m["ids"], m["mask"]).float() for x, m in zip(inputs, micro)]
     n_tok_all = dist_norm(ro.mask.sum())               # scalar: tokens of all ranks / ranks
     stats_all = []
@@ -423,6 +446,7 @@ def final_report(r):
               f"own rule and its own settings (32 frames by default), so its numbers differ from these.")
     if not is_main():                                  # rank 0 writes the table (write_json's barrier: met here)
         return barrier()
+    table += paired_line(cfg, run_dir)
     data.write_file(os.path.join(run_dir, "results.md"), header + "\n\n" + table + "\n")
     write_json(os.path.join(run_dir, "results.json"), {"header": header, "stats": stats})
     print("\n" + header + "\n" + table)
@@ -546,18 +570,22 @@ def ensure_data(cfg):
     (--data_scenes, the scene seed). A user's folder or JSONL file must already exist."""
     seed, made = scene_seed(cfg), os.path.join(cfg.data, "dataset.json")
     info = read_json(made, "treated as missing") if os.path.isfile(made) else None
-    remake = f"remake it with `python data.py make --out {cfg.data} --n {cfg.data_scenes} --seed {seed}`"
+    remake = (f"remake it with `python data.py make --out {cfg.data} --n {cfg.data_scenes} --seed {seed}"
+              + (f" --roll-share {cfg.roll_share}`" if cfg.roll_share else "`"))
     if info is None and os.path.exists(os.path.join(cfg.data, "scenes.jsonl")):
         raise SystemExit(f"{cfg.data} is an unfinished synthetic set (no dataset.json: its making stopped); {remake}")
-    if info is not None and (info.get("scenes"), info.get("seed")) != (cfg.data_scenes, seed):
-        raise SystemExit(f"{cfg.data} holds {info.get('scenes')} scenes of seed {info.get('seed')}, this run asks "
-                         f"for {cfg.data_scenes} of seed {seed} (set --data_scenes, --scene_seed), or {remake}")
+    held = (info.get("scenes"), info.get("seed"), info.get("roll_share", 0.0)) if info is not None else None
+    if held is not None and held != (cfg.data_scenes, seed, cfg.roll_share):
+        raise SystemExit(f"{cfg.data} holds {held[0]} scenes of seed {held[1]} (rolled share {held[2]}), this run "
+                         f"asks for {cfg.data_scenes} of seed {seed} (rolled share {cfg.roll_share}; set "
+                         f"--data_scenes, --scene_seed, --roll_share), or {remake}")
     if info is not None or os.path.exists(os.path.join(cfg.data, "train.jsonl")) or os.path.isfile(cfg.data):
         return
     if cfg.preset == "paper":
         raise SystemExit(f"no data at {cfg.data!r}: pass --data with train.jsonl / val.jsonl / test.jsonl")
     print(f"making the synthetic data set in {cfg.data} ({cfg.data_scenes} scenes, scene seed {seed}) ...")
-    data.replace_folder(cfg.data, lambda tmp: data.make_dataset(tmp, cfg.data_scenes, seed=seed))
+    data.replace_folder(cfg.data, lambda tmp: data.make_dataset(tmp, cfg.data_scenes, seed=seed,
+                                                                roll_share=cfg.roll_share))
 
 
 def scene_seed(cfg):
@@ -670,7 +698,8 @@ def log_grpo_step(cfg, run_dir, step, ro, stats, t_update, lr):
         f"{mean['format']:.2f} ans {mean['answer']:.2f} graph {mean['graph']:.2f} len {mean['length']:.2f}) | "
         + " ".join(f"{k} {v:.2f}" for k, v in acc.items())
         + f" | kl {stats['kl']:.4f} clip {stats['clip_frac']:.3f} tokens {rec['length']:.0f} zero_var {zero_var:.2f}"
-        f" | s sample {ro.t_sample:.1f} score {ro.t_score:.2f} update {t_update:.1f} | {rec['tok_per_s']:.0f} tok/s")
+        f" | s sample {ro.t_sample:.1f} score {ro.t_score:.2f} update {t_update:.1f} | {rec['tok_per_s']:.0f} tok/s"
+        + (f" | paired ans {np.mean(stats['paired_answer']):+.3f}" if "paired_answer" in stats else ""))
 
 
 def write_samples(run_dir, step, ro, G, n=4):
@@ -700,7 +729,7 @@ def open_phase(r, path, lr, step, first, end, tag, ref=False):
     if cfg.grad_ckpt:
         qwen.set_checkpointing(mdl, True)
     ref_mdl = None
-    if ref and cfg.beta > 0 and cfg.lora_rank == 0:    # full fine-tuning: the reference is a frozen copy
+    if ref and (cfg.beta > 0 or cfg.paired_every) and cfg.lora_rank == 0:   # full fine-tuning: a frozen copy
         ref_mdl = copy.deepcopy(mdl).eval().requires_grad_(False)
     fsdp_shard(cfg, mdl), fsdp_shard(cfg, ref_mdl)
     sync_params(trainable(mdl))                        # every rank starts from rank 0's weights (as DDP does)
@@ -822,8 +851,9 @@ def evaluate(r, mdl, tok, rows, swap=None, batch=16):
                                         cfg.max_new_tokens, cfg.min_pixels, cfg.max_pixels)
     asked = [i for i, text in enumerate(texts) if text is not None]
     _, parts = score(cfg, [texts[i] for i in asked], [lengths[i] for i in asked], [rows[i] for i in asked], 1)
-    results = [{**part, "id": rows[i]["id"], "task": rows[i]["task"], "answer_type": rows[i]["answer_type"],
-                "tokens": lengths[i], "text": texts[i]} for i, part in zip(asked, parts)]
+    results = [{**part, **ev.follows(texts[i], rows[i]), "id": rows[i]["id"], "task": rows[i]["task"],
+                "answer_type": rows[i]["answer_type"], "tokens": lengths[i], "text": texts[i]}
+               for i, part in zip(asked, parts)]
     return results if grpo.is_fsdp(mdl) else gather(results)
 
 
@@ -832,8 +862,8 @@ def mean_parts(results):
     out = {k: float(np.mean(metric_values(results, k))) if results else float("nan")
            for k in ("answer", "graph", "graph_node", "graph_edge", "format", "tokens")}
     out["n"] = len(results)
-    out.update({k: float(np.mean(v)) for k in ("answer_mc", "answer_num", "answer_iou")
-                if (v := metric_values(results, k))})
+    out.update({k: float(np.mean(v)) for k in ("answer_mc", "answer_num", "answer_iou", "follows_graph",
+                                               "follows_sentence") if (v := metric_values(results, k))})
     return out
 
 
@@ -866,7 +896,8 @@ def metric_values(results, key):
     return [r[key] for r in results if key in r]
 
 
-TABLE_KEYS = ("answer", "answer_mc", "answer_num", "answer_iou", "graph", "graph_node", "graph_edge", "format")
+TABLE_KEYS = ("answer", "answer_mc", "answer_num", "answer_iou", "graph", "graph_node", "graph_edge", "format",
+              "follows_graph", "follows_sentence")       # follows_*: does the answer follow the reasoning (eval.py)
 
 
 def comparison_table(columns, diffs, keys=TABLE_KEYS):
@@ -1009,7 +1040,7 @@ def plot_curves(run_dir):
     needs = {"vision": "names", "sft": "loss", "grpo": "reward", "eval": "answer"}     # steps with numbers
     by = {p: [r for r in recs if r.get("phase") == p and k in r] for p, k in needs.items()}
     steps = [r["step"] for r in by["grpo"]]
-    fig, ax = plt.subplots(2, 3, figsize=(16, 8))
+    fig, ax = plt.subplots(2, 4, figsize=(21, 8))
     vis = ax[0, 0]
     for key, label in (("err_x", "|x error| m"), ("err_z", "|z error| m"), ("names", "objects named (recall)")):
         vis.plot([r["step"] for r in by["vision"]], [r[key] for r in by["vision"]], "o-", label=label)
@@ -1039,6 +1070,19 @@ def plot_curves(run_dir):
     ax[1, 1].set_title("GRPO diagnostics: KL (k3), clipped tokens, zero-variance groups")
     ax[1, 2].plot(steps, [r["length"] for r in by["grpo"]], color="C0", label="GRPO completion tokens")
     ax[1, 2].set_title("GRPO completion length")
+    windows = paired_windows(by["grpo"])
+    if windows:
+        x, mean, lo, hi = (np.array(v) for v in zip(*[(step, *stat) for step, stat in windows]))
+        ax[0, 3].errorbar(x, mean, yerr=[mean - lo, hi - mean],
+                          fmt="o-", capsize=3, label=f"answer, policy - pi_ref, {PAIRED_WINDOW} steps (95 % CI)")
+        ax[0, 3].axhline(0.0, color="gray", ls=":")
+    ax[0, 3].set_title("GRPO: paired training answer (same prompts, same noise)")
+    for key, label in (("follows_graph", "answer = what its own graph implies"),
+                       ("follows_sentence", "letter = the option its sentence names")):
+        pts = [(r["step"], r[key]) for r in by["eval"] if key in r]
+        if pts:
+            ax[1, 3].plot(*zip(*pts), "o-", label=label)
+    ax[1, 3].set_title("held-out: does the answer follow the reasoning?")
     for a in ax.flat:
         if not any(len(line.get_xdata()) for line in a.get_lines()):   # e.g. phase 0 in a run from the base
             a.text(0.5, 0.5, "not in this run", ha="center", va="center", transform=a.transAxes, color="gray")
@@ -1049,6 +1093,32 @@ def plot_curves(run_dir):
         a.grid(alpha=0.3)
     fig.tight_layout()
     ev.save_png(fig, os.path.join(run_dir, "curves.png"))
+
+
+def paired_line(cfg, run_dir):
+    """The paired training answer (paired_answer) pooled over the last sixth of the GRPO steps, as a line ('' if
+    the run has none)."""
+    first = cfg.sft_steps + cfg.grpo_steps - cfg.grpo_steps // 6
+    recs = [rec for rec in data.read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+            if rec.get("phase") == "grpo" and rec["step"] > first and "paired_answer" in rec]
+    diffs = [d for rec in recs for d in rec["paired_answer"]]
+    return (f"\n\npaired training answer (policy - pi_ref on the same prompts and sampling noise), GRPO steps "
+            f"{first - cfg.sft_steps + 1}-{cfg.grpo_steps}, {len(diffs)} prompts: "
+            f"{ev.fmt_ci(ev.mean_ci(diffs), signed=True)}"
+            if diffs else "")
+
+
+PAIRED_WINDOW = 25                  # GRPO steps pooled per point of the paired curve
+
+
+def paired_windows(grpo_recs):
+    """[(last step, mean_ci of the per-prompt paired answer differences)] per window of PAIRED_WINDOW GRPO steps."""
+    pooled = {}
+    for rec in grpo_recs:
+        if "paired_answer" in rec:
+            pooled.setdefault((rec["step"] - 1) // PAIRED_WINDOW, []).append(rec)
+    return [(recs[-1]["step"], ev.mean_ci([d for rec in recs for d in rec["paired_answer"]]))
+            for _, recs in sorted(pooled.items())]
 
 
 # --- data parallelism --------------------------------------------------------------------------------------------
