@@ -28,7 +28,7 @@ prompt is model.build_prompt's for every benchmark; STI-Bench uses at most 30 fr
 model is asked as it was trained: with its --variant's instruction (train.py saves it in config.json;
 data.with_think).
 
-Run (each command's flags: `python eval.py COMMAND --help`; README step 3 and "The toy Table 2" show them at work):
+Run (each command's flags: `python eval.py COMMAND --help`; README.md's "Other runs" and RESULTS.md show them):
   python eval.py --model tiny_base --model runs/default/final --data data/synth/test.jsonl   # score, side by side
   python eval.py demo                              # hand-written completions, good and poor, scored without a model
   python eval.py rotation --model tiny_base --axis roll --angles 0 30 90   # the rotation stress test
@@ -551,10 +551,7 @@ def ablation(args):
     print(f"wrote {args.out}/ablation.md, ablation.json, ablation.png")
 
 
-# --- support: no paper content below --------------------------------------------------------------------------------
-
-
-# --- benchmark adapters ---------------------------------------------------------------------------------------------
+# --- support: no paper content below; benchmark adapters ------------------------------------------------------------
 
 # Each raises data.BadRow(field, why, where) for a bad row; `where` is "FILE row K" (K counted from 0).
 
@@ -820,13 +817,6 @@ def greedy_batch(mdl, tokenizer, rows, videos, max_new_tokens, min_pixels, max_p
     return qwen.decode_completions(tokenizer, ids, mask)                     # (texts, token counts)
 
 
-def run_model(path, rows, args, tag):
-    """ask() one checkpoint every row (greedy, batched); the model is freed on return."""
-    import model as qwen
-    mdl, tokenizer = qwen.load(path, device=args.device)
-    return ask(mdl.eval(), tokenizer, rows, args, tag)
-
-
 def model_variant(mdl):
     """The --variant a checkpoint was trained as (train.py saves it in config.json; "graph" when absent)."""
     variant = getattr(mdl.config, "video_str_variant", None) or "graph"
@@ -946,7 +936,7 @@ def cli():
                        "does not open or decode, a prompt over --max_prompt_tokens) instead of stopping; the rest is "
                        "scored and written")
         q.add_argument("--max_prompt_tokens", type=int, default=data.MAX_PROMPT_TOKENS, help="rows whose prompt "
-                       "text has more tokens (model.prompt_tokens, video not counted) are bad rows")
+                       "text has more tokens (model.prompt_problem, video not counted) are bad rows")
     for q, out in ((p, "out/eval"), (rot, "out/rotation"), (ab, "out/ablation")):
         q.add_argument("--out", default=out)
         q.add_argument("--n_boot", type=int, default=N_BOOT, help="bootstrap resamples of the 95 %% intervals")
@@ -979,13 +969,15 @@ def score(args):
             raise BadRow(None, "no checkpoint folder there (config.json, *.safetensors, tokenizer)",
                          f"--model {path}")
     import torch
+    import model as qwen
     torch.set_num_threads(args.threads)
     rows, fmt, skipped = load_benchmark(args.data, args.format, args.video_root, args.skip_bad)
     rows, missing = rows_with_videos(rows[:args.limit] if args.limit else rows, args.skip_bad)
     print(f"{args.data}: format {fmt}, {len(rows)} rows to score, {skipped} bad rows and {missing} rows without a "
           f"usable video skipped; {args.frames} frames, greedy, at most {args.max_new_tokens} new tokens; each row "
           f"scored by its benchmark's own rule (docstring), not train.py's training-reward table", file=sys.stderr)
-    outputs = {name: run_model(path, rows, args, name) for name, path in zip(model_names(args.model), args.model)}
+    outputs = {name: ask(*qwen.load(path, device=args.device), rows, args, name)      # each model freed after it
+               for name, path in zip(model_names(args.model), args.model)}
     problems = {i: why for _, found in outputs.values() for i, why in found.items()}
     asked = [i for i in range(len(rows)) if i not in problems]         # every column scores the same rows
     skipped_rows = [f"{rows[i].get('file_line', rows[i].get('id'))}: {why}" for i, why in problems.items()]

@@ -65,8 +65,9 @@ CHAT_TEMPLATE = (
 # rope_theta: Qwen's 1e6. Every position pair below ~150 tokens apart then keeps some slowly turning channels, so the
 # answer tokens can find the video tokens by content. A small theta (10) turns every channel by > 0.1 rad per
 # position: text 150 tokens after the video sees the video at scrambled angles and the tiny model never learned to
-# read it (colour names stayed at chance, ln 4, after 700 warm-up steps; README, experiment table). Where an object
-# sits in the frame is the vision tower's job instead (the bonnet stripe of data.py gives it a fixed reference).
+# read it (colour names stayed at chance, ln 4, after 700 warm-up steps: RESULTS.md, "What was tried to make the
+# tiny model read the video"). Where an object sits in the frame is the vision tower's job instead (the bonnet
+# stripe of data.py gives it a fixed reference).
 TINY = dict(vocab_size=1024, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
             intermediate_size=192, rope_theta=1e6, max_position_embeddings=4096,
             vision_hidden_size=64, vision_depth=2, vision_num_heads=4, vision_intermediate_size=192,
@@ -315,15 +316,11 @@ def chat_template():
     return jinja2.Environment().from_string(CHAT_TEMPLATE)
 
 
-def prompt_tokens(tokenizer, row):
-    """Text tokens of a row's prompt (build_prompt; the video's tokens not counted, its placeholder counts 1)."""
-    return len(tokenizer(build_prompt(row), add_special_tokens=False)["input_ids"])
-
-
 def prompt_problem(tokenizer, row, max_tokens):
-    """Why a row's prompt is too long to ask (over max_tokens text tokens), or None. train.py and eval.py skip
-    such rows (--max_prompt_tokens) instead of running out of memory on them: a 1 MB question is ~400k tokens."""
-    n = prompt_tokens(tokenizer, row)
+    """Why a row's prompt is too long to ask (over max_tokens text tokens of build_prompt; the video's tokens not
+    counted, its placeholder counts 1), or None. train.py and eval.py skip such rows (--max_prompt_tokens) instead
+    of running out of memory on them: a 1 MB question is ~400k tokens."""
+    n = len(tokenizer(build_prompt(row), add_special_tokens=False)["input_ids"])
     return f"prompt of {n} tokens exceeds --max_prompt_tokens {max_tokens}" if n > max_tokens else None
 
 
@@ -412,12 +409,6 @@ def set_checkpointing(model, on=True):
     verb = "enable" if on else "disable"
     fn = getattr(model, f"activation_checkpointing_{verb}", None) or getattr(model, f"gradient_checkpointing_{verb}")
     fn(*([{"use_reentrant": False}] if on else []))
-    return model
-
-
-def freeze_vision(model):
-    """Freeze the vision tower (patch embedding, blocks and merger)."""
-    model.model.visual.requires_grad_(False)
     return model
 
 
