@@ -536,8 +536,7 @@ def param_counts(config):
 def estimate_memory(config, lora_rank, batch, seq_len, dtype=torch.bfloat16, vision_patches=0,
                     completion_len=None, freeze_vision_tower=False, shards=1):
     """Training memory in GiB for `batch` sequences of `seq_len` tokens (rough, per GPU; `shards` > 1: per rank of
-    FSDP2, see below).
-
+    FSDP2, see below):
     weights    P * b                  (b = bytes of dtype; LoRA adapters in fp32 on top)
     grads      trainable * b          (LoRA: fp32 adapters, 4 bytes)
     optimizer  AdamW m, v in fp32 (8 bytes / trainable) + an fp32 master copy (4) when weights are not fp32
@@ -550,8 +549,7 @@ def estimate_memory(config, lora_rank, batch, seq_len, dtype=torch.bfloat16, vis
     shards     FSDP2 (torch.distributed.fsdp.fully_shard per decoder layer over `shards` ranks): weights, grads,
                optimizer state and the reference copy are split evenly; each rank holds on top two unsharded
                decoder layers in b bytes (the one computing and the one prefetched), the `gathered` entry.
-               Activations and logits are per rank and do not shrink (each rank has its own `batch`).
-    """
+               Activations and logits are per rank and do not shrink (each rank has its own `batch`)."""
     b = torch.finfo(dtype).bits // 8
     tc, vc = config.text_config, config.vision_config
     total, vision, shapes = param_counts(config)
