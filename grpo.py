@@ -28,7 +28,6 @@ weights-read floor; `--help` lists the flags).
 import argparse
 import contextlib
 import functools
-import sys
 import tempfile
 import time
 import warnings

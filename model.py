@@ -21,7 +21,6 @@ import functools
 import json
 import math
 import os
-import sys
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: no hub retries
@@ -112,12 +111,10 @@ def vl_config(s, ids, **text):
     vision tower's output width is the text hidden size."""
     half = s["hidden_size"] // s["num_attention_heads"] // 2    # a head's rotary frequencies, split (t, h, w)
     t, h = half // 4, (half - half // 4) // 2                    # like Qwen's mrope_section [16, 24, 24] of 64
-    text.update(vocab_size=s["vocab_size"], hidden_size=s["hidden_size"], intermediate_size=s["intermediate_size"],
-                num_hidden_layers=s["num_hidden_layers"], num_attention_heads=s["num_attention_heads"],
-                num_key_value_heads=s["num_key_value_heads"], max_position_embeddings=s["max_position_embeddings"],
-                rope_parameters={"rope_type": "default", "rope_theta": s["rope_theta"],
-                                 "mrope_section": [t, h, half - t - h]},
-                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"])
+    text.update({k: s[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                   "num_attention_heads", "num_key_value_heads", "max_position_embeddings")},
+                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], rope_parameters={
+                    "rope_type": "default", "rope_theta": s["rope_theta"], "mrope_section": [t, h, half - t - h]})
     depth = s["vision_depth"]
     vision = dict(depth=depth, hidden_size=s["vision_hidden_size"], num_heads=s["vision_num_heads"],
                   intermediate_size=s["vision_intermediate_size"], out_hidden_size=s["hidden_size"],
@@ -143,8 +140,7 @@ def build_tiny(out_dir, texts, seed=0, **overrides):
     im_end, eot = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
     model.generation_config = GenerationConfig(eos_token_id=[im_end, eot], pad_token_id=eot, bos_token_id=eot,
                                                do_sample=False)
-    os.makedirs(out_dir, exist_ok=True)
-    model.save_pretrained(out_dir)
+    model.save_pretrained(out_dir)                                       # makes the folder
     tokenizer.save_pretrained(out_dir)
     return out_dir
 
@@ -378,14 +374,12 @@ def decode_completions(tokenizer, ids, mask):
 
 def demo_texts():
     """A small corpus for the tiny tokenizer: reference completions in data.py's row format + prompts."""
-    rows = [
-        {"id": "d0", "question": "Which object is closest to the red cube?", "answer_type": "mc", "answer": "B",
-         "options": ["blue ball", "green cone", "yellow cylinder", "red cube"], "time_window": None},
-        {"id": "d1", "question": "How far apart are the blue ball and the green cone, in metres?",
-         "answer_type": "num", "answer": 2.4, "options": None, "time_window": None},
-        {"id": "d2", "question": "When does the yellow cylinder move?", "answer_type": "iou",
-         "answer": [1.0, 2.5], "options": None, "time_window": [0.0, 8.0]},
-    ]
+    rows = [{"id": "d0", "question": "Which object is closest to the red cube?", "answer_type": "mc", "answer": "B",
+             "options": ["blue ball", "green cone", "yellow cylinder", "red cube"], "time_window": None},
+            {"id": "d1", "question": "How far apart are the blue ball and the green cone, in metres?",
+             "answer_type": "num", "answer": 2.4, "options": None, "time_window": None},
+            {"id": "d2", "question": "When does the yellow cylinder move?", "answer_type": "iou",
+             "answer": [1.0, 2.5], "options": None, "time_window": [0.0, 8.0]}]
     completions = [
         "<think><graph t=0> red cube (1.2,0.4,5.1); blue ball (-0.8,0.4,6.0) | red cube-blue ball d=2.2 a=21 "
         "</graph> <graph t=31> red cube (0.9,0.4,4.7); blue ball (-1.1,0.4,5.6) | red cube-blue ball d=2.2 a=24 "
