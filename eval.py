@@ -1,9 +1,8 @@
-r"""Evaluation of Video-STR checkpoints with each benchmark's own metric, side by side; the rotation stress test;
-the toy Table 2.
+r"""Evaluation of Video-STR checkpoints with each benchmark's own metric, side by side (any number of checkpoints
+on one file of questions, a column per model); the rotation stress test; the toy Table 2.
 
 Paper: Video-STR (arXiv 2510.10976) Sec. 5 reports STI-Bench, V-STaR, VSI-Bench, SPAR-Bench, Video-MME and
-TempCompass, inferring with 32 frames and greedy decoding. This file scores any number of checkpoints on one file
-of questions and prints one table with a column per model.
+TempCompass, inferring with 32 frames and greedy decoding.
 
 Scoring rules. Every row carries `rule`, the benchmark whose own public scoring code scores it (set by its adapter
 below; rows in our format: "ours"); `score` is that benchmark's headline metric, computed by the function named:
@@ -297,12 +296,12 @@ def summarize(rows, scored, n_boot=N_BOOT, seed=0):
 # --- rotation stress test -------------------------------------------------------------------------------------------
 # Theorem 1: Phi(RX, C) = Phi(X, C) for a rotation R about the camera centre C. The synthetic test scenes
 # (scenes.jsonl beside the rows) are re-rendered with the camera turned by each angle (scene["camera"]["offset"],
-# applied by data.camera_pose, through which every pose of data.py passes), the questions remade with a fixed rng
-# (same question texts at every angle; answers and graphs from the turned camera), and each model scored at each
-# angle. --axis as data.offset_pose defines it: yaw and roll turn about C (Theorem 1 exactly); orbit round the
-# objects' start centroid keeps d_ij, not a_ij. Under yaw objects leave the 60 deg view beyond ~20 deg (the plot
-# shows the share in view). Camera-frame coordinates move, edges do not: a model that has learned relations keeps
-# R_e (for a model that writes centres alone, R_e of the edges its centres imply: edge_from_centres).
+# applied by data.camera_pose, through which every pose of data.py passes), the questions remade (a fixed rng: the
+# same texts, answers and graphs of the turned camera), each model scored at each angle. --axis as data.offset_pose
+# defines it: yaw and roll turn about C (Theorem 1 exactly); orbit round the objects' start centroid keeps d_ij, not
+# a_ij. Under yaw objects leave the 60 deg view beyond ~20 deg (the plot shows the share in view). Camera-frame
+# coordinates move, edges do not: a model that has learned relations keeps R_e (one that writes centres alone: R_e
+# of the edges they imply, edge_from_centres).
 
 def with_offset(scene, axis, deg):
     """A copy of a scene whose camera is turned by deg degrees (the pivot of an orbit: objects' start centroid)."""
@@ -609,10 +608,9 @@ def from_stibench(rec, root, where):
     if te < ts:
         raise BadRow("time_end", f"{te} < time_start {ts}", where)
     return {"id": f"sti-{need(rec, 'ID', where)}", "video": os.path.join(root, str(need(rec, "Video", where))),
-            "question": str(need(rec, "Question", where)), "options": options,
-            "answer": letter(need(rec, "Answer", where), len(options), where, "Answer"), "answer_type": "mc",
-            "task": str(rec.get("Task") or "sti"), "scene": rec.get("Scene"), "time_window": [ts, te], "graphs": None,
-            "rule": "stibench"}
+            "question": str(need(rec, "Question", where)), "options": options, "answer_type": "mc",
+            "answer": letter(need(rec, "Answer", where), len(options), where, "Answer"), "rule": "stibench",
+            "task": str(rec.get("Task") or "sti"), "scene": rec.get("Scene"), "time_window": [ts, te], "graphs": None}
 
 
 def from_vstar(rec, root, where):
@@ -828,8 +826,7 @@ def model_variant(mdl):
 def ask(mdl, tokenizer, rows, args, tag):
     """eval.py's questions to a loaded model, asked as its variant asks (data.with_think): complete() with a row
     left out (BadRow without --skip_bad) when its prompt is longer than --max_prompt_tokens or its video does not
-    decode (data.VideoError / FileNotFoundError: damage the cheap checks cannot see). Returns (completions,
-    {row index: why})."""
+    decode (data.clip_problem: damage the cheap checks cannot see). Returns (completions, {row index: why})."""
     import model as qwen
 
     def clip(row):
@@ -866,11 +863,9 @@ def complete(mdl, tokenizer, rows, clip, batch, max_new_tokens, min_pixels, max_
                 texts[i], lengths[i] = text, n_tok
         if tag:
             done = min(lo + batch, len(rows))
-            rate = done / max(time.time() - t0, 1e-9)
-            eta = (len(rows) - done) / rate if rate > 0 else float("inf")
-            sys.stderr.write(f"\r[{tag}] {done}/{len(rows)} rows  {rate:.2f} rows/s  ETA {eta:5.0f} s "
-                             + "\n" * (done == len(rows)))
-            sys.stderr.flush()
+            rate = done / max(time.time() - t0, 1e-9)                # > 0: done >= 1
+            print(f"\r[{tag}] {done}/{len(rows)} rows  {rate:.2f} rows/s  ETA {(len(rows) - done) / rate:5.0f} s ",
+                  end="\n" * (done == len(rows)), file=sys.stderr, flush=True)
     return texts, lengths, problems
 
 

@@ -163,9 +163,8 @@ def parse_graphs(text):
 
 def match_nodes(pred_nodes, gt_nodes):
     """Greedy matching within each category, closest pairs first. Returns {gt index: (pred index, distance)}."""
-    pairs = sorted((float(np.linalg.norm(np.subtract(p.center, g.center))), gi, pi)
-                   for gi, g in enumerate(gt_nodes) for pi, p in enumerate(pred_nodes)
-                   if p.category == g.category)
+    pairs = sorted((float(np.linalg.norm(np.subtract(p.center, g.center))), gi, pi) for gi, g in enumerate(gt_nodes)
+                   for pi, p in enumerate(pred_nodes) if p.category == g.category)
     matched, used = {}, set()
     for dist, gi, pi in pairs:
         if gi not in matched and pi not in used:

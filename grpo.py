@@ -15,12 +15,11 @@ Variants are flags of the same functions, not copies:
   * mu = 1 (the default, as Video-R1 and nanochat's chat_rl.py): on policy, `old_logp=None`: rho =
     exp(logp - logp.detach()) = 1, whose gradient is grad log pi (not 0); the clip could never act and is skipped.
 
-Differences from the paper: none in the formulas; the paper does not say which aggregation it uses,
-the default here is DeepSeekMath's ("seq"). The log-ratio inside the KL is clamped to +-10 as Video-R1
-does, so a bf16 outlier token cannot produce an inf.
+Differences from the paper: none in the formulas; the paper does not say which aggregation it uses (here
+DeepSeekMath's, "seq"). The log-ratio inside the KL is clamped to +-10 as Video-R1 does, so a bf16 outlier token
+cannot produce an inf.
 
-Letters used in shape comments: B prompts, G completions per prompt, N = B*G sequences, T completion tokens
-(padded), P prompt tokens, V vocabulary.
+Shape letters: B prompts, G completions per prompt, N = B*G, T completion tokens (padded), P prompt tokens, V vocab.
 Run: `python grpo.py` (a worked example of the loss), `python grpo.py bench` (the sampler against model.generate,
 fp32 against bf16, tiny model), `python grpo.py bench_rollout [--shape 7b|tiny ...]` (decode steps against the
 weights-read floor; `--help` lists the flags).
