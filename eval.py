@@ -228,16 +228,12 @@ def bootstrap_mean_ci(values, n_boot=N_BOOT, seed=0, level=0.95):
     return bootstrap_task_mean_ci({"": values}, n_boot, seed, level)
 
 
-def vsi_task(task):
-    """VSI-Bench merges object_rel_direction_easy/_medium/_hard into object_rel_direction before the overall."""
-    return re.sub(r"_(easy|medium|hard)$", "", task)
-
-
 def unweighted_task_mean(task_means):
-    """VSI-Bench overall: mean over task families of (mean over the family's tasks of the task mean)."""
+    """VSI-Bench overall: mean over task families of (mean over the family's tasks of the task mean); VSI-Bench
+    merges object_rel_direction_easy/_medium/_hard into one family, object_rel_direction, before the overall."""
     families = {}
     for task, m in task_means.items():
-        families.setdefault(vsi_task(task), []).append(m)
+        families.setdefault(re.sub(r"_(easy|medium|hard)$", "", task), []).append(m)
     return float(np.mean([np.mean(v) for v in families.values()]))
 
 
@@ -435,11 +431,9 @@ def rotation(args):
     torch.set_num_threads(args.threads)
     ids = scene_ids(data.load_rows(args.data))[:args.scenes]
     scenes = load_scenes(os.path.dirname(os.path.abspath(args.data)), ids)
-    rows_by_angle = {}
-    for a in args.angles:
-        video_dir = os.path.join(args.out, "videos", f"{args.axis}{a:g}")
-        rows_by_angle[a] = [r for s in scenes for r in rotated_rows(s, args.axis, a, args.seed, video_dir)]
-    rows_by_angle = common_questions(rows_by_angle)
+    videos = {a: os.path.join(args.out, "videos", f"{args.axis}{a:g}") for a in args.angles}
+    rows_by_angle = common_questions(
+        {a: [r for s in scenes for r in rotated_rows(s, args.axis, a, args.seed, videos[a])] for a in args.angles})
     first, by_model, variants = args.angles[0], {}, {}
     for name, path in zip(model_names(args.model), args.model):
         mdl, tokenizer = qwen.load(path, device=args.device)

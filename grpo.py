@@ -388,8 +388,7 @@ def token_logprobs(model, prompt_inputs, completion_ids, mask, chunk_tokens=4096
     mask is 0. sample()'s positions (prompt_positions, then next_pos[b] + t); the language model runs on N = B*G
     full sequences. Logits exist only at completion positions, `chunk_tokens` at a time, each chunk's lm_head +
     log-softmax checkpointed: backward holds one chunk of (tokens x V) float32 at most (V = 152k for Qwen)."""
-    B, P = prompt_inputs["input_ids"].shape
-    N, T = completion_ids.shape
+    (B, P), (N, T) = prompt_inputs["input_ids"].shape, completion_ids.shape
     G = N // B
     pos, next_pos = prompt_positions(model, prompt_inputs)                 # (3, B, P), (B,)
     embeds = prompt_embeds(model, prompt_inputs).repeat_interleave(G, 0)   # (N, P, H)

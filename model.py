@@ -690,8 +690,7 @@ def main(argv=None):
     if args.golden:
         return make_golden_fixture()
     # a throw-away folder by default: train.py builds its own tiny_model/ with a tokenizer fitted to its data
-    out_dir = args.out or tempfile.mkdtemp(prefix="tiny_model_")
-    build_tiny(out_dir, demo_texts())
+    out_dir = build_tiny(args.out or tempfile.mkdtemp(prefix="tiny_model_"), demo_texts())
     model, tok = load(out_dir, dtype=torch.float32, device="cpu")
     print(f"tiny Qwen2.5-VL in {out_dir}/: {count_params(model):,} parameters "
           f"(vision {count_params(model.model.visual):,}), vocabulary {len(tok)} tokens")

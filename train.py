@@ -16,8 +16,8 @@ Qwen2.5-VL does), which `--preset base` made: phase 0 (run_vision) and the super
 
 Run: `python train.py` (about 11 min on 2 CPU cores); `--resume` after an interruption; `--preset` picks PRESETS;
 `torchrun --nproc_per_node N train.py ...` runs N data-parallel ranks. Outputs go to runs/NAME/ (README.md, "What
-train.py logs"); a kill at any instant leaves a run that --resume finishes. Below the "support" marker: what a run
-needs and the paper does not describe.
+train.py logs"); a kill at any instant leaves a run that --resume finishes. Below the "support" marker: what the
+paper does not describe.
 Letters: B prompts, G completions per prompt, N = B*G, n rows of a GRPO micro-batch, T completion, P prompt tokens.
 """
 import argparse
@@ -34,7 +34,6 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub: a missing local folder fails in seconds, not minutes
 
@@ -49,7 +48,7 @@ import model as qwen
 import rewards
 
 
-@dataclass
+@dataclasses.dataclass
 class Config:
     # run
     preset: str = "tiny"            # tiny (GRPO from the shipped tiny base, CPU, minutes) | base (remake that base: 2
@@ -311,7 +310,7 @@ def run_grpo(r, step):
     return step
 
 
-@dataclass
+@dataclasses.dataclass
 class Rollout:
     """One GRPO step's samples, what the update and the log need (N = B*G completions, T tokens)."""
     rows: list                  # the B prompts' dataset rows
@@ -430,7 +429,7 @@ def final_report(r):
 # --- support: no paper content below (setup, checkpoints and resume, held-out tables, logging, data parallelism) ---
 
 
-@dataclass
+@dataclasses.dataclass
 class Run:
     """What the phases of one run share: settings, folder runs/NAME, device, number type, and the usable rows."""
     cfg: Config
@@ -444,8 +443,6 @@ class Run:
 
 RESUMABLE = ("lr", "sft_lr", "vision_lr", "sft_steps", "grpo_steps", "eval_every", "ckpt_every", "keep_ckpts",
              "threads", "plot_every", "sample_every")   # what --resume may change; anything else makes another run
-
-
 POSITIVE = ("frames", "sft_batch", "batch", "micro_batch", "G", "max_new_tokens", "eval_every", "eval_n",
             "ckpt_every", "keep_ckpts", "sample_every", "plot_every", "threads", "max_prompt_tokens", "vision_batch")
 
@@ -1248,8 +1245,7 @@ def load_checkpoint_state(mdl, opt, weights, opt_state):
 def log_held_out(r, mdl, tok, step, tag):
     """Quick held-out evaluation on the val rows, printed and logged with phase "eval": the reward parts with each
     question's own video, and the answer reward with another scene's video (the wrong-video control)."""
-    t0 = time.time()
-    rows = r.val_rows
+    t0, rows = time.time(), r.val_rows
     summary = mean_parts(evaluate(r, mdl, tok, rows))
     wrong = mean_parts(evaluate(r, mdl, tok, rows, swap=wrong_videos(rows, r.cfg.seed)))
     summary["answer_wrong_video"] = wrong["answer"]
