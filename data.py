@@ -8,8 +8,7 @@ Run (each command's flags: `python data.py COMMAND --help`):
   python data.py bench                             # read_frames(16) vs decoding every frame of a 2-min video
 
 `--n` counts scenes (= videos), each with up to `--questions` rows of different tasks (the files: make_dataset);
-`--n 2000` takes ~2 min and ~60 MB on 2 CPU cores. make's defaults are train.py's set (data/synth, SCENES, seed 0);
-it renders into a temporary folder renamed into place at the end: an interrupted make leaves no set.
+`--n 2000` takes ~2 min and ~60 MB on 2 CPU cores. make's defaults are train.py's set (data/synth, SCENES, seed 0).
 
 Letters in shape comments: F frames, H height, W width, N objects (or frames of a whole video), K points.
 Time: `sec` is a time in seconds; `frame` (and `t` in a `<graph t=...>` block) is a source-frame index.
@@ -180,10 +179,9 @@ def from_video_r1(item):
         raise BadRow("path", "missing video path")
     process = item.get("process")
     return {"id": str(item.get("problem_id", "")) or None, "video": item["path"], "question": item.get("problem"),
-            "options": options, "answer": ans, "answer_type": at,
-            "task": str(item.get("data_source") or ptype), "time_window": None, "graphs": None,
-            "reasoning": f"{process.strip()}<answer>{ans if at == 'mc' else text}</answer>"
-            if isinstance(process, str) and process.strip() else None}
+            "options": options, "answer": ans, "answer_type": at, "task": str(item.get("data_source") or ptype),
+            "time_window": None, "graphs": None, "reasoning": f"{process.strip()}<answer>"
+            f"{ans if at == 'mc' else text}</answer>" if isinstance(process, str) and process.strip() else None}
 
 
 def load_rows(path, skip_bad=False, skipped=None):
@@ -483,9 +481,8 @@ def write_video(path, frames, fps=CLIP_FPS, times=None, codec="libx264", gop=Non
         if gop:
             s.codec_context.gop_size = int(gop)
         if codec == "libx264":
-            s.codec_context.options = {"qp": str(qp), "preset": preset, "threads": "1",
-                                       **({"x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
-                                          if gop else {})}
+            s.codec_context.options = {"qp": str(qp), "preset": preset, "threads": "1", **(
+                {"x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"} if gop else {})}
         if rotation:
             s.set_display_rotation(rotation)
         for i, img in enumerate(itertools.chain([first], frames)):
@@ -1293,8 +1290,6 @@ def read_jsonl(path):
     return out
 
 
-# --- bench and command line -----------------------------------------------------------------------------------------
-
 def _bench_video(path, seconds=120, fps=30, size=(360, 640), gop=30):
     """A long test video (made once, cached): a textured panorama panning by 2 px per frame."""
     if not os.path.exists(path):
@@ -1377,7 +1372,6 @@ def main(argv=None):
                                                                (2, args.max_objects), roll_share=args.roll_share,
                                                                max_roll=args.max_roll))
     print(f"rows {counts} in {time.time() - t:.0f} s -> {args.out}")
-    return None
 
 
 if __name__ == "__main__":

@@ -1,9 +1,8 @@
-r"""Evaluation of Video-STR checkpoints with each benchmark's own metric, side by side; the rotation stress test;
-the toy Table 2.
+r"""Evaluation of Video-STR checkpoints with each benchmark's own metric, side by side (any number of checkpoints
+on one file of questions, a column per model); the rotation stress test; the toy Table 2.
 
 Paper: Video-STR (arXiv 2510.10976) Sec. 5 reports STI-Bench, V-STaR, VSI-Bench, SPAR-Bench, Video-MME and
-TempCompass, inferring with 32 frames and greedy decoding. This file scores any number of checkpoints on one file
-of questions and prints one table with a column per model.
+TempCompass, inferring with 32 frames and greedy decoding.
 
 Scoring rules. Every row carries `rule`, the benchmark whose own public scoring code scores it (set by its adapter
 below; rows in our format: "ours"); `score` is that benchmark's headline metric, computed by the function named:
@@ -28,7 +27,7 @@ prompt is model.build_prompt's for every benchmark; STI-Bench uses at most 30 fr
 model is asked as it was trained: with its --variant's instruction (train.py saves it in config.json;
 data.with_think).
 
-Run (each command's flags: `python eval.py COMMAND --help`; README step 3 and "The toy Table 2" show them at work):
+Run (each command's flags: `python eval.py COMMAND --help`; README.md's "Other runs" and RESULTS.md show them):
   python eval.py --model tiny_base --model runs/default/final --data data/synth/test.jsonl   # score, side by side
   python eval.py demo                              # hand-written completions, good and poor, scored without a model
   python eval.py rotation --model tiny_base --axis roll --angles 0 30 90   # the rotation stress test
@@ -290,16 +289,12 @@ def bootstrap_mean_ci(values, n_boot=N_BOOT, seed=0, level=0.95):
     return bootstrap_task_mean_ci({"": values}, n_boot, seed, level)
 
 
-def vsi_task(task):
-    """VSI-Bench merges object_rel_direction_easy/_medium/_hard into object_rel_direction before the overall."""
-    return re.sub(r"_(easy|medium|hard)$", "", task)
-
-
 def unweighted_task_mean(task_means):
-    """VSI-Bench overall: mean over task families of (mean over the family's tasks of the task mean)."""
+    """VSI-Bench overall: mean over task families of (mean over the family's tasks of the task mean); VSI-Bench
+    merges object_rel_direction_easy/_medium/_hard into one family, object_rel_direction, before the overall."""
     families = {}
     for task, m in task_means.items():
-        families.setdefault(vsi_task(task), []).append(m)
+        families.setdefault(re.sub(r"_(easy|medium|hard)$", "", task), []).append(m)
     return float(np.mean([np.mean(v) for v in families.values()]))
 
 
@@ -358,12 +353,12 @@ def summarize(rows, scored, n_boot=N_BOOT, seed=0):
 # --- rotation stress test -------------------------------------------------------------------------------------------
 # Theorem 1: Phi(RX, C) = Phi(X, C) for a rotation R about the camera centre C. The synthetic test scenes
 # (scenes.jsonl beside the rows) are re-rendered with the camera turned by each angle (scene["camera"]["offset"],
-# applied by data.camera_pose, through which every pose of data.py passes), the questions remade with a fixed rng
-# (same question texts at every angle; answers and graphs from the turned camera), and each model scored at each
-# angle. --axis as data.offset_pose defines it: yaw and roll turn about C (Theorem 1 exactly); orbit round the
-# objects' start centroid keeps d_ij, not a_ij. Under yaw objects leave the 60 deg view beyond ~20 deg (the plot
-# shows the share in view). Camera-frame coordinates move, edges do not: a model that has learned relations keeps
-# R_e (for a model that writes centres alone, R_e of the edges its centres imply: edge_from_centres).
+# applied by data.camera_pose, through which every pose of data.py passes), the questions remade (a fixed rng: the
+# same texts, answers and graphs of the turned camera), each model scored at each angle. --axis as data.offset_pose
+# defines it: yaw and roll turn about C (Theorem 1 exactly); orbit round the objects' start centroid keeps d_ij, not
+# a_ij. Under yaw objects leave the 60 deg view beyond ~20 deg (the plot shows the share in view). Camera-frame
+# coordinates move, edges do not: a model that has learned relations keeps R_e (one that writes centres alone: R_e
+# of the edges they imply, edge_from_centres).
 
 def with_offset(scene, axis, deg):
     """A copy of a scene whose camera is turned by deg degrees (the pivot of an orbit: objects' start centroid)."""
@@ -497,11 +492,9 @@ def rotation(args):
     torch.set_num_threads(args.threads)
     ids = scene_ids(data.load_rows(args.data))[:args.scenes]
     scenes = load_scenes(os.path.dirname(os.path.abspath(args.data)), ids)
-    rows_by_angle = {}
-    for a in args.angles:
-        video_dir = os.path.join(args.out, "videos", f"{args.axis}{a:g}")
-        rows_by_angle[a] = [r for s in scenes for r in rotated_rows(s, args.axis, a, args.seed, video_dir)]
-    rows_by_angle = common_questions(rows_by_angle)
+    videos = {a: os.path.join(args.out, "videos", f"{args.axis}{a:g}") for a in args.angles}
+    rows_by_angle = common_questions(
+        {a: [r for s in scenes for r in rotated_rows(s, args.axis, a, args.seed, videos[a])] for a in args.angles})
     first, by_model, variants = args.angles[0], {}, {}
     for name, path in zip(model_names(args.model), args.model):
         mdl, tokenizer = qwen.load(path, device=args.device)
@@ -612,10 +605,7 @@ def ablation(args):
     print(f"wrote {args.out}/ablation.md, ablation.json, ablation.png")
 
 
-# --- support: no paper content below --------------------------------------------------------------------------------
-
-
-# --- benchmark adapters ---------------------------------------------------------------------------------------------
+# --- support: no paper content below; benchmark adapters ------------------------------------------------------------
 
 # Each raises data.BadRow(field, why, where) for a bad row; `where` is "FILE row K" (K counted from 0).
 
@@ -673,10 +663,9 @@ def from_stibench(rec, root, where):
     if te < ts:
         raise BadRow("time_end", f"{te} < time_start {ts}", where)
     return {"id": f"sti-{need(rec, 'ID', where)}", "video": os.path.join(root, str(need(rec, "Video", where))),
-            "question": str(need(rec, "Question", where)), "options": options,
-            "answer": letter(need(rec, "Answer", where), len(options), where, "Answer"), "answer_type": "mc",
-            "task": str(rec.get("Task") or "sti"), "scene": rec.get("Scene"), "time_window": [ts, te], "graphs": None,
-            "rule": "stibench"}
+            "question": str(need(rec, "Question", where)), "options": options, "answer_type": "mc",
+            "answer": letter(need(rec, "Answer", where), len(options), where, "Answer"), "rule": "stibench",
+            "task": str(rec.get("Task") or "sti"), "scene": rec.get("Scene"), "time_window": [ts, te], "graphs": None}
 
 
 def from_vstar(rec, root, where):
@@ -881,13 +870,6 @@ def greedy_batch(mdl, tokenizer, rows, videos, max_new_tokens, min_pixels, max_p
     return qwen.decode_completions(tokenizer, ids, mask)                     # (texts, token counts)
 
 
-def run_model(path, rows, args, tag):
-    """ask() one checkpoint every row (greedy, batched); the model is freed on return."""
-    import model as qwen
-    mdl, tokenizer = qwen.load(path, device=args.device)
-    return ask(mdl.eval(), tokenizer, rows, args, tag)
-
-
 def model_variant(mdl):
     """The --variant a checkpoint was trained as (train.py saves it in config.json; "graph" when absent)."""
     variant = getattr(mdl.config, "video_str_variant", None) or "graph"
@@ -899,8 +881,7 @@ def model_variant(mdl):
 def ask(mdl, tokenizer, rows, args, tag):
     """eval.py's questions to a loaded model, asked as its variant asks (data.with_think): complete() with a row
     left out (BadRow without --skip_bad) when its prompt is longer than --max_prompt_tokens or its video does not
-    decode (data.VideoError / FileNotFoundError: damage the cheap checks cannot see). Returns (completions,
-    {row index: why})."""
+    decode (data.clip_problem: damage the cheap checks cannot see). Returns (completions, {row index: why})."""
     import model as qwen
 
     def clip(row):
@@ -937,11 +918,9 @@ def complete(mdl, tokenizer, rows, clip, batch, max_new_tokens, min_pixels, max_
                 texts[i], lengths[i] = text, n_tok
         if tag:
             done = min(lo + batch, len(rows))
-            rate = done / max(time.time() - t0, 1e-9)
-            eta = (len(rows) - done) / rate if rate > 0 else float("inf")
-            sys.stderr.write(f"\r[{tag}] {done}/{len(rows)} rows  {rate:.2f} rows/s  ETA {eta:5.0f} s "
-                             + "\n" * (done == len(rows)))
-            sys.stderr.flush()
+            rate = done / max(time.time() - t0, 1e-9)                # > 0: done >= 1
+            print(f"\r[{tag}] {done}/{len(rows)} rows  {rate:.2f} rows/s  ETA {(len(rows) - done) / rate:5.0f} s ",
+                  end="\n" * (done == len(rows)), file=sys.stderr, flush=True)
     return texts, lengths, problems
 
 
@@ -1007,7 +986,7 @@ def cli():
                        "does not open or decode, a prompt over --max_prompt_tokens) instead of stopping; the rest is "
                        "scored and written")
         q.add_argument("--max_prompt_tokens", type=int, default=data.MAX_PROMPT_TOKENS, help="rows whose prompt "
-                       "text has more tokens (model.prompt_tokens, video not counted) are bad rows")
+                       "text has more tokens (model.prompt_problem, video not counted) are bad rows")
     for q, out in ((p, "out/eval"), (rot, "out/rotation"), (ab, "out/ablation")):
         q.add_argument("--out", default=out)
         q.add_argument("--n_boot", type=int, default=N_BOOT, help="bootstrap resamples of the 95 %% intervals")
@@ -1040,13 +1019,15 @@ def score(args):
             raise BadRow(None, "no checkpoint folder there (config.json, *.safetensors, tokenizer)",
                          f"--model {path}")
     import torch
+    import model as qwen
     torch.set_num_threads(args.threads)
     rows, fmt, skipped = load_benchmark(args.data, args.format, args.video_root, args.skip_bad)
     rows, missing = rows_with_videos(rows[:args.limit] if args.limit else rows, args.skip_bad)
     print(f"{args.data}: format {fmt}, {len(rows)} rows to score, {skipped} bad rows and {missing} rows without a "
           f"usable video skipped; {args.frames} frames, greedy, at most {args.max_new_tokens} new tokens; each row "
           f"scored by its benchmark's own rule (docstring), not train.py's training-reward table", file=sys.stderr)
-    outputs = {name: run_model(path, rows, args, name) for name, path in zip(model_names(args.model), args.model)}
+    outputs = {name: ask(*qwen.load(path, device=args.device), rows, args, name)      # each model freed after it
+               for name, path in zip(model_names(args.model), args.model)}
     problems = {i: why for _, found in outputs.values() for i, why in found.items()}
     asked = [i for i in range(len(rows)) if i not in problems]         # every column scores the same rows
     skipped_rows = [f"{rows[i].get('file_line', rows[i].get('id'))}: {why}" for i, why in problems.items()]

@@ -21,12 +21,9 @@ one decimal; DIST metres, one decimal; ANGLE whole degrees. A full example with 
 The parser never raises: a block that is truncated, nested or malformed is skipped, a node or edge it cannot read
 is dropped, an edge whose names are not nodes of the block is ignored.
 
-Rewards (the paper gives no formulas; these follow its description and SpaceR's map reward):
-    node_reward  R_n: greedy matching by centre distance within each category, pair score max(0, 1 - dist/TAU_NODE),
-                 per category sum / max(n_pred, n_gt), categories weighted by their ground-truth counts.
-    edge_reward  R_e: over ground-truth edges between matched nodes, 1/2 relative accuracy of d plus
-                 1/2 max(0, 1 - |delta a| / ANGLE_TOL); an edge not predicted scores 0.
-    graph_reward R_graph = mean over the k ground-truth frames of (R_n + R_e), in [0, 2].
+Rewards (the paper gives no formulas; these follow its description and SpaceR's map reward): node_reward R_n
+(centres matched greedily within each category), edge_reward R_e (d and a of the edges between matched nodes),
+graph_reward R_graph = mean over the k ground-truth frames of (R_n + R_e), in [0, 2]; each docstring has the formula.
 
 Run: `python graph.py [--out graph_demo.png]` prints the invariance on a random scene and draws it.
 """
@@ -166,9 +163,8 @@ def parse_graphs(text):
 
 def match_nodes(pred_nodes, gt_nodes):
     """Greedy matching within each category, closest pairs first. Returns {gt index: (pred index, distance)}."""
-    pairs = sorted((float(np.linalg.norm(np.subtract(p.center, g.center))), gi, pi)
-                   for gi, g in enumerate(gt_nodes) for pi, p in enumerate(pred_nodes)
-                   if p.category == g.category)
+    pairs = sorted((float(np.linalg.norm(np.subtract(p.center, g.center))), gi, pi) for gi, g in enumerate(gt_nodes)
+                   for pi, p in enumerate(pred_nodes) if p.category == g.category)
     matched, used = {}, set()
     for dist, gi, pi in pairs:
         if gi not in matched and pi not in used:
@@ -227,9 +223,7 @@ def graph_reward(pred_graphs, gt_graphs):
     A frame the prediction omits scores 0; of several predicted blocks for one frame the first counts."""
     if not gt_graphs:
         return 0.0, {"node": 0.0, "edge": 0.0, "frames_found": 0.0}
-    by_frame = {}
-    for g in pred_graphs:
-        by_frame.setdefault(g.frame, g)
+    by_frame = {g.frame: g for g in reversed(pred_graphs)}               # the first block of a frame counts
     r_n = r_e = found = 0.0
     for gt in gt_graphs:
         pred = by_frame.get(gt.frame)
@@ -277,12 +271,8 @@ def plot_graphs(graphs, titles, path):
             ax.annotate(n.category, (x, z), textcoords="offset points", xytext=(6, 6), fontsize=9)
         ax.plot(0, 0, "k^", ms=12)
         ax.annotate("camera", (0, 0), textcoords="offset points", xytext=(6, -12), fontsize=9)
-        ax.set_xlabel("x (m, right)")
-        ax.set_ylabel("z (m, forward)")
+        ax.set(xlabel="x (m, right)", ylabel="z (m, forward)", xlim=(-5, 5), ylim=(-0.5, 9), aspect="equal")
         ax.set_title(title, fontsize=10)
-        ax.set_xlim(-5, 5)
-        ax.set_ylim(-0.5, 9)
-        ax.set_aspect("equal")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

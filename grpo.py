@@ -12,16 +12,14 @@ Variants are flags of the same functions, not copies:
   * Dr. GRPO: `group_advantages(scale=False)` (no division by std) and `policy_loss(agg="const")`
     (sum over tokens / (sequences x max length): no 1/|o_i| length bias).
   * DAPO: `policy_loss(agg="token", clip_eps_high=0.28, beta=0)` (token-level mean, clip-higher, no KL).
-  * mu = 1 (the default, as Video-R1 and nanochat's chat_rl.py): on policy, so no ratio and no clip:
-    `old_logp=None` uses rho = exp(logp - logp.detach()) = 1, whose gradient is grad log pi (not 0), and the
-    clip is skipped (it could never act). The clip only matters for mu > 1, where old_logp is given.
+  * mu = 1 (the default, as Video-R1 and nanochat's chat_rl.py): on policy, `old_logp=None`: rho =
+    exp(logp - logp.detach()) = 1, whose gradient is grad log pi (not 0); the clip could never act and is skipped.
 
-Differences from the paper: none in the formulas; the paper does not say which aggregation it uses,
-the default here is DeepSeekMath's ("seq"). The log-ratio inside the KL is clamped to +-10 as Video-R1
-does, so a bf16 outlier token cannot produce an inf.
+Differences from the paper: none in the formulas; the paper does not say which aggregation it uses (here
+DeepSeekMath's, "seq"). The log-ratio inside the KL is clamped to +-10 as Video-R1 does, so a bf16 outlier token
+cannot produce an inf.
 
-Letters used in shape comments: B prompts, G completions per prompt, N = B*G sequences, T completion tokens
-(padded), P prompt tokens, V vocabulary.
+Shape letters: B prompts, G completions per prompt, N = B*G, T completion tokens (padded), P prompt tokens, V vocab.
 Run: `python grpo.py` (a worked example of the loss), `python grpo.py bench` (the sampler against model.generate,
 fp32 against bf16, tiny model), `python grpo.py bench_rollout [--shape 7b|tiny ...]` (decode steps against the
 weights-read floor; `--help` lists the flags).
@@ -29,7 +27,6 @@ weights-read floor; `--help` lists the flags).
 import argparse
 import contextlib
 import functools
-import sys
 import tempfile
 import time
 import warnings
@@ -46,8 +43,7 @@ def group_advantages(rewards, G, scale=True, eps=1e-4):
     scale=True:  A_i = (r_i - mean(r)) / (std(r) + eps)  (GRPO; std is the unbiased sample std, as TRL).
     scale=False: A_i = r_i - mean(r)  (Dr. GRPO: dividing by std over-weights too easy / too hard prompts).
     A group whose rewards are all equal (max == min) gets A = 0 exactly (no signal), never NaN: the float32 mean
-    of G equal values can be 1 ulp off the value, which divided by std + eps would give +-0.001.
-    """
+    of G equal values can be 1 ulp off the value, which divided by std + eps would give +-0.001."""
     r = rewards.float().view(-1, G)                       # (B, G)
     adv = r - r.mean(dim=1, keepdim=True)                 # (B, G)
     if scale:
@@ -70,12 +66,10 @@ def kl_k3(logp, ref_logp):
 
 
 def aggregate(per_token, mask, agg="seq", const_len=None):
-    """Reduce a per-token quantity (N, T) to a scalar, the three ways the GRPO family does it.
-
+    """Reduce a per-token quantity (N, T) to a scalar, the three ways the GRPO family does it:
     "seq":   1/N sum_i 1/|o_i| sum_t x_it        (DeepSeekMath GRPO: token mean per sequence, then mean)
     "token": sum_it x_it / sum_it mask_it        (DAPO: every token of the batch weighs the same)
-    "const": sum_it x_it / (N * const_len)       (Dr. GRPO: a constant normaliser; const_len defaults to T)
-    """
+    "const": sum_it x_it / (N * const_len)       (Dr. GRPO: a constant normaliser; const_len defaults to T)"""
     m = mask.to(per_token.dtype)                          # (N, T)
     total = per_token * m                                 # (N, T)
     if agg == "seq":
@@ -90,7 +84,6 @@ def aggregate(per_token, mask, agg="seq", const_len=None):
 def policy_loss(logp, old_logp, ref_logp, adv, mask, clip_eps=0.2, clip_eps_high=None, beta=0.04,
                 agg="seq", const_len=None, entropy=None):
     """Loss = -J(theta), the clipped GRPO surrogate minus beta * KL (module docstring for J).
-
     logp:     (N, T) log pi_theta of the sampled tokens, with grad.
     old_logp: (N, T) log pi_old at sampling time, or None for mu = 1 (then pi_old = pi_theta.detach()).
     ref_logp: (N, T) log pi_ref (the frozen start policy), or None / beta = 0 to drop the KL term.
@@ -98,8 +91,7 @@ def policy_loss(logp, old_logp, ref_logp, adv, mask, clip_eps=0.2, clip_eps_high
     mask:     (N, T) 1 on completion tokens, 0 on padding after EOS.
     clip_eps / clip_eps_high: the band [1 - clip_eps, 1 + clip_eps_high] (DAPO clip-higher when they differ).
     entropy:  optional (N, T) per-token entropy, only reported.
-    Returns (loss scalar, stats dict of floats: kl, clip_frac, ratio_mean, entropy).
-    """
+    Returns (loss scalar, stats dict of floats: kl, clip_frac, ratio_mean, entropy)."""
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
     m = mask.to(logp.dtype)                                            # (N, T)
     a = adv.to(logp.dtype).unsqueeze(1)                                # (N, 1) A_i
@@ -179,7 +171,6 @@ def sample(model, prompt_inputs, G, max_new_tokens, temperature=1.0, top_p=1.0, 
            generator=None, pad_id=None, decoder="auto"):
     """G completions per prompt with a KV cache: prefill each prompt (video included) ONCE, repeat its cache
     G times (rows i*G .. i*G+G-1 belong to prompt i), then one token per step for all N = B*G sequences.
-
     prompt_inputs: make_inputs(...) of B left-padded prompts. temperature 0 = greedy. A sequence stops at its
     first token in eos_ids (that token is kept and masked 1); later positions hold pad_id with mask 0.
     suppress_ids (e.g. the vision placeholder tokens) are never sampled. decoder (DECODERS, rollout_decoder):
@@ -188,8 +179,7 @@ def sample(model, prompt_inputs, G, max_new_tokens, temperature=1.0, top_p=1.0, 
     from `generator` after the last end. "auto": a graph that fails to capture falls back to static, with a warning.
     Returns completion_ids (N, T) long, mask (N, T) long, logp (N, T) float32: log softmax(logits)[token] of the
     RAW model (temperature 1, no top-p, no suppression), i.e. log pi_theta(o_t | q, o_<t), exactly what
-    token_logprobs() computes by teacher forcing, NOT the log-probability under the sampling distribution.
-    """
+    token_logprobs() computes by teacher forcing, NOT the log-probability under the sampling distribution."""
     if max_new_tokens < 1:
         raise ValueError(f"grpo.sample: max_new_tokens must be >= 1, got {max_new_tokens}")
     import model as qwen
@@ -398,8 +388,7 @@ def token_logprobs(model, prompt_inputs, completion_ids, mask, chunk_tokens=4096
     mask is 0. sample()'s positions (prompt_positions, then next_pos[b] + t); the language model runs on N = B*G
     full sequences. Logits exist only at completion positions, `chunk_tokens` at a time, each chunk's lm_head +
     log-softmax checkpointed: backward holds one chunk of (tokens x V) float32 at most (V = 152k for Qwen)."""
-    B, P = prompt_inputs["input_ids"].shape
-    N, T = completion_ids.shape
+    (B, P), (N, T) = prompt_inputs["input_ids"].shape, completion_ids.shape
     G = N // B
     pos, next_pos = prompt_positions(model, prompt_inputs)                 # (3, B, P), (B,)
     embeds = prompt_embeds(model, prompt_inputs).repeat_interleave(G, 0)   # (N, P, H)

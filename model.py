@@ -21,7 +21,6 @@ import functools
 import json
 import math
 import os
-import sys
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: no hub retries
@@ -65,8 +64,9 @@ CHAT_TEMPLATE = (
 # rope_theta: Qwen's 1e6. Every position pair below ~150 tokens apart then keeps some slowly turning channels, so the
 # answer tokens can find the video tokens by content. A small theta (10) turns every channel by > 0.1 rad per
 # position: text 150 tokens after the video sees the video at scrambled angles and the tiny model never learned to
-# read it (colour names stayed at chance, ln 4, after 700 warm-up steps; README, experiment table). Where an object
-# sits in the frame is the vision tower's job instead (the bonnet stripe of data.py gives it a fixed reference).
+# read it (colour names stayed at chance, ln 4, after 700 warm-up steps: RESULTS.md, "What was tried to make the
+# tiny model read the video"). Where an object sits in the frame is the vision tower's job instead (the bonnet
+# stripe of data.py gives it a fixed reference).
 TINY = dict(vocab_size=1024, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
             intermediate_size=192, rope_theta=1e6, max_position_embeddings=4096,
             vision_hidden_size=64, vision_depth=2, vision_num_heads=4, vision_intermediate_size=192,
@@ -111,12 +111,10 @@ def vl_config(s, ids, **text):
     vision tower's output width is the text hidden size."""
     half = s["hidden_size"] // s["num_attention_heads"] // 2    # a head's rotary frequencies, split (t, h, w)
     t, h = half // 4, (half - half // 4) // 2                    # like Qwen's mrope_section [16, 24, 24] of 64
-    text.update(vocab_size=s["vocab_size"], hidden_size=s["hidden_size"], intermediate_size=s["intermediate_size"],
-                num_hidden_layers=s["num_hidden_layers"], num_attention_heads=s["num_attention_heads"],
-                num_key_value_heads=s["num_key_value_heads"], max_position_embeddings=s["max_position_embeddings"],
-                rope_parameters={"rope_type": "default", "rope_theta": s["rope_theta"],
-                                 "mrope_section": [t, h, half - t - h]},
-                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"])
+    text.update({k: s[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                   "num_attention_heads", "num_key_value_heads", "max_position_embeddings")},
+                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], rope_parameters={
+                    "rope_type": "default", "rope_theta": s["rope_theta"], "mrope_section": [t, h, half - t - h]})
     depth = s["vision_depth"]
     vision = dict(depth=depth, hidden_size=s["vision_hidden_size"], num_heads=s["vision_num_heads"],
                   intermediate_size=s["vision_intermediate_size"], out_hidden_size=s["hidden_size"],
@@ -142,8 +140,7 @@ def build_tiny(out_dir, texts, seed=0, **overrides):
     im_end, eot = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
     model.generation_config = GenerationConfig(eos_token_id=[im_end, eot], pad_token_id=eot, bos_token_id=eot,
                                                do_sample=False)
-    os.makedirs(out_dir, exist_ok=True)
-    model.save_pretrained(out_dir)
+    model.save_pretrained(out_dir)                                       # makes the folder
     tokenizer.save_pretrained(out_dir)
     return out_dir
 
@@ -315,15 +312,11 @@ def chat_template():
     return jinja2.Environment().from_string(CHAT_TEMPLATE)
 
 
-def prompt_tokens(tokenizer, row):
-    """Text tokens of a row's prompt (build_prompt; the video's tokens not counted, its placeholder counts 1)."""
-    return len(tokenizer(build_prompt(row), add_special_tokens=False)["input_ids"])
-
-
 def prompt_problem(tokenizer, row, max_tokens):
-    """Why a row's prompt is too long to ask (over max_tokens text tokens), or None. train.py and eval.py skip
-    such rows (--max_prompt_tokens) instead of running out of memory on them: a 1 MB question is ~400k tokens."""
-    n = prompt_tokens(tokenizer, row)
+    """Why a row's prompt is too long to ask (over max_tokens text tokens of build_prompt; the video's tokens not
+    counted, its placeholder counts 1), or None. train.py and eval.py skip such rows (--max_prompt_tokens) instead
+    of running out of memory on them: a 1 MB question is ~400k tokens."""
+    n = len(tokenizer(build_prompt(row), add_special_tokens=False)["input_ids"])
     return f"prompt of {n} tokens exceeds --max_prompt_tokens {max_tokens}" if n > max_tokens else None
 
 
@@ -381,14 +374,12 @@ def decode_completions(tokenizer, ids, mask):
 
 def demo_texts():
     """A small corpus for the tiny tokenizer: reference completions in data.py's row format + prompts."""
-    rows = [
-        {"id": "d0", "question": "Which object is closest to the red cube?", "answer_type": "mc", "answer": "B",
-         "options": ["blue ball", "green cone", "yellow cylinder", "red cube"], "time_window": None},
-        {"id": "d1", "question": "How far apart are the blue ball and the green cone, in metres?",
-         "answer_type": "num", "answer": 2.4, "options": None, "time_window": None},
-        {"id": "d2", "question": "When does the yellow cylinder move?", "answer_type": "iou",
-         "answer": [1.0, 2.5], "options": None, "time_window": [0.0, 8.0]},
-    ]
+    rows = [{"id": "d0", "question": "Which object is closest to the red cube?", "answer_type": "mc", "answer": "B",
+             "options": ["blue ball", "green cone", "yellow cylinder", "red cube"], "time_window": None},
+            {"id": "d1", "question": "How far apart are the blue ball and the green cone, in metres?",
+             "answer_type": "num", "answer": 2.4, "options": None, "time_window": None},
+            {"id": "d2", "question": "When does the yellow cylinder move?", "answer_type": "iou",
+             "answer": [1.0, 2.5], "options": None, "time_window": [0.0, 8.0]}]
     completions = [
         "<think><graph t=0> red cube (1.2,0.4,5.1); blue ball (-0.8,0.4,6.0) | red cube-blue ball d=2.2 a=21 "
         "</graph> <graph t=31> red cube (0.9,0.4,4.7); blue ball (-1.1,0.4,5.6) | red cube-blue ball d=2.2 a=24 "
@@ -412,12 +403,6 @@ def set_checkpointing(model, on=True):
     verb = "enable" if on else "disable"
     fn = getattr(model, f"activation_checkpointing_{verb}", None) or getattr(model, f"gradient_checkpointing_{verb}")
     fn(*([{"use_reentrant": False}] if on else []))
-    return model
-
-
-def freeze_vision(model):
-    """Freeze the vision tower (patch embedding, blocks and merger)."""
-    model.model.visual.requires_grad_(False)
     return model
 
 
@@ -545,8 +530,7 @@ def param_counts(config):
 def estimate_memory(config, lora_rank, batch, seq_len, dtype=torch.bfloat16, vision_patches=0,
                     completion_len=None, freeze_vision_tower=False, shards=1):
     """Training memory in GiB for `batch` sequences of `seq_len` tokens (rough, per GPU; `shards` > 1: per rank of
-    FSDP2, see below).
-
+    FSDP2, see below):
     weights    P * b                  (b = bytes of dtype; LoRA adapters in fp32 on top)
     grads      trainable * b          (LoRA: fp32 adapters, 4 bytes)
     optimizer  AdamW m, v in fp32 (8 bytes / trainable) + an fp32 master copy (4) when weights are not fp32
@@ -559,8 +543,7 @@ def estimate_memory(config, lora_rank, batch, seq_len, dtype=torch.bfloat16, vis
     shards     FSDP2 (torch.distributed.fsdp.fully_shard per decoder layer over `shards` ranks): weights, grads,
                optimizer state and the reference copy are split evenly; each rank holds on top two unsharded
                decoder layers in b bytes (the one computing and the one prefetched), the `gathered` entry.
-               Activations and logits are per rank and do not shrink (each rank has its own `batch`).
-    """
+               Activations and logits are per rank and do not shrink (each rank has its own `batch`)."""
     b = torch.finfo(dtype).bits // 8
     tc, vc = config.text_config, config.vision_config
     total, vision, shapes = param_counts(config)
@@ -707,8 +690,7 @@ def main(argv=None):
     if args.golden:
         return make_golden_fixture()
     # a throw-away folder by default: train.py builds its own tiny_model/ with a tokenizer fitted to its data
-    out_dir = args.out or tempfile.mkdtemp(prefix="tiny_model_")
-    build_tiny(out_dir, demo_texts())
+    out_dir = build_tiny(args.out or tempfile.mkdtemp(prefix="tiny_model_"), demo_texts())
     model, tok = load(out_dir, dtype=torch.float32, device="cpu")
     print(f"tiny Qwen2.5-VL in {out_dir}/: {count_params(model):,} parameters "
           f"(vision {count_params(model.model.visual):,}), vocabulary {len(tok)} tokens")

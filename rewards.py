@@ -10,9 +10,7 @@
 
 mra (VSI-Bench's), interval_iou and box_iou (V-STaR's) are the benchmarks' own arithmetic exactly, each docstring
 naming its source: eval.py reports benchmark numbers with these functions, and the training reward uses them too.
-
-Each part has a weight (a setting). VARIANTS (train.py --variant, one comment each) set what <think> holds and
-which graph term R has, together.
+Each part has a weight (a setting). VARIANTS (train.py --variant) set what <think> holds and R's graph term.
 Differences from the paper / peers: "correct" for R_l means R_ans >= 0.5 (an exact letter, a number within
 ~25 %, an IoU >= 0.5); Video-R1 also requires that more than one completion of the group is correct, a group
 level rule this per-completion function leaves out. Graphs are read only from the text before the first
@@ -178,21 +176,17 @@ def graph_term(r_node, r_edge, variant="graph"):
 
 def total_reward(completion, n_tokens, row, weights=None, lo=LEN_LO, hi=LEN_HI, bonus=LEN_BONUS, variant="graph"):
     """R = w_f R_format + w_a R_ans + w_g R_graph + w_l R_l for one completion of one dataset row.
-
     row: a dataset row (data.py): answer, answer_type, and optionally graphs (list of Graph dicts).
     Returns (total, parts) with every part unweighted; "graph" is the variant's graph term (graph_term), and
-    the measured R_n, R_e of what was written are "graph_node", "graph_edge" whatever the variant.
-    """
+    the measured R_n, R_e of what was written are "graph_node", "graph_edge" whatever the variant."""
     w = {**DEFAULT_WEIGHTS, **(weights or {})}
-    r_format = format_reward(completion)
     r_answer = answer_reward(extract_answer(completion), row["answer"], row["answer_type"])
-    _, graph_parts = graph_reward_of(completion, row.get("graphs"))
-    r_length = length_reward(n_tokens, r_answer >= CORRECT, lo, hi, bonus)
-    parts = {"format": r_format, "answer": r_answer,
-             "graph": graph_term(graph_parts["node"], graph_parts["edge"], variant), "length": r_length,
-             "graph_node": graph_parts["node"], "graph_edge": graph_parts["edge"]}
-    total = sum(w[k] * parts[k] for k in DEFAULT_WEIGHTS)
-    return total, parts
+    _, g = graph_reward_of(completion, row.get("graphs"))
+    parts = {"format": format_reward(completion), "answer": r_answer,
+             "graph": graph_term(g["node"], g["edge"], variant),
+             "length": length_reward(n_tokens, r_answer >= CORRECT, lo, hi, bonus),
+             "graph_node": g["node"], "graph_edge": g["edge"]}
+    return sum(w[k] * parts[k] for k in DEFAULT_WEIGHTS), parts
 
 
 # --- support: no paper content below (demo) -------------------------------------------------------------------------
@@ -202,13 +196,9 @@ def main(argv=None):
     gt_graph = graph.Graph(0, [graph.Node("red cube", (1.2, 0.4, 5.1)), graph.Node("blue ball", (-0.8, 0.4, 6.0))])
     row = {"answer": "B", "answer_type": "mc", "graphs": [gt_graph.to_dict()]}
     good = f"<think>{graph.to_text(gt_graph)} The ball is farther. </think><answer>B</answer>"
-    cases = {
-        "good": good,
-        "right letter, no graph": "<think>The ball is farther.</think><answer>B</answer>",
-        "hedged 'A or B'": "<think>...</think><answer>A or B</answer>",
-        "no tags": "B",
-        "truncated": good[: len(good) // 2],
-    }
+    cases = {"good": good, "right letter, no graph": "<think>The ball is farther.</think><answer>B</answer>",
+             "hedged 'A or B'": "<think>...</think><answer>A or B</answer>", "no tags": "B",
+             "truncated": good[: len(good) // 2]}
     for name, text in cases.items():
         total, parts = total_reward(text, n_tokens=400, row=row)
         print(f"{name:24s} R={total:.3f}  " + "  ".join(f"{k}={v:.2f}" for k, v in parts.items()))

@@ -1,25 +1,23 @@
-"""Video-STR training: a supervised warm-up, then GRPO with the graph reward (paper Sec. 4), on one device or N
-ranks under torchrun.
+"""Video-STR training: GRPO with the graph reward (paper Sec. 4), after an optional supervised warm-up, on one
+device or N ranks under torchrun.
 
 What one GRPO step does (DeepSeekMath's GRPO, as the paper uses it; run_grpo):
   1. B prompts (video + question); grpo.sample draws G completions each, no grad       -> N = B*G sequences
-  2. rewards.total_reward scores each: R = R_format + R_ans + R_graph + R_l (a weight per part; the graph term
-     as --variant sets it: rewards.VARIANTS)
+  2. rewards.total_reward scores each: R = R_format + R_ans + R_graph + R_l, weighted (--variant: the graph term)
   3. grpo.group_advantages: A_i = (r_i - mean(r)) / (std(r) + eps) within each prompt's group
   4. reference log-probs: the start policy (LoRA adapters switched off, or a frozen copy for full fine-tuning)
   5. grpo.policy_loss: the surrogate minus beta * k3 KL, clipped only when mu > 1 (mu = 1: grpo.py's docstring)
   6. clip the gradient norm, AdamW, cosine schedule with warm-up.
-The default run is GRPO alone from tiny_base/, a tiny Qwen2.5-VL that already sees (as the paper starts from a
-pretrained Qwen2.5-VL). `--preset base` made it: phase 0 (run_vision: the random vision tower learns from the
-rows' ground-truth graphs which objects a key frame shows and where, then stays frozen) and the supervised
-warm-up (run_warmup: teacher-forced cross-entropy on the reference reasoning). `--grpo_steps 0` after a warm-up
-is the paper's SFT baseline. Differences from the paper: the data is synthetic (data.py) and the tiny base was
-made here from random weights; the rest is the paper's recipe with smaller numbers (`--preset paper`: the 7B).
+The default run is GRPO alone from tiny_base/, a tiny Qwen2.5-VL that already sees (as the paper's pretrained
+Qwen2.5-VL does), which `--preset base` made: phase 0 (run_vision) and the supervised warm-up (run_warmup).
+`--grpo_steps 0` after a warm-up is the paper's SFT baseline. Differences from the paper: synthetic data
+(data.py) and a tiny base made here from random weights; the rest is the paper's recipe with smaller numbers
+(`--preset paper`: the 7B).
 
 Run: `python train.py` (about 11 min on 2 CPU cores); `--resume` after an interruption; `--preset` picks PRESETS;
-`torchrun --nproc_per_node N train.py ...` runs N data-parallel ranks. Outputs go to runs/NAME/ (README "What
-train.py logs"); a kill at any instant leaves a run that --resume finishes. Below the "support" marker: what a run
-needs and the paper does not describe.
+`torchrun --nproc_per_node N train.py ...` runs N data-parallel ranks. Outputs go to runs/NAME/ (README.md, "What
+train.py logs"); a kill at any instant leaves a run that --resume finishes. Below the "support" marker: what the
+paper does not describe.
 Letters: B prompts, G completions per prompt, N = B*G, n rows of a GRPO micro-batch, T completion, P prompt tokens.
 """
 import argparse
@@ -36,7 +34,6 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub: a missing local folder fails in seconds, not minutes
 
@@ -51,7 +48,7 @@ import model as qwen
 import rewards
 
 
-@dataclass
+@dataclasses.dataclass
 class Config:
     # run
     preset: str = "tiny"            # tiny (GRPO from the shipped tiny base, CPU, minutes) | base (remake that base: 2
@@ -142,7 +139,7 @@ BASE_SCENE_SEED = 1000         # the base preset's scenes: default_rng([1000, i]
 
 PRESETS = {
     "tiny": {},
-    # The earlier default (README "From scratch in 13 minutes"): it stays blind, kept to show why the base exists.
+    # The earlier default (RESULTS.md "From scratch in 13 minutes"): it stays blind, kept to show why the base exists.
     "scratch": dict(name="scratch", model="tiny_model", vision_steps=700, sft_steps=1300, grpo_steps=130,
                     eval_every=500, lr=2e-4),
     "paper": dict(model="", data="", frames=data.TRAIN_FRAMES, min_pixels=16 * 28 * 28,
@@ -150,14 +147,13 @@ PRESETS = {
                   lora_alpha=128.0, grad_ckpt=True, sft_steps=0, grpo_steps=1000, batch=1, micro_batch=1,
                   max_new_tokens=768, lr=1e-6, len_lo=rewards.LEN_LO, len_hi=rewards.LEN_HI, eval_every=100,
                   eval_n=200, ckpt_every=100, threads=8),   # G, temperature, beta, len_bonus: Config's defaults
-    # The tiny base that sees (README "Remaking the base"; `torchrun --standalone --nproc_per_node 2`, batches per
-    # rank): phase 0 and the warm-up on fresh scenes, each seen about twice; GRPO from it meets scenes it never saw.
+    # The tiny base that sees (RESULTS.md "Remaking the base"; `torchrun --standalone --nproc_per_node 2`, batches
+    # per rank): phase 0 and the warm-up on fresh scenes, each seen about twice; GRPO from it meets unseen scenes.
     "base": dict(name="base", data="data/base", model="base_init", scene_seed=BASE_SCENE_SEED, data_scenes=20000,
                  vision_steps=5000, vision_batch=8, sft_steps=9000, sft_batch=8, grpo_steps=0, eval_every=1500,
                  eval_n=200, ckpt_every=500),
 }
-# One GRPO step of the paper preset on a random model with Qwen2.5-VL-7B's shapes, no weights needed (shape7b;
-# README "A 7B-shaped check"). On a CPU it keeps the widths and cuts the depth and sizes; every size is a flag.
+# --preset shape7b (RESULTS.md "A 7B-shaped check on a CPU"): on a CPU, the widths kept and the depth and sizes cut.
 ON_CPU = dict(shape_layers=2, shape_vision_blocks=2, frames=4, min_pixels=56 * 56, max_pixels=16 * 28 * 28, G=2,
               max_new_tokens=16, threads=2)
 PRESETS["shape7b"] = dict(PRESETS["paper"], name="shape7b", dtype="bf16",
@@ -202,7 +198,8 @@ def run(cfg, run_dir, device, dtype):
 def run_vision(r):
     """Phase 0 (tiny model only): the vision tower and a VisionHead learn which objects a key frame shows and where
     (the rows' ground-truth graphs). A random tiny model's language model cannot pull an untrained visual signal
-    through (README's experiment table); a real Qwen2.5-VL already sees. Exports runs/NAME/vision/."""
+    through (RESULTS.md, "What was tried to make the tiny model read the video"); a real Qwen2.5-VL already sees.
+    Exports runs/NAME/vision/."""
     cfg, run_dir = r.cfg, r.dir
     mdl, tok = qwen.load(cfg.model, dtype=torch.float32, device=r.device)
     clips, held = key_frame_clips(r.train_rows), drop_unreadable(cfg, key_frame_clips(r.val_rows)[:64])[0]
@@ -321,7 +318,7 @@ def run_grpo(r, step):
     return step
 
 
-@dataclass
+@dataclasses.dataclass
 class Rollout:
     """One GRPO step's samples, what the update and the log need (N = B*G completions, T tokens)."""
     rows: list                  # the B prompts' dataset rows
@@ -456,7 +453,7 @@ def final_report(r):
 # --- support: no paper content below (setup, checkpoints and resume, held-out tables, logging, data parallelism) ---
 
 
-@dataclass
+@dataclasses.dataclass
 class Run:
     """What the phases of one run share: settings, folder runs/NAME, device, number type, and the usable rows."""
     cfg: Config
@@ -470,8 +467,6 @@ class Run:
 
 RESUMABLE = ("lr", "sft_lr", "vision_lr", "sft_steps", "grpo_steps", "eval_every", "ckpt_every", "keep_ckpts",
              "threads", "plot_every", "sample_every")   # what --resume may change; anything else makes another run
-
-
 POSITIVE = ("frames", "sft_batch", "batch", "micro_batch", "G", "max_new_tokens", "eval_every", "eval_n",
             "ckpt_every", "keep_ckpts", "sample_every", "plot_every", "threads", "max_prompt_tokens", "vision_batch")
 
@@ -632,7 +627,7 @@ def ensure_model(cfg, train_rows):
         return
     if cfg.preset == "paper" or cfg.vision_steps == 0:
         raise SystemExit(f"no model at {cfg.model!r}: pass --model with a local Qwen2.5-VL folder (tiny_base/ is in "
-                         f"the repo: `git checkout tiny_base` restores it; README \"Remaking the base\" remakes it)")
+                         f"the repo: `git checkout tiny_base` restores it; README.md's \"Other runs\" remakes it)")
     texts = [qwen.build_prompt(r) + (r.get("reasoning") or "") for r in train_rows]
     print(f"building the tiny Qwen2.5-VL in {cfg.model} ...")
     data.replace_folder(cfg.model, lambda tmp: qwen.build_tiny(tmp, texts, seed=cfg.seed))
@@ -723,7 +718,7 @@ def open_phase(r, path, lr, step, first, end, tag, ref=False):
     mdl, tok = qwen.load(path, dtype=torch.float32 if cfg.lora_rank == 0 else r.dtype, device=r.device)
     mdl.config.video_str_variant = cfg.variant         # saved with the exports: eval.py asks as this variant asks
     if cfg.freeze_vision:
-        qwen.freeze_vision(mdl)
+        mdl.model.visual.requires_grad_(False)         # the vision tower (patch embedding, blocks, merger)
     if cfg.lora_rank > 0:
         qwen.add_lora(mdl, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
     if cfg.grad_ckpt:
@@ -1320,8 +1315,7 @@ def load_checkpoint_state(mdl, opt, weights, opt_state):
 def log_held_out(r, mdl, tok, step, tag):
     """Quick held-out evaluation on the val rows, printed and logged with phase "eval": the reward parts with each
     question's own video, and the answer reward with another scene's video (the wrong-video control)."""
-    t0 = time.time()
-    rows = r.val_rows
+    t0, rows = time.time(), r.val_rows
     summary = mean_parts(evaluate(r, mdl, tok, rows))
     wrong = mean_parts(evaluate(r, mdl, tok, rows, swap=wrong_videos(rows, r.cfg.seed)))
     summary["answer_wrong_video"] = wrong["answer"]
