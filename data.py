@@ -933,8 +933,9 @@ def q_abs_distance(scene, rng, keys):
     a, b = [live[i] for i in rng.permutation(len(live))[:2]]
     d = round(_dist(scene, a, b, f), 1)
     when = f" {WHEN[f > 0]}" if a["move"] or b["move"] else ""
-    return _num(f"What is the distance between the {a['name']} and the {b['name']}{when}, in metres (centre to "
-                f"centre)?", d, f"The {a['name']} and the {b['name']} are {graph.fmt_num(d)} m apart.", [f])
+    return {**_num(f"What is the distance between the {a['name']} and the {b['name']}{when}, in metres (centre to "
+                   f"centre)?", d, f"The {a['name']} and the {b['name']} are {graph.fmt_num(d)} m apart.", [f]),
+            "asked": (a["name"], b["name"])}
 
 
 def q_closest_object(scene, rng, keys):
@@ -1056,8 +1057,18 @@ TASKS = {t: globals()[f"q_{t}"] for group in TASK_GROUPS.values() for t in group
 TASK_WEIGHTS = {"closest_object": 4.0, "appearance_order": 4.0, "motion_direction": 1.5, "displacement": 1.3}
 
 
-def reasoning_text(graphs, sentence, answer_text):
-    """'<think>' + graph blocks + one sentence + '</think><answer>..</answer>': the reference completion."""
+LAYOUTS = ("plain", "asked_last")    # the reference reasoning's layout (reasoning_text); a data set holds one
+
+
+def reasoning_text(graphs, sentence, answer_text, asked=(), layout="plain"):
+    """'<think>' + graph blocks + one sentence + '</think><answer>..</answer>': the reference completion. Layout
+    "plain" writes each block's edges pair by pair (i < j, nodes left to right); "asked_last" writes the edges
+    that touch more of the question's `asked` objects later (the asked pair's edge last, just before the sentence
+    that restates it), so that a small model can find the answer's number by position, not by a lookup of names."""
+    if layout == "asked_last":
+        touches = lambda g, e: sum(g.nodes[k].category in asked for k in (e.i, e.j))
+        graphs = [graph.Graph(g.frame, g.nodes, sorted(graph.derive_edges(g.nodes), key=lambda e: touches(g, e)))
+                  for g in graphs]
     blocks = " ".join(graph.to_text(g) for g in graphs)
     return f"<think>{blocks} {sentence} </think><answer>{answer_text}</answer>"
 
@@ -1078,12 +1089,12 @@ def with_think(row, think):
     return {**row, "think": think, "reasoning": text}
 
 
-def make_questions(scene, rng, tasks=None, k=KEY_FRAMES):
+def make_questions(scene, rng, tasks=None, k=KEY_FRAMES, layout="plain"):
     """One row per task that applies to the scene (the row format above), in a random order that puts tasks
     which apply to few scenes first more often (TASK_WEIGHTS: keeping the first rows of each scene gives a
     balanced task mix); ids and video path come from scene["id"]. Each row carries the graphs of the key frames
     its question needs (one frame for a question about one instant, the first and last for a motion), and its
-    reference reasoning writes exactly those graphs."""
+    reference reasoning writes exactly those graphs, in the `layout` of reasoning_text."""
     keys = key_frames(scene, k)
     graphs = {f: gt_graph(scene, f) for f in keys}
     sid, rows, names = int(scene["id"]), [], list(tasks or TASKS)
@@ -1097,7 +1108,7 @@ def make_questions(scene, rng, tasks=None, k=KEY_FRAMES):
                      "question": q["question"], "options": q["options"], "answer": q["answer"],
                      "answer_type": q["answer_type"], "task": name, "time_window": None,
                      "graphs": [g.to_dict() for g in needed],
-                     "reasoning": reasoning_text(needed, q["sentence"], q["text"])})
+                     "reasoning": reasoning_text(needed, q["sentence"], q["text"], q.get("asked", ()), layout)})
     return rows
 
 
@@ -1115,20 +1126,21 @@ def split_of(n, seed, fractions=(0.8, 0.1, 0.1)):
 def make_scene_files(job):
     """Scene i of a data set: render it, write videos/NNNNNN.mp4, return (scene, rows, first-clip frames or None).
     A pure function of (out_dir, i, seed, ...) so that make_dataset can hand scenes to worker processes."""
-    out_dir, i, seed, questions, n_objects, size, num_frames, fps, roll_share, max_roll = job
+    out_dir, i, seed, questions, n_objects, size, num_frames, fps, roll_share, max_roll, layout = job
     rolls = np.random.default_rng([seed, i, 1])                          # a stream of its own: level scenes unchanged
     roll = round(float(rolls.uniform(-max_roll, max_roll)), 1) if rolls.random() < roll_share else 0.0
     rng = np.random.default_rng([seed, i])
     scene = make_scene(rng, n_objects, size, num_frames, fps, roll=roll)
     scene["id"] = i
-    rows = make_questions(scene, rng)[:questions]
+    rows = make_questions(scene, rng, layout=layout)[:questions]
     clip = render_clip(scene)                                            # (F, H, W, 3)
     write_video(os.path.join(out_dir, "videos", f"{i:06d}.mp4"), clip, fps)
     return scene, rows, clip if i < 4 else None
 
 
 def make_dataset(out_dir, n, seed=0, questions=4, n_objects=(2, 3), size=CLIP_SIZE, num_frames=CLIP_FRAMES,
-                 fps=CLIP_FPS, sheet=True, log=print, workers=None, roll_share=0.0, max_roll=MAX_ROLL):
+                 fps=CLIP_FPS, sheet=True, log=print, workers=None, roll_share=0.0, max_roll=MAX_ROLL,
+                 layout="plain"):
     """Write n scenes: videos/NNNNNN.mp4, up to `questions` rows per scene (distinct tasks) into train/val/test.jsonl
     (split by scene, split_of), scenes.jsonl (the scene parameters), contact_sheet.png, then dataset.json (n, seed,
     the other settings, the row counts; train.ensure_data checks it). Scene i uses rng = default_rng([seed, i]): the
@@ -1137,7 +1149,8 @@ def make_dataset(out_dir, n, seed=0, questions=4, n_objects=(2, 3), size=CLIP_SI
     default_rng([seed, i, 1])). `make` and train.ensure_data write it through replace_folder: whole or absent."""
     os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
     splits, counts, t_start, shown = split_of(n, seed), {"train": 0, "val": 0, "test": 0}, time.time(), []
-    jobs = [(out_dir, i, seed, questions, n_objects, size, num_frames, fps, roll_share, max_roll) for i in range(n)]
+    jobs = [(out_dir, i, seed, questions, n_objects, size, num_frames, fps, roll_share, max_roll, layout)
+            for i in range(n)]
     workers = workers or min(4, os.cpu_count() or 1)
     with contextlib.ExitStack() as stack:
         files = {s: stack.enter_context(open(os.path.join(out_dir, f"{s}.jsonl"), "w")) for s in counts}
@@ -1159,7 +1172,8 @@ def make_dataset(out_dir, n, seed=0, questions=4, n_objects=(2, 3), size=CLIP_SI
         contact_sheet(shown, os.path.join(out_dir, "contact_sheet.png"))
     write_file(os.path.join(out_dir, "dataset.json"), json.dumps(      # the last file: the set is finished
         {"scenes": n, "seed": seed, "questions": questions, "objects": list(n_objects), "size": size,
-         "frames": num_frames, "fps": fps, "roll_share": roll_share, "max_roll": max_roll, "rows": counts}))
+         "frames": num_frames, "fps": fps, "roll_share": roll_share, "max_roll": max_roll, "layout": layout,
+         "rows": counts}))
     return counts
 
 
@@ -1359,7 +1373,8 @@ def main(argv=None):
                                 ("--questions", 4, "rows per scene"), ("--max-objects", 3, "objects per scene")):
         make.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
     make.add_argument("--roll-share", type=float, default=0.0, help="share of scenes with a rolled camera (def. 0)")
-    make.add_argument("--max-roll", type=float, default=MAX_ROLL, help=f"their roll, +- degrees (default {MAX_ROLL})")
+    make.add_argument("--max-roll", type=float, default=MAX_ROLL, help=f"their roll, +-degrees (default {MAX_ROLL})")
+    make.add_argument("--layout", choices=LAYOUTS, default="plain", help="of the reasoning (reasoning_text)")
     sub.add_parser("bench", help="read_frames(16) vs decoding every frame of a 2-min video; the renderer")
     args = p.parse_args(argv)
     if args.command != "make":
@@ -1370,7 +1385,7 @@ def main(argv=None):
     t = time.time()
     counts = replace_folder(args.out, lambda tmp: make_dataset(tmp, args.n, args.seed, args.questions,
                                                                (2, args.max_objects), roll_share=args.roll_share,
-                                                               max_roll=args.max_roll))
+                                                               max_roll=args.max_roll, layout=args.layout))
     print(f"rows {counts} in {time.time() - t:.0f} s -> {args.out}")
 
 

@@ -2057,6 +2057,25 @@ def test_rolled_scenes_leave_level_ones_unchanged_keep_objects_in_view_and_are_r
             assert data.scene_ok(s)
 
 
+def test_warmup_answer_weights_and_a_wider_tiny_model():
+    """train.answer_weights puts --sft_answer_weight on the tokens after the last </graph> (by hand); --tiny_width
+    builds a language model of that width (heads of 16)."""
+    _, tok = qwen.load(os.path.join(HERE, "tiny_base"), dtype=torch.float32, device="cpu")
+    texts = ["<think><graph t=3> red cube (1.0,0.2,3.0) </graph> The red cube. </think><answer>A</answer>",
+             "<think>no graph</think><answer>B</answer>"]
+    ids, mask = train.completion_tensors(tok, texts, "cpu")
+    after = tok.convert_ids_to_tokens(ids[0]).index("ĠThe")      # the first token after </graph>
+    weights = train.answer_weights(tok, texts, mask, 5.0)
+    assert weights[0, :after].tolist() == [1.0] * after and set(weights[0, after:].tolist()) == {5.0}
+    assert torch.equal(weights[1], mask[1]) and train.answer_weights(tok, texts, mask, 1.0) is mask
+    with tempfile.TemporaryDirectory() as d:
+        cfg = train.Config(model=os.path.join(d, "m"), tiny_width=128, vision_steps=1)
+        with contextlib.redirect_stdout(io.StringIO()):
+            train.ensure_model(cfg, data.load_rows(os.path.join(_run_base()[1], "train.jsonl")))
+        text = json.load(open(os.path.join(d, "m", "config.json")))["text_config"]
+        assert (text["hidden_size"], text["num_attention_heads"], text["num_key_value_heads"]) == (128, 8, 4)
+
+
 def test_answer_follows_its_own_graph_and_its_sentence_by_hand():
     """eval.follows on hand-made rows: the answer the completion's own graph implies (the asked pair's written d,
     the smallest written d, the signs of x and z between written centres) and the option its sentence names; never
@@ -2065,7 +2084,8 @@ def test_answer_follows_its_own_graph_and_its_sentence_by_hand():
                                 {"category": "green ball", "center": [-0.6, 0.2, 4.2]},
                                 {"category": "blue cone", "center": [0.3, -0.3, 5.5]}]}
     think = ("<think><graph t=31> red cube (-2.0,-0.2,5.3); green ball (-0.6,0.2,4.2); blue cone (0.3,-0.3,5.5) | "
-             "red cube-green ball d=1.9 a=14; red cube-blue cone d=2.5 a=24; green ball-blue cone d=1.6 a=13 </graph> ")
+             "red cube-green ball d=1.9 a=14; red cube-blue cone d=2.5 a=24; green ball-blue cone d=1.6 a=13 "
+             "</graph> ")
     dist = {"task": "abs_distance", "answer_type": "num", "answer": 2.3, "graphs": [g], "options": None,
             "question": "What is the distance between the blue cone and the red cube, in metres?"}
     assert ev.follows(think + "2.5 m apart. </think><answer>2.5</answer>", dist) == {"follows_graph": 1.0}  # own d
@@ -2088,10 +2108,18 @@ def test_answer_follows_its_own_graph_and_its_sentence_by_hand():
         "follows_graph": 1.0, "follows_sentence": 1.0}
     for junk in (None, 7, "", "<graph t=31> | - d=x </graph><answer>", "<answer>" * 50, think * 3):
         assert set(ev.follows(junk, rel).values()) <= {0.0}, junk
-    rows = [row for i in range(30) for row in data.make_questions({**data.make_scene(np.random.default_rng([9, i])),
-                                                                     "id": i}, np.random.default_rng([9, i, 2]))]
-    checks = [v for row in rows for v in ev.follows(row["reasoning"], row).values()]
-    assert len(checks) > 40 and set(checks) == {1.0}
+    scenes = [{**data.make_scene(np.random.default_rng([9, i])), "id": i} for i in range(30)]
+    for layout in data.LAYOUTS:
+        rows = [row for i, sc in enumerate(scenes)
+                for row in data.make_questions(sc, np.random.default_rng([9, i, 2]), layout=layout)]
+        checks = [v for row in rows for v in ev.follows(row["reasoning"], row).values()]
+        assert len(checks) > 40 and set(checks) == {1.0}, layout
+        if layout == "asked_last":              # the asked pair's edge is the last one written, its d the answer
+            for row in (r for r in rows if r["task"] == "abs_distance"):
+                g = graph.parse_graphs(row["reasoning"])[0]
+                last = g.edges[-1]
+                assert {g.nodes[last.i].category, g.nodes[last.j].category} == set(ev.names_in(
+                    row["question"], [n.category for n in g.nodes])) and last.dist == row["answer"]
 
 
 def test_every_command_the_docs_show_is_real_and_no_source_line_is_over_118():

@@ -74,11 +74,13 @@ class Config:
     scene_seed: int = -1            # seed of the rendered scenes (-1: --seed); the base preset renders its own
     roll_share: float = 0.0         # share of the rendered scenes whose camera is rolled about its optical axis (up
                                     # to data.MAX_ROLL degrees): the base preset's vision tower sees rolled footage
+    layout: str = "plain"           # the rendered rows' reference reasoning: plain | asked_last (data.reasoning_text)
     min_pixels: int = qwen.TINY_MIN_PIXELS  # lower per-frame pixel budget of Qwen2.5-VL's smart_resize (tiny: 56x56)
     max_pixels: int = qwen.TINY_MAX_PIXELS  # upper pixel budget per frame (paper: 128x28x28)
     # model
     model: str = "tiny_base"        # local folder of a Qwen2.5-VL checkpoint (tiny_base: shipped; built here
                                     # when phase 0 will teach it to see)
+    tiny_width: int = 64            # a new tiny model's language-model width, a multiple of 32 (heads of 16, MLP 3x)
     lora_rank: int = 0              # 0 = full fine-tuning
     lora_alpha: float = 16.0        # LoRA scale alpha / rank
     lora_dropout: float = 0.0       # dropout on the LoRA input (0: none)
@@ -95,6 +97,8 @@ class Config:
     sft_steps: int = 0              # teacher-forced steps on the reference reasoning first (the base had its own)
     sft_batch: int = 8              # rows per warm-up step (per rank under torchrun)
     sft_lr: float = 3e-3            # warm-up learning rate
+    sft_answer_weight: float = 1.0  # warm-up loss weight of the tokens after the last graph block (the step from the
+                                    # graph to the answer: a few tokens beside ~60 of graph)
     # GRPO
     grpo_steps: int = 300           # GRPO steps (after the warm-up, if any)
     batch: int = 4                  # B prompts per GRPO step (per rank under torchrun)
@@ -266,10 +270,11 @@ def sft_step(r, mdl, tok, rows, opt):
     """One teacher-forced step: loss = -mean over completion tokens of log pi(reference token)."""
     mdl.train()
     inputs = prompt_batch(r, tok, mdl, rows)
-    ids, mask = completion_tensors(tok, [row["reasoning"] for row in rows], r.device)   # (B, T)
+    texts = [row["reasoning"] for row in rows]
+    ids, mask = completion_tensors(tok, texts, r.device)                             # (B, T)
     with grpo.autocast(r.device, r.dtype):
         logp = grpo.token_logprobs(mdl, inputs, ids, mask)                          # (B, T)
-    loss = -(logp * mask).sum() / dist_norm(mask.sum())
+    loss = -(logp * answer_weights(tok, texts, mask, r.cfg.sft_answer_weight)).sum() / dist_norm(mask.sum())
     check_finite(loss, "the loss")
     loss.backward()
     grad_norm = clipped_update(opt, trainable(mdl), r.cfg.grad_clip)
@@ -435,7 +440,8 @@ def final_report(r):
                     write_json(results_cache(run_dir, t), results[t])
     columns = {t: results[t] for t in ["blind", "wrong video", "blank clip"] + [t for t, _ in states]}
     diffs = ([(final, states[0][0])] if len(states) > 1 else []) + [(final, "blind")]
-    tasks = tuple(f"answer: {t}" for t in sorted({row["task"] for row in test_rows}))
+    tasks = sorted({row["task"] for row in test_rows})
+    tasks = tuple(f"answer: {t}" for t in tasks) + tuple(f"follows_graph: {t}" for t in tasks if t in ev.GRAPH_TASKS)
     table, stats = comparison_table(columns, diffs, TABLE_KEYS + tasks)
     header = (f"test split: {len(test_rows)} questions, seed {cfg.seed}, {time.strftime('%Y-%m-%d')}; scored with "
               f"the training reward's parts (rewards.py: answer inside the tags, one exact letter), greedy, "
@@ -499,8 +505,12 @@ def parse_config(argv=None):
     bad = [f"--{k} {getattr(cfg, k)}" for k in POSITIVE if getattr(cfg, k) < 1]
     if bad:
         p.error(f"these must be at least 1: {', '.join(bad)}")
-    if cfg.variant not in rewards.VARIANTS:
-        p.error(f"--variant must be one of {', '.join(rewards.VARIANTS)}, got {cfg.variant!r}")
+    if cfg.tiny_width < 32 or cfg.tiny_width % 32:
+        p.error(f"--tiny_width must be a positive multiple of 32 (heads of 16, half as many KV heads), got "
+                f"{cfg.tiny_width}")
+    for flag, value, choices in (("variant", cfg.variant, rewards.VARIANTS), ("layout", cfg.layout, data.LAYOUTS)):
+        if value not in choices:
+            p.error(f"--{flag} must be one of {', '.join(choices)}, got {value!r}")
     return cfg
 
 
@@ -565,22 +575,24 @@ def ensure_data(cfg):
     (--data_scenes, the scene seed). A user's folder or JSONL file must already exist."""
     seed, made = scene_seed(cfg), os.path.join(cfg.data, "dataset.json")
     info = read_json(made, "treated as missing") if os.path.isfile(made) else None
-    remake = (f"remake it with `python data.py make --out {cfg.data} --n {cfg.data_scenes} --seed {seed}"
-              + (f" --roll-share {cfg.roll_share}`" if cfg.roll_share else "`"))
+    extra = (f" --roll-share {cfg.roll_share}" if cfg.roll_share else "") + (
+        f" --layout {cfg.layout}" if cfg.layout != "plain" else "")
+    remake = f"remake it with `python data.py make --out {cfg.data} --n {cfg.data_scenes} --seed {seed}{extra}`"
     if info is None and os.path.exists(os.path.join(cfg.data, "scenes.jsonl")):
         raise SystemExit(f"{cfg.data} is an unfinished synthetic set (no dataset.json: its making stopped); {remake}")
-    held = (info.get("scenes"), info.get("seed"), info.get("roll_share", 0.0)) if info is not None else None
-    if held is not None and held != (cfg.data_scenes, seed, cfg.roll_share):
-        raise SystemExit(f"{cfg.data} holds {held[0]} scenes of seed {held[1]} (rolled share {held[2]}), this run "
-                         f"asks for {cfg.data_scenes} of seed {seed} (rolled share {cfg.roll_share}; set "
-                         f"--data_scenes, --scene_seed, --roll_share), or {remake}")
+    asks = (cfg.data_scenes, seed, cfg.roll_share, cfg.layout)
+    held = info and (info.get("scenes"), info.get("seed"), info.get("roll_share", 0.0), info.get("layout", "plain"))
+    if held and held != asks:
+        raise SystemExit(f"{cfg.data} holds {held[0]} scenes of seed {held[1]} (rolled share {held[2]}, layout "
+                         f"{held[3]}), this run asks for {asks[0]} of seed {seed} (rolled share {asks[2]}, layout "
+                         f"{asks[3]}; set --data_scenes, --scene_seed, --roll_share, --layout), or {remake}")
     if info is not None or os.path.exists(os.path.join(cfg.data, "train.jsonl")) or os.path.isfile(cfg.data):
         return
     if cfg.preset == "paper":
         raise SystemExit(f"no data at {cfg.data!r}: pass --data with train.jsonl / val.jsonl / test.jsonl")
     print(f"making the synthetic data set in {cfg.data} ({cfg.data_scenes} scenes, scene seed {seed}) ...")
     data.replace_folder(cfg.data, lambda tmp: data.make_dataset(tmp, cfg.data_scenes, seed=seed,
-                                                                roll_share=cfg.roll_share))
+                                                                roll_share=cfg.roll_share, layout=cfg.layout))
 
 
 def scene_seed(cfg):
@@ -630,7 +642,10 @@ def ensure_model(cfg, train_rows):
                          f"the repo: `git checkout tiny_base` restores it; README.md's \"Other runs\" remakes it)")
     texts = [qwen.build_prompt(r) + (r.get("reasoning") or "") for r in train_rows]
     print(f"building the tiny Qwen2.5-VL in {cfg.model} ...")
-    data.replace_folder(cfg.model, lambda tmp: qwen.build_tiny(tmp, texts, seed=cfg.seed))
+    w = cfg.tiny_width
+    data.replace_folder(cfg.model, lambda tmp: qwen.build_tiny(tmp, texts, seed=cfg.seed, hidden_size=w,
+                                                               intermediate_size=3 * w, num_attention_heads=w // 16,
+                                                               num_key_value_heads=max(1, w // 32)))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -668,6 +683,20 @@ def completion_tensors(tok, texts, device):
     ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=eos[0])            # (N, T)
     mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(s)) for s in seqs], batch_first=True)  # (N, T)
     return ids.to(device), mask.to(device)
+
+
+def answer_weights(tok, texts, mask, weight):
+    """mask (N, T) with `weight` on the tokens after each text's last </graph> (all 1 when weight is 1 or a text
+    has no graph block)."""
+    if weight == 1:
+        return mask
+    out = mask.clone()
+    for n, text in enumerate(texts):
+        cut = text.rfind("</graph>")
+        if cut >= 0:
+            head = len(tok(text[:cut + len("</graph>")], add_special_tokens=False)["input_ids"])
+            out[n, head:] *= weight
+    return out
 
 
 def start_folder(cfg, run_dir):
@@ -883,12 +912,11 @@ def blind_baseline(train_rows, test_rows):
 
 def metric_values(results, key):
     """Per-question values of one metric: a reward part, "answer_mc" = R_ans of the mc questions only, or
-    "answer: TASK" = R_ans of that task's questions."""
+    "METRIC: TASK" = METRIC of that task's questions (e.g. "answer: closest_object")."""
     if key.startswith("answer_") and key[len("answer_"):] in ("mc", "num", "iou"):
         return [r["answer"] for r in results if r["answer_type"] == key[len("answer_"):]]
-    if key.startswith("answer: "):
-        return [r["answer"] for r in results if r.get("task") == key[len("answer: "):]]
-    return [r[key] for r in results if key in r]
+    key, _, task = key.partition(": ")
+    return [r[key] for r in results if key in r and (not task or r.get("task") == task)]
 
 
 TABLE_KEYS = ("answer", "answer_mc", "answer_num", "answer_iou", "graph", "graph_node", "graph_edge", "format",
