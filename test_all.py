@@ -1464,7 +1464,8 @@ def test_base_preset_writes_its_card_and_grpo_starts_from_it():
     base, data_dir, _ = _run_base()
     flags = ["--out", base, "--data", data_dir, "--threads", "1", "--vision_steps", "2", "--vision_batch", "2",
              "--sft_steps", "4", "--sft_batch", "2", "--eval_every", "2", "--eval_n", "2", "--test_n", "2",
-             "--max_new_tokens", "12", "--data_scenes", "10", "--scene_seed", "0"]
+             "--max_new_tokens", "12", "--data_scenes", "10", "--scene_seed", "0", "--roll_share", "0",
+             "--layout", "plain", "--tiny_width", "64"]
     _train(flags + ["--preset", "base", "--name", "base_card", "--model", os.path.join(base, "base_init")],
            contextlib.nullcontext)
     folder = os.path.join(base, "base_card", "warmup")
@@ -1473,6 +1474,7 @@ def test_base_preset_writes_its_card_and_grpo_starts_from_it():
     assert "| held-out metric | blind | wrong video | blank clip | after warm-up | after warm-up - blind |" in card
     assert len(re.findall(r"^\| [24] \| ", card, re.M)) == 2                  # scaling lines at warm-up steps 2, 4
     assert "scenes default_rng([0, i]) for i < 10 " in card        # the data's dataset.json (ensure_data checked it)
+    assert "width 64; reasoning layout plain; rolled cameras in 0% of the scenes" in card
     _train(_smoke_args("from_base", model=folder, vision_steps=0, sft_steps=0, grpo_steps=1), _stand_ins)
     table = open(os.path.join(base, "from_base", "results.md")).read()
     assert ("| blind | wrong video | blank clip | base | after GRPO | after GRPO - base | after GRPO - blind |"

@@ -153,9 +153,12 @@ PRESETS = {
                   eval_n=200, ckpt_every=100, threads=8),   # G, temperature, beta, len_bonus: Config's defaults
     # The tiny base that sees (RESULTS.md "Remaking the base"; `torchrun --standalone --nproc_per_node 2`, batches
     # per rank): phase 0 and the warm-up on fresh scenes, each seen about twice; GRPO from it meets unseen scenes.
+    # tiny_base/ was made at commit bf5efd4 with width 64, layout plain, no roll and 9000 warm-up steps; the values
+    # below are the next remake's (RESULTS.md "A base whose answer follows its reasoning": why each).
     "base": dict(name="base", data="data/base", model="base_init", scene_seed=BASE_SCENE_SEED, data_scenes=20000,
-                 vision_steps=5000, vision_batch=8, sft_steps=9000, sft_batch=8, grpo_steps=0, eval_every=1500,
-                 eval_n=200, ckpt_every=500),
+                 vision_steps=5000, vision_batch=8, sft_steps=8000, sft_batch=8, grpo_steps=0, eval_every=1000,
+                 eval_n=200, ckpt_every=500, tiny_width=128, layout="asked_last", roll_share=0.25,
+                 sft_answer_weight=3.0),
 }
 # --preset shape7b (RESULTS.md "A 7B-shaped check on a CPU"): on a CPU, the widths kept and the depth and sizes cut.
 ON_CPU = dict(shape_layers=2, shape_vision_blocks=2, frames=4, min_pixels=56 * 56, max_pixels=16 * 28 * 28, G=2,
@@ -1466,18 +1469,23 @@ def write_card(cfg, run_dir):
     info = read_json(os.path.join(cfg.data, "dataset.json"), "the card does not name the scenes' seed") or {}
     made = (f"scenes default_rng([{info['seed']}, i]) for i < {info['scenes']} (80/10/10 by scene)" if info else
             "not made by data.make_dataset (no dataset.json)")
+    from safetensors import safe_open
+    with safe_open(os.path.join(folder, "model.safetensors"), "pt") as weights:
+        params = sum(math.prod(weights.get_slice(k).get_shape()) for k in weights.keys())
     with open(os.path.join(run_dir, "results.md")) as fh:
         table = fh.read()
     card = "\n".join([
         f"# The tiny Qwen2.5-VL base that sees ({cfg.name})", "",
-        "A ~0.57M-parameter Qwen2.5-VL built from a config and trained from random weights by this repo on its "
-        "synthetic scenes: phase 0 (the vision tower learns which objects a key frame shows and where) and the "
-        "supervised warm-up on the reference reasoning (graph blocks, a sentence, the answer). No GRPO: "
+        f"A {params / 1e6:.2f}M-parameter Qwen2.5-VL built from a config and trained from random weights by this "
+        "repo on its synthetic scenes: phase 0 (the vision tower learns which objects a key frame shows and where) "
+        "and the supervised warm-up on the reference reasoning (graph blocks, a sentence, the answer). No GRPO: "
         "`python train.py` fine-tunes it with GRPO on scenes it never saw.", "",
         f"- command: `{ranks}{' '.join(['train.py'] + sys.argv[1:])}` ({world()} rank(s) x {cfg.threads} thread(s))",
         f"- commit: {git_commit()}",
         f"- seed {cfg.seed}; data {cfg.data}: {made}; phase 0 {cfg.vision_steps} steps x "
-        f"{cfg.vision_batch * world()} clips, warm-up {cfg.sft_steps} steps x {cfg.sft_batch * world()} rows",
+        f"{cfg.vision_batch * world()} clips, warm-up {cfg.sft_steps} steps x {cfg.sft_batch * world()} rows "
+        f"(answer tokens weighted {cfg.sft_answer_weight}); language-model width {cfg.tiny_width}; reasoning layout "
+        f"{info.get('layout', 'plain')}; rolled cameras in {info.get('roll_share', 0.0):.0%} of the scenes",
         f"- wall time {hours:.2f} h (from the run's first start: {started.get('date', '?')}; includes any pause "
         f"before a --resume), finished {time.strftime('%Y-%m-%d %H:%M')}",
         f"- weights: model.safetensors sha256 {sha256(os.path.join(folder, 'model.safetensors'))}", "",
