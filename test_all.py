@@ -2127,13 +2127,18 @@ def test_answer_follows_its_own_graph_and_its_sentence_by_hand():
 def test_every_command_the_docs_show_is_real_and_no_source_line_is_over_118():
     """Each `python FILE ...` (or `torchrun ... train.py ...`) line of README.md and RESULTS.md (when present), in
     code blocks and inline code: FILE's command exists and every --flag is one that `python FILE [COMMAND] --help`
-    lists (placeholders such as /path/to/... are not checked). And no .py line is wider than 118 characters."""
+    lists (placeholders such as /path/to/... are not checked); each `file.py:name` they cite is defined in it. And no
+    .py line is wider than 118 characters."""
     bad, seen = [], 0
+    modules = {"data": data, "eval": ev, "graph": graph, "grpo": grpo, "model": qwen, "rewards": rewards,
+               "train": train}
     for doc in ("README.md", "RESULTS.md"):
         path = os.path.join(HERE, doc)
         if not os.path.isfile(path):
             continue
         text = open(path, encoding="utf-8").read()
+        bad += [f"{doc}: {f}.py:{name} is not defined" for f, name in re.findall(r"`(\w+)\.py:(\w+)`", text)
+                if not hasattr(modules.get(f), name)]
         blocks = re.findall(r"^\s*```[^\n]*\n(.*?)^\s*```", text, re.S | re.M)
         lines = [ln for b in blocks for ln in b.replace("\\\n", " ").split("\n")]
         spans = re.findall(r"`([^`]+)`", re.sub(r"^\s*```[^\n]*\n.*?^\s*```", "", text, flags=re.S | re.M))
