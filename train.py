@@ -475,7 +475,7 @@ class Run:
 
 
 RESUMABLE = ("lr", "sft_lr", "vision_lr", "sft_steps", "grpo_steps", "eval_every", "ckpt_every", "keep_ckpts",
-             "threads", "plot_every", "sample_every")   # what --resume may change; anything else makes another run
+             "threads", "plot_every", "sample_every", "paired_every")   # what --resume may change; nothing else
 POSITIVE = ("frames", "sft_batch", "batch", "micro_batch", "G", "max_new_tokens", "eval_every", "eval_n",
             "ckpt_every", "keep_ckpts", "sample_every", "plot_every", "threads", "max_prompt_tokens", "vision_batch")
 
