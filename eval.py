@@ -239,7 +239,7 @@ def names_in(text, names):
 
 def graph_answer(written, row):
     """The answer text that graph.Graph `written` implies for the row's question, or None if it cannot."""
-    asked = names_in(row["question"], [n["category"] for n in row["graphs"][0]["nodes"]])
+    asked = names_in(row.get("question") or "", [n["category"] for n in row["graphs"][0]["nodes"]])
     at = {n.category: np.array(n.center) for n in written.nodes}
     d = {frozenset((written.nodes[e.i].category, written.nodes[e.j].category)): e.dist for e in written.edges}
     if row["task"] == "abs_distance" and len(asked) == 2:
@@ -275,8 +275,9 @@ def follows(completion, row):
         written = [g for g in graph.parse_graphs(completion.split("<answer>", 1)[0]) if g.frame == truth[0]["frame"]]
         implied = graph_answer(written[0], row) if written else None
         out["follows_graph"] = float(implied is not None and answer == implied)
-    if row["answer_type"] == "mc" and named_option(row.get("reasoning") or "", row["options"]):
-        named = named_option(completion, row["options"])
+    options = row.get("options") or []
+    if row["answer_type"] == "mc" and named_option(row.get("reasoning") or "", options):
+        named = named_option(completion, options)
         out["follows_sentence"] = float(named is not None and answer == named)
     return out
 
