@@ -1010,10 +1010,10 @@ def main(argv=None):
     needed = {None: ("model", "data"), "rotation": ("model",), "ablation": ("run",)}.get(args.command, ())
     if any(getattr(args, k) is None for k in needed):
         p.error(f"{args.command or 'scoring'} needs {' and '.join('--' + k for k in needed)}")
-    {None: score, "demo": lambda _: demo(), "rotation": rotation, "ablation": ablation}[args.command](args)
+    {None: score_models, "demo": lambda _: demo(), "rotation": rotation, "ablation": ablation}[args.command](args)
 
 
-def score(args):
+def score_models(args):
     """Scoring (no command): each --model on --data, one column each; results.json, results.png (report)."""
     for path in args.model:
         if not os.path.isfile(os.path.join(path, "config.json")):

@@ -135,7 +135,8 @@ class Config:
     sample_every: int = 25          # write a few completions to samples.jsonl every N GRPO steps
     plot_every: int = 25            # redraw curves.png every N GRPO steps
     paired_every: int = 5           # every N GRPO steps also sample pi_ref (the start) on the step's prompts with the
-                                    # step's sampling noise: the paired training answer of curves.png (0: off)
+                                    # step's sampling noise: the paired training answer of curves.png (0: off; full
+                                    # fine-tuning with --beta 0 keeps a frozen copy of the start for it)
 
 
 ADAM_BETAS = (0.9, 0.99)       # AdamW (beta1, beta2) of every phase
