@@ -154,10 +154,10 @@ PRESETS = {
                   eval_n=200, ckpt_every=100, threads=8),   # G, temperature, beta, len_bonus: Config's defaults
     # The tiny base that sees (RESULTS.md "Remaking the base"; `torchrun --standalone --nproc_per_node 2`, batches
     # per rank): phase 0 and the warm-up on fresh scenes, each seen about twice; GRPO from it meets unseen scenes.
-    # tiny_base/ was made at commit bf5efd4 with width 64, layout plain, no roll and 9000 warm-up steps; the values
-    # below are the next remake's (RESULTS.md "A base whose answer follows its reasoning": why each).
+    # Width 128, the asked_last layout, a quarter of the scenes rolled and the answer weighted (RESULTS.md "A base
+    # whose answer follows its reasoning": why each); 6000 warm-up steps keep the remake within 2 hours.
     "base": dict(name="base", data="data/base", model="base_init", scene_seed=BASE_SCENE_SEED, data_scenes=20000,
-                 vision_steps=5000, vision_batch=8, sft_steps=8000, sft_batch=8, grpo_steps=0, eval_every=1000,
+                 vision_steps=5000, vision_batch=8, sft_steps=6000, sft_batch=8, grpo_steps=0, eval_every=1000,
                  eval_n=200, ckpt_every=500, tiny_width=128, layout="asked_last", roll_share=0.25,
                  sft_answer_weight=3.0),
 }
