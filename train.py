@@ -73,7 +73,7 @@ class Config:
                                     # (data.py make) is made when missing, its dataset.json checked (ensure_data)
     scene_seed: int = -1            # seed of the rendered scenes (-1: --seed); the base preset renders its own
     roll_share: float = 0.0         # share of the rendered scenes whose camera is rolled about its optical axis (up
-                                    # to data.MAX_ROLL degrees): the base preset's vision tower sees rolled footage
+                                    # to data.MAX_ROLL degrees), so that a base's vision tower sees rolled footage
     layout: str = "plain"           # the rendered rows' reference reasoning: plain | asked_last (data.reasoning_text)
     min_pixels: int = qwen.TINY_MIN_PIXELS  # lower per-frame pixel budget of Qwen2.5-VL's smart_resize (tiny: 56x56)
     max_pixels: int = qwen.TINY_MAX_PIXELS  # upper pixel budget per frame (paper: 128x28x28)
