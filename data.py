@@ -867,29 +867,72 @@ def render_clip(scene):
     return np.stack([render(scene, sec) for sec in frame_times(scene)])
 
 
-# --- questions, graphs, reasoning -----------------------------------------------------------------------------------
+# --- questions, graphs, reasoning: one generator over object tracks ------------------------------------------------
+# The q_* tasks read one interface, a Footage of Tracks: the synthetic world makes it from a scene's exact geometry
+# (synthetic_footage), each converter of real video (kitti_clips, scannet_clips, tao_clips) from its annotations.
 
 DIRECTIONS = ("left and nearer", "left and farther", "right and nearer", "right and farther")
 MOTIONS = ("left", "right", "toward the camera", "away from the camera")
 WHEN = ("at the start of the video", "at the end of the video")    # WHEN[frame > 0]: a key frame is the first or last
+APPEAR_GAP = 0.5            # s between first appearances that appearance_order needs (the synthetic grid's step)
 
 
-def key_frames(scene, k=KEY_FRAMES, train_frames=TRAIN_FRAMES):
-    """k source-frame indices among the frames the model is given (train_frames sampled as read_frames does):
-    for k = 2 (the default) the first and the last frame of the clip, which every uniform sampling keeps, so a
-    run with another `--frames` still sees the rows' key frames."""
-    given = sample_indices(frame_times(scene), min(train_frames, scene["num_frames"]))[0]   # (16,)
+class Track(NamedTuple):
+    """One object of a clip, all that a q_* task reads of it. F: the clip's frames."""
+    name: str                  # unique in the clip, what questions and graphs call it ("red cube"; "car 2": track_names)
+    category: str              # what it is ("red cube", "car")
+    present: np.ndarray        # (F,) bool: annotated (KITTI, TAO), in view (ScanNet), appeared (synthetic)
+    cam: object                # (F, 3) centre in each frame's camera frame (x right, y down, z forward), metres, NaN
+                               # where absent; None without 3D (TAO)
+    size: object = None        # (width, height, length) metres, or None
+    world: object = None       # (F, 3) centre in the world frame (Z up), metres, NaN where absent; None without poses
+    move: object = None        # (start, end) s of its motion, None: still (no poses: the whole clip, it may move)
+    path: float = 0.0          # metres it travels over the clip
+    vel: object = None         # (3,) world velocity while it moves, m/s (motion_direction reads its direction)
+
+
+class Footage(NamedTuple):
+    """A clip's objects and camera: the question generator's one input (make_questions)."""
+    id: str                    # its rows are ID-00, ID-01, ...
+    video: str                 # the clip's file, relative to the rows' folder
+    times: np.ndarray          # (F,) seconds of each frame
+    tracks: list               # [Track], in a fixed order
+    poses: object              # camera pose per frame, (R (F, 3, 3): rows x right, y down, z forward in world
+                               # coordinates, c (F, 3) its centre), or None
+    tasks: tuple               # the tasks the source supports (TRACK_TASKS' names): the others are not asked
+    vocabulary: tuple = ()     # names a distractor option may take where the clip has too few objects
+
+
+def synthetic_footage(scene):
+    """A rendered scene as a Footage: every frame's exact centres (to_camera of object_center, as render draws them),
+    its motions (path = speed x seconds moved) and camera poses; present once an object has appeared."""
+    secs, T = [f / scene["fps"] for f in range(scene["num_frames"])], clip_end(scene)
+    tracks = []
+    for o in scene["objects"]:
+        live = np.array([present(o, sec) for sec in secs])[:, None]                   # (F, 1)
+        world = np.array([object_center(o, sec) for sec in secs])                       # (F, 3)
+        cam = np.array([to_camera(scene, p, sec) for p, sec in zip(world, secs)])       # (F, 3)
+        path = float(np.hypot(*o["vel"])) * (min(T, o["move"][1]) - o["move"][0]) if o["move"] else 0.0
+        tracks.append(Track(o["name"], o["name"], live[:, 0], np.where(live, cam, np.nan), (o["width"], o["height"],
+                            o["width"]), np.where(live, world, np.nan), o["move"] and tuple(o["move"]), path,
+                            np.array([*o["vel"], 0.0])))
+    return Footage(f"synth-{scene['id']:06d}", f"videos/{scene['id']:06d}.mp4", np.array(secs), tracks, _poses(scene),
+                   tuple(TASKS), tuple(f"{c} {s}" for c in COLOURS for s in SHAPES))
+
+
+def key_frames(times, k=KEY_FRAMES, train_frames=TRAIN_FRAMES):
+    """k source-frame indices among the frames the model is given (train_frames sampled from a clip's frame times (F,)
+    as read_frames does): for k = 2 (the default) the first and the last frame of the clip, which every uniform
+    sampling keeps, so a run with another `--frames` still sees the rows' key frames."""
+    given = sample_indices(times, min(train_frames, len(times)))[0]                   # (16,)
     return [int(given[i]) for i in np.round(np.linspace(0, len(given) - 1, k)).astype(int)]
 
 
-def gt_graph(scene, frame):
-    """graph.Graph of the objects present at a frame: camera-frame centres (x right, y down, z forward) in metres
-    to the millimetre, left to right. The text form prints them to 0.1 m and derives the edges from these exact
-    centres, so a written d_ij is the true distance rounded, the same number an abs_distance answer gives."""
-    sec = frame / scene["fps"]
-    live = _live(scene, frame)
-    centres = [to_camera(scene, object_center(o, sec), sec) for o in live]            # (3,) each, metres
-    nodes = [graph.Node(o["name"], tuple(round(float(x), 3) + 0.0 for x in c)) for o, c in zip(live, centres)]
+def graph_at(w, frame):
+    """graph.Graph of the objects present at a frame of Footage w: camera-frame centres (x right, y down, z forward)
+    in metres to the millimetre, left to right. The text form prints them to 0.1 m and derives the edges from these
+    exact centres, so a written d_ij is the true distance rounded, the same number an abs_distance answer gives."""
+    nodes = [graph.Node(t.name, tuple(round(float(x), 3) + 0.0 for x in t.cam[frame])) for t in _live(w, frame)]
     return graph.Graph(int(frame), sorted(nodes, key=lambda n: n.center[0]))
 
 
@@ -908,129 +951,148 @@ def _choice(rng, question, correct, distractors, sentence, frames, k=4):
                 answer_type="mc", text=LETTERS[pos], sentence=sentence, frames=frames)
 
 
-def _live(scene, frame):
-    sec = frame / scene["fps"]
-    return [o for o in scene["objects"] if present(o, sec)]
+def _interval(question, start, end, sentence, frames):
+    """An iou question: [start, end] seconds, one decimal (the sentence ends with 'from S s to E s.')."""
+    s, e = (round(float(x), 1) for x in (start, end))
+    return dict(question=question + " Answer [start, end] in seconds.", options=None, answer=[s, e],
+                answer_type="iou", text=f"[{graph.fmt_num(s)}, {graph.fmt_num(e)}]",
+                sentence=f"{sentence} from {graph.fmt_num(s)} s to {graph.fmt_num(e)} s.", frames=frames)
 
 
-def _dist(scene, a, b, frame):
-    """d_ab in metres at a frame from gt_graph's centres: the d_ij its edge writes (the answer agrees with it)."""
-    centres = {n.category: n.center for n in gt_graph(scene, frame).nodes}
-    return float(graph.edge_features([centres[a["name"]], centres[b["name"]]])[0][0, 1])
+def _live(w, frame):
+    """The tracks present at a frame, in the clip's order."""
+    return [t for t in w.tracks if t.present[frame]]
 
 
-def q_object_count(scene, rng, keys):
-    n = len(scene["objects"])
+def _end(w):
+    """Time of the last frame, seconds: "the end of the video" in questions and motions."""
+    return float(w.times[-1])
+
+
+def _appear(t, w):
+    """Time a track is first present, seconds."""
+    return float(w.times[int(np.argmax(t.present))])
+
+
+def _dist(w, a, b, frame):
+    """d_ab in metres at a frame from graph_at's centres: the d_ij its edge writes (the answer agrees with it)."""
+    centres = {n.category: n.center for n in graph_at(w, frame).nodes}
+    return float(graph.edge_features([centres[a.name], centres[b.name]])[0][0, 1])
+
+
+def q_object_count(w, rng, keys):
+    n = len(w.tracks)
     return _num("How many objects appear in the video?", float(n), f"I count {n} objects.", keys[-1:], 0)
 
 
-def q_abs_distance(scene, rng, keys):
-    frames = [f for f in keys if len(_live(scene, f)) >= 2]
+def q_abs_distance(w, rng, keys):
+    frames = [f for f in keys if len(_live(w, f)) >= 2]
     if not frames:
         return None
     f = frames[int(rng.integers(len(frames)))]
-    live = _live(scene, f)
+    live = _live(w, f)
     a, b = [live[i] for i in rng.permutation(len(live))[:2]]
-    d = round(_dist(scene, a, b, f), 1)
-    when = f" {WHEN[f > 0]}" if a["move"] or b["move"] else ""
-    return {**_num(f"What is the distance between the {a['name']} and the {b['name']}{when}, in metres (centre to "
-                   f"centre)?", d, f"The {a['name']} and the {b['name']} are {graph.fmt_num(d)} m apart.", [f]),
-            "asked": (a["name"], b["name"])}
+    d = round(_dist(w, a, b, f), 1)
+    when = f" {WHEN[f > 0]}" if a.move or b.move else ""
+    return {**_num(f"What is the distance between the {a.name} and the {b.name}{when}, in metres (centre to "
+                   f"centre)?", d, f"The {a.name} and the {b.name} are {graph.fmt_num(d)} m apart.", [f]),
+            "asked": (a.name, b.name)}
 
 
-def q_closest_object(scene, rng, keys):
-    """Needs >= 3 present objects and a clear winner (0.3 m ahead of the runner-up); 4 options, padded with
-    objects of the same vocabulary that are not in the scene."""
+def q_closest_object(w, rng, keys):
+    """Needs >= 3 present objects and a clear winner (0.3 m ahead of the runner-up); 4 options, padded with names of
+    the source's vocabulary that are not in the clip."""
     for f in [keys[i] for i in rng.permutation(len(keys))]:
-        live = _live(scene, f)
+        live = _live(w, f)
         for x in [live[i] for i in rng.permutation(len(live))] if len(live) >= 3 else []:
-            others = sorted((_dist(scene, x, o, f), o["name"]) for o in live if o is not x)
+            others = sorted((_dist(w, x, o, f), o.name) for o in live if o is not x)
             if others[1][0] - others[0][0] >= 0.3:
-                names = {o["name"] for o in scene["objects"]}
-                pad = [f"{c} {s}" for c in COLOURS for s in SHAPES if f"{c} {s}" not in names]
+                taken = {t.name for t in w.tracks} | {t.category for t in w.tracks}
+                pad = [v for v in w.vocabulary if v not in taken]
                 pad = [pad[i] for i in rng.permutation(len(pad))[: max(0, 4 - len(others))]]
-                when = f" {WHEN[f > 0]}" if any(o["move"] for o in live) else ""
-                return _choice(rng, f"Which object is closest to the {x['name']}{when}?", others[0][1],
+                when = f" {WHEN[f > 0]}" if any(o.move for o in live) else ""
+                return _choice(rng, f"Which object is closest to the {x.name}{when}?", others[0][1],
                                [n for _, n in others[1:]] + pad,
                                f"The {others[0][1]} is closest, {graph.fmt_num(others[0][0])} m.", [f])
     return None
 
 
-def q_relative_direction(scene, rng, keys):
+def q_relative_direction(w, rng, keys):
     """B relative to A in the camera frame of a key frame: left/right (x) and nearer/farther (z), each
     component at least 0.4 m so the answer is unambiguous."""
     for f in [keys[i] for i in rng.permutation(len(keys))]:
-        live = _live(scene, f)
-        sec = f / scene["fps"]
+        live = _live(w, f)
         for i, j in [(i, j) for i in rng.permutation(len(live)) for j in rng.permutation(len(live)) if i != j]:
             a, b = live[i], live[j]
-            dx, _, dz = to_camera(scene, object_center(b, sec), sec) - to_camera(scene, object_center(a, sec), sec)
+            dx, _, dz = b.cam[f] - a.cam[f]
             if abs(dx) >= 0.4 and abs(dz) >= 0.4:
                 ans = f"{'left' if dx < 0 else 'right'} and {'nearer' if dz < 0 else 'farther'}"
-                return _choice(rng, f"Seen from the camera {WHEN[f > 0]}, where is the {b['name']} relative "
-                               f"to the {a['name']}?", ans, [d for d in DIRECTIONS if d != ans],
-                               f"The {b['name']} is {ans}.", [f])
+                return _choice(rng, f"Seen from the camera {WHEN[f > 0]}, where is the {b.name} relative "
+                               f"to the {a.name}?", ans, [d for d in DIRECTIONS if d != ans],
+                               f"The {b.name} is {ans}.", [f])
     return None
 
 
-def q_object_size(scene, rng, keys):
-    o = scene["objects"][int(rng.integers(len(scene["objects"])))]
-    h = round(o["height"], 1)
-    return _num(f"How tall is the {o['name']}, in metres?", h, f"The {o['name']} is {graph.fmt_num(h)} m tall.",
-                keys[-1:])
+def q_object_size(w, rng, keys):
+    sized = [t for t in w.tracks if t.size is not None and round(t.size[1], 1) > 0]
+    if not sized:
+        return None
+    o = sized[int(rng.integers(len(sized)))]
+    h = round(o.size[1], 1)
+    return _num(f"How tall is the {o.name}, in metres?", h, f"The {o.name} is {graph.fmt_num(h)} m tall.", keys[-1:])
 
 
-def _movers(scene, rng, from_start=False):
-    """Moving objects in random order (only those present from the first frame if from_start)."""
-    objs = [o for o in scene["objects"] if o["move"] and (o["appear"] == 0 or not from_start)]
+def _movers(w, rng, from_start=False):
+    """Moving objects (seen in the world frame) in random order; from_start: only those present in the first and
+    the last frame."""
+    objs = [t for t in w.tracks if t.move and t.vel is not None and (t.present[[0, -1]].all() or not from_start)]
     return [objs[i] for i in rng.permutation(len(objs))]
 
 
-def q_displacement(scene, rng, keys):
+def q_displacement(w, rng, keys):
     """Straight-line displacement between the first and last frame (>= 0.5 m: MRA needs gt > 0)."""
-    T = clip_end(scene)
-    for o in _movers(scene, rng, from_start=True):
-        d = round(float(np.linalg.norm(object_center(o, T) - object_center(o, 0.0))), 1)
+    for o in _movers(w, rng, from_start=True):
+        d = round(float(np.linalg.norm(o.world[-1] - o.world[0])), 1)
         if d >= 0.5:
-            return _num(f"How far is the {o['name']} at the end of the video from where it was at the start, in "
-                        f"metres?", d, f"The {o['name']} moved {graph.fmt_num(d)} m.", keys)
+            return _num(f"How far is the {o.name} at the end of the video from where it was at the start, in "
+                        f"metres?", d, f"The {o.name} moved {graph.fmt_num(d)} m.", keys)
     return None
 
 
-def q_average_speed(scene, rng, keys):
+def q_average_speed(w, rng, keys):
     """Path length over [0, T] / T, T = time of the last frame; two decimals (speeds are small)."""
-    T = clip_end(scene)
-    for o in _movers(scene, rng, from_start=True):
-        path = float(np.hypot(*o["vel"])) * (min(T, o["move"][1]) - o["move"][0])   # constant speed while moving
-        v = round(path / T, 2)
+    T = _end(w)
+    for o in _movers(w, rng, from_start=True):
+        v = round(o.path / T, 2)
         if v >= 0.1:
-            return _num(f"What is the average speed of the {o['name']} over the whole video, in metres per "
-                        f"second?", v, f"It covers {graph.fmt_num(path)} m in {graph.fmt_num(T)} s.", keys, 2)
+            return _num(f"What is the average speed of the {o.name} over the whole video, in metres per "
+                        f"second?", v, f"It covers {graph.fmt_num(o.path)} m in {graph.fmt_num(T)} s.", keys, 2)
     return None
 
 
-def q_motion_direction(scene, rng, keys):
+def q_motion_direction(w, rng, keys):
     """Direction of the motion in the camera's horizontal axes at the first frame; the dominant component
     must be at least twice the other."""
-    R, _ = camera_pose(scene, 0.0)
+    R = w.poses[0][0]
     right, fwd = R[0], np.array([R[2][0], R[2][1], 0.0]) / np.hypot(R[2][0], R[2][1])
-    for o in _movers(scene, rng):
-        step = np.array([o["vel"][0], o["vel"][1], 0.0])
+    for o in _movers(w, rng):
+        step = np.array([o.vel[0], o.vel[1], 0.0])
         x, z = float(step @ right), float(step @ fwd)
         if max(abs(x), abs(z)) >= 2 * min(abs(x), abs(z)):
             ans = (MOTIONS[0] if x < 0 else MOTIONS[1]) if abs(x) > abs(z) else (MOTIONS[2] if z < 0 else MOTIONS[3])
-            return _choice(rng, f"Seen from the camera, in which direction does the {o['name']} move?", ans,
-                           [m for m in MOTIONS if m != ans], f"The {o['name']} moves {ans}.", keys)
+            return _choice(rng, f"Seen from the camera, in which direction does the {o.name} move?", ans,
+                           [m for m in MOTIONS if m != ans], f"The {o.name} moves {ans}.", keys)
     return None
 
 
-def q_appearance_order(scene, rng, keys):
-    """Scenes whose objects appear one after the other; options are orders (the right one + up to 3 others)."""
-    objs = sorted(scene["objects"], key=lambda o: o["appear"])
-    times = [o["appear"] for o in objs]
-    if len(objs) < 2 or len(set(times)) < len(times):
+def q_appearance_order(w, rng, keys):
+    """Clips whose objects appear one after the other, APPEAR_GAP apart; options are orders (the right one + up to 3
+    others)."""
+    objs = sorted(w.tracks, key=lambda t: _appear(t, w))
+    times = [_appear(t, w) for t in objs]
+    if len(objs) < 2 or min(np.diff(times)) < APPEAR_GAP - 1e-9:
         return None
-    right = [o["name"] for o in objs]
+    right = [o.name for o in objs]
     wrong = set()
     while len(wrong) < min(3, math.factorial(len(objs)) - 1):
         perm = [right[i] for i in rng.permutation(len(right))]
@@ -1040,12 +1102,19 @@ def q_appearance_order(scene, rng, keys):
                    "They appear at " + ", ".join(f"{graph.fmt_num(sec)} s" for sec in times) + ".", keys)
 
 
-def q_when_moving(scene, rng, keys):
-    for o in _movers(scene, rng):
-        s, e = (round(float(x), 1) for x in o["move"])
-        return dict(question=f"During which interval is the {o['name']} moving? Answer [start, end] in seconds.",
-                    options=None, answer=[s, e], answer_type="iou", text=f"[{graph.fmt_num(s)}, {graph.fmt_num(e)}]",
-                    sentence=f"The {o['name']} moves from {graph.fmt_num(s)} s to {graph.fmt_num(e)} s.", frames=keys)
+def q_when_moving(w, rng, keys):
+    for o in _movers(w, rng):
+        return _interval(f"During which interval is the {o.name} moving?", *o.move, f"The {o.name} moves", keys)
+    return None
+
+
+def q_in_view(w, rng, keys):
+    """An object that is not in view for the whole clip: from the first to the last frame it is present in."""
+    for o in [w.tracks[i] for i in rng.permutation(len(w.tracks))]:
+        seen = w.times[np.flatnonzero(o.present)]
+        if round(seen[0], 1) > 0 or round(seen[-1], 1) < round(_end(w), 1):
+            return _interval(f"During which interval is the {o.name} in view?", seen[0], seen[-1],
+                             f"The {o.name} is in view", keys)
     return None
 
 
@@ -1054,6 +1123,7 @@ TASK_GROUPS = {"static spatial": ("object_count", "abs_distance", "closest_objec
                "motion": ("displacement", "average_speed", "motion_direction"),
                "temporal": ("appearance_order", "when_moving")}    # the paper's groups (Table 2 reports them)
 TASKS = {t: globals()[f"q_{t}"] for group in TASK_GROUPS.values() for t in group}   # task -> its q_ function above
+TRACK_TASKS = {**TASKS, "in_view": q_in_view}   # and a task of real video, where objects also leave the view
 TASK_WEIGHTS = {"closest_object": 4.0, "appearance_order": 4.0, "motion_direction": 1.5, "displacement": 1.3}
 
 
@@ -1089,25 +1159,27 @@ def with_think(row, think):
     return {**row, "think": think, "reasoning": text}
 
 
-def make_questions(scene, rng, tasks=None, k=KEY_FRAMES, layout="plain"):
-    """One row per task that applies to the scene (the row format above), in a random order that puts tasks
-    which apply to few scenes first more often (TASK_WEIGHTS: keeping the first rows of each scene gives a
-    balanced task mix); ids and video path come from scene["id"]. Each row carries the graphs of the key frames
-    its question needs (one frame for a question about one instant, the first and last for a motion), and its
+def make_questions(source, rng, tasks=None, k=KEY_FRAMES, layout="plain"):
+    """One row per task that applies to a clip (the row format above): source is a Footage, or a synthetic scene
+    (synthetic_footage). Its tasks (default: those the source supports) go in a random order that puts tasks which
+    apply to few clips first more often (TASK_WEIGHTS: keeping the first rows of each scene gives a balanced task
+    mix); ids and video path come from the Footage. Each row carries the graphs of the key frames its question needs
+    (one frame for a question about one instant, the first and last for a motion; none without 3D), and its
     reference reasoning writes exactly those graphs, in the `layout` of reasoning_text."""
-    keys = key_frames(scene, k)
-    graphs = {f: gt_graph(scene, f) for f in keys}
-    sid, rows, names = int(scene["id"]), [], list(tasks or TASKS)
+    w = source if isinstance(source, Footage) else synthetic_footage(source)
+    keys = key_frames(w.times, k)
+    graphs = {f: graph_at(w, f) for f in keys} if w.tracks and w.tracks[0].cam is not None else None
+    rows, names = [], list(tasks or w.tasks)
     order = np.argsort(-rng.random(len(names)) ** (1.0 / np.array([TASK_WEIGHTS.get(n, 1.0) for n in names])))
     for name in [names[i] for i in order]:                               # weighted sampling without replacement
-        q = TASKS[name](scene, rng, keys)
+        q = TRACK_TASKS[name](w, rng, keys)
         if q is None:
             continue
-        needed = [graphs[f] for f in q["frames"]]
-        rows.append({"id": f"synth-{sid:06d}-{len(rows):02d}", "video": f"videos/{sid:06d}.mp4",
+        needed = [graphs[f] for f in q["frames"]] if graphs else []
+        rows.append({"id": f"{w.id}-{len(rows):02d}", "video": w.video,
                      "question": q["question"], "options": q["options"], "answer": q["answer"],
                      "answer_type": q["answer_type"], "task": name, "time_window": None,
-                     "graphs": [g.to_dict() for g in needed],
+                     "graphs": [g.to_dict() for g in needed] if graphs else None,
                      "reasoning": reasoning_text(needed, q["sentence"], q["text"], q.get("asked", ()), layout)})
     return rows
 
@@ -1198,6 +1270,370 @@ def contact_sheet(shown, path, n_frames=4):
     plt.close(fig)
 
 
+# --- real video: KITTI tracking, ScanNet, TAO (the paper's sources, Sec. 3) through the same generator -------------
+# Each reader turns a data set, as its download unpacks, into Footage clips (numpy and PyAV only); write_converted
+# makes their rows with make_questions. `python data.py kitti|scannet|tao --help` says what each reads.
+
+KITTI_FPS, SCANNET_FPS, TAO_FPS = 10, 30, 30   # KITTI tracking's frame rate, ScanNet's sensor's, TAO's frame_index's
+SCANNET_FRAMES = 64                            # frames of a ScanNet walk-through clip at the most (evenly spaced)
+MOVING, MIN_MOVE = 0.3, 0.3                    # m/s: a faster step moves; m: a motion that carries an object less is
+NEAR = 0.1                                     # annotation jitter. m: a centre this far in front can be in view
+NOT_OBJECTS = ("wall", "floor", "ceiling")     # ScanNet labels of the room itself
+STATIC_TASKS = (*TASK_GROUPS["static spatial"], "appearance_order")   # what one camera frame's positions support
+KITTI_TYPES = ("car", "van", "truck", "pedestrian", "person sitting", "cyclist", "tram")   # distractor names
+SCANNET_TYPES = ("chair", "table", "sofa", "bed", "desk", "cabinet", "bookshelf", "toilet", "sink", "bathtub")
+PLY_TYPES = {"char": "i1", "uchar": "u1", "short": "i2", "ushort": "u2", "int": "i4", "uint": "u4", "float": "f4",
+             "double": "f8", "int8": "i1", "uint8": "u1", "int16": "i2", "uint16": "u2", "int32": "i4", "uint32": "u4",
+             "float32": "f4", "float64": "f8"}
+
+
+def track_names(categories, first, u):
+    """Unique names by a rule a model can read from the pixels (graph.NAME_RULE, which the prompt states): an object
+    alone of its category in the clip is called by the category ("truck"); several are numbered 1, 2, ... in the
+    order they first appear (frame index `first`), those that first appear in one frame from left to right (`u`: the
+    image column there, or anything that grows with it): "car 1", "car 2"."""
+    names = list(categories)
+    for cat in set(categories):
+        same = [i for i, c in enumerate(categories) if c == cat]
+        for k, i in enumerate(sorted(same, key=lambda i: (first[i], u[i])), 1):
+            names[i] = f"{cat} {k}" if len(same) > 1 else cat
+    return names
+
+
+def _category(label):
+    """A source's label as a category: lower case, '(...)', a trailing number and all but letters, digits and '-'
+    dropped ("Person_sitting" -> "person sitting", "car_(automobile)" -> "car")."""
+    words = re.sub(r"[^a-z0-9-]+", " ", re.sub(r"\(.*?\)", " ", str(label).lower())).split()
+    return " ".join(words[:-1] if len(words) > 1 and words[-1].isdigit() else words)
+
+
+def track_motion(world, times):
+    """(move, path, vel) of a world track (F, 3), NaN where absent: move = (start, end) s from the first to the last
+    step faster than MOVING (horizontal), None when that span carries it less than MIN_MOVE (annotation jitter);
+    path = metres of all its steps; vel = the span's displacement / its duration, m/s."""
+    step = np.linalg.norm(np.diff(world[:, :2], axis=0), axis=1)                # (F-1,) m, NaN across an absence
+    fast = np.flatnonzero(step > MOVING * np.diff(times))
+    if len(fast):
+        a, b = fast[0], fast[-1] + 1
+        if np.hypot(*(world[b, :2] - world[a, :2])) >= MIN_MOVE:
+            return (float(times[a]), float(times[b])), float(np.nansum(step)), (world[b] - world[a]) / (times[b] -
+                                                                                                        times[a])
+    return None, float(np.nansum(step)), None
+
+
+def tracks_3d(categories, cam, sizes, times, poses):
+    """Tracks of camera-frame centres cam (N, F, 3), NaN where absent: named by track_names (left to right by x / z,
+    which grows with the image column), put in the world by the camera poses (R (F, 3, 3), c (F, 3)) and their
+    motion found (track_motion); without poses any object may move (move: the whole clip)."""
+    present = ~np.isnan(cam[..., 0])                                              # (N, F)
+    first = present.argmax(1)
+    names = track_names(categories, first, [cam[i, f, 0] / cam[i, f, 2] for i, f in enumerate(first)])
+    out = []
+    for i, name in enumerate(names):
+        world = None if poses is None else np.einsum("fji,fj->fi", poses[0], cam[i]) + poses[1]   # R^T p + c
+        move, path, vel = track_motion(world, times) if poses else ((0.0, float(times[-1])), 0.0, None)
+        out.append(Track(name, categories[i], present[i], cam[i], sizes[i], world, move, path, vel))
+    return out
+
+
+def read_table(path, columns=None, text=()):
+    """[(line number, values)] of a text file of whitespace-separated columns, blank lines skipped: floats, but the
+    columns in `text` stay words. Another number of columns than `columns` (None: any) or a word where a number
+    belongs is a BadRow naming FILE:LINE."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    out = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for n, line in enumerate(fh, 1):
+            words = line.split()
+            if words and columns and len(words) != columns:
+                raise BadRow(None, f"{len(words)} columns, expected {columns}", f"{path}:{n}")
+            try:
+                out += [(n, [x if k in text else float(x) for k, x in enumerate(words)])] if words else []
+            except ValueError:
+                raise BadRow(None, f"a word where a number belongs: {line.strip()!r:.90}", f"{path}:{n}") from None
+    return out
+
+
+def _frames(folder, ext):
+    """(numbers, paths) of a folder's NUMBER.ext images in number order (KITTI's 000000.png, ScanNet's 0.jpg)."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder}: no such folder")
+    names = sorted((f for f in os.listdir(folder) if f.endswith(ext) and f[:-len(ext)].isdigit()),
+                   key=lambda f: int(f[:-len(ext)]))
+    if not names:
+        raise FileNotFoundError(f"{folder}: no NUMBER{ext} frames in it")
+    return [int(f[:-len(ext)]) for f in names], [os.path.join(folder, f) for f in names]
+
+
+def read_image(path):
+    """(H, W, 3) uint8 of a PNG or JPEG file, decoded by PyAV; a VideoError naming the file if it does not read."""
+    try:
+        with av.open(path) as c:
+            return next(c.decode(video=0)).to_ndarray(format="rgb24")
+    except (av.error.FFmpegError, StopIteration) as e:
+        raise VideoError(f"{path}: not a readable image ({e})") from None
+
+
+def _json(path):
+    """A JSON file's content; a BadRow naming the file when it is not JSON."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadRow(None, f"not valid JSON ({e})", path) from None
+
+
+def _records(doc, key, fields, path):
+    """doc[key], a list of objects holding `fields`; else a BadRow naming FILE, KEY, the item and the field."""
+    items = doc.get(key) if isinstance(doc, dict) else None
+    if not isinstance(items, list):
+        raise BadRow(key, "missing or not a list", path)
+    for n, item in enumerate(items):
+        missing = [f for f in fields if not isinstance(item, dict) or f not in item]
+        if missing:
+            raise BadRow(missing[0], "missing", f"{path}: {key} item {n}")
+    return items
+
+
+def read_calib(path, keys):
+    """{KEY: numbers} of a KITTI calib file ("P2: 12 numbers", "R_rect 9 numbers", ...), each of `keys` ({KEY: how
+    many numbers}) checked; P2 as (3, 4) and t2, camera 2's offset from the reference camera (P2 = K [I | t2])."""
+    calib = {v[0].rstrip(":"): np.array(v[1:]) for _, v in read_table(path, None, text=(0,))}
+    for key, size in keys.items():
+        if calib.get(key, np.zeros(0)).size != size:
+            raise BadRow(key, f"missing or not {size} numbers", path)
+    calib["P2"] = calib["P2"].reshape(3, 4)
+    calib["t2"] = np.linalg.solve(calib["P2"][:, :3], calib["P2"][:, 3])
+    return calib
+
+
+def kitti_labels(path, n, t2):
+    """{track id: (category, (w, h, l) m, {frame: centre (3,) in camera 2})} of a label_02 file (kitti_clips)."""
+    tracks = {}
+    for line, v in read_table(path, 17, text=(2,)):
+        if v[1] < 0 or v[2] == "DontCare":
+            continue
+        if not (v[0] == int(v[0]) and 0 <= v[0] < n and np.isfinite(v[10:16]).all()):
+            raise BadRow(None, f"frame {v[0]:g} with a box {v[10:16]}; the sequence has finite boxes in frames 0 to "
+                               f"{n - 1} (frames and labels disagree)", f"{path}:{line}")
+        h, wd, ln, x, y, z = v[10:16]
+        tracks.setdefault(int(v[1]), (_category(v[2]), (wd, h, ln), {}))[2][int(v[0])] = np.array([x, y - h / 2, z]) + t2
+    return tracks
+
+
+def _h(m):
+    """A 3x3 or 3x4 matrix as a 4x4 homogeneous transform."""
+    out = np.eye(4)
+    out[:3, :m.shape[1]] = m
+    return out
+
+
+def _rz_ry_rx(yaw, pitch, roll):
+    """Rz(yaw) Ry(pitch) Rx(roll), (F, 3, 3), of angles (F,) in radians: the orientation in KITTI's oxts."""
+    cy, sy, cp, sp, cr, sr = (f(a) for a in (yaw, pitch, roll) for f in (np.cos, np.sin))
+    return np.stack([np.stack([cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr], -1),
+                     np.stack([sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr], -1),
+                     np.stack([-sp, cp * sr, cp * cr], -1)], -2)
+
+
+def kitti_poses(path, calib, n):
+    """Camera-2 poses (R (F, 3, 3), c (F, 3)) from a sequence's oxts lines (30 numbers: lat, lon in degrees, alt in
+    metres, roll, pitch, yaw in radians, ...): the IMU's pose by the Mercator projection of KITTI's devkit (world x east, y north, z up, metres from
+    the first frame), then camera 2 <- IMU = [I | t2] R_rect Tr_velo_cam Tr_imu_velo (calib)."""
+    ox = np.array([v for _, v in read_table(path, 30)]).reshape(-1, 30)
+    if len(ox) != n:
+        raise BadRow(None, f"{len(ox)} lines for the sequence's {n} frames (frames and oxts disagree)", path)
+    lat, lon = np.radians(ox[:, 0]), np.radians(ox[:, 1])
+    r = 6378137.0 * math.cos(lat[0])                                             # earth radius x the Mercator scale
+    t = np.stack([r * lon, r * np.log(np.tan(np.pi / 4 + lat / 2)), ox[:, 2]], -1)   # (F, 3) IMU positions
+    Rw = _rz_ry_rx(*ox[:, [5, 4, 3]].T)                                          # (F, 3, 3) IMU -> world
+    A = _h(calib["R_rect"].reshape(3, 3)) @ _h(calib["Tr_velo_cam"].reshape(3, 4)) @ _h(
+        calib["Tr_imu_velo"].reshape(3, 4))                                      # IMU -> reference camera
+    M, b = A[:3, :3], A[:3, 3] + calib["t2"]                                     # IMU -> camera 2: p = M x + b
+    return np.einsum("ij,fkj->fik", M, Rw), t - t[0] - Rw @ np.linalg.solve(M, b)   # R = M Rw^T, c: where p = 0
+
+
+def kitti_clips(root, seqs=None, clip_seconds=4.0):
+    """KITTI tracking as its download unpacks -> ([(sequence, Footage, frame paths)] of its clips of clip_seconds,
+    clips skipped for a non-finite pose). Reads ROOT/training/image_02/SSSS/NNNNNN.png (camera 2, 10 fps),
+    label_02/SSSS.txt (17 columns: frame, track id, type, truncated, occluded, alpha, 2D box l t r b, h w l, x y z,
+    rotation_y; DontCare, track id -1, dropped), calib/SSSS.txt and, when present, oxts/SSSS.txt. The graphs are in
+    camera 2's frame, whose images the video shows: a label's x y z is the bottom centre of its 3D box in the
+    rectified reference camera, so the box centre is (x, y - h/2, z) there and (x, y - h/2, z) + t2 in camera 2
+    (P2 = K [I | t2]). With oxts (the world frame: kitti_poses) every task; without, those a camera frame supports."""
+    base = os.path.join(root, "training")
+    seqs = seqs or sorted(f[:-4] for f in os.listdir(_folder(os.path.join(base, "label_02"))) if f.endswith(".txt"))
+    clips, skipped, L = [], 0, max(2, round(clip_seconds * KITTI_FPS))
+    for seq in seqs:
+        numbers, paths = _frames(os.path.join(base, "image_02", seq), ".png")
+        n, oxts = len(paths), os.path.join(base, "oxts", f"{seq}.txt")
+        if numbers != list(range(n)):
+            raise BadRow(None, f"frames are not numbered 000000 to {n - 1:06d}", os.path.join(base, "image_02", seq))
+        need = {"P2": 12, **({"R_rect": 9, "Tr_velo_cam": 12, "Tr_imu_velo": 12} if os.path.isfile(oxts) else {})}
+        calib = read_calib(os.path.join(base, "calib", f"{seq}.txt"), need)
+        tracks = kitti_labels(os.path.join(base, "label_02", f"{seq}.txt"), n, calib["t2"])
+        poses = kitti_poses(oxts, calib, n) if os.path.isfile(oxts) else None
+        for s in range(0, max(n - L, 0) + 1, L):
+            e, ids = min(s + L, n), sorted(k for k, (_, _, at) in tracks.items() if any(s <= f < s + L for f in at))
+            p = (poses[0][s:e], poses[1][s:e]) if poses else None
+            if p and not (np.isfinite(p[0]).all() and np.isfinite(p[1]).all()):
+                skipped += 1
+                continue
+            cam = np.full((len(ids), e - s, 3), np.nan)                          # (N, F, 3) camera 2, NaN: absent
+            for i, k in enumerate(ids):
+                for f in range(s, e):
+                    cam[i, f - s] = tracks[k][2].get(f, np.nan)
+            times = np.arange(e - s) / KITTI_FPS
+            tr = tracks_3d([tracks[k][0] for k in ids], cam, [tracks[k][1] for k in ids], times, p)
+            clips += [(seq, Footage(f"kitti-{seq}-{s:06d}", f"videos/kitti-{seq}-{s:06d}.mp4", times, tr, p, tuple(
+                TRACK_TASKS) if p else (*STATIC_TASKS, "in_view"), KITTI_TYPES), paths[s:e])] if ids else []
+    return clips, skipped
+
+
+def _folder(path):
+    """path, if it is a folder; else a FileNotFoundError naming it."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such folder")
+    return path
+
+
+def read_ply_xyz(path):
+    """Vertex positions (V, 3) of a binary little-endian PLY whose first element is its vertices (ScanNet's meshes);
+    anything else is a BadRow naming the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    with open(path, "rb") as fh:
+        header = []
+        while header[-1:] != [["end_header"]] and len(header) < 100:
+            header.append(fh.readline().decode("latin-1").split())
+        body = fh.read()
+    elements = [h for h in header if h[:1] == ["element"]]
+    if ["format", "binary_little_endian", "1.0"] not in header or not elements or elements[0][1:2] != ["vertex"]:
+        raise BadRow(None, "not a binary little-endian PLY that lists its vertices first", path)
+    props = list(itertools.takewhile(lambda h: h[:1] == ["property"], header[header.index(elements[0]) + 1:]))
+    if not all(h[1:2] and h[1] in PLY_TYPES for h in props) or not {"x", "y", "z"} <= {h[-1] for h in props}:
+        raise BadRow(None, f"vertex properties {[' '.join(h[1:]) for h in props]} are not numbers with x, y, z", path)
+    dtype = np.dtype([(h[2], "<" + PLY_TYPES[h[1]]) for h in props])
+    if len(body) < int(elements[0][2]) * dtype.itemsize:
+        raise BadRow(None, f"cut off: {len(body)} bytes for {elements[0][2]} vertices", path)
+    v = np.frombuffer(body, dtype, int(elements[0][2]))
+    return np.stack([v["x"], v["y"], v["z"]], -1).astype(np.float64)
+
+
+def scannet_objects(folder, scene):
+    """(categories, centres (N, 3), sizes (N, 3) as width x, height z, length y) of a scan's instances in its world
+    frame (z up): the box of each instance's vertices (its aggregation's segments, their vertices by the segs file);
+    walls, floors and ceilings left out."""
+    xyz = read_ply_xyz(os.path.join(folder, f"{scene}_vh_clean_2.ply"))         # (V, 3) metres
+    segs_path = os.path.join(folder, f"{scene}_vh_clean_2.0.010000.segs.json")
+    seg = _json(segs_path)
+    seg = np.asarray(seg.get("segIndices") if isinstance(seg, dict) else None)   # (V,) segment of each vertex
+    if seg.ndim != 1 or len(seg) != len(xyz):
+        raise BadRow("segIndices", f"must give a segment for each of the PLY's {len(xyz)} vertices", segs_path)
+    agg_path, cats, lo, hi = os.path.join(folder, f"{scene}.aggregation.json"), [], [], []
+    for g in _records(_json(agg_path), "segGroups", ("label", "segments"), agg_path):
+        pts = xyz[np.isin(seg, g["segments"])]
+        if len(pts) and _category(g["label"]) not in NOT_OBJECTS:
+            cats, lo, hi = cats + [_category(g["label"])], lo + [pts.min(0)], hi + [pts.max(0)]
+    lo, hi = np.reshape(lo, (-1, 3)), np.reshape(hi, (-1, 3))
+    return cats, (lo + hi) / 2, (hi - lo)[:, [0, 2, 1]]
+
+
+def scannet_clips(scans, scenes=None):
+    """ScanNet scenes as its exporter writes them beside the scans -> ([(scene, Footage, frame paths)]: one
+    walk-through clip a scene, up to SCANNET_FRAMES frames evenly spaced, at their times (N / 30 s), frames skipped
+    for a non-finite pose (tracking lost: -inf)). Reads SCANS/SCENE/color/N.jpg, pose/N.txt (camera to world, 4x4),
+    intrinsic/intrinsic_color.txt, SCENE_vh_clean_2.ply, SCENE.aggregation.json, SCENE_vh_clean_2.0.010000.segs.json.
+    Objects (scannet_objects) are moved into each frame's camera (x right, y down, z forward: the graphs' frame) by
+    the inverse pose; a frame's graph lists those whose centre lies in its image, NEAR or more in front (no depth
+    test: an object behind a wall counts as in view). Static spatial and appearance-order tasks."""
+    scenes = scenes or sorted(d for d in os.listdir(_folder(scans)) if os.path.isdir(os.path.join(scans, d)))
+    clips, skipped = [], 0
+    for scene in scenes:
+        d = _folder(os.path.join(scans, scene))
+        cats, centres, sizes = scannet_objects(d, scene)
+        numbers, paths = _frames(os.path.join(d, "color"), ".jpg")
+        poses = [np.array([v for _, v in read_table(os.path.join(d, "pose", f"{k}.txt"), 4)]) for k in numbers]
+        K = np.array([v for _, v in read_table(os.path.join(d, "intrinsic", "intrinsic_color.txt"), 4)])
+        bad = [f"pose/{k}.txt" for k, m in zip(numbers, poses) if m.shape != (4, 4)] + ["intrinsic"] * (K.shape != (4, 4))
+        if bad:
+            raise BadRow(None, f"not a 4x4 matrix: {bad[0]}", d)
+        good = [i for i, m in enumerate(poses) if np.isfinite(m).all()]
+        skipped += len(poses) - len(good)
+        pick = [good[i] for i in np.unique(np.round(np.linspace(0, len(good) - 1, SCANNET_FRAMES)).astype(int))]
+        R, c = np.array([poses[i][:3, :3].T for i in pick]), np.array([poses[i][:3, 3] for i in pick])  # world->cam
+        cam = np.einsum("fij,nfj->nfi", R, centres[:, None] - c[None])            # (N, F, 3)
+        H, W = read_image(paths[pick[0]]).shape[:2] if pick else (0, 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u, v = (K[k, k] * cam[..., k] / cam[..., 2] + K[k, 2] for k in (0, 1))   # (N, F) pixels
+        seen = (cam[..., 2] >= NEAR) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
+        cam[~seen], keep, times = np.nan, seen.any(1), (np.array(numbers)[pick] - numbers[pick[0]]) / SCANNET_FPS
+        tr = tracks_3d([k for k, s in zip(cats, keep) if s], cam[keep], sizes[keep], times, (R, c))
+        clips += [(scene, Footage(f"scannet-{scene}", f"videos/scannet-{scene}.mp4", times, tr, (R, c), STATIC_TASKS,
+                                  SCANNET_TYPES), [paths[i] for i in pick])] if len(pick) >= 2 and tr else []
+    return clips, skipped
+
+
+def tao_clips(path, frames):
+    """TAO's annotation file -> ([(video id, Footage, frame paths)]: one clip per video of its annotated frames
+    (FRAMES/file_name, about one a second) at their times (frame_index / 30 s), 0). TAO has no 3D: temporal tasks
+    only (appearance order, when an object is in view) and rows without graphs; a box's centre (x + w/2) orders the
+    objects of one category that first appear together (track_names)."""
+    doc = _json(path)
+    images = {im["id"]: im for im in _records(doc, "images", ("id", "video_id", "file_name", "frame_index"), path)}
+    cats = {c["id"]: _category(c["name"]) for c in _records(doc, "categories", ("id", "name"), path)}
+    tracks, boxes, clips = _records(doc, "tracks", ("id", "category_id", "video_id"), path), {}, []
+    for n, a in enumerate(_records(doc, "annotations", ("image_id", "track_id", "bbox"), path)):
+        if a["image_id"] not in images or not (isinstance(a["bbox"], list) and len(a["bbox"]) == 4):
+            raise BadRow("image_id", f"{a['image_id']!r} is no image of the file, or bbox {a['bbox']!r} is not [x, y, "
+                                     f"w, h] (frames and labels disagree)", f"{path}: annotations item {n}")
+        boxes.setdefault(a["track_id"], {})[a["image_id"]] = a["bbox"]
+    for n, t in enumerate(tracks):
+        if t["category_id"] not in cats:
+            raise BadRow("category_id", f"{t['category_id']!r} is no category of the file", f"{path}: tracks item {n}")
+    for v in _records(doc, "videos", ("id",), path):
+        ims = sorted((im for im in images.values() if im["video_id"] == v["id"]), key=lambda im: im["frame_index"])
+        ts = [t for t in tracks if t["video_id"] == v["id"] and t["id"] in boxes]
+        present = np.array([[im["id"] in boxes[t["id"]] for im in ims] for t in ts]).reshape(len(ts), len(ims))
+        first = present.argmax(1)
+        x = [boxes[t["id"]][ims[f]["id"]][0] + boxes[t["id"]][ims[f]["id"]][2] / 2 for t, f in zip(ts, first)]
+        names = track_names([cats[t["category_id"]] for t in ts], first, x)
+        times = (np.array([im["frame_index"] for im in ims], dtype=np.float64) - ims[0]["frame_index"]) / TAO_FPS
+        w = Footage(f"tao-{v['id']}", f"videos/tao-{v['id']}.mp4", times, [Track(nm, cats[t["category_id"]], p, None)
+                    for nm, t, p in zip(names, ts, present)], None, ("appearance_order", "in_view"))
+        clips += [(v["id"], w, [os.path.join(frames, im["file_name"]) for im in ims])] if len(ims) >= 2 and ts else []
+    return clips, 0
+
+
+def write_converted(out, source, clips, skipped=0):
+    """Write converted clips [(group, Footage, frame paths)] into the folder `out`: videos/ (the frames at their
+    times), the rows of every task each clip supports into train/val/test.jsonl (split by group: a sequence, scene
+    or video, split_of), then converted.json: the source, the clips, rows per split and per task, the tasks the
+    source supports and `skipped` (frames or clips with a non-finite pose). Returns that summary."""
+    missing = next((p for _, _, paths in clips for p in paths if not os.path.isfile(p)), None)
+    if missing:
+        raise FileNotFoundError(f"{missing}: no such frame (frames and labels disagree)")
+    groups = sorted({str(g) for g, _, _ in clips})
+    split, files, made = dict(zip(groups, split_of(len(groups), 0))), {"train": [], "val": [], "test": []}, {}
+    os.makedirs(os.path.join(out, "videos"))
+    for i, (group, w, paths) in enumerate(clips):
+        rows = make_questions(w, np.random.default_rng([0, i]))
+        write_video(os.path.join(out, w.video), (read_image(p) for p in paths), round(1 / frame_interval(w.times)),
+                    w.times)
+        files[split[str(group)]] += rows
+        for r in rows:
+            made[r["task"]] = made.get(r["task"], 0) + 1
+    for s, rows in files.items():
+        write_file(os.path.join(out, f"{s}.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
+    summary = {"source": source, "clips": len(clips), "rows": {s: len(r) for s, r in files.items()}, "tasks": made,
+               "supported": sorted({t for _, w, _ in clips for t in w.tasks}), "skipped": skipped}
+    write_file(os.path.join(out, "converted.json"), json.dumps(summary))
+    return summary
+
+
 # --- support: no paper content below (files written atomically and read tolerantly, bench, command line) --------
 
 def write_file(path, content):
@@ -1219,11 +1655,16 @@ def write_file(path, content):
 
 def replace_folder(path, write):
     """write(tmp) fills a temporary folder .tmp-NAME beside `path`, which then replaces `path` (discard); returns
-    write's result. A kill at any moment leaves the old folder or the new one whole, never a half-built one."""
+    write's result. A kill at any moment leaves the old folder or the new one whole, never a half-built one; an
+    exception in write removes the temporary folder."""
     path = os.path.normpath(path)
     tmp = os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
     shutil.rmtree(tmp, ignore_errors=True)
-    out = write(tmp)
+    try:
+        out = write(tmp)
+    except BaseException:                       # a failed write leaves no half-built folder behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if os.path.exists(path):
         discard(path)
     os.replace(tmp, path)
@@ -1376,17 +1817,54 @@ def main(argv=None):
     make.add_argument("--max-roll", type=float, default=MAX_ROLL, help=f"their roll, +-degrees (default {MAX_ROLL})")
     make.add_argument("--layout", choices=LAYOUTS, default="plain", help="of the reasoning (reasoning_text)")
     sub.add_parser("bench", help="read_frames(16) vs decoding every frame of a 2-min video; the renderer")
+    readers = {"kitti": (kitti_clips, "root", "the unpacked KITTI tracking download (ROOT/training/...)"),
+               "scannet": (scannet_clips, "scans", "the folder of ScanNet's scene folders (SCANS/sceneXXXX_XX/...)"),
+               "tao": (tao_clips, "annotations", "TAO's annotation JSON (videos, images, tracks, annotations, "
+                                                 "categories)")}
+    for name, (read, arg, what) in readers.items():
+        c = sub.add_parser(name, help=f"real video to rows ({read.__name__})", description=" ".join(read.__doc__.split()))
+        c.add_argument(arg, help=what)
+        c.add_argument("--out", required=True, help="the folder of rows and videos, written whole or left absent")
+    sub.choices["kitti"].add_argument("--seqs", nargs="+", help="sequences, e.g. 0000 0001 (default: all labelled)")
+    sub.choices["kitti"].add_argument("--clip_seconds", type=float, default=4.0, help="clip length (default 4.0)")
+    sub.choices["scannet"].add_argument("--scenes", nargs="+", help="scenes, e.g. scene0000_00 (default: all)")
+    sub.choices["tao"].add_argument("--frames", required=True, help="the folder the images' file_name starts in")
     args = p.parse_args(argv)
+    if args.command in readers:
+        return convert(args)
     if args.command != "make":
         return bench() if args.command else demo()
-    taken = os.path.exists(args.out) and (os.path.isfile(args.out) or os.listdir(args.out))
-    if taken and not os.path.isfile(os.path.join(args.out, "scenes.jsonl")):          # not a set made here
-        sys.exit(f"data.py make: {args.out} exists and holds no data set (no scenes.jsonl): pick another --out")
+    refuse_taken(args.out, "scenes.jsonl", "make")
     t = time.time()
     counts = replace_folder(args.out, lambda tmp: make_dataset(tmp, args.n, args.seed, args.questions,
                                                                (2, args.max_objects), roll_share=args.roll_share,
                                                                max_roll=args.max_roll, layout=args.layout))
     print(f"rows {counts} in {time.time() - t:.0f} s -> {args.out}")
+
+
+def refuse_taken(out, marker, command):
+    """Exit when `out` holds something that `command` did not write (no `marker` file in it): replace_folder would
+    delete it."""
+    if os.path.exists(out) and (os.path.isfile(out) or os.listdir(out)) and not os.path.isfile(
+            os.path.join(out, marker)):
+        sys.exit(f"data.py {command}: {out} exists and holds no data set (no {marker}): pick another --out")
+
+
+def convert(args):
+    """data.py kitti | scannet | tao: the reader's clips written by write_converted through replace_folder (a
+    failed run leaves --out absent, or as it was); bad input exits naming the file (and line)."""
+    refuse_taken(args.out, "converted.json", args.command)
+    read = {"kitti": lambda: kitti_clips(args.root, args.seqs, args.clip_seconds),
+            "scannet": lambda: scannet_clips(args.scans, args.scenes),
+            "tao": lambda: tao_clips(args.annotations, args.frames)}[args.command]
+    try:
+        s = replace_folder(args.out, lambda tmp: write_converted(tmp, args.command, *read()))
+    except (BadRow, FileNotFoundError, VideoError) as e:
+        sys.exit(f"data.py {args.command}: {e}")
+    print(f"data.py {args.command}: {s['clips']} clips, rows {s['rows']} -> {args.out}\n  tasks made: {s['tasks']}"
+          f"\n  not made (no clip fits): {sorted(set(s['supported']) - set(s['tasks'])) or 'none'}; not supported by "
+          f"the source: {sorted(set(TRACK_TASKS) - set(s['supported']))}\n  skipped for a non-finite pose: "
+          f"{s['skipped']} {'frames' if args.command == 'scannet' else 'clips'}")
 
 
 if __name__ == "__main__":

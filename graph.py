@@ -12,7 +12,8 @@ Rotating every centre about the camera, x -> R x, keeps both: |R x_i - R x_j| = 
 by earlier work stores a camera-frame azimuth, atan2(x_i, z_i): a camera yaw of phi adds phi to every azimuth,
 so the same scene seen after the camera turned gets a different map; d_ij and a_ij stay put.
 
-Text grammar (what the model writes; white space is free, names are lower case and unique per graph):
+Text grammar (what the model writes; white space is free, names are lower case and unique per graph; a name that
+ends in a number, "car 2", is one of several objects of its category, "car": data.track_names, category_of):
     <graph t=FRAME> NAME (X,Y,Z); NAME (X,Y,Z); ... | NAME-NAME d=DIST a=ANGLE; ... </graph>
 FRAME is the source-video frame index; X,Y,Z metres in that frame's camera frame (x right, y down, z forward),
 one decimal; DIST metres, one decimal; ANGLE whole degrees. A full example with three objects:
@@ -41,7 +42,7 @@ MAX_NAME = 40     # characters in an object name
 
 @dataclass
 class Node:
-    category: str                          # e.g. "red cube"
+    category: str                          # the object's name, e.g. "red cube", "car 2" (category_of: "car")
     center: tuple                          # (x, y, z) metres, camera frame of this graph's frame
 
 
@@ -161,10 +162,24 @@ def parse_graphs(text):
     return graphs
 
 
+NUMBERED_RE = re.compile(r"^(.*\S) \d{1,3}$")
+NAME_RULE = ("Objects of one kind are numbered in the order they first appear, those that appear together "
+             "from left to right: car 1, car 2.")   # the prompt's words (model.build_prompt) for data.track_names' rule
+
+
+def category_of(name):
+    """The category a node's name stands for: "car 2" -> "car" (real video numbers the objects of one category,
+    data.track_names), any other name as it is ("red cube"). Matching pairs nodes within a category by distance, so a
+    graph that numbers two cars the other way round scores as one that numbers them as the ground truth does."""
+    m = NUMBERED_RE.match(name)
+    return m.group(1) if m else name
+
+
 def match_nodes(pred_nodes, gt_nodes):
-    """Greedy matching within each category, closest pairs first. Returns {gt index: (pred index, distance)}."""
+    """Greedy matching within each category (category_of), closest pairs first. Returns {gt index: (pred index,
+    distance)}."""
     pairs = sorted((float(np.linalg.norm(np.subtract(p.center, g.center))), gi, pi) for gi, g in enumerate(gt_nodes)
-                   for pi, p in enumerate(pred_nodes) if p.category == g.category)
+                   for pi, p in enumerate(pred_nodes) if category_of(p.category) == category_of(g.category))
     matched, used = {}, set()
     for dist, gi, pi in pairs:
         if gi not in matched and pi not in used:
@@ -174,7 +189,7 @@ def match_nodes(pred_nodes, gt_nodes):
 
 
 def node_reward(pred, gt):
-    """R_n in [0, 1] for one frame: per category sum_pairs max(0, 1 - dist/TAU_NODE) / max(n_pred, n_gt),
+    """R_n in [0, 1] for one frame: per category (category_of) sum_pairs max(0, 1 - dist/TAU_NODE) / max(n_pred, n_gt),
     weighted by ground-truth counts. Predicted nodes of categories absent from the ground truth count in the
     denominator (otherwise hallucinated objects would be free)."""
     if not gt.nodes:
@@ -182,13 +197,13 @@ def node_reward(pred, gt):
     matched = match_nodes(pred.nodes, gt.nodes)
     gt_cats = {}
     for gi, n in enumerate(gt.nodes):
-        gt_cats.setdefault(n.category, []).append(gi)
+        gt_cats.setdefault(category_of(n.category), []).append(gi)
     total = 0.0
     for cat, gis in gt_cats.items():
-        n_pred = sum(p.category == cat for p in pred.nodes)
+        n_pred = sum(category_of(p.category) == cat for p in pred.nodes)
         score = sum(max(0.0, 1.0 - matched[gi][1] / TAU_NODE) for gi in gis if gi in matched)
         total += len(gis) * score / max(n_pred, len(gis))   # weight n_gt_c times the category's score
-    extra = sum(p.category not in gt_cats for p in pred.nodes)
+    extra = sum(category_of(p.category) not in gt_cats for p in pred.nodes)
     return total / (len(gt.nodes) + extra)
 
 

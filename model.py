@@ -34,6 +34,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 from transformers import (AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast, Qwen2_5_VLConfig,
                           Qwen2_5_VLForConditionalGeneration)
 
+import graph
+
 # Qwen's special tokens (the real ids are 151643..151656; here they come first in the small vocabulary).
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>"]
@@ -282,7 +284,9 @@ ANSWER_FORMAT = {"mc": "the option's letter", "num": "a number", "iou": "[start,
 
 def build_prompt(row):
     """Chat-template text for one dataset row: system, user (video, question, options, instruction), assistant.
-    The instruction asks for what row["think"] says (THINK_INSTRUCTION; "graph" when absent)."""
+    The instruction asks for what row["think"] says (THINK_INSTRUCTION; "graph" when absent), and states how objects
+    are named (graph.NAME_RULE) where the row's graphs or options name one of several of a category ("car 2"; no
+    synthetic row does)."""
     kind = row.get("answer_type")
     if kind not in ("mc", "num", "iou"):
         raise ValueError(f"model.build_prompt: row {row.get('id')!r} field answer_type={kind!r} not mc/num/iou")
@@ -299,7 +303,10 @@ def build_prompt(row):
     if think not in THINK_INSTRUCTION:
         raise ValueError(f"model.build_prompt: row {row.get('id')!r} field think={think!r} not one of "
                          f"{sorted(THINK_INSTRUCTION)}")
-    text += (f"\n{THINK_INSTRUCTION[think].format(frames=which)}"
+    names = [n["category"] for g in row.get("graphs") or [] for n in g["nodes"]]
+    names += [part for opt in row.get("options") or [] for part in str(opt).split(", ")]
+    rule = graph.NAME_RULE + " " if any(graph.category_of(n) != n for n in names) else ""   # rows of real video
+    text += (f"\n{THINK_INSTRUCTION[think].format(frames=which)}{rule}"
              f"Then answer in <answer> </answer> with only {ANSWER_FORMAT[kind]}.")
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}]
     return chat_template().render(messages=messages, add_generation_prompt=True)

@@ -7,7 +7,9 @@ import collections
 import contextlib
 import dataclasses
 import filecmp
+import fractions
 import functools
+import hashlib
 import io
 import json
 import math
@@ -575,7 +577,7 @@ def test_scene_render_and_graphs_match_the_scene():
         assert np.abs(img[int(v), int(u)] - col).max() < 90 or np.abs(img[int(v), int(u)] - col * 0.75).max() < 60
     assert all(len(b["objects"]) == 5 and data.scene_ok(b) for b in _scenes(5, seed=3, n_objects=(5, 5)))
     for s in _scenes(20, seed=1):
-        assert data.key_frames(s) == [0, s["num_frames"] - 1]
+        assert data.key_frames(data.frame_times(s)) == [0, s["num_frames"] - 1]
         rows = data.make_questions(s, np.random.default_rng(0))
         parsed = graph.parse_graphs(rows[0]["reasoning"])                # the text writes centres to 0.1 m
         assert len(parsed) == len(rows[0]["graphs"])
@@ -667,6 +669,19 @@ def test_answers_recomputed_from_scene_mc_letters_balanced_and_reasoning_agrees(
             assert written[tuple(sorted(pair))] == row["answer"], (row["question"], row["reasoning"])
             checked += 1
     assert checked >= 20
+
+
+def test_synthetic_rows_are_the_bytes_they_were_before_the_track_interface():
+    """Rows of synthetic scenes (both layouts, up to 5 objects) are byte for byte those that the scene-dict question
+    generator made before the q_* tasks read tracks (commit 32f2eaf): data sets made since train the same."""
+    rows = []
+    for n, objects, layout, seed in ((40, (2, 3), "plain", 0), (40, (2, 3), "asked_last", 0), (15, (2, 5), "plain", 3)):
+        for i in range(n):
+            rng = np.random.default_rng([seed, i])             # as data.make_scene_files draws scene i of a seed
+            rows += data.make_questions({**data.make_scene(rng, objects), "id": i}, rng, layout=layout)
+    assert len(rows) == 784
+    assert hashlib.sha256(json.dumps(rows).encode()).hexdigest() == (
+        "86809516547bbfa12bf3383c731c9d8d444ad5e92bb3e60d31047b8cb66b3dba")
 
 
 def test_make_dataset_deterministic_split_by_scene_and_base_scenes_disjoint_from_runs():
@@ -1982,7 +1997,7 @@ def test_every_entry_point_refuses_unknown_arguments_and_help_only_helps():
            ("grpo.py", ["bench_rollout", "--bogus"], ["--bogus", "--decoders"]),
            ("rewards.py", ["--bogus"], ["--bogus"])]
     helps = [(f, [c] if c else []) for f in _entry_points() for c in [None, *_help(f)[1]]]
-    assert len(helps) == 14, helps                        # 7 files, data.py's 2, eval.py's 3 and grpo.py's 2 commands
+    assert len(helps) == 17, helps                        # 7 files, data.py's 5, eval.py's 3 and grpo.py's 2 commands
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
@@ -2162,6 +2177,306 @@ def test_every_command_the_docs_show_is_real_and_no_source_line_is_over_118():
             for n, line in enumerate(open(os.path.join(HERE, f), encoding="utf-8"), 1)
             if len(line.rstrip("\n")) > 118]
     assert not wide, wide
+
+
+# --- data.py: real video (KITTI, ScanNet, TAO) read from files written from synthetic scenes ---------------------------
+
+T2 = np.array([0.06, -0.002, 0.004])               # camera 2's offset from KITTI's reference camera in the fixture, m
+
+
+def _image_bytes(img, codec):
+    """A PNG ("png") or JPEG ("mjpeg") file's bytes of an (H, W, 3) uint8 image, encoded by PyAV."""
+    cc = av.CodecContext.create(codec, "w")
+    cc.width, cc.height, cc.time_base = img.shape[1], img.shape[0], fractions.Fraction(1, 10)
+    cc.pix_fmt = "rgb24" if codec == "png" else "yuvj420p"
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24").reformat(format=cc.pix_fmt)
+    return b"".join(bytes(p) for p in cc.encode(frame) + cc.encode(None))
+
+
+def _put(path, content):
+    """Write text or bytes to path, its folders made."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(content if isinstance(content, bytes) else content.encode())
+
+
+@functools.lru_cache(maxsize=None)
+def _scene10(static=False):
+    """A 32-frame 10 fps synthetic scene (KITTI's rate) of 3 objects that appear one after the other, at least one
+    moving; static: none moves and all are in view from the start (ScanNet's world). Its rendered frames too."""
+    for i in range(100):
+        s = {**data.make_scene(np.random.default_rng([11, i]), (3, 3), num_frames=32, fps=10,
+                               stagger_p=0.0 if static else 1.0), "id": i}
+        if static:
+            s["objects"] = [{**o, "move": None, "vel": [0.0, 0.0]} for o in s["objects"]]
+        if data.scene_ok(s) and (static or len({o["appear"] for o in s["objects"]}) == 3):
+            return s, data.render_clip(s)
+    raise AssertionError("no scene")
+
+
+def _write_kitti(root, seq="0000", oxts=True):
+    """_scene10 as KITTI tracking files: PNG frames of camera 2, label_02 lines (the box's bottom centre in the
+    reference camera, 6 decimals, and a DontCare row a frame), calib (P2 = K [I | T2]) and oxts (the scene's camera
+    poses as IMU poses through Tr_velo_cam, Mercator from 49 degrees north)."""
+    s, clip = _scene10()
+    w, tr = data.synthetic_footage(s), os.path.join(root, "training")
+    for f, img in enumerate(clip):
+        _put(os.path.join(tr, "image_02", seq, f"{f:06d}.png"), _image_bytes(img, "png"))
+    lines = []
+    for f in range(len(clip)):
+        for k, t in enumerate(w.tracks):
+            if t.present[f]:
+                (x, y, z), (wd, h, ln) = t.cam[f] - T2, t.size
+                lines.append(f"{f} {k} {t.name.replace(' ', '_').capitalize()} 0 0 -1.5 10 10 30 30 {h:.6f} {wd:.6f} "
+                             f"{ln:.6f} {x:.6f} {y + h / 2:.6f} {z:.6f} 0.3")
+        lines.append(f"{f} -1 DontCare -1 -1 -10 1 1 5 5 -1000 -1000 -1000 -10 -1 -1 -1")
+    _put(os.path.join(tr, "label_02", f"{seq}.txt"), "\n".join(lines) + "\n")
+    K = np.array([[s["focal"], 0, 56.0], [0, s["focal"], 56.0], [0, 0, 1]])
+    M0 = np.array([[0.0, -1, 0], [0, 0, -1], [1, 0, 0]])                  # IMU (x forward, y left, z up) -> camera
+    calib = {"P2:": K @ np.column_stack([np.eye(3), T2]), "R_rect": np.eye(3),
+             "Tr_velo_cam": np.column_stack([M0, np.zeros(3)]), "Tr_imu_velo": np.column_stack([np.eye(3), np.zeros(3)])}
+    _put(os.path.join(tr, "calib", f"{seq}.txt"), "".join(f"{k} {' '.join(f'{v:.12e}' for v in m.ravel())}\n"
+                                                          for k, m in calib.items()))
+    if oxts:
+        R, c = w.poses
+        Rw, t = np.einsum("fji,jk->fik", R, M0), np.einsum("fji,j->fi", R, T2) + c   # IMU -> world: R^T M0, R^T T2 + c
+        r, lat0 = 6378137.0 * math.cos(math.radians(49.0)), math.radians(49.0)
+        y0 = r * math.log(math.tan(math.pi / 4 + lat0 / 2))
+        lat = 2 * np.arctan(np.exp((y0 + t[:, 1] - t[0, 1]) / r)) - math.pi / 2
+        ox = np.column_stack([np.degrees(lat), np.degrees((t[:, 0] - t[0, 0]) / r), t[:, 2],
+                              np.arctan2(Rw[:, 2, 1], Rw[:, 2, 2]), np.arcsin(-Rw[:, 2, 0]),
+                              np.arctan2(Rw[:, 1, 0], Rw[:, 0, 0]), np.zeros((len(t), 24))])
+        _put(os.path.join(tr, "oxts", f"{seq}.txt"), "".join(" ".join(f"{v:.15g}" for v in row) + "\n" for row in ox))
+    return os.path.join(tr, "label_02", f"{seq}.txt")
+
+
+def _write_scannet(scans, scene="scene0000_00", lost=()):
+    """_scene10(static) as ScanNet's exporter writes a scene beside its scan: JPEG frames, camera-to-world poses
+    (-inf at the frames in `lost`), the colour intrinsics, a PLY whose vertices are each object's box corners and
+    a wall's, the segs (a segment an object) and the aggregation (the objects' names as labels)."""
+    s, clip = _scene10(static=True)
+    w, d = data.synthetic_footage(s), os.path.join(scans, scene)
+    for f, img in enumerate(clip):
+        _put(os.path.join(d, "color", f"{f}.jpg"), _image_bytes(img, "mjpeg"))
+        pose = np.vstack([np.column_stack([w.poses[0][f].T, w.poses[1][f]]), [0, 0, 0, 1]])   # camera -> world
+        _put(os.path.join(d, "pose", f"{f}.txt"), "\n".join(" ".join(f"{v:.9f}" for v in row)
+                                                             for row in (np.full((4, 4), -np.inf) if f in lost else pose)))
+    _put(os.path.join(d, "intrinsic", "intrinsic_color.txt"),
+         f"{s['focal']} 0 56 0\n0 {s['focal']} 56 0\n0 0 1 0\n0 0 0 1\n")
+    corners = np.array([[a, b, e] for a in (-0.5, 0.5) for b in (-0.5, 0.5) for e in (-0.5, 0.5)])   # (8, 3)
+    boxes = [t.world[0] + corners * [t.size[0], t.size[2], t.size[1]] for t in w.tracks] + [corners * [9, 0.1, 3]]
+    xyz = np.concatenate(boxes).astype("<f4")                                # (V, 3) metres
+    verts = np.zeros(len(xyz), [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"),
+                                ("blue", "u1"), ("alpha", "u1")])
+    verts["x"], verts["y"], verts["z"] = xyz.T
+    header = (f"ply\nformat binary_little_endian 1.0\nelement vertex {len(xyz)}\nproperty float x\nproperty float y\n"
+              "property float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\nproperty uchar alpha\n"
+              "element face 0\nproperty list uchar int vertex_indices\nend_header\n")
+    _put(os.path.join(d, f"{scene}_vh_clean_2.ply"), header.encode() + verts.tobytes())
+    _put(os.path.join(d, f"{scene}_vh_clean_2.0.010000.segs.json"),
+         json.dumps({"sceneId": scene, "segIndices": [10 + k for k in range(len(boxes)) for _ in range(8)]}))
+    labels = [t.name for t in w.tracks] + ["wall"]
+    _put(os.path.join(d, f"{scene}.aggregation.json"), json.dumps({"sceneId": scene, "segGroups": [
+        {"id": k, "objectId": k, "segments": [10 + k], "label": lab} for k, lab in enumerate(labels)]}))
+
+
+def _write_tao(root):
+    """_scene10 as a TAO annotation file (images at frame_index 3 k of a 30 fps video, a box per track and frame where
+    the object is present) and its JPEG frames under root/frames. Returns the file's path."""
+    s, clip = _scene10()
+    w, names = data.synthetic_footage(s), sorted({o["name"] for o in s["objects"]})
+    images = [{"id": 100 + k, "video_id": 7, "file_name": f"v7/{k:04d}.jpg", "frame_index": 3 * k, "width": 112,
+               "height": 112} for k in range(len(clip))]
+    for im, img in zip(images, clip):
+        _put(os.path.join(root, "frames", im["file_name"]), _image_bytes(img, "mjpeg"))
+    anns = [{"id": len(images) * k + int(f), "image_id": 100 + int(f), "track_id": 50 + k, "video_id": 7,
+             "category_id": names.index(t.name), "bbox": [*(data.project(s, t.cam[f]) - 4).tolist(), 8, 8]}
+            for k, t in enumerate(w.tracks) for f in np.flatnonzero(t.present)]
+    doc = {"videos": [{"id": 7, "name": "v7", "width": 112, "height": 112}], "images": images,
+           "categories": [{"id": j, "name": n.replace(" ", "_")} for j, n in enumerate(names)], "annotations": anns,
+           "tracks": [{"id": 50 + k, "category_id": names.index(t.name), "video_id": 7} for k, t in enumerate(w.tracks)]}
+    _put(os.path.join(root, "tao.json"), json.dumps(doc))
+    return os.path.join(root, "tao.json")
+
+
+def _answer(row):
+    """A row's answer as text or value (an mc answer as its option's text: distractors come from the source)."""
+    return row["options"][data.LETTERS.index(row["answer"])] if row["answer_type"] == "mc" else row["answer"]
+
+
+def _same_questions(got, want, tasks, graphs=True):
+    """Footage `got` (a reader's) asks each task's question of Footage `want` (the synthetic generator's) with the
+    same answer and (graphs) graphs within 1 cm (the same rng). Returns how many questions were compared."""
+    n = 0
+    for task in tasks:
+        a, b = (data.make_questions(w, np.random.default_rng(5), tasks=[task]) for w in (got, want))
+        assert len(a) == len(b), (task, a, b)
+        for ra, rb in zip(a, b):
+            assert (ra["question"], _answer(ra)) == (rb["question"], _answer(rb)), (ra, rb)
+            if graphs:
+                _graphs_close(ra["graphs"], rb["graphs"])
+            n += 1
+    return n
+
+
+def _graphs_close(got, want, tol=0.01):
+    """Row graphs (dicts) with the same frames and names, each centre within tol metres."""
+    assert (got is None) == (want is None) and len(got or []) == len(want or []), (got, want)
+    for g, h in zip(got or [], want or []):
+        assert g["frame"] == h["frame"] and [n["category"] for n in g["nodes"]] == [n["category"] for n in h["nodes"]]
+        assert np.abs(np.subtract([n["center"] for n in g["nodes"]], [n["center"] for n in h["nodes"]])).max() <= tol
+
+
+def _convert(argv):
+    """(exit code, stdout, stderr) of `python data.py ...argv` run in-process."""
+    return _cli(data, argv)
+
+
+def test_kitti_round_trip_graphs_within_1cm_answers_the_same_and_the_frames_it_shows():
+    """A synthetic scene written as KITTI tracking files reads back as the synthetic generator's Footage: every task's
+    question, answer and graphs (within 1 cm; camera 2's frame, P2's offset applied); the rows written are those of
+    that Footage, each graph's frame in the video shows that frame; without oxts only camera-frame tasks are asked."""
+    s, clip = _scene10()
+    with tempfile.TemporaryDirectory() as tmp:
+        _write_kitti(os.path.join(tmp, "kitti"))
+        clips, skipped = data.kitti_clips(os.path.join(tmp, "kitti"), clip_seconds=3.2)
+        assert skipped == 0 and len(clips) == 1 and clips[0][1].tasks == tuple(data.TRACK_TASKS)
+        got, want = clips[0][1], data.synthetic_footage(s)
+        assert _same_questions(got, want, data.TASKS) >= 9                # every task that applies to the scene
+        assert [t.name for t in got.tracks] == [t.name for t in want.tracks]
+        code, out, err = _convert(["kitti", os.path.join(tmp, "kitti"), "--out", os.path.join(tmp, "rows"),
+                                   "--clip_seconds", "3.2"])
+        assert code == 0 and "tasks made" in out, (out, err)
+        rows = data.load_rows(os.path.join(tmp, "rows", "train.jsonl"))
+        assert [r["question"] for r in rows] == [r["question"] for r in data.make_questions(got, np.random.default_rng(
+            [0, 0]))] and {r["task"] for r in rows} == set(json.load(open(os.path.join(tmp, "rows",
+                                                                                         "converted.json")))["tasks"])
+        for r in rows:
+            _graphs_close(r["graphs"], [data.graph_at(want, g["frame"]).to_dict() for g in r["graphs"]])
+        video = data.read_clip(rows[0]["video"], 32)
+        assert np.abs(video.frames.astype(int) - clip).mean() < 6 and np.allclose(video.times, np.arange(32) / 10)
+        shutil.rmtree(os.path.join(tmp, "kitti", "training", "oxts"))
+        clips, _ = data.kitti_clips(os.path.join(tmp, "kitti"), clip_seconds=3.2)
+        rows = data.make_questions(clips[0][1], np.random.default_rng(0))
+        assert {r["task"] for r in rows} <= set(data.STATIC_TASKS) | {"in_view"} and clips[0][1].poses is None
+        assert all("at the" in r["question"] for r in rows if r["task"] in ("abs_distance", "closest_object"))
+
+
+def test_scannet_round_trip_graphs_within_1cm_and_lost_poses_skipped_and_counted():
+    """A static synthetic scene written as ScanNet's exported frames, poses, PLY, segs and aggregation reads back with
+    the synthetic generator's static questions, answers and graphs (within 1 cm; the wall left out); frames whose
+    pose is -inf are skipped and counted."""
+    s, _ = _scene10(static=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        _write_scannet(os.path.join(tmp, "scans"))
+        clips, skipped = data.scannet_clips(os.path.join(tmp, "scans"))
+        got, want = clips[0][1], data.synthetic_footage(s)
+        assert skipped == 0 and [t.name for t in got.tracks] == [o["name"] for o in s["objects"]]
+        assert _same_questions(got, want, data.STATIC_TASKS) >= 4
+        _write_scannet(os.path.join(tmp, "lost"), lost=(3, 4))
+        code, out, err = _convert(["scannet", os.path.join(tmp, "lost"), "--out", os.path.join(tmp, "rows")])
+        summary = json.load(open(os.path.join(tmp, "rows", "converted.json")))
+        assert code == 0 and summary["skipped"] == 2 and "skipped for a non-finite pose: 2 frames" in out, (out, err)
+        assert data.read_clip(os.path.join(tmp, "rows", "videos", "scannet-scene0000_00.mp4"), 30).frames.shape[0] == 30
+        assert set(summary["tasks"]) <= set(data.STATIC_TASKS) and summary["rows"]["train"] >= 4
+
+
+def test_tao_round_trip_temporal_answers_and_rows_without_graphs_add_nothing_to_the_advantages():
+    """A synthetic scene written as TAO's JSON and JPEG frames reads back with the synthetic generator's
+    appearance-order and in-view answers; its rows have no graphs, so every completion gets the same graph term
+    (0): the advantages are those of the other parts alone."""
+    s, _ = _scene10()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _write_tao(tmp)
+        clips, _ = data.tao_clips(path, os.path.join(tmp, "frames"))
+        assert _same_questions(clips[0][1], data.synthetic_footage(s), ("appearance_order", "in_view"), False) == 2
+        code, out, err = _convert(["tao", path, "--frames", os.path.join(tmp, "frames"), "--out",
+                                   os.path.join(tmp, "rows")])
+        rows = data.load_rows(os.path.join(tmp, "rows", "train.jsonl"))
+        assert code == 0 and {r["task"] for r in rows} == {"appearance_order", "in_view"}, (out, err)
+    gt = graph.to_text(data.graph_at(data.synthetic_footage(s), 0))
+    for row in rows:
+        assert row["graphs"] is None and "<graph" not in row["reasoning"]
+        completions = [row["reasoning"], f"<think>{gt} x</think><answer>A</answer>", "<answer>[0, 1]</answer>", ""]
+        totals, parts = zip(*(rewards.total_reward(c, 60, row) for c in completions))
+        assert {p["graph"] for p in parts} == {0.0}
+        no_graph = [t - p["graph"] for t, p in zip(totals, parts)]
+        assert np.allclose(grpo.group_advantages(torch.tensor([totals]), 4),
+                           grpo.group_advantages(torch.tensor([no_graph]), 4))
+
+
+def test_names_numbered_left_to_right_matched_by_category_and_stated_in_the_prompt():
+    """track_names: one of a category keeps its name, several are numbered by first appearance, then left to right;
+    graph matching takes "car 2" as a car (numbers swapped score as right); the prompt states the rule only where
+    a row names numbered objects."""
+    assert data.track_names(["car", "car", "truck", "car"], [0, 0, 1, 2], [0.5, -0.2, 0.0, -9.0]) == [
+        "car 2", "car 1", "truck", "car 3"]
+    assert data._category("Person_sitting") == "person sitting" and data._category("car_(automobile)") == "car"
+    assert (graph.category_of("car 2"), graph.category_of("red cube"), graph.category_of("2x4 board")) == (
+        "car", "red cube", "2x4 board")
+    gt = graph.Graph(0, [graph.Node("car 1", (-2.0, 1.0, 8.0)), graph.Node("car 2", (2.0, 1.0, 9.0))])
+    swapped = graph.Graph(0, [graph.Node("car 2", (-2.0, 1.0, 8.0)), graph.Node("car 1", (2.0, 1.0, 9.0))])
+    written = [graph.graph_reward(graph.parse_graphs(graph.to_text(g)), [gt])[0] for g in (gt, swapped)]
+    assert written[0] == written[1] > 1.9
+    assert graph.node_reward(graph.Graph(0, [graph.Node("truck 1", (-2.0, 1.0, 8.0))]), gt) == 0.0
+    row = {"question": "Which object is closest to the car 1?", "options": ["car 2", "truck"], "answer": "A",
+           "answer_type": "mc", "graphs": [gt.to_dict()]}
+    assert graph.NAME_RULE in qwen.build_prompt(row)
+    synthetic = data.make_questions(_scenes(1)[0], np.random.default_rng(0))
+    assert not any(graph.NAME_RULE in qwen.build_prompt(r) for r in synthetic)
+
+
+def test_bad_real_inputs_exit_naming_file_and_line_and_leave_out_absent():
+    """A label line with the wrong number of columns or a word for a number, a label frame past the frames, a
+    sequence without calib, a missing root, a ScanNet scene without its aggregation or with segs that do not fit
+    the mesh, a TAO annotation of no image: each exits non-zero naming the file (and line) and --out stays absent
+    (no temporary folder left either)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root, out = os.path.join(tmp, "kitti"), os.path.join(tmp, "out")
+        label = _write_kitti(root, oxts=False)
+        good = open(label).read().splitlines()
+
+        def fails(argv, *said):
+            code, _, err = _convert(argv + ["--out", out])
+            assert code == 1 and all(x in err for x in said) and not os.path.exists(out), (argv, err)
+            assert not [f for f in os.listdir(tmp) if f.startswith(".tmp-")], os.listdir(tmp)
+        for n, line in ((3, " ".join(good[2].split()[:16])), (5, good[4].replace(" 0 0 ", " 0 zero ", 1)),
+                        (1, f"32 {good[0].split(' ', 1)[1]}")):              # a frame past the last
+            _put(label, "\n".join(good[:n - 1] + [line] + good[n:]) + "\n")
+            fails(["kitti", root], f"{label}:{n}:")
+        _put(label, "\n".join(good) + "\n")
+        calib = os.path.join(root, "training", "calib", "0000.txt")
+        os.rename(calib, calib + ".away")
+        fails(["kitti", root], calib, "no such file")
+        os.rename(calib + ".away", calib)
+        fails(["kitti", os.path.join(tmp, "nowhere")], "nowhere", "no such folder")
+        scans = os.path.join(tmp, "scans")
+        _write_scannet(scans)
+        segs = os.path.join(scans, "scene0000_00", "scene0000_00_vh_clean_2.0.010000.segs.json")
+        _put(segs, json.dumps({"segIndices": [0, 1, 2]}))
+        fails(["scannet", scans], segs, "segIndices")
+        _write_scannet(scans)
+        os.remove(os.path.join(scans, "scene0000_00", "scene0000_00.aggregation.json"))
+        fails(["scannet", scans], "scene0000_00.aggregation.json", "no such file")
+        path = _write_tao(tmp)
+        doc = json.load(open(path))
+        doc["annotations"][3]["image_id"] = 999
+        _put(path, json.dumps(doc))
+        fails(["tao", path, "--frames", os.path.join(tmp, "frames")], f"{path}: annotations item 3", "image_id")
+        assert _convert(["kitti", root, "--out", root])[0] == 1 and os.path.isdir(root)   # not a converted set: kept
+
+
+def test_train_runs_grpo_on_converted_rows():
+    """`train.py --data DIR` on rows converted from KITTI files: two GRPO steps, finite rewards, the graph reward
+    measured on the rows' graphs."""
+    base = _run_base()[0]
+    folder = os.path.join(base, "kitti_rows")
+    if not os.path.exists(folder):
+        _write_kitti(os.path.join(base, "kitti"))
+        assert _convert(["kitti", os.path.join(base, "kitti"), "--out", folder, "--clip_seconds", "1.6"])[0] == 0
+    _train(_smoke_args("real", data=folder, sft_steps=0, vision_steps=0, ckpt_every=2, eval_every=2))
+    recs = [r for r in data.read_jsonl(os.path.join(base, "real", "metrics.jsonl")) if r["phase"] == "grpo"]
+    assert [r["step"] for r in recs] == [1, 2] and all(math.isfinite(r["reward"]) for r in recs)
 
 
 # --- runner ---------------------------------------------------------------------------------------------------------
