@@ -879,11 +879,10 @@ APPEAR_GAP = 0.5            # s between first appearances that appearance_order 
 
 class Track(NamedTuple):
     """One object of a clip, all that a q_* task reads of it. F: the clip's frames."""
-    name: str                  # unique in the clip, what questions and graphs call it ("red cube"; "car 2": track_names)
+    name: str                  # unique in the clip: questions and graphs use it ("red cube"; "car 2": track_names)
     category: str              # what it is ("red cube", "car")
     present: np.ndarray        # (F,) bool: annotated (KITTI, TAO), in view (ScanNet), appeared (synthetic)
-    cam: object                # (F, 3) centre in each frame's camera frame (x right, y down, z forward), metres, NaN
-                               # where absent; None without 3D (TAO)
+    cam: object                # (F, 3) centre in each frame's camera frame, metres, NaN where absent; None: no 3D
     size: object = None        # (width, height, length) metres, or None
     world: object = None       # (F, 3) centre in the world frame (Z up), metres, NaN where absent; None without poses
     move: object = None        # (start, end) s of its motion, None: still (no poses: the whole clip, it may move)
@@ -897,8 +896,7 @@ class Footage(NamedTuple):
     video: str                 # the clip's file, relative to the rows' folder
     times: np.ndarray          # (F,) seconds of each frame
     tracks: list               # [Track], in a fixed order
-    poses: object              # camera pose per frame, (R (F, 3, 3): rows x right, y down, z forward in world
-                               # coordinates, c (F, 3) its centre), or None
+    poses: object              # (R (F, 3, 3), c (F, 3)) per frame (as camera_pose: p_cam = R (p - c)), or None
     tasks: tuple               # the tasks the source supports (TRACK_TASKS' names): the others are not asked
     vocabulary: tuple = ()     # names a distractor option may take where the clip has too few objects
 
@@ -962,16 +960,6 @@ def _interval(question, start, end, sentence, frames):
 def _live(w, frame):
     """The tracks present at a frame, in the clip's order."""
     return [t for t in w.tracks if t.present[frame]]
-
-
-def _end(w):
-    """Time of the last frame, seconds: "the end of the video" in questions and motions."""
-    return float(w.times[-1])
-
-
-def _appear(t, w):
-    """Time a track is first present, seconds."""
-    return float(w.times[int(np.argmax(t.present))])
 
 
 def _dist(w, a, b, frame):
@@ -1061,7 +1049,7 @@ def q_displacement(w, rng, keys):
 
 def q_average_speed(w, rng, keys):
     """Path length over [0, T] / T, T = time of the last frame; two decimals (speeds are small)."""
-    T = _end(w)
+    T = float(w.times[-1])
     for o in _movers(w, rng, from_start=True):
         v = round(o.path / T, 2)
         if v >= 0.1:
@@ -1088,8 +1076,8 @@ def q_motion_direction(w, rng, keys):
 def q_appearance_order(w, rng, keys):
     """Clips whose objects appear one after the other, APPEAR_GAP apart; options are orders (the right one + up to 3
     others)."""
-    objs = sorted(w.tracks, key=lambda t: _appear(t, w))
-    times = [_appear(t, w) for t in objs]
+    first = [float(w.times[np.argmax(t.present)]) for t in w.tracks]          # s when each is first present
+    objs, times = [w.tracks[k] for k in np.argsort(first, kind="stable")], sorted(first)
     if len(objs) < 2 or min(np.diff(times)) < APPEAR_GAP - 1e-9:
         return None
     right = [o.name for o in objs]
@@ -1112,7 +1100,7 @@ def q_in_view(w, rng, keys):
     """An object that is not in view for the whole clip: from the first to the last frame it is present in."""
     for o in [w.tracks[i] for i in rng.permutation(len(w.tracks))]:
         seen = w.times[np.flatnonzero(o.present)]
-        if round(seen[0], 1) > 0 or round(seen[-1], 1) < round(_end(w), 1):
+        if round(seen[0], 1) > 0 or round(seen[-1], 1) < round(w.times[-1], 1):
             return _interval(f"During which interval is the {o.name} in view?", seen[0], seen[-1],
                              f"The {o.name} is in view", keys)
     return None
@@ -1270,28 +1258,24 @@ def contact_sheet(shown, path, n_frames=4):
     plt.close(fig)
 
 
-# --- real video: KITTI tracking, ScanNet, TAO (the paper's sources, Sec. 3) through the same generator -------------
-# Each reader turns a data set, as its download unpacks, into Footage clips (numpy and PyAV only); write_converted
-# makes their rows with make_questions. `python data.py kitti|scannet|tao --help` says what each reads.
+# --- real video: KITTI tracking, ScanNet, TAO (the paper's sources, Sec. 3) through the same generator ------------
+# A reader turns a data set, as its download unpacks, into Footage clips; write_converted makes their rows.
 
 KITTI_FPS, SCANNET_FPS, TAO_FPS = 10, 30, 30   # KITTI tracking's frame rate, ScanNet's sensor's, TAO's frame_index's
 SCANNET_FRAMES = 64                            # frames of a ScanNet walk-through clip at the most (evenly spaced)
-MOVING, MIN_MOVE = 0.3, 0.3                    # m/s: a faster step moves; m: a motion that carries an object less is
-NEAR = 0.1                                     # annotation jitter. m: a centre this far in front can be in view
-NOT_OBJECTS = ("wall", "floor", "ceiling")     # ScanNet labels of the room itself
+MOVING, MIN_MOVE, NEAR = 0.3, 0.3, 0.1         # m/s of a step that moves; m a motion must carry an object (less is
+                                               # annotation jitter); m in front of the camera a centre in view is
 STATIC_TASKS = (*TASK_GROUPS["static spatial"], "appearance_order")   # what one camera frame's positions support
 KITTI_TYPES = ("car", "van", "truck", "pedestrian", "person sitting", "cyclist", "tram")   # distractor names
 SCANNET_TYPES = ("chair", "table", "sofa", "bed", "desk", "cabinet", "bookshelf", "toilet", "sink", "bathtub")
 PLY_TYPES = {"char": "i1", "uchar": "u1", "short": "i2", "ushort": "u2", "int": "i4", "uint": "u4", "float": "f4",
-             "double": "f8", "int8": "i1", "uint8": "u1", "int16": "i2", "uint16": "u2", "int32": "i4", "uint32": "u4",
-             "float32": "f4", "float64": "f8"}
+             "double": "f8"}                   # numpy's names of PLY's property types
 
 
 def track_names(categories, first, u):
-    """Unique names by a rule a model can read from the pixels (graph.NAME_RULE, which the prompt states): an object
-    alone of its category in the clip is called by the category ("truck"); several are numbered 1, 2, ... in the
-    order they first appear (frame index `first`), those that first appear in one frame from left to right (`u`: the
-    image column there, or anything that grows with it): "car 1", "car 2"."""
+    """Unique names by a rule a model can read from the pixels (graph.NAME_RULE, the prompt's words): one object of a
+    category in the clip is called by it ("truck"); several are numbered by the frame they first appear in (`first`),
+    those of one frame from left to right (`u`: the image column there, or what grows with it): "car 1", "car 2"."""
     names = list(categories)
     for cat in set(categories):
         same = [i for i, c in enumerate(categories) if c == cat]
@@ -1309,16 +1293,14 @@ def _category(label):
 
 def track_motion(world, times):
     """(move, path, vel) of a world track (F, 3), NaN where absent: move = (start, end) s from the first to the last
-    step faster than MOVING (horizontal), None when that span carries it less than MIN_MOVE (annotation jitter);
-    path = metres of all its steps; vel = the span's displacement / its duration, m/s."""
+    step faster than MOVING (horizontal), None when that span carries it less than MIN_MOVE; path = metres of all
+    its steps; vel = the span's displacement / its duration, m/s (None without a move)."""
     step = np.linalg.norm(np.diff(world[:, :2], axis=0), axis=1)                # (F-1,) m, NaN across an absence
-    fast = np.flatnonzero(step > MOVING * np.diff(times))
-    if len(fast):
-        a, b = fast[0], fast[-1] + 1
-        if np.hypot(*(world[b, :2] - world[a, :2])) >= MIN_MOVE:
-            return (float(times[a]), float(times[b])), float(np.nansum(step)), (world[b] - world[a]) / (times[b] -
-                                                                                                        times[a])
-    return None, float(np.nansum(step)), None
+    fast, path = np.flatnonzero(step > MOVING * np.diff(times)), float(np.nansum(step))
+    a, b = (fast[0], fast[-1] + 1) if len(fast) else (0, 0)
+    if not np.hypot(*(world[b, :2] - world[a, :2])) >= MIN_MOVE:               # also no fast step: (a, b) = (0, 0)
+        return None, path, None
+    return (float(times[a]), float(times[b])), path, (world[b] - world[a]) / (times[b] - times[a])
 
 
 def tracks_3d(categories, cam, sizes, times, poses):
@@ -1336,30 +1318,40 @@ def tracks_3d(categories, cam, sizes, times, poses):
     return out
 
 
+def _exists(path, folder=False):
+    """path, if it is a file (folder: a folder); else a FileNotFoundError naming it."""
+    if not (os.path.isdir(path) if folder else os.path.isfile(path)):
+        raise FileNotFoundError(f"{path}: no such {'folder' if folder else 'file'}")
+    return path
+
+
 def read_table(path, columns=None, text=()):
     """[(line number, values)] of a text file of whitespace-separated columns, blank lines skipped: floats, but the
     columns in `text` stay words. Another number of columns than `columns` (None: any) or a word where a number
     belongs is a BadRow naming FILE:LINE."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file")
     out = []
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for n, line in enumerate(fh, 1):
-            words = line.split()
+    with open(_exists(path), encoding="utf-8", errors="replace") as fh:
+        for n, words in ((n, line.split()) for n, line in enumerate(fh, 1)):
             if words and columns and len(words) != columns:
                 raise BadRow(None, f"{len(words)} columns, expected {columns}", f"{path}:{n}")
             try:
                 out += [(n, [x if k in text else float(x) for k, x in enumerate(words)])] if words else []
             except ValueError:
-                raise BadRow(None, f"a word where a number belongs: {line.strip()!r:.90}", f"{path}:{n}") from None
+                raise BadRow(None, f"a word where a number belongs: {' '.join(words)!r:.90}", f"{path}:{n}") from None
     return out
+
+
+def _matrix(path, shape):
+    """The numbers of a text file as a matrix of `shape` (a BadRow naming the file when they are not)."""
+    m = np.array([v for _, v in read_table(path)], dtype=object)
+    if m.shape != shape:
+        raise BadRow(None, f"not a {shape[0]}x{shape[1]} matrix", path)
+    return m.astype(np.float64)
 
 
 def _frames(folder, ext):
     """(numbers, paths) of a folder's NUMBER.ext images in number order (KITTI's 000000.png, ScanNet's 0.jpg)."""
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{folder}: no such folder")
-    names = sorted((f for f in os.listdir(folder) if f.endswith(ext) and f[:-len(ext)].isdigit()),
+    names = sorted((f for f in os.listdir(_exists(folder, True)) if f.endswith(ext) and f[:-len(ext)].isdigit()),
                    key=lambda f: int(f[:-len(ext)]))
     if not names:
         raise FileNotFoundError(f"{folder}: no NUMBER{ext} frames in it")
@@ -1377,10 +1369,8 @@ def read_image(path):
 
 def _json(path):
     """A JSON file's content; a BadRow naming the file when it is not JSON."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file")
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(_exists(path), encoding="utf-8") as fh:
             return json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadRow(None, f"not valid JSON ({e})", path) from None
@@ -1392,9 +1382,9 @@ def _records(doc, key, fields, path):
     if not isinstance(items, list):
         raise BadRow(key, "missing or not a list", path)
     for n, item in enumerate(items):
-        missing = [f for f in fields if not isinstance(item, dict) or f not in item]
-        if missing:
-            raise BadRow(missing[0], "missing", f"{path}: {key} item {n}")
+        for f in fields:
+            if not isinstance(item, dict) or f not in item:
+                raise BadRow(f, "missing", f"{path}: {key} item {n}")
     return items
 
 
@@ -1417,18 +1407,12 @@ def kitti_labels(path, n, t2):
         if v[1] < 0 or v[2] == "DontCare":
             continue
         if not (v[0] == int(v[0]) and 0 <= v[0] < n and np.isfinite(v[10:16]).all()):
-            raise BadRow(None, f"frame {v[0]:g} with a box {v[10:16]}; the sequence has finite boxes in frames 0 to "
-                               f"{n - 1} (frames and labels disagree)", f"{path}:{line}")
+            raise BadRow(None, f"frame {v[0]:g}, box {v[10:16]}: the sequence has frames 0 to {n - 1} (frames and "
+                               f"labels disagree), boxes must be finite", f"{path}:{line}")
         h, wd, ln, x, y, z = v[10:16]
-        tracks.setdefault(int(v[1]), (_category(v[2]), (wd, h, ln), {}))[2][int(v[0])] = np.array([x, y - h / 2, z]) + t2
+        at = tracks.setdefault(int(v[1]), (_category(v[2]), (wd, h, ln), {}))[2]
+        at[int(v[0])] = np.array([x, y - h / 2, z]) + t2                        # the box centre in camera 2
     return tracks
-
-
-def _h(m):
-    """A 3x3 or 3x4 matrix as a 4x4 homogeneous transform."""
-    out = np.eye(4)
-    out[:3, :m.shape[1]] = m
-    return out
 
 
 def _rz_ry_rx(yaw, pitch, roll):
@@ -1441,8 +1425,9 @@ def _rz_ry_rx(yaw, pitch, roll):
 
 def kitti_poses(path, calib, n):
     """Camera-2 poses (R (F, 3, 3), c (F, 3)) from a sequence's oxts lines (30 numbers: lat, lon in degrees, alt in
-    metres, roll, pitch, yaw in radians, ...): the IMU's pose by the Mercator projection of KITTI's devkit (world x east, y north, z up, metres from
-    the first frame), then camera 2 <- IMU = [I | t2] R_rect Tr_velo_cam Tr_imu_velo (calib)."""
+    metres, roll, pitch, yaw in radians, ...): the IMU's pose by the Mercator projection of KITTI's devkit (world x
+    east, y north, z up, metres from the first frame), then camera 2 <- IMU = [I | t2] R_rect Tr_velo_cam Tr_imu_velo
+    (calib), p = M x + b."""
     ox = np.array([v for _, v in read_table(path, 30)]).reshape(-1, 30)
     if len(ox) != n:
         raise BadRow(None, f"{len(ox)} lines for the sequence's {n} frames (frames and oxts disagree)", path)
@@ -1450,9 +1435,9 @@ def kitti_poses(path, calib, n):
     r = 6378137.0 * math.cos(lat[0])                                             # earth radius x the Mercator scale
     t = np.stack([r * lon, r * np.log(np.tan(np.pi / 4 + lat / 2)), ox[:, 2]], -1)   # (F, 3) IMU positions
     Rw = _rz_ry_rx(*ox[:, [5, 4, 3]].T)                                          # (F, 3, 3) IMU -> world
-    A = _h(calib["R_rect"].reshape(3, 3)) @ _h(calib["Tr_velo_cam"].reshape(3, 4)) @ _h(
-        calib["Tr_imu_velo"].reshape(3, 4))                                      # IMU -> reference camera
-    M, b = A[:3, :3], A[:3, 3] + calib["t2"]                                     # IMU -> camera 2: p = M x + b
+    rect, velo, imu = (calib[k].reshape(3, -1) for k in ("R_rect", "Tr_velo_cam", "Tr_imu_velo"))
+    M = rect @ velo[:, :3] @ imu[:, :3]
+    b = rect @ (velo[:, :3] @ imu[:, 3] + velo[:, 3]) + calib["t2"]
     return np.einsum("ij,fkj->fik", M, Rw), t - t[0] - Rw @ np.linalg.solve(M, b)   # R = M Rw^T, c: where p = 0
 
 
@@ -1465,7 +1450,7 @@ def kitti_clips(root, seqs=None, clip_seconds=4.0):
     rectified reference camera, so the box centre is (x, y - h/2, z) there and (x, y - h/2, z) + t2 in camera 2
     (P2 = K [I | t2]). With oxts (the world frame: kitti_poses) every task; without, those a camera frame supports."""
     base = os.path.join(root, "training")
-    seqs = seqs or sorted(f[:-4] for f in os.listdir(_folder(os.path.join(base, "label_02"))) if f.endswith(".txt"))
+    seqs = seqs or sorted(f[:-4] for f in os.listdir(_exists(f"{base}/label_02", True)) if f.endswith(".txt"))
     clips, skipped, L = [], 0, max(2, round(clip_seconds * KITTI_FPS))
     for seq in seqs:
         numbers, paths = _frames(os.path.join(base, "image_02", seq), ".png")
@@ -1477,15 +1462,13 @@ def kitti_clips(root, seqs=None, clip_seconds=4.0):
         tracks = kitti_labels(os.path.join(base, "label_02", f"{seq}.txt"), n, calib["t2"])
         poses = kitti_poses(oxts, calib, n) if os.path.isfile(oxts) else None
         for s in range(0, max(n - L, 0) + 1, L):
-            e, ids = min(s + L, n), sorted(k for k, (_, _, at) in tracks.items() if any(s <= f < s + L for f in at))
-            p = (poses[0][s:e], poses[1][s:e]) if poses else None
+            e = min(s + L, n)
+            ids = sorted(k for k, (_, _, at) in tracks.items() if any(s <= f < e for f in at))
+            p = poses and (poses[0][s:e], poses[1][s:e])                        # the clip's poses, or None
             if p and not (np.isfinite(p[0]).all() and np.isfinite(p[1]).all()):
                 skipped += 1
                 continue
-            cam = np.full((len(ids), e - s, 3), np.nan)                          # (N, F, 3) camera 2, NaN: absent
-            for i, k in enumerate(ids):
-                for f in range(s, e):
-                    cam[i, f - s] = tracks[k][2].get(f, np.nan)
+            cam = np.reshape([[tracks[k][2].get(f, [np.nan] * 3) for f in range(s, e)] for k in ids], (-1, e - s, 3))
             times = np.arange(e - s) / KITTI_FPS
             tr = tracks_3d([tracks[k][0] for k in ids], cam, [tracks[k][1] for k in ids], times, p)
             clips += [(seq, Footage(f"kitti-{seq}-{s:06d}", f"videos/kitti-{seq}-{s:06d}.mp4", times, tr, p, tuple(
@@ -1493,19 +1476,10 @@ def kitti_clips(root, seqs=None, clip_seconds=4.0):
     return clips, skipped
 
 
-def _folder(path):
-    """path, if it is a folder; else a FileNotFoundError naming it."""
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: no such folder")
-    return path
-
-
 def read_ply_xyz(path):
     """Vertex positions (V, 3) of a binary little-endian PLY whose first element is its vertices (ScanNet's meshes);
     anything else is a BadRow naming the file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file")
-    with open(path, "rb") as fh:
+    with open(_exists(path), "rb") as fh:
         header = []
         while header[-1:] != [["end_header"]] and len(header) < 100:
             header.append(fh.readline().decode("latin-1").split())
@@ -1516,10 +1490,10 @@ def read_ply_xyz(path):
     props = list(itertools.takewhile(lambda h: h[:1] == ["property"], header[header.index(elements[0]) + 1:]))
     if not all(h[1:2] and h[1] in PLY_TYPES for h in props) or not {"x", "y", "z"} <= {h[-1] for h in props}:
         raise BadRow(None, f"vertex properties {[' '.join(h[1:]) for h in props]} are not numbers with x, y, z", path)
-    dtype = np.dtype([(h[2], "<" + PLY_TYPES[h[1]]) for h in props])
-    if len(body) < int(elements[0][2]) * dtype.itemsize:
-        raise BadRow(None, f"cut off: {len(body)} bytes for {elements[0][2]} vertices", path)
-    v = np.frombuffer(body, dtype, int(elements[0][2]))
+    dtype, count = np.dtype([(h[2], "<" + PLY_TYPES[h[1]]) for h in props]), int(elements[0][2])
+    if len(body) < count * dtype.itemsize:
+        raise BadRow(None, f"cut off: {len(body)} bytes for {count} vertices", path)
+    v = np.frombuffer(body, dtype, count)
     return np.stack([v["x"], v["y"], v["z"]], -1).astype(np.float64)
 
 
@@ -1536,7 +1510,7 @@ def scannet_objects(folder, scene):
     agg_path, cats, lo, hi = os.path.join(folder, f"{scene}.aggregation.json"), [], [], []
     for g in _records(_json(agg_path), "segGroups", ("label", "segments"), agg_path):
         pts = xyz[np.isin(seg, g["segments"])]
-        if len(pts) and _category(g["label"]) not in NOT_OBJECTS:
+        if len(pts) and _category(g["label"]) not in ("wall", "floor", "ceiling"):
             cats, lo, hi = cats + [_category(g["label"])], lo + [pts.min(0)], hi + [pts.max(0)]
     lo, hi = np.reshape(lo, (-1, 3)), np.reshape(hi, (-1, 3))
     return cats, (lo + hi) / 2, (hi - lo)[:, [0, 2, 1]]
@@ -1550,50 +1524,49 @@ def scannet_clips(scans, scenes=None):
     Objects (scannet_objects) are moved into each frame's camera (x right, y down, z forward: the graphs' frame) by
     the inverse pose; a frame's graph lists those whose centre lies in its image, NEAR or more in front (no depth
     test: an object behind a wall counts as in view). Static spatial and appearance-order tasks."""
-    scenes = scenes or sorted(d for d in os.listdir(_folder(scans)) if os.path.isdir(os.path.join(scans, d)))
+    scenes = scenes or sorted(d for d in os.listdir(_exists(scans, True)) if os.path.isdir(os.path.join(scans, d)))
     clips, skipped = [], 0
     for scene in scenes:
-        d = _folder(os.path.join(scans, scene))
+        d = _exists(os.path.join(scans, scene), True)
         cats, centres, sizes = scannet_objects(d, scene)
         numbers, paths = _frames(os.path.join(d, "color"), ".jpg")
-        poses = [np.array([v for _, v in read_table(os.path.join(d, "pose", f"{k}.txt"), 4)]) for k in numbers]
-        K = np.array([v for _, v in read_table(os.path.join(d, "intrinsic", "intrinsic_color.txt"), 4)])
-        bad = [f"pose/{k}.txt" for k, m in zip(numbers, poses) if m.shape != (4, 4)] + ["intrinsic"] * (K.shape != (4, 4))
-        if bad:
-            raise BadRow(None, f"not a 4x4 matrix: {bad[0]}", d)
+        poses = [_matrix(os.path.join(d, "pose", f"{k}.txt"), (4, 4)) for k in numbers]   # camera -> world
+        K = _matrix(os.path.join(d, "intrinsic", "intrinsic_color.txt"), (4, 4))
         good = [i for i, m in enumerate(poses) if np.isfinite(m).all()]
         skipped += len(poses) - len(good)
+        if len(good) < 2:
+            continue
         pick = [good[i] for i in np.unique(np.round(np.linspace(0, len(good) - 1, SCANNET_FRAMES)).astype(int))]
         R, c = np.array([poses[i][:3, :3].T for i in pick]), np.array([poses[i][:3, 3] for i in pick])  # world->cam
-        cam = np.einsum("fij,nfj->nfi", R, centres[:, None] - c[None])            # (N, F, 3)
-        H, W = read_image(paths[pick[0]]).shape[:2] if pick else (0, 0)
+        cam = np.einsum("fij,nfj->nfi", R, centres[:, None] - c[None]).reshape(len(cats), len(pick), 3)   # (N, F, 3)
+        H, W = read_image(paths[pick[0]]).shape[:2]
         with np.errstate(divide="ignore", invalid="ignore"):
             u, v = (K[k, k] * cam[..., k] / cam[..., 2] + K[k, 2] for k in (0, 1))   # (N, F) pixels
         seen = (cam[..., 2] >= NEAR) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
         cam[~seen], keep, times = np.nan, seen.any(1), (np.array(numbers)[pick] - numbers[pick[0]]) / SCANNET_FPS
         tr = tracks_3d([k for k, s in zip(cats, keep) if s], cam[keep], sizes[keep], times, (R, c))
         clips += [(scene, Footage(f"scannet-{scene}", f"videos/scannet-{scene}.mp4", times, tr, (R, c), STATIC_TASKS,
-                                  SCANNET_TYPES), [paths[i] for i in pick])] if len(pick) >= 2 and tr else []
+                                  SCANNET_TYPES), [paths[i] for i in pick])] if tr else []
     return clips, skipped
 
 
-def tao_clips(path, frames):
+def tao_clips(annotations, frames):
     """TAO's annotation file -> ([(video id, Footage, frame paths)]: one clip per video of its annotated frames
     (FRAMES/file_name, about one a second) at their times (frame_index / 30 s), 0). TAO has no 3D: temporal tasks
     only (appearance order, when an object is in view) and rows without graphs; a box's centre (x + w/2) orders the
     objects of one category that first appear together (track_names)."""
-    doc = _json(path)
+    doc, path = _json(annotations), annotations
     images = {im["id"]: im for im in _records(doc, "images", ("id", "video_id", "file_name", "frame_index"), path)}
     cats = {c["id"]: _category(c["name"]) for c in _records(doc, "categories", ("id", "name"), path)}
     tracks, boxes, clips = _records(doc, "tracks", ("id", "category_id", "video_id"), path), {}, []
     for n, a in enumerate(_records(doc, "annotations", ("image_id", "track_id", "bbox"), path)):
         if a["image_id"] not in images or not (isinstance(a["bbox"], list) and len(a["bbox"]) == 4):
-            raise BadRow("image_id", f"{a['image_id']!r} is no image of the file, or bbox {a['bbox']!r} is not [x, y, "
-                                     f"w, h] (frames and labels disagree)", f"{path}: annotations item {n}")
+            raise BadRow("image_id", f"{a['image_id']!r} is no image of the file, or bbox {a['bbox']!r} is not "
+                                     f"[x, y, w, h] (frames and labels disagree)", f"{path}: annotations item {n}")
         boxes.setdefault(a["track_id"], {})[a["image_id"]] = a["bbox"]
     for n, t in enumerate(tracks):
         if t["category_id"] not in cats:
-            raise BadRow("category_id", f"{t['category_id']!r} is no category of the file", f"{path}: tracks item {n}")
+            raise BadRow("category_id", f"{t['category_id']!r} is no category", f"{path}: tracks item {n}")
     for v in _records(doc, "videos", ("id",), path):
         ims = sorted((im for im in images.values() if im["video_id"] == v["id"]), key=lambda im: im["frame_index"])
         ts = [t for t in tracks if t["video_id"] == v["id"] and t["id"] in boxes]
@@ -1609,10 +1582,9 @@ def tao_clips(path, frames):
 
 
 def write_converted(out, source, clips, skipped=0):
-    """Write converted clips [(group, Footage, frame paths)] into the folder `out`: videos/ (the frames at their
-    times), the rows of every task each clip supports into train/val/test.jsonl (split by group: a sequence, scene
-    or video, split_of), then converted.json: the source, the clips, rows per split and per task, the tasks the
-    source supports and `skipped` (frames or clips with a non-finite pose). Returns that summary."""
+    """Write clips [(group, Footage, frame paths)] into folder `out`: videos/, the rows of each clip's tasks into
+    train/val/test.jsonl (split_of the groups: sequences, scenes, videos), then converted.json, returned: the source,
+    counts of clips, rows and tasks, the tasks supported, `skipped` (frames or clips with a non-finite pose)."""
     missing = next((p for _, _, paths in clips for p in paths if not os.path.isfile(p)), None)
     if missing:
         raise FileNotFoundError(f"{missing}: no such frame (frames and labels disagree)")
@@ -1819,10 +1791,10 @@ def main(argv=None):
     sub.add_parser("bench", help="read_frames(16) vs decoding every frame of a 2-min video; the renderer")
     readers = {"kitti": (kitti_clips, "root", "the unpacked KITTI tracking download (ROOT/training/...)"),
                "scannet": (scannet_clips, "scans", "the folder of ScanNet's scene folders (SCANS/sceneXXXX_XX/...)"),
-               "tao": (tao_clips, "annotations", "TAO's annotation JSON (videos, images, tracks, annotations, "
-                                                 "categories)")}
+               "tao": (tao_clips, "annotations", "TAO's annotation JSON file")}
     for name, (read, arg, what) in readers.items():
-        c = sub.add_parser(name, help=f"real video to rows ({read.__name__})", description=" ".join(read.__doc__.split()))
+        c = sub.add_parser(name, help=f"real video to rows ({read.__name__})",
+                           description=" ".join(read.__doc__.split()))
         c.add_argument(arg, help=what)
         c.add_argument("--out", required=True, help="the folder of rows and videos, written whole or left absent")
     sub.choices["kitti"].add_argument("--seqs", nargs="+", help="sequences, e.g. 0000 0001 (default: all labelled)")
@@ -1831,7 +1803,7 @@ def main(argv=None):
     sub.choices["tao"].add_argument("--frames", required=True, help="the folder the images' file_name starts in")
     args = p.parse_args(argv)
     if args.command in readers:
-        return convert(args)
+        return convert(args, readers[args.command][0])
     if args.command != "make":
         return bench() if args.command else demo()
     refuse_taken(args.out, "scenes.jsonl", "make")
@@ -1850,20 +1822,18 @@ def refuse_taken(out, marker, command):
         sys.exit(f"data.py {command}: {out} exists and holds no data set (no {marker}): pick another --out")
 
 
-def convert(args):
-    """data.py kitti | scannet | tao: the reader's clips written by write_converted through replace_folder (a
-    failed run leaves --out absent, or as it was); bad input exits naming the file (and line)."""
+def convert(args, read):
+    """data.py kitti | scannet | tao: read(the command's arguments but --out) written by write_converted through
+    replace_folder (a failed run leaves --out absent, or as it was); bad input exits naming the file (and line)."""
     refuse_taken(args.out, "converted.json", args.command)
-    read = {"kitti": lambda: kitti_clips(args.root, args.seqs, args.clip_seconds),
-            "scannet": lambda: scannet_clips(args.scans, args.scenes),
-            "tao": lambda: tao_clips(args.annotations, args.frames)}[args.command]
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "out")}
     try:
-        s = replace_folder(args.out, lambda tmp: write_converted(tmp, args.command, *read()))
+        s = replace_folder(args.out, lambda tmp: write_converted(tmp, args.command, *read(**given)))
     except (BadRow, FileNotFoundError, VideoError) as e:
         sys.exit(f"data.py {args.command}: {e}")
-    print(f"data.py {args.command}: {s['clips']} clips, rows {s['rows']} -> {args.out}\n  tasks made: {s['tasks']}"
-          f"\n  not made (no clip fits): {sorted(set(s['supported']) - set(s['tasks'])) or 'none'}; not supported by "
-          f"the source: {sorted(set(TRACK_TASKS) - set(s['supported']))}\n  skipped for a non-finite pose: "
+    unmade, unsupported = set(s["supported"]) - set(s["tasks"]), set(TRACK_TASKS) - set(s["supported"])
+    print(f"data.py {args.command}: {s['clips']} clips, rows {s['rows']} -> {args.out}\n  tasks made: {s['tasks']}; "
+          f"none fits: {sorted(unmade)}; not supported: {sorted(unsupported)}\n  skipped for a non-finite pose: "
           f"{s['skipped']} {'frames' if args.command == 'scannet' else 'clips'}")
 
 

@@ -164,7 +164,7 @@ def parse_graphs(text):
 
 NUMBERED_RE = re.compile(r"^(.*\S) \d{1,3}$")
 NAME_RULE = ("Objects of one kind are numbered in the order they first appear, those that appear together "
-             "from left to right: car 1, car 2.")   # the prompt's words (model.build_prompt) for data.track_names' rule
+             "from left to right: car 1, car 2.")   # model.build_prompt's words for data.track_names' rule
 
 
 def category_of(name):
@@ -189,7 +189,7 @@ def match_nodes(pred_nodes, gt_nodes):
 
 
 def node_reward(pred, gt):
-    """R_n in [0, 1] for one frame: per category (category_of) sum_pairs max(0, 1 - dist/TAU_NODE) / max(n_pred, n_gt),
+    """R_n in [0, 1] for one frame: per category_of sum_pairs max(0, 1 - dist/TAU_NODE) / max(n_pred, n_gt),
     weighted by ground-truth counts. Predicted nodes of categories absent from the ground truth count in the
     denominator (otherwise hallucinated objects would be free)."""
     if not gt.nodes:

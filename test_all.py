@@ -675,7 +675,8 @@ def test_synthetic_rows_are_the_bytes_they_were_before_the_track_interface():
     """Rows of synthetic scenes (both layouts, up to 5 objects) are byte for byte those that the scene-dict question
     generator made before the q_* tasks read tracks (commit 32f2eaf): data sets made since train the same."""
     rows = []
-    for n, objects, layout, seed in ((40, (2, 3), "plain", 0), (40, (2, 3), "asked_last", 0), (15, (2, 5), "plain", 3)):
+    for n, objects, layout, seed in ((40, (2, 3), "plain", 0), (40, (2, 3), "asked_last", 0),
+                                     (15, (2, 5), "plain", 3)):
         for i in range(n):
             rng = np.random.default_rng([seed, i])             # as data.make_scene_files draws scene i of a seed
             rows += data.make_questions({**data.make_scene(rng, objects), "id": i}, rng, layout=layout)
@@ -2179,7 +2180,7 @@ def test_every_command_the_docs_show_is_real_and_no_source_line_is_over_118():
     assert not wide, wide
 
 
-# --- data.py: real video (KITTI, ScanNet, TAO) read from files written from synthetic scenes ---------------------------
+# --- data.py: real video (KITTI, ScanNet, TAO) read from files written from synthetic scenes ------------------------
 
 T2 = np.array([0.06, -0.002, 0.004])               # camera 2's offset from KITTI's reference camera in the fixture, m
 
@@ -2234,12 +2235,12 @@ def _write_kitti(root, seq="0000", oxts=True):
     K = np.array([[s["focal"], 0, 56.0], [0, s["focal"], 56.0], [0, 0, 1]])
     M0 = np.array([[0.0, -1, 0], [0, 0, -1], [1, 0, 0]])                  # IMU (x forward, y left, z up) -> camera
     calib = {"P2:": K @ np.column_stack([np.eye(3), T2]), "R_rect": np.eye(3),
-             "Tr_velo_cam": np.column_stack([M0, np.zeros(3)]), "Tr_imu_velo": np.column_stack([np.eye(3), np.zeros(3)])}
+             "Tr_velo_cam": np.column_stack([M0, np.zeros(3)]), "Tr_imu_velo": np.eye(4)[:3]}
     _put(os.path.join(tr, "calib", f"{seq}.txt"), "".join(f"{k} {' '.join(f'{v:.12e}' for v in m.ravel())}\n"
                                                           for k, m in calib.items()))
     if oxts:
         R, c = w.poses
-        Rw, t = np.einsum("fji,jk->fik", R, M0), np.einsum("fji,j->fi", R, T2) + c   # IMU -> world: R^T M0, R^T T2 + c
+        Rw, t = np.einsum("fji,jk->fik", R, M0), np.einsum("fji,j->fi", R, T2) + c   # IMU->world: R^T M0, R^T T2 + c
         r, lat0 = 6378137.0 * math.cos(math.radians(49.0)), math.radians(49.0)
         y0 = r * math.log(math.tan(math.pi / 4 + lat0 / 2))
         lat = 2 * np.arctan(np.exp((y0 + t[:, 1] - t[0, 1]) / r)) - math.pi / 2
@@ -2259,8 +2260,8 @@ def _write_scannet(scans, scene="scene0000_00", lost=()):
     for f, img in enumerate(clip):
         _put(os.path.join(d, "color", f"{f}.jpg"), _image_bytes(img, "mjpeg"))
         pose = np.vstack([np.column_stack([w.poses[0][f].T, w.poses[1][f]]), [0, 0, 0, 1]])   # camera -> world
-        _put(os.path.join(d, "pose", f"{f}.txt"), "\n".join(" ".join(f"{v:.9f}" for v in row)
-                                                             for row in (np.full((4, 4), -np.inf) if f in lost else pose)))
+        pose = np.full((4, 4), -np.inf) if f in lost else pose
+        _put(os.path.join(d, "pose", f"{f}.txt"), "\n".join(" ".join(f"{v:.9f}" for v in row) for row in pose))
     _put(os.path.join(d, "intrinsic", "intrinsic_color.txt"),
          f"{s['focal']} 0 56 0\n0 {s['focal']} 56 0\n0 0 1 0\n0 0 0 1\n")
     corners = np.array([[a, b, e] for a in (-0.5, 0.5) for b in (-0.5, 0.5) for e in (-0.5, 0.5)])   # (8, 3)
@@ -2269,9 +2270,9 @@ def _write_scannet(scans, scene="scene0000_00", lost=()):
     verts = np.zeros(len(xyz), [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"),
                                 ("blue", "u1"), ("alpha", "u1")])
     verts["x"], verts["y"], verts["z"] = xyz.T
-    header = (f"ply\nformat binary_little_endian 1.0\nelement vertex {len(xyz)}\nproperty float x\nproperty float y\n"
-              "property float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\nproperty uchar alpha\n"
-              "element face 0\nproperty list uchar int vertex_indices\nend_header\n")
+    header = (f"ply\nformat binary_little_endian 1.0\nelement vertex {len(xyz)}\n" + "".join(
+        f"property {t} {n}\n" for t, n in zip("float float float uchar uchar uchar uchar".split(), verts.dtype.names))
+        + "element face 0\nproperty list uchar int vertex_indices\nend_header\n")
     _put(os.path.join(d, f"{scene}_vh_clean_2.ply"), header.encode() + verts.tobytes())
     _put(os.path.join(d, f"{scene}_vh_clean_2.0.010000.segs.json"),
          json.dumps({"sceneId": scene, "segIndices": [10 + k for k in range(len(boxes)) for _ in range(8)]}))
@@ -2294,7 +2295,8 @@ def _write_tao(root):
             for k, t in enumerate(w.tracks) for f in np.flatnonzero(t.present)]
     doc = {"videos": [{"id": 7, "name": "v7", "width": 112, "height": 112}], "images": images,
            "categories": [{"id": j, "name": n.replace(" ", "_")} for j, n in enumerate(names)], "annotations": anns,
-           "tracks": [{"id": 50 + k, "category_id": names.index(t.name), "video_id": 7} for k, t in enumerate(w.tracks)]}
+           "tracks": [{"id": 50 + k, "category_id": names.index(t.name), "video_id": 7}
+                      for k, t in enumerate(w.tracks)]}
     _put(os.path.join(root, "tao.json"), json.dumps(doc))
     return os.path.join(root, "tao.json")
 
@@ -2348,9 +2350,10 @@ def test_kitti_round_trip_graphs_within_1cm_answers_the_same_and_the_frames_it_s
                                    "--clip_seconds", "3.2"])
         assert code == 0 and "tasks made" in out, (out, err)
         rows = data.load_rows(os.path.join(tmp, "rows", "train.jsonl"))
-        assert [r["question"] for r in rows] == [r["question"] for r in data.make_questions(got, np.random.default_rng(
-            [0, 0]))] and {r["task"] for r in rows} == set(json.load(open(os.path.join(tmp, "rows",
-                                                                                         "converted.json")))["tasks"])
+        made = json.load(open(os.path.join(tmp, "rows", "converted.json")))["tasks"]
+        asked = data.make_questions(got, np.random.default_rng([0, 0]))              # write_converted's rng of clip 0
+        assert [r["question"] for r in rows] == [r["question"] for r in asked]
+        assert {r["task"] for r in rows} == set(made) and len(made) >= 7
         for r in rows:
             _graphs_close(r["graphs"], [data.graph_at(want, g["frame"]).to_dict() for g in r["graphs"]])
         video = data.read_clip(rows[0]["video"], 32)
@@ -2377,7 +2380,8 @@ def test_scannet_round_trip_graphs_within_1cm_and_lost_poses_skipped_and_counted
         code, out, err = _convert(["scannet", os.path.join(tmp, "lost"), "--out", os.path.join(tmp, "rows")])
         summary = json.load(open(os.path.join(tmp, "rows", "converted.json")))
         assert code == 0 and summary["skipped"] == 2 and "skipped for a non-finite pose: 2 frames" in out, (out, err)
-        assert data.read_clip(os.path.join(tmp, "rows", "videos", "scannet-scene0000_00.mp4"), 30).frames.shape[0] == 30
+        video = data.read_clip(os.path.join(tmp, "rows", "videos", "scannet-scene0000_00.mp4"), 30)
+        assert video.frames.shape[0] == 30                                # 32 frames, 2 lost
         assert set(summary["tasks"]) <= set(data.STATIC_TASKS) and summary["rows"]["train"] >= 4
 
 
