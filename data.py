@@ -1,11 +1,15 @@
 """Video-STR's data: rows (load_rows: our JSONL format or Video-R1's), their clips (read_clip: PyAV frame sampling
 by Qwen's rules), then a synthetic stand-in for the paper's STV-205k (arXiv 2510.10976 Sec. 3, not downloadable
-here): rendered scenes whose questions, graphs and reference reasoning come from their exact geometry.
+here): rendered scenes whose questions, graphs and reference reasoning come from their exact geometry; and the
+same rows from the paper's real sources (KITTI tracking, ScanNet, TAO), made by one generator over object tracks.
 
 Run (each command's flags: `python data.py COMMAND --help`):
   python data.py                                   # a few clips in a temp folder, their questions and reasoning
   python data.py make --out data/synth --n 1500 --seed 0 [--max-objects 5] [--questions 4]
   python data.py bench                             # read_frames(16) vs decoding every frame of a 2-min video
+  python data.py kitti ROOT --out DIR [--seqs 0000 0001] [--clip_seconds 4]    # KITTI tracking -> rows
+  python data.py scannet SCANS --out DIR [--scenes scene0000_00]                # ScanNet's exports -> rows
+  python data.py tao ANNOTATIONS.json --frames ROOT --out DIR                   # TAO -> rows without graphs
 
 `--n` counts scenes (= videos), each with up to `--questions` rows of different tasks (the files: make_dataset);
 `--n 2000` takes ~2 min and ~60 MB on 2 CPU cores. make's defaults are train.py's set (data/synth, SCENES, seed 0).
@@ -1263,8 +1267,8 @@ def contact_sheet(shown, path, n_frames=4):
 
 KITTI_FPS, SCANNET_FPS, TAO_FPS = 10, 30, 30   # KITTI tracking's frame rate, ScanNet's sensor's, TAO's frame_index's
 SCANNET_FRAMES = 64                            # frames of a ScanNet walk-through clip at the most (evenly spaced)
-MOVING, MIN_MOVE, NEAR = 0.3, 0.3, 0.1         # m/s of a step that moves; m a motion must carry an object (less is
-                                               # annotation jitter); m in front of the camera a centre in view is
+MOVING, MIN_MOVE = 0.3, 0.3                    # m/s: a faster step moves; m: a motion that carries an object less is
+NEAR = 0.1                                     # jitter. m: how far in front of the camera a centre in view must be
 STATIC_TASKS = (*TASK_GROUPS["static spatial"], "appearance_order")   # what one camera frame's positions support
 KITTI_TYPES = ("car", "van", "truck", "pedestrian", "person sitting", "cyclist", "tram")   # distractor names
 SCANNET_TYPES = ("chair", "table", "sofa", "bed", "desk", "cabinet", "bookshelf", "toilet", "sink", "bathtub")
@@ -1318,19 +1322,12 @@ def tracks_3d(categories, cam, sizes, times, poses):
     return out
 
 
-def _exists(path, folder=False):
-    """path, if it is a file (folder: a folder); else a FileNotFoundError naming it."""
-    if not (os.path.isdir(path) if folder else os.path.isfile(path)):
-        raise FileNotFoundError(f"{path}: no such {'folder' if folder else 'file'}")
-    return path
-
-
 def read_table(path, columns=None, text=()):
     """[(line number, values)] of a text file of whitespace-separated columns, blank lines skipped: floats, but the
     columns in `text` stay words. Another number of columns than `columns` (None: any) or a word where a number
     belongs is a BadRow naming FILE:LINE."""
     out = []
-    with open(_exists(path), encoding="utf-8", errors="replace") as fh:
+    with open(path, encoding="utf-8", errors="replace") as fh:          # a missing file: OSError naming it
         for n, words in ((n, line.split()) for n, line in enumerate(fh, 1)):
             if words and columns and len(words) != columns:
                 raise BadRow(None, f"{len(words)} columns, expected {columns}", f"{path}:{n}")
@@ -1351,7 +1348,7 @@ def _matrix(path, shape):
 
 def _frames(folder, ext):
     """(numbers, paths) of a folder's NUMBER.ext images in number order (KITTI's 000000.png, ScanNet's 0.jpg)."""
-    names = sorted((f for f in os.listdir(_exists(folder, True)) if f.endswith(ext) and f[:-len(ext)].isdigit()),
+    names = sorted((f for f in os.listdir(folder) if f.endswith(ext) and f[:-len(ext)].isdigit()),
                    key=lambda f: int(f[:-len(ext)]))
     if not names:
         raise FileNotFoundError(f"{folder}: no NUMBER{ext} frames in it")
@@ -1370,7 +1367,7 @@ def read_image(path):
 def _json(path):
     """A JSON file's content; a BadRow naming the file when it is not JSON."""
     try:
-        with open(_exists(path), encoding="utf-8") as fh:
+        with open(path, encoding="utf-8") as fh:
             return json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadRow(None, f"not valid JSON ({e})", path) from None
@@ -1406,9 +1403,9 @@ def kitti_labels(path, n, t2):
     for line, v in read_table(path, 17, text=(2,)):
         if v[1] < 0 or v[2] == "DontCare":
             continue
-        if not (v[0] == int(v[0]) and 0 <= v[0] < n and np.isfinite(v[10:16]).all()):
-            raise BadRow(None, f"frame {v[0]:g}, box {v[10:16]}: the sequence has frames 0 to {n - 1} (frames and "
-                               f"labels disagree), boxes must be finite", f"{path}:{line}")
+        if not (0 <= v[0] < n and v[0] == int(v[0]) and np.isfinite([v[1], *v[10:16]]).all()):
+            raise BadRow(None, f"frame {v[0]:g}, track {v[1]:g}, box {v[10:16]}: the sequence has frames 0 to "
+                               f"{n - 1} (frames and labels disagree); ids and boxes must be finite", f"{path}:{line}")
         h, wd, ln, x, y, z = v[10:16]
         at = tracks.setdefault(int(v[1]), (_category(v[2]), (wd, h, ln), {}))[2]
         at[int(v[0])] = np.array([x, y - h / 2, z]) + t2                        # the box centre in camera 2
@@ -1450,7 +1447,7 @@ def kitti_clips(root, seqs=None, clip_seconds=4.0):
     rectified reference camera, so the box centre is (x, y - h/2, z) there and (x, y - h/2, z) + t2 in camera 2
     (P2 = K [I | t2]). With oxts (the world frame: kitti_poses) every task; without, those a camera frame supports."""
     base = os.path.join(root, "training")
-    seqs = seqs or sorted(f[:-4] for f in os.listdir(_exists(f"{base}/label_02", True)) if f.endswith(".txt"))
+    seqs = seqs or sorted(f[:-4] for f in os.listdir(os.path.join(base, "label_02")) if f.endswith(".txt"))
     clips, skipped, L = [], 0, max(2, round(clip_seconds * KITTI_FPS))
     for seq in seqs:
         numbers, paths = _frames(os.path.join(base, "image_02", seq), ".png")
@@ -1479,7 +1476,7 @@ def kitti_clips(root, seqs=None, clip_seconds=4.0):
 def read_ply_xyz(path):
     """Vertex positions (V, 3) of a binary little-endian PLY whose first element is its vertices (ScanNet's meshes);
     anything else is a BadRow naming the file."""
-    with open(_exists(path), "rb") as fh:
+    with open(path, "rb") as fh:
         header = []
         while header[-1:] != [["end_header"]] and len(header) < 100:
             header.append(fh.readline().decode("latin-1").split())
@@ -1524,10 +1521,10 @@ def scannet_clips(scans, scenes=None):
     Objects (scannet_objects) are moved into each frame's camera (x right, y down, z forward: the graphs' frame) by
     the inverse pose; a frame's graph lists those whose centre lies in its image, NEAR or more in front (no depth
     test: an object behind a wall counts as in view). Static spatial and appearance-order tasks."""
-    scenes = scenes or sorted(d for d in os.listdir(_exists(scans, True)) if os.path.isdir(os.path.join(scans, d)))
+    scenes = scenes or sorted(d for d in os.listdir(scans) if os.path.isdir(os.path.join(scans, d)))
     clips, skipped = [], 0
     for scene in scenes:
-        d = _exists(os.path.join(scans, scene), True)
+        d = os.path.join(scans, scene)
         cats, centres, sizes = scannet_objects(d, scene)
         numbers, paths = _frames(os.path.join(d, "color"), ".jpg")
         poses = [_matrix(os.path.join(d, "pose", f"{k}.txt"), (4, 4)) for k in numbers]   # camera -> world
@@ -1829,7 +1826,7 @@ def convert(args, read):
     given = {k: v for k, v in vars(args).items() if k not in ("command", "out")}
     try:
         s = replace_folder(args.out, lambda tmp: write_converted(tmp, args.command, *read(**given)))
-    except (BadRow, FileNotFoundError, VideoError) as e:
+    except (BadRow, OSError, VideoError) as e:           # bad input, a missing file or folder (named), a full disk
         sys.exit(f"data.py {args.command}: {e}")
     unmade, unsupported = set(s["supported"]) - set(s["tasks"]), set(TRACK_TASKS) - set(s["supported"])
     print(f"data.py {args.command}: {s['clips']} clips, rows {s['rows']} -> {args.out}\n  tasks made: {s['tasks']}; "
