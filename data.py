@@ -1405,7 +1405,7 @@ def kitti_labels(path, n, t2):
             continue
         if not (0 <= v[0] < n and v[0] == int(v[0]) and np.isfinite([v[1], *v[10:16]]).all()):
             raise BadRow(None, f"frame {v[0]:g}, track {v[1]:g}, box {v[10:16]}: the sequence has frames 0 to "
-                               f"{n - 1} (frames and labels disagree); ids and boxes must be finite", f"{path}:{line}")
+                               f"{n - 1} (frames and labels disagree); ids, boxes must be finite", f"{path}:{line}")
         h, wd, ln, x, y, z = v[10:16]
         at = tracks.setdefault(int(v[1]), (_category(v[2]), (wd, h, ln), {}))[2]
         at[int(v[0])] = np.array([x, y - h / 2, z]) + t2                        # the box centre in camera 2
