@@ -233,8 +233,9 @@ GRAPH_TASKS = ("abs_distance", "closest_object", "relative_direction")
 
 
 def names_in(text, names):
-    """The names that occur in text, in the order they first occur."""
-    return [n for _, n in sorted((text.find(n), n) for n in set(names) if n in text)]
+    """The names that occur in text as whole words ("car 1" is not in "car 10"), in the order they first occur."""
+    found = ((re.search(rf"(?<!\w){re.escape(n)}(?!\w)", text), n) for n in set(names))
+    return [n for _, n in sorted((m.start(), n) for m, n in found if m)]
 
 
 def graph_answer(written, row):

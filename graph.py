@@ -178,9 +178,9 @@ def category_of(name):
 def match_nodes(pred_nodes, gt_nodes):
     """Greedy matching within each category (category_of), closest pairs first. Returns {gt index: (pred index,
     distance)}."""
-    pred_cats = [category_of(p.category) for p in pred_nodes]
+    pred_cats, gt_cats = ([category_of(n.category) for n in nodes] for nodes in (pred_nodes, gt_nodes))
     pairs = sorted((float(np.linalg.norm(np.subtract(p.center, g.center))), gi, pi) for gi, g in enumerate(gt_nodes)
-                   for pi, p in enumerate(pred_nodes) if pred_cats[pi] == category_of(g.category))
+                   for pi, p in enumerate(pred_nodes) if pred_cats[pi] == gt_cats[gi])
     matched, used = {}, set()
     for dist, gi, pi in pairs:
         if gi not in matched and pi not in used:

@@ -2098,6 +2098,7 @@ def test_answer_follows_its_own_graph_and_its_sentence_by_hand():
     """eval.follows on hand-made rows: the answer the completion's own graph implies (the asked pair's written d,
     the smallest written d, the signs of x and z between written centres) and the option its sentence names; never
     raises; every reference reasoning follows itself."""
+    assert ev.names_in("Is the car 10 left of the car 1?", ["car 1", "car 10", "van"]) == ["car 10", "car 1"]
     g = {"frame": 31, "nodes": [{"category": "red cube", "center": [-2.0, -0.2, 5.3]},
                                 {"category": "green ball", "center": [-0.6, 0.2, 4.2]},
                                 {"category": "blue cone", "center": [0.3, -0.3, 5.5]}]}

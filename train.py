@@ -270,7 +270,8 @@ def run_warmup(r, step):
 
 
 def sft_step(r, mdl, tok, rows, opt):
-    """One teacher-forced step: loss = -mean over completion tokens of log pi(reference token)."""
+    """One teacher-forced step: loss = -sum_t w_t log pi(y_t | x, y_<t) / sum_t 1 over the reference completion's
+    tokens, w_t = --sft_answer_weight after the last graph block, else 1 (answer_weights; 1 everywhere: the mean)."""
     mdl.train()
     inputs = prompt_batch(r, tok, mdl, rows)
     texts = [row["reasoning"] for row in rows]
