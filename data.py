@@ -1119,19 +1119,28 @@ TRACK_TASKS = {**TASKS, "in_view": q_in_view}   # and a task of real video, wher
 TASK_WEIGHTS = {"closest_object": 4.0, "appearance_order": 4.0, "motion_direction": 1.5, "displacement": 1.3}
 
 
-LAYOUTS = ("plain", "asked_last")    # the reference reasoning's layout (reasoning_text); a data set holds one
+LAYOUTS = ("plain", "asked_last", "options")    # the reference reasoning's layout (reasoning_text); a set holds one
+OPTIONS_MARK = "The options:"                   # layout "options": where the restated options begin
 
 
-def reasoning_text(graphs, sentence, answer_text, asked=(), layout="plain"):
+def reasoning_text(graphs, sentence, answer_text, asked=(), layout="plain", options=()):
     """'<think>' + graph blocks + one sentence + '</think><answer>..</answer>': the reference completion. Layout
     "plain" writes each block's edges pair by pair (i < j, nodes left to right); "asked_last" writes the edges
     that touch more of the question's `asked` objects later (the asked pair's edge last, just before the sentence
-    that restates it), so that a small model can find the answer's number by position, not by a lookup of names."""
+    that restates it), so that a small model can find the answer's number by position, not by a lookup of names.
+    "options" is plain, and where the sentence names the right option (closest object, the directions) restates the
+    options name first, then the named one: "The options: red cone (A); blue ball (B). The answer is blue ball (B)."
+    The prompt's "(B) blue ball" puts the letter before the name, so finding it from the name is a lookup backwards;
+    restated, the letter is the token that followed the same name before (a copy a small model learns)."""
     if layout == "asked_last":
         touches = lambda g, e: sum(g.nodes[k].category in asked for k in (e.i, e.j))
         graphs = [graph.Graph(g.frame, g.nodes, sorted(graph.derive_edges(g.nodes), key=lambda e: touches(g, e)))
                   for g in graphs]
     blocks = " ".join(graph.to_text(g) for g in graphs)
+    named = options[LETTERS.index(answer_text)] if options and answer_text in LETTERS[:len(options)] else None
+    if layout == "options" and named and named in sentence:
+        listed = "; ".join(f"{o} ({letter})" for letter, o in zip(LETTERS, options))
+        sentence += f" {OPTIONS_MARK} {listed}. The answer is {named} ({answer_text})."
     return f"<think>{blocks} {sentence} </think><answer>{answer_text}</answer>"
 
 
@@ -1172,7 +1181,8 @@ def make_questions(source, rng, tasks=None, k=KEY_FRAMES, layout="plain"):
                      "question": q["question"], "options": q["options"], "answer": q["answer"],
                      "answer_type": q["answer_type"], "task": name, "time_window": None,
                      "graphs": [g.to_dict() for g in needed] if graphs else None,
-                     "reasoning": reasoning_text(needed, q["sentence"], q["text"], q.get("asked", ()), layout)})
+                     "reasoning": reasoning_text(needed, q["sentence"], q["text"], q.get("asked", ()), layout,
+                                                 q["options"] or ())})
     return rows
 
 
@@ -1190,9 +1200,9 @@ def split_of(n, seed, fractions=(0.8, 0.1, 0.1)):
 def make_scene_files(job):
     """Scene i of a data set: render it, write videos/NNNNNN.mp4, return (scene, rows, first-clip frames or None).
     A pure function of (out_dir, i, seed, ...) so that make_dataset can hand scenes to worker processes."""
-    out_dir, i, seed, questions, n_objects, size, num_frames, fps, roll_share, max_roll, layout = job
+    out_dir, i, seed, questions, n_objects, size, num_frames, fps, roll_share, (min_roll, max_roll), layout = job
     rolls = np.random.default_rng([seed, i, 1])                          # a stream of its own: level scenes unchanged
-    roll = round(float(rolls.uniform(-max_roll, max_roll)), 1) if rolls.random() < roll_share else 0.0
+    roll = round(roll_between(rolls, min_roll, max_roll), 1) if rolls.random() < roll_share else 0.0
     rng = np.random.default_rng([seed, i])
     scene = make_scene(rng, n_objects, size, num_frames, fps, roll=roll)
     scene["id"] = i
@@ -1202,18 +1212,27 @@ def make_scene_files(job):
     return scene, rows, clip if i < 4 else None
 
 
+def roll_between(rng, lo, hi):
+    """A roll of lo..hi degrees either way: u ~ U(-hi, hi) moved to sign(u) (lo + |u| (hi - lo) / hi); lo = 0 is u
+    itself, so the sets rendered before --min-roll existed keep their rolls."""
+    u = float(rng.uniform(-hi, hi))
+    return math.copysign(lo + abs(u) * (hi - lo) / hi, u) if lo else u
+
+
 def make_dataset(out_dir, n, seed=0, questions=4, n_objects=(2, 3), size=CLIP_SIZE, num_frames=CLIP_FRAMES,
                  fps=CLIP_FPS, sheet=True, log=print, workers=None, roll_share=0.0, max_roll=MAX_ROLL,
-                 layout="plain"):
+                 layout="plain", min_roll=0.0):
     """Write n scenes: videos/NNNNNN.mp4, up to `questions` rows per scene (distinct tasks) into train/val/test.jsonl
     (split by scene, split_of), scenes.jsonl (the scene parameters), contact_sheet.png, then dataset.json (n, seed,
     the other settings, the row counts; train.ensure_data checks it). Scene i uses rng = default_rng([seed, i]): the
     files are byte-identical for a seed, however many worker processes render (default: one per CPU core, at most
-    4). A share `roll_share` of the scenes has its camera rolled by up to +-max_roll degrees (make_scene; from
-    default_rng([seed, i, 1])). `make` and train.ensure_data write it through replace_folder: whole or absent."""
+    4). A share `roll_share` of the scenes has its camera rolled by min_roll to max_roll degrees either way
+    (make_scene, roll_between; from default_rng([seed, i, 1])). `make` and train.ensure_data write it through
+    replace_folder: whole or absent."""
     os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
     splits, counts, t_start, shown = split_of(n, seed), {"train": 0, "val": 0, "test": 0}, time.time(), []
-    jobs = [(out_dir, i, seed, questions, n_objects, size, num_frames, fps, roll_share, max_roll, layout)
+    rolls = (min_roll, max_roll)
+    jobs = [(out_dir, i, seed, questions, n_objects, size, num_frames, fps, roll_share, rolls, layout)
             for i in range(n)]
     workers = workers or min(4, os.cpu_count() or 1)
     with contextlib.ExitStack() as stack:
@@ -1237,6 +1256,7 @@ def make_dataset(out_dir, n, seed=0, questions=4, n_objects=(2, 3), size=CLIP_SI
     write_file(os.path.join(out_dir, "dataset.json"), json.dumps(      # the last file: the set is finished
         {"scenes": n, "seed": seed, "questions": questions, "objects": list(n_objects), "size": size,
          "frames": num_frames, "fps": fps, "roll_share": roll_share, "max_roll": max_roll, "layout": layout,
+         **({"min_roll": min_roll} if min_roll else {}),
          "rows": counts}))
     return counts
 
@@ -1780,9 +1800,11 @@ def main(argv=None):
     make = sub.add_parser("make", help="render a synthetic data set (make_dataset)")
     make.add_argument("--out", default="data/synth", help="the folder (replaced whole when it holds a set)")
     for flag, default, what in (("--n", SCENES, "scenes (= videos)"), ("--seed", 0, "scene i: rng([seed, i])"),
-                                ("--questions", 4, "rows per scene"), ("--max-objects", 3, "objects per scene")):
+                                ("--questions", 4, "rows per scene"), ("--min-objects", 2, "objects per scene, at "
+                                 "least"), ("--max-objects", 3, "objects per scene, at most")):
         make.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
     make.add_argument("--roll-share", type=float, default=0.0, help="share of scenes with a rolled camera (def. 0)")
+    make.add_argument("--min-roll", type=float, default=0.0, help="their roll at least, +-degrees (default 0)")
     make.add_argument("--max-roll", type=float, default=MAX_ROLL, help=f"their roll, +-degrees (default {MAX_ROLL})")
     make.add_argument("--layout", choices=LAYOUTS, default="plain", help="of the reasoning (reasoning_text)")
     sub.add_parser("bench", help="read_frames(16) vs decoding every frame of a 2-min video; the renderer")
@@ -1803,11 +1825,15 @@ def main(argv=None):
         return convert(args, readers[args.command][0])
     if args.command != "make":
         return bench() if args.command else demo()
+    if not (1 <= args.min_objects <= args.max_objects and 0 <= args.min_roll <= args.max_roll):
+        make.error(f"need 1 <= --min-objects <= --max-objects and 0 <= --min-roll <= --max-roll, got objects "
+                   f"{args.min_objects}..{args.max_objects}, roll {args.min_roll:g}..{args.max_roll:g}")
     refuse_taken(args.out, "scenes.jsonl", "make")
     t = time.time()
     counts = replace_folder(args.out, lambda tmp: make_dataset(tmp, args.n, args.seed, args.questions,
-                                                               (2, args.max_objects), roll_share=args.roll_share,
-                                                               max_roll=args.max_roll, layout=args.layout))
+                                                               (args.min_objects, args.max_objects),
+                                                               roll_share=args.roll_share, max_roll=args.max_roll,
+                                                               layout=args.layout, min_roll=args.min_roll))
     print(f"rows {counts} in {time.time() - t:.0f} s -> {args.out}")
 
 

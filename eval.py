@@ -259,8 +259,9 @@ def graph_answer(written, row):
 
 
 def named_option(reasoning, options):
-    """The letter of the (longest) option that the text after the last graph block names, or None."""
-    sentence = re.split(r"</\s*graph\s*>", reasoning.split("<answer>", 1)[0])[-1].lower()
+    """The letter of the (longest) option that the text after the last graph block names (up to the options a
+    reasoning of layout "options" restates: data.OPTIONS_MARK), or None."""
+    sentence = re.split(r"</\s*graph\s*>", reasoning.split("<answer>", 1)[0])[-1].split(data.OPTIONS_MARK)[0].lower()
     named = sorted((o for o in options if o.lower() in sentence), key=len)
     return data.LETTERS[options.index(named[-1])] if named else None
 
@@ -526,6 +527,7 @@ def rotation(args):
 # --- the toy Table 2 (ablation) -------------------------------------------------------------------------------------
 
 GROUPS = (*data.TASK_GROUPS, "overall")        # the table's columns: data.TASK_GROUPS, then all questions
+NO_LENGTH = " w/o R_l"                         # a run's label gets it when its --w_length is 0 ("graph w/o R_l")
 
 
 def load_run(run_dir):
@@ -542,6 +544,7 @@ def load_run(run_dir):
     variant = cfg.get("variant", "graph")
     if variant not in rewards.VARIANTS:
         raise BadRow("variant", f"{variant!r} is not one of {', '.join(rewards.VARIANTS)}", cfg_path)
+    variant += NO_LENGTH * (cfg.get("w_length", 1.0) == 0)          # the reward isolated: R_l off (--w_length 0)
     seed, path = int(cfg.get("seed", 0)), os.path.join(run_dir, "results.json")
     stats = json.loads(Path(path).read_text(encoding="utf-8"))["stats"] if os.path.isfile(path) else {}
     get = lambda col: fmt_ci(stats.get(col, {}).get("answer"))
@@ -567,9 +570,9 @@ def ablation_stats(by_variant, n_boot=N_BOOT, seed=0, ref="graph"):
     return means, diffs
 
 
-def ablation_table(means, diffs, runs, ref="graph"):
+def ablation_table(means, diffs, runs, ref="graph", first="variant"):
     """Markdown: answer per group and overall (95 % CI) per variant, then each variant - ref, paired."""
-    lines = ["| variant | seeds | " + " | ".join(GROUPS) + " | questions |", "|---" * (len(GROUPS) + 3) + "|"]
+    lines = [f"| {first} | seeds | " + " | ".join(GROUPS) + " | questions |", "|---" * (len(GROUPS) + 3) + "|"]
     rows = [(f"{v} | {', '.join(map(str, sorted(runs[v])))}", st, False) for v, st in means.items()]
     rows += [(f"{v} - {ref} (paired) |", st, True) for v, st in diffs.items()]
     for label, st, signed in rows:
@@ -590,7 +593,8 @@ def ablation(args):
             raise BadRow(None, f"a second run of variant {variant} with seed {seed}", run_dir)
         runs.setdefault(variant, []).append(seed)
         by_variant.setdefault(variant, {}).update({(seed, i): r for i, r in records.items()})
-    by_variant = {v: by_variant[v] for v in rewards.VARIANTS if v in by_variant}       # the order of VARIANTS
+    order = [v + x for v in rewards.VARIANTS for x in ("", NO_LENGTH)]                 # the order of VARIANTS
+    by_variant = {v: by_variant[v] for v in order if v in by_variant}
     means, diffs = ablation_stats(by_variant, args.n_boot, args.seed)
     node_edge = {v: {k: float(np.mean([r[k] for r in recs.values()])) for k in ("graph_node", "graph_edge")}
                  for v, recs in by_variant.items()}
@@ -605,6 +609,103 @@ def ablation(args):
     bar_chart(os.path.join(args.out, "ablation.png"), GROUPS, {v: [st[f] for f in GROUPS] for v, st in means.items()},
               "answer (R_ans, test split)", title, (0, 1), (8.5, 4))
     print(f"wrote {args.out}/ablation.md, ablation.json, ablation.png")
+
+
+# --- the toy Table 1 (generalization) -------------------------------------------------------------------------------
+# The paper's Table 1: from one base, SFT gains in distribution (STI-Bench) and loses out of it (TempCompass), where
+# Video-STR's GRPO gains on both. Here both arms start from the same base and see the same training rows: the GRPO
+# arm is a train.py run (--grpo_steps K --batch B), the SFT arm a train.py run that is teacher-forced on the rows'
+# reference completions instead (--grpo_steps 0 --sft_steps K --sft_batch B --sft_grpo_rows: GRPO's rows, in its
+# order). Both are asked, greedy, on the in-distribution test split and on sets rendered outside it (data.py make:
+# more objects, a camera rolled past the training range; and 32 frames at inference, as the paper evaluates).
+
+def parse_set(spec):
+    """--set 'NAME=FILE' or 'NAME=FILE@FRAMES' -> (name, file, frames or None: --frames)."""
+    name, sep, rest = spec.partition("=")
+    path, at, frames = rest.rpartition("@") if "@" in rest else (rest, "", "")
+    if not (sep and name and path) or (at and not frames.isdigit()):
+        raise BadRow(None, "expected NAME=FILE or NAME=FILE@FRAMES, e.g. roll=data/ood_roll/test.jsonl@16",
+                     f"--set {spec}")
+    return name, path, int(frames) if at else None
+
+
+def arm_of(run_dir):
+    """(arm, seed, model folder) of a finished train.py run: "GRPO" (its final model) when it made GRPO steps, else
+    "SFT" (its warm-up)."""
+    cfg_path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise BadRow(None, "missing: not a train.py run folder", cfg_path)
+    cfg = json.loads(Path(cfg_path).read_text(encoding="utf-8"))
+    arm, folder = ("GRPO", "final") if cfg.get("grpo_steps", 0) > 0 else ("SFT", "warmup")
+    if arm == "SFT" and not cfg.get("sft_steps", 0):
+        raise BadRow("sft_steps", "neither GRPO nor warm-up steps: no arm", cfg_path)
+    path = os.path.join(run_dir, folder)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise BadRow(None, f"missing: the {arm} run has not finished (finish it with train.py --resume)", path)
+    return arm, int(cfg.get("seed", 0)), path
+
+
+def answers_on(mdl, tokenizer, rows, args, frames, tag):
+    """{id: {answer (R_ans, the training reward's part, as train.py's tables and the toy Table 2), task, node,
+    edge}} of one model's greedy completions on rows at `frames` frames; rows that cannot be asked are left out."""
+    completions, _ = ask(mdl, tokenizer, rows, argparse.Namespace(**{**vars(args), "frames": frames}), tag)
+    out = {}
+    for c, r in zip(completions, rows):
+        if c is not None:
+            s = score_completion(c, r)
+            out[r["id"]] = {"answer": s["train_reward"], "task": r["task"],
+                            **{k: s[k] for k in ("node", "edge") if k in s}}
+    return out
+
+
+def generalization(args):
+    """`eval.py generalization --run DIR ... --set NAME=FILE[@FRAMES] ... [--base DIR]`, the toy Table 1: every
+    run's model (arm_of) and the base asked on the first --limit rows of every set; per set, the answer per task
+    group and overall (seeds pooled, 95 % bootstrap intervals), GRPO - SFT and each arm - base paired question by
+    question (same seed, same id; the base's answers serve every seed). Printed and written (generalization.md,
+    .json, .png)."""
+    import torch
+    import model as qwen
+    torch.set_num_threads(args.threads)
+    sets = [parse_set(spec) for spec in args.set]
+    if len({name for name, _, _ in sets}) < len(sets):
+        raise BadRow(None, "two sets of one name", "--set")
+    rows = {name: rows_with_videos(data.load_rows(path)[:args.limit], args.skip_bad)[0] for name, path, _ in sets}
+    models = [arm_of(run_dir) for run_dir in args.run]
+    seeds = sorted({seed for _, seed, _ in models})
+    if len({(arm, seed) for arm, seed, _ in models}) < len(models):
+        raise BadRow(None, "two runs of one arm with one seed", "--run")
+    models += [("base", seed, args.base) for seed in seeds[:1]] if args.base else []
+    found = {name: {} for name, _, _ in sets}                       # set -> arm -> {(seed, id): record}
+    for arm, seed, path in models:
+        mdl, tokenizer = qwen.load(path, device=args.device)
+        for name, _, frames in sets:
+            got = answers_on(mdl, tokenizer, rows[name], args, frames or args.frames, f"{arm} s{seed} {name}")
+            keys = seeds if arm == "base" else [seed]
+            found[name].setdefault(arm, {}).update({(s, i): rec for s in keys for i, rec in got.items()})
+        del mdl
+    lines, stats, runs = [], {}, {arm: sorted({s for a, s, _ in models if a == arm}) for arm, _, _ in models}
+    for name, path, frames in sets:
+        by_arm = {a: found[name][a] for a in ("base", "SFT", "GRPO") if a in found[name]}
+        means, vs_sft = ablation_stats(by_arm, args.n_boot, args.seed, ref="SFT")
+        _, vs_base = ablation_stats(by_arm, args.n_boot, args.seed, ref="base")
+        diffs = {k: v for k, v in vs_sft.items() if k == "GRPO"}
+        table = ablation_table(means, diffs, runs, "SFT", "arm")
+        table += "".join("\n" + line for line in ablation_table({}, vs_base, runs, "base").split("\n")[2:])
+        lines += [f"{name}: {path}, {frames or args.frames} frames, the first {args.limit} rows", "", table, ""]
+        stats[name] = {"path": path, "frames": frames or args.frames, "answer": means, "grpo_minus_sft": diffs,
+                       "minus_base": vs_base, "per_question": {a: {f"{s}/{i}": rec["answer"] for (s, i), rec in
+                                                                   found[name][a].items()} for a in by_arm}}
+    print("\n".join(lines))
+    data.write_file(os.path.join(args.out, "generalization.md"), "\n".join(lines))
+    data.write_file(os.path.join(args.out, "generalization.json"), json.dumps(
+        {"runs": args.run, "base": args.base, "seeds": runs, "sets": stats}, indent=1))
+    arms = [a for a in ("base", "SFT", "GRPO") if a in runs]
+    bar_chart(os.path.join(args.out, "generalization.png"), list(stats),
+              {a: [stats[n]["answer"].get(a, {}).get("overall") for n in stats] for a in arms},
+              "answer (R_ans), all questions", f"SFT and GRPO from one base, in and out of distribution "
+              f"(seeds {', '.join(map(str, seeds))})", (0, 1), (8.5, 4))
+    print(f"wrote {args.out}/generalization.md, generalization.json, generalization.png")
 
 
 # --- support: no paper content below; benchmark adapters ------------------------------------------------------------
@@ -975,9 +1076,20 @@ def cli():
     rot = sub.add_parser("rotation", help="the rotation stress test on the synthetic scenes, models side by side")
     ab = sub.add_parser("ablation", help="the toy Table 2 from finished train.py runs of several --variant values")
     ab.add_argument("--run", action="append", help="a train.py run folder (runs/NAME); repeat (needed)")
-    for q in (p, rot):
-        q.add_argument("--model", action="append", help="checkpoint folder; repeat for side by side (needed)")
-        q.add_argument("--frames", type=int, default=32, help="frames per video (paper: 32 at inference)")
+    gen = sub.add_parser("generalization", help="the toy Table 1: SFT and GRPO runs from one base, in and out of "
+                         "distribution")
+    gen.add_argument("--run", action="append", help="a finished train.py run: GRPO (--grpo_steps > 0) or SFT "
+                     "(--grpo_steps 0 --sft_grpo_rows); repeat, one per arm and seed (needed)")
+    gen.add_argument("--set", action="append", help="NAME=FILE or NAME=FILE@FRAMES: a test set (rows in our "
+                     "format, e.g. data.py make's test.jsonl) and the frames to ask it with (default --frames, "
+                     f"{data.TRAIN_FRAMES} here: as trained); repeat (needed)")
+    gen.add_argument("--base", default=None, help="the model both arms started from (a column of its own)")
+    gen.add_argument("--limit", type=int, default=300, help="the first N rows of each set")
+    for q in (p, rot, gen):
+        if q is not gen:
+            q.add_argument("--model", action="append", help="checkpoint folder; repeat for side by side (needed)")
+        q.add_argument("--frames", type=int, default=32, help="frames per video (paper: 32 at inference)" if q is not
+                       gen else f"frames per video (default {data.TRAIN_FRAMES}: as trained; paper: 32 at inference)")
         q.add_argument("--min_pixels", type=int, default=TINY_PIXELS, help="per frame (tiny default; 7B: 16*28*28)")
         q.add_argument("--max_pixels", type=int, default=TINY_PIXELS, help="per frame (tiny default; 7B: 128*28*28)")
         for flag, default in (("--batch", 8), ("--max_new_tokens", 512)):
@@ -989,10 +1101,11 @@ def cli():
                        "scored and written")
         q.add_argument("--max_prompt_tokens", type=int, default=data.MAX_PROMPT_TOKENS, help="rows whose prompt "
                        "text has more tokens (model.prompt_problem, video not counted) are bad rows")
-    for q, out in ((p, "out/eval"), (rot, "out/rotation"), (ab, "out/ablation")):
+    for q, out in ((p, "out/eval"), (rot, "out/rotation"), (ab, "out/ablation"), (gen, "out/generalization")):
         q.add_argument("--out", default=out)
         q.add_argument("--n_boot", type=int, default=N_BOOT, help="bootstrap resamples of the 95 %% intervals")
         q.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(frames=data.TRAIN_FRAMES)            # as trained; a set's @FRAMES asks it with others
     rot.add_argument("--angles", type=float, nargs="+", default=[0, 30, 60, 90, 180])
     rot.add_argument("--axis", default="yaw", choices=["yaw", "roll", "orbit"])
     rot.add_argument("--data", default="data/synth/test.jsonl", help="synthetic rows; scenes.jsonl beside it")
@@ -1008,10 +1121,12 @@ def cli():
 def main(argv=None):
     p = cli()
     args = p.parse_args(argv)
-    needed = {None: ("model", "data"), "rotation": ("model",), "ablation": ("run",)}.get(args.command, ())
+    needed = {None: ("model", "data"), "rotation": ("model",), "ablation": ("run",),
+              "generalization": ("run", "set")}.get(args.command, ())
     if any(getattr(args, k) is None for k in needed):
         p.error(f"{args.command or 'scoring'} needs {' and '.join('--' + k for k in needed)}")
-    {None: score_models, "demo": lambda _: demo(), "rotation": rotation, "ablation": ablation}[args.command](args)
+    {None: score_models, "demo": lambda _: demo(), "rotation": rotation, "ablation": ablation,
+     "generalization": generalization}[args.command](args)
 
 
 def score_models(args):

@@ -525,7 +525,7 @@ def test_read_frames_of_rendered_scenes_plain_and_rotated():
     with tempfile.TemporaryDirectory() as d:
         os.makedirs(os.path.join(d, "videos"))
         for i in range(2):
-            job = (d, i, 0, 4, (2, 3), data.CLIP_SIZE, data.CLIP_FRAMES, data.CLIP_FPS, 0.5, data.MAX_ROLL, "plain")
+            job = (d, i, 0, 4, (2, 3), data.CLIP_SIZE, data.CLIP_FRAMES, data.CLIP_FPS, 0.5, (0.0, data.MAX_ROLL), "plain")
             scene, _, clip = data.make_scene_files(job)                  # clip (F, H, W, 3): the rendered frames
             frames, times = data.read_frames(os.path.join(d, "videos", f"{i:06d}.mp4"), data.CLIP_FRAMES)
             assert frames.shape == clip.shape and np.abs(frames.astype(int) - clip).mean() < 6, i
@@ -1580,6 +1580,45 @@ def test_ablation_table_pools_seeds_and_pairs_questions_by_hand():
         _raises(data.BadRow, ev.main, ["ablation", "--run", no_ids, "--out", out], contains=("without ids",))
 
 
+def test_generalization_sft_arm_sees_the_grpo_rows_and_the_table_pairs_questions_by_hand():
+    """The toy Table 1: an SFT run with --sft_grpo_rows draws exactly the rows (and order) of a GRPO run of its seed;
+    eval.py generalization asks both arms and the base on two sets (one at other frames), and GRPO - SFT is the
+    mean of the per-question differences; a bad --set and an unfinished run are refused, naming them."""
+    drawn = []
+
+    def recorded(n_rows, step, batch, seed):
+        drawn.append((step, batch, seed))
+        return real(n_rows, step, batch, seed)
+    real, base, test_rows = train.batch_indices, _reference_run(), os.path.join(_run_base()[1], "test.jsonl")
+    with mock.patch.object(train, "batch_indices", recorded):
+        _train(_smoke_args("sft_arm", grpo_steps=0, sft_steps=2, vision_steps=0, model=os.path.join(base, "final"))
+               + ["--sft_grpo_rows"])
+    sft = os.path.join(_run_base()[0], "sft_arm")
+    assert [(k, s) for k, b, s in drawn if b == 2] == [(0, 1), (1, 1)]            # run_grpo's seed + 1, steps 0, 1
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "out")
+        with contextlib.redirect_stdout(io.StringIO()) as printed, contextlib.redirect_stderr(io.StringIO()):
+            ev.main(["generalization", "--run", base, "--run", sft, "--set", f"in={test_rows}", "--set",
+                     f"few frames={test_rows}@4", "--base", _run_base()[2], "--limit", "3", "--max_new_tokens",
+                     "12", "--out", out, "--n_boot", "50", "--device", "cpu"])
+        res = json.load(open(os.path.join(out, "generalization.json")))
+        assert res["seeds"] == {"GRPO": [0], "SFT": [0], "base": [0]} and list(res["sets"]) == ["in", "few frames"]
+        assert [st["frames"] for st in res["sets"].values()] == [data.TRAIN_FRAMES, 4]
+        for st in res["sets"].values():
+            per = st["per_question"]
+            assert set(per) == {"base", "SFT", "GRPO"} and len(per["GRPO"]) == 3
+            by_hand = np.mean([per["GRPO"][k] - per["SFT"][k] for k in per["GRPO"]])
+            assert abs(st["grpo_minus_sft"]["GRPO"]["overall"][0] - by_hand) < 1e-12
+            assert abs(st["minus_base"]["SFT"]["overall"][0] - np.mean([per["SFT"][k] - per["base"][k]
+                                                                        for k in per["SFT"]])) < 1e-12
+        assert printed.getvalue().count("| GRPO - SFT (paired) |") == 2 and "| SFT - base (paired) |" in \
+            printed.getvalue() and os.path.isfile(os.path.join(out, "generalization.png"))
+        _raises(data.BadRow, ev.main, ["generalization", "--run", sft, "--set", "nonsense"], contains=("--set",))
+        shutil.copytree(sft, os.path.join(d, "half"), ignore=lambda f, names: ["warmup"])
+        _raises(data.BadRow, ev.main, ["generalization", "--run", os.path.join(d, "half"), "--set",
+                                       f"in={test_rows}"], contains=("has not finished", "half"))
+
+
 def test_shipped_base_matches_its_card_answers_and_evaluates_under_rotation_beside_a_coords_copy():
     """tiny_base/ has its CARD.md's sha256 and writes graphs in <think>, then an answer; eval.py rotation of it and
     of a coords copy: a table each, their variants and angles saved, the plot."""
@@ -1992,13 +2031,14 @@ def test_every_entry_point_refuses_unknown_arguments_and_help_only_helps():
            ("eval.py", ["--bogus"], ["--bogus", "--model"]),
            ("eval.py", ["--model", "m"], ["needs --model and --data"]),
            ("eval.py", ["rotation", "--bogus"], ["--bogus", "--angles"]), ("eval.py", ["ablation"], ["needs --run"]),
+           ("eval.py", ["generalization", "--run", "r"], ["needs --run and --set"]),
            ("data.py", ["frobnicate"], ["frobnicate", "'make', 'bench'"]), ("data.py", ["make", "--bogus"],
            ["--bogus", "--max-objects"]), ("data.py", ["bench", "x"], ["x"]), ("graph.py", ["a", "b"], ["a b"]),
            ("grpo.py", ["nonsense"], ["nonsense", "'bench', 'bench_rollout'"]),
            ("grpo.py", ["bench_rollout", "--bogus"], ["--bogus", "--decoders"]),
            ("rewards.py", ["--bogus"], ["--bogus"])]
     helps = [(f, [c] if c else []) for f in _entry_points() for c in [None, *_help(f)[1]]]
-    assert len(helps) == 17, helps                        # 7 files, data.py's 5, eval.py's 3 and grpo.py's 2 commands
+    assert len(helps) == 18, helps                        # 7 files, data.py's 5, eval.py's 4 and grpo.py's 2 commands
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
@@ -2010,7 +2050,7 @@ def test_every_entry_point_refuses_unknown_arguments_and_help_only_helps():
             for file, argv in helps:
                 code, out, err = _cli(_entry_points()[file], argv + ["--help"])
                 assert code == 0 and out.startswith(f"usage: python {file}") and not err, (file, argv, code, err)
-            assert {"demo", "rotation", "ablation"} <= set(_cli(ev, ["--help"])[1].split())   # it lists its commands
+            assert {"demo", "rotation", "ablation", "generalization"} <= set(_cli(ev, ["--help"])[1].split())
             assert _cli(train, ["--help"])[1].count("\n  --") == len(dataclasses.fields(train.Config))   # one a field
             runs = {argv: subprocess.Popen([sys.executable, os.path.join(HERE, argv[0]), *argv[1:]],
                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -2073,6 +2113,17 @@ def test_rolled_scenes_leave_level_ones_unchanged_keep_objects_in_view_and_are_r
         for s in rolled:
             assert s["camera"]["offset"]["axis"] == "roll" and 0 < abs(s["camera"]["offset"]["deg"]) <= data.MAX_ROLL
             assert data.scene_ok(s)
+        ood = os.path.join(tmp, "ood")                      # out of distribution: 4-5 objects, rolled 50-90 degrees
+        code, _, err = _cli(data, ["make", "--out", ood, "--n", "3", "--seed", "4", "--min-objects", "4",
+                                   "--max-objects", "5", "--roll-share", "1", "--min-roll", "50", "--max-roll", "90"])
+        made = data.read_jsonl(os.path.join(ood, "scenes.jsonl"))
+        assert not code and all(4 <= len(s["objects"]) <= 5 and 50 <= abs(s["camera"]["offset"]["deg"]) <= 90
+                                for s in made), (err, made)
+        assert {k: json.load(open(os.path.join(ood, "dataset.json")))[k] for k in ("objects", "min_roll")} == {
+            "objects": [4, 5], "min_roll": 50.0}
+        u = np.random.default_rng(3).uniform(-45.0, 45.0)                     # -37.29: moved to -(30 + 37.29 / 3)
+        assert data.roll_between(np.random.default_rng(3), 0.0, 45.0) == u                 # lo = 0: the old draw
+        assert abs(data.roll_between(np.random.default_rng(3), 30.0, 45.0) + 30.0 + abs(u) / 3.0) < 1e-12 and u < 0
 
 
 def test_warmup_answer_weights_and_a_wider_tiny_model():
@@ -2125,6 +2176,14 @@ def test_answer_follows_its_own_graph_and_its_sentence_by_hand():
     # blue cone - red cube: x 0.3 - (-2.0) > 0 (right), z 5.5 - 5.3 > 0 (farther): option B
     assert ev.follows(think + "It is right and farther. </think><answer>B</answer>", rel) == {
         "follows_graph": 1.0, "follows_sentence": 1.0}
+    restated = data.reasoning_text([], "The green ball is closest.", "C", layout="options", options=options)
+    assert restated == ("<think> The green ball is closest. The options: blue cone (A); yellow cube (B); green ball "
+                        "(C); red ball (D). The answer is green ball (C). </think><answer>C</answer>")
+    assert data.reasoning_text([], "They appear at 0.5 s.", "A", layout="options", options=options) == \
+        "<think> They appear at 0.5 s. </think><answer>A</answer>"                 # names no option: plain
+    wrong_end = restated.replace("is green ball (C). </think><answer>C", "is blue cone (A). </think><answer>A")
+    for text, expect in ((restated, 1.0), (wrong_end, 0.0)):             # the sentence decides, not the restatement
+        assert ev.follows(think + text.replace("<think> ", ""), closest)["follows_sentence"] == expect
     for junk in (None, 7, "", "<graph t=31> | - d=x </graph><answer>", "<answer>" * 50, think * 3):
         assert set(ev.follows(junk, rel).values()) <= {0.0}, junk
     scenes = [{**data.make_scene(np.random.default_rng([9, i])), "id": i} for i in range(30)]

@@ -74,7 +74,8 @@ class Config:
     scene_seed: int = -1            # seed of the rendered scenes (-1: --seed); the base preset renders its own
     roll_share: float = 0.0         # share of the rendered scenes whose camera is rolled about its optical axis (up
                                     # to data.MAX_ROLL degrees), so that a base's vision tower sees rolled footage
-    layout: str = "plain"           # the rendered rows' reference reasoning: plain | asked_last (data.reasoning_text)
+    layout: str = "plain"           # the rendered rows' reference reasoning: plain | asked_last | options
+                                    # (data.reasoning_text)
     min_pixels: int = qwen.TINY_MIN_PIXELS  # lower per-frame pixel budget of Qwen2.5-VL's smart_resize (tiny: 56x56)
     max_pixels: int = qwen.TINY_MAX_PIXELS  # upper pixel budget per frame (paper: 128x28x28)
     # model
@@ -99,6 +100,8 @@ class Config:
     sft_lr: float = 3e-3            # warm-up learning rate
     sft_answer_weight: float = 1.0  # warm-up loss weight of the tokens after the last graph block (the step from the
                                     # graph to the answer: a few tokens beside ~60 of graph)
+    sft_grpo_rows: bool = False     # the warm-up draws the rows a GRPO run of this seed would, in its order (B =
+                                    # --sft_batch): the SFT arm of the toy Table 1 (eval.py generalization)
     # GRPO
     grpo_steps: int = 300           # GRPO steps (after the warm-up, if any)
     batch: int = 4                  # B prompts per GRPO step (per rank under torchrun)
@@ -245,12 +248,14 @@ def run_warmup(r, step):
     forget_test_results(run_dir, "after warm-up")
     mdl, tok, _, opt, step = open_phase(r, start_folder(cfg, run_dir), cfg.sft_lr, step, 0, cfg.sft_steps, "warm-up")
     usable = [row for row in r.train_rows if row.get("reasoning")]
-    if not usable:
-        raise SystemExit("the warm-up needs rows with a reference `reasoning`; use --sft_steps 0 for data without")
+    if not usable or (cfg.sft_grpo_rows and len(usable) < len(r.train_rows)):
+        raise SystemExit("the warm-up needs rows with a reference `reasoning` (--sft_grpo_rows: every row); use "
+                         "--sft_steps 0 for data without")
+    order_seed = cfg.seed + 1 if cfg.sft_grpo_rows else cfg.seed                # run_grpo's order, or its own
     while step < cfg.sft_steps:
         set_lr(opt, lr_at(step, cfg.sft_steps, cfg.sft_lr, cfg.lr_warmup))
         t0 = time.time()
-        rows, bad = step_rows(cfg, run_dir, usable, step, cfg.sft_batch, cfg.seed, "warm-up steps")
+        rows, bad = step_rows(cfg, run_dir, usable, step, cfg.sft_batch, order_seed, "warm-up steps")
         with stop_if_nonfinite(cfg, run_dir, "sft", step + 1):
             out = sft_step(r, mdl, tok, rows, opt) if rows else None
         step += 1
