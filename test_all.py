@@ -525,7 +525,8 @@ def test_read_frames_of_rendered_scenes_plain_and_rotated():
     with tempfile.TemporaryDirectory() as d:
         os.makedirs(os.path.join(d, "videos"))
         for i in range(2):
-            job = (d, i, 0, 4, (2, 3), data.CLIP_SIZE, data.CLIP_FRAMES, data.CLIP_FPS, 0.5, (0.0, data.MAX_ROLL), "plain")
+            job = (d, i, 0, 4, (2, 3), data.CLIP_SIZE, data.CLIP_FRAMES, data.CLIP_FPS, 0.5, (0, data.MAX_ROLL),
+                   "plain")
             scene, _, clip = data.make_scene_files(job)                  # clip (F, H, W, 3): the rendered frames
             frames, times = data.read_frames(os.path.join(d, "videos", f"{i:06d}.mp4"), data.CLIP_FRAMES)
             assert frames.shape == clip.shape and np.abs(frames.astype(int) - clip).mean() < 6, i
