@@ -1,5 +1,5 @@
 r"""Evaluation of Video-STR checkpoints with each benchmark's own metric, side by side (any number of checkpoints
-on one file of questions, a column per model); the rotation stress test; the toy Table 2.
+on one file of questions, a column per model); the rotation stress test; the toy Tables 1 and 2.
 
 Paper: Video-STR (arXiv 2510.10976) Sec. 5 reports STI-Bench, V-STaR, VSI-Bench, SPAR-Bench, Video-MME and
 TempCompass, inferring with 32 frames and greedy decoding.
@@ -32,6 +32,8 @@ Run (each command's flags: `python eval.py COMMAND --help`; README.md's "Other r
   python eval.py demo                              # hand-written completions, good and poor, scored without a model
   python eval.py rotation --model tiny_base --axis roll --angles 0 30 90   # the rotation stress test
   python eval.py ablation --run runs/graph_s0 --run runs/none_s0           # the toy Table 2 from finished runs
+  python eval.py generalization --run runs/grpo_s0 --run runs/sft_s0 --base tiny_base --set in=data/synth/test.jsonl
+      --set objects=data/ood_objects/test.jsonl    # the toy Table 1: SFT and GRPO in and out of distribution
 """
 import argparse
 import json
@@ -675,7 +677,7 @@ def generalization(args):
     seeds = sorted({seed for _, seed, _ in models})
     if len({(arm, seed) for arm, seed, _ in models}) < len(models):
         raise BadRow(None, "two runs of one arm with one seed", "--run")
-    models += [("base", seed, args.base) for seed in seeds[:1]] if args.base else []
+    models += [("base", seeds[0], args.base)] if args.base else []       # asked once; its answers pair every seed
     found = {name: {} for name, _, _ in sets}                       # set -> arm -> {(seed, id): record}
     for arm, seed, path in models:
         mdl, tokenizer = qwen.load(path, device=args.device)
@@ -687,7 +689,8 @@ def generalization(args):
     lines, stats, runs = [], {}, {arm: sorted({s for a, s, _ in models if a == arm}) for arm, _, _ in models}
     for name, path, frames in sets:
         by_arm = {a: found[name][a] for a in ("base", "SFT", "GRPO") if a in found[name]}
-        means, vs_sft = ablation_stats(by_arm, args.n_boot, args.seed, ref="SFT")
+        once = {a: {k: r for k, r in recs.items() if a != "base" or k[0] == seeds[0]} for a, recs in by_arm.items()}
+        means, vs_sft = ablation_stats(once, args.n_boot, args.seed, ref="SFT")        # the base's questions once
         _, vs_base = ablation_stats(by_arm, args.n_boot, args.seed, ref="base")
         diffs = {k: v for k, v in vs_sft.items() if k == "GRPO"}
         table = ablation_table(means, diffs, runs, "SFT", "arm")
