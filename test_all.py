@@ -1551,9 +1551,10 @@ def _arg_error(argv):
 
 def test_ablation_table_pools_seeds_and_pairs_questions_by_hand():
     """eval.py ablation: family means over both seeds, paired differences against graph; bad runs refused."""
-    def fake_run(folder, variant, seed, answers, ids=True):             # config.json, per-question records
+    def fake_run(folder, variant, seed, answers, ids=True, w_length=1.0):   # config.json, per-question records
         tasks = ["object_count", "displacement", "when_moving", "closest_object"]
-        _file(os.path.join(folder, "config.json"), json.dumps({"variant": variant, "seed": seed}))
+        _file(os.path.join(folder, "config.json"), json.dumps({"variant": variant, "seed": seed,
+                                                               "w_length": w_length}))
         _file(os.path.join(folder, "test_after_GRPO.json"), json.dumps([
             {"task": tasks[k], "answer": a, "graph_node": 0.5, "graph_edge": 0.25, **({"id": f"q{k}"} if ids else {})}
             for k, a in enumerate(answers)]))
@@ -1562,7 +1563,8 @@ def test_ablation_table_pools_seeds_and_pairs_questions_by_hand():
         runs = [fake_run(os.path.join(d, "g0"), "graph", 0, [1.0, 0.5, 0.5, 1.0]),
                 fake_run(os.path.join(d, "g1"), "graph", 1, [1.0, 0.0, 0.5, 0.0]),
                 fake_run(os.path.join(d, "n0"), "none", 0, [0.0, 0.5, 0.5, 1.0]),
-                fake_run(os.path.join(d, "n1"), "none", 1, [1.0, 0.5, 0.0, 0.0])]
+                fake_run(os.path.join(d, "n1"), "none", 1, [1.0, 0.5, 0.0, 0.0]),
+                fake_run(os.path.join(d, "l0"), "graph", 0, [1.0, 0.5, 0.5, 0.0], w_length=0.0)]   # R_l off
         out = os.path.join(d, "out")
         with contextlib.redirect_stdout(io.StringIO()) as printed:
             ev.main(["ablation"] + sum((["--run", r] for r in runs), []) + ["--out", out, "--n_boot", "200"])
@@ -1574,7 +1576,9 @@ def test_ablation_table_pools_seeds_and_pairs_questions_by_hand():
         assert diff["static spatial"][0] == -0.25 and diff["motion"][0] == 0.25 and diff["temporal"][0] == -0.25
         assert diff["overall"][0] == -0.125 and diff["overall"][3] == 8
         assert "| none - graph (paired) |" in printed.getvalue() and os.path.isfile(os.path.join(out, "ablation.png"))
-        assert res["seeds"] == {"graph": [0, 1], "none": [0, 1]}
+        assert res["seeds"] == {"graph": [0, 1], "graph w/o R_l": [0], "none": [0, 1]}
+        assert list(res["answer"])[1] == "graph w/o R_l"                             # after graph, in VARIANTS order
+        assert res["minus_graph"]["graph w/o R_l"]["overall"][0] == -0.25                # (0 + 0 + 0 - 1) / 4
         _raises(data.BadRow, ev.main, ["ablation", "--run", runs[0], "--run", runs[0], "--out", out],
                 contains=("variant graph with seed 0",))
         no_ids = fake_run(os.path.join(d, "x"), "coords", 0, [1.0], ids=False)
