@@ -1131,7 +1131,8 @@ def reasoning_text(graphs, sentence, answer_text, asked=(), layout="plain", opti
     "options" is plain, and where the sentence names the right option (closest object, the directions) restates the
     options name first, then the named one: "The options: red cone (A); blue ball (B). The answer is blue ball (B)."
     The prompt's "(B) blue ball" puts the letter before the name, so finding it from the name is a lookup backwards;
-    restated, the letter is the token that followed the same name before (a copy a small model learns)."""
+    restated, the letter is the token that followed the same name before (an induction copy). Measured on a warm-up
+    of tiny_base/ (RESULTS.md "Restating the options"), the tiny model did not learn to write the restatement."""
     if layout == "asked_last":
         touches = lambda g, e: sum(g.nodes[k].category in asked for k in (e.i, e.j))
         graphs = [graph.Graph(g.frame, g.nodes, sorted(graph.derive_edges(g.nodes), key=lambda e: touches(g, e)))
