@@ -532,15 +532,19 @@ GROUPS = (*data.TASK_GROUPS, "overall")        # the table's columns: data.TASK_
 NO_LENGTH = " w/o R_l"                         # a run's label gets it when its --w_length is 0 ("graph w/o R_l")
 
 
+def run_file(run_dir, name):
+    """A JSON file of a train.py run folder (config.json, test_after_GRPO.json, ...), or BadRow naming it."""
+    path = os.path.join(run_dir, name)
+    if not os.path.isfile(path):
+        raise BadRow(None, "missing: not a finished train.py run (finish it with --resume)", path)
+    return json.loads(Path(path).read_text(encoding="utf-8")), path
+
+
 def load_run(run_dir):
     """(variant, seed, {question id: record}, its table line) of a finished train.py run: its config.json, the
     per-question test results of its final model (test_after_GRPO.json, the rows of its results.md) and the answer
     of its own table (results.json): blind, the state GRPO started from, after GRPO."""
-    cfg_path, res_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "test_after_GRPO.json")
-    for path in (cfg_path, res_path):
-        if not os.path.isfile(path):
-            raise BadRow(None, "missing: not a finished train.py run (finish it with --resume)", path)
-    cfg, records = (json.loads(Path(p).read_text(encoding="utf-8")) for p in (cfg_path, res_path))
+    (cfg, cfg_path), (records, res_path) = (run_file(run_dir, n) for n in ("config.json", "test_after_GRPO.json"))
     if not isinstance(records, list) or any(not isinstance(r, dict) or "id" not in r for r in records):
         raise BadRow("id", "per-question records without ids (delete the file and run train.py --resume)", res_path)
     variant = cfg.get("variant", "graph")
@@ -572,11 +576,12 @@ def ablation_stats(by_variant, n_boot=N_BOOT, seed=0, ref="graph"):
     return means, diffs
 
 
-def ablation_table(means, diffs, runs, ref="graph", first="variant"):
-    """Markdown: answer per group and overall (95 % CI) per variant, then each variant - ref, paired."""
+def ablation_table(means, diffs, runs, first="variant"):
+    """Markdown: answer per group and overall (95 % CI) per variant, then for each reference ref in diffs ({ref:
+    {variant: stats}}) each variant - ref, paired."""
     lines = [f"| {first} | seeds | " + " | ".join(GROUPS) + " | questions |", "|---" * (len(GROUPS) + 3) + "|"]
     rows = [(f"{v} | {', '.join(map(str, sorted(runs[v])))}", st, False) for v, st in means.items()]
-    rows += [(f"{v} - {ref} (paired) |", st, True) for v, st in diffs.items()]
+    rows += [(f"{v} - {ref} (paired) |", st, True) for ref, by in diffs.items() for v, st in by.items()]
     for label, st, signed in rows:
         lines.append(f"| {label} | " + " | ".join(fmt_ci(st[f], signed) for f in GROUPS)
                      + f" | {st['overall'][3] if st['overall'] else 0} |")
@@ -600,7 +605,8 @@ def ablation(args):
     means, diffs = ablation_stats(by_variant, args.n_boot, args.seed)
     node_edge = {v: {k: float(np.mean([r[k] for r in recs.values()])) for k in ("graph_node", "graph_edge")}
                  for v, recs in by_variant.items()}
-    lines = [ablation_table(means, diffs, runs), "", "| variant | R_n written | R_e written |", "|---|---|---|"] + [
+    lines = [ablation_table(means, {"graph": diffs}, runs), "", "| variant | R_n written | R_e written |",
+             "|---|---|---|"] + [
         f"| {v} | {ne['graph_node']:.3f} | {ne['graph_edge']:.3f} |" for v, ne in node_edge.items()] + [
         "", "| run | variant | seed | blind | GRPO started from | after GRPO |", "|---" * 6 + "|"] + per_run
     print("\n".join(lines))
@@ -634,10 +640,7 @@ def parse_set(spec):
 def arm_of(run_dir):
     """(arm, seed, model folder) of a finished train.py run: "GRPO" (its final model) when it made GRPO steps, else
     "SFT" (its warm-up)."""
-    cfg_path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(cfg_path):
-        raise BadRow(None, "missing: not a train.py run folder", cfg_path)
-    cfg = json.loads(Path(cfg_path).read_text(encoding="utf-8"))
+    cfg, cfg_path = run_file(run_dir, "config.json")
     arm, folder = ("GRPO", "final") if cfg.get("grpo_steps", 0) > 0 else ("SFT", "warmup")
     if arm == "SFT" and not cfg.get("sft_steps", 0):
         raise BadRow("sft_steps", "neither GRPO nor warm-up steps: no arm", cfg_path)
@@ -648,16 +651,11 @@ def arm_of(run_dir):
 
 
 def answers_on(mdl, tokenizer, rows, args, frames, tag):
-    """{id: {answer (R_ans, the training reward's part, as train.py's tables and the toy Table 2), task, node,
-    edge}} of one model's greedy completions on rows at `frames` frames; rows that cannot be asked are left out."""
+    """{id: {answer: R_ans (the training reward's part, as train.py's tables and the toy Table 2), task}} of one
+    model's greedy completions on rows at `frames` frames; rows that cannot be asked are left out."""
     completions, _ = ask(mdl, tokenizer, rows, argparse.Namespace(**{**vars(args), "frames": frames}), tag)
-    out = {}
-    for c, r in zip(completions, rows):
-        if c is not None:
-            s = score_completion(c, r)
-            out[r["id"]] = {"answer": s["train_reward"], "task": r["task"],
-                            **{k: s[k] for k in ("node", "edge") if k in s}}
-    return out
+    return {r["id"]: {"answer": score_completion(c, r)["train_reward"], "task": r["task"]}
+            for c, r in zip(completions, rows) if c is not None}
 
 
 def generalization(args):
@@ -693,8 +691,7 @@ def generalization(args):
         means, vs_sft = ablation_stats(once, args.n_boot, args.seed, ref="SFT")        # the base's questions once
         _, vs_base = ablation_stats(by_arm, args.n_boot, args.seed, ref="base")
         diffs = {k: v for k, v in vs_sft.items() if k == "GRPO"}
-        table = ablation_table(means, diffs, runs, "SFT", "arm")
-        table += "".join("\n" + line for line in ablation_table({}, vs_base, runs, "base").split("\n")[2:])
+        table = ablation_table(means, {"SFT": diffs, "base": vs_base}, runs, "arm")
         lines += [f"{name}: {path}, {frames or args.frames} frames, the first {args.limit} rows", "", table, ""]
         stats[name] = {"path": path, "frames": frames or args.frames, "answer": means, "grpo_minus_sft": diffs,
                        "minus_base": vs_base, "per_question": {a: {f"{s}/{i}": rec["answer"] for (s, i), rec in
@@ -1091,8 +1088,9 @@ def cli():
     for q in (p, rot, gen):
         if q is not gen:
             q.add_argument("--model", action="append", help="checkpoint folder; repeat for side by side (needed)")
-        q.add_argument("--frames", type=int, default=32, help="frames per video (paper: 32 at inference)" if q is not
-                       gen else f"frames per video (default {data.TRAIN_FRAMES}: as trained; paper: 32 at inference)")
+        frames = data.TRAIN_FRAMES if q is gen else 32                    # generalization: as trained; @32 per set
+        q.add_argument("--frames", type=int, default=frames, help=f"frames per video (default {frames}; paper: 32 "
+                       "at inference)")
         q.add_argument("--min_pixels", type=int, default=TINY_PIXELS, help="per frame (tiny default; 7B: 16*28*28)")
         q.add_argument("--max_pixels", type=int, default=TINY_PIXELS, help="per frame (tiny default; 7B: 128*28*28)")
         for flag, default in (("--batch", 8), ("--max_new_tokens", 512)):
@@ -1108,7 +1106,6 @@ def cli():
         q.add_argument("--out", default=out)
         q.add_argument("--n_boot", type=int, default=N_BOOT, help="bootstrap resamples of the 95 %% intervals")
         q.add_argument("--seed", type=int, default=0)
-    gen.set_defaults(frames=data.TRAIN_FRAMES)            # as trained; a set's @FRAMES asks it with others
     rot.add_argument("--angles", type=float, nargs="+", default=[0, 30, 60, 90, 180])
     rot.add_argument("--axis", default="yaw", choices=["yaw", "roll", "orbit"])
     rot.add_argument("--data", default="data/synth/test.jsonl", help="synthetic rows; scenes.jsonl beside it")
