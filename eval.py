@@ -440,14 +440,29 @@ def coordinate_change(rows0, rows1):
             "edge_a_change_deg": float(np.mean(da or [0.0]))}
 
 
+def angle_result(scored, scored0, rows, rows0, edge_key, n_boot=N_BOOT, seed=0):
+    """One model (or several of a variant, their questions concatenated) at one angle: scored[k] the
+    score_completion dict of rows[k] (None: not asked), scored0 / rows0 the same questions at the first angle. The
+    summary (95 % intervals), the share of objects in view, the ground-truth change (coordinate_change) and the
+    paired change of the answer and of the edge reward edge_key against the first angle, question by question."""
+    kept = [(r, s) for r, s in zip(rows, scored) if s is not None]
+    change = lambda key: [s[key] - s0[key] for s, s0 in zip(scored, scored0) if s is not None and s0 is not None]
+    return {"summary": summarize([r for r, _ in kept], [s for _, s in kept], n_boot, seed), "rows": len(kept),
+            "visible": float(np.mean([r["visible"] for r in rows])), "writes_edges": edge_key == "edge",
+            "answer_change": summary_stat(change("score"), n_boot, seed),
+            "edge_change": summary_stat(change(edge_key), n_boot, seed), **coordinate_change(rows0, rows)}
+
+
 def rotation_table(results):
-    """Markdown: one row per angle (x100 for scores, metres / degrees for the ground-truth changes)."""
-    out = ["| angle | answer score | node R_n | edge R_e | R_e from centres | format | visible | GT coord change m "
-           "| GT edge d change m | GT edge a change deg |", "|---" * 10 + "|"]
+    """Markdown: one row per angle (x100 for scores, metres / degrees for the ground-truth changes); the changes are
+    paired against the first angle (the edge: R_e, or R_e from centres for a model that writes no edges)."""
+    out = ["| angle | answer score | answer change | node R_n | edge R_e | R_e from centres | edge change | format "
+           "| visible | GT coord change m | GT edge d change m | GT edge a change deg |", "|---" * 12 + "|"]
     for a, r in results.items():
         m = r["summary"]["metrics"]
-        out.append(f"| {a:g} | {cell(r['summary']['overall_q'])} | {cell(m.get('node'))} | {cell(m.get('edge'))} | "
-                   f"{cell(m.get('edge_from_centres'))} | {cell(m.get('format'))} | {100 * r['visible']:.0f}% | "
+        out.append(f"| {a:g} | {cell(r['summary']['overall_q'])} | {cell(r['answer_change'], True)} | "
+                   f"{cell(m.get('node'))} | {cell(m.get('edge'))} | {cell(m.get('edge_from_centres'))} | "
+                   f"{cell(r['edge_change'], True)} | {cell(m.get('format'))} | {100 * r['visible']:.0f}% | "
                    f"{r['coord_change_m']:.2f} | {r['edge_d_change_m']:.3f} | {r['edge_a_change_deg']:.2f} |")
     return "\n".join(out)
 
@@ -491,7 +506,8 @@ def plot_rotation(by_model, path, title):
 
 
 def rotation(args):
-    """`eval.py rotation`: render every angle, score each model at each; a table per model, rotation.json, .png."""
+    """`eval.py rotation`: render every angle, score each model at each; a table per model and, where several
+    models share a variant (seeds), per variant pooled; rotation.json, rotation.png (pooled where pooled)."""
     import torch
     import model as qwen
     torch.set_num_threads(args.threads)
@@ -500,29 +516,41 @@ def rotation(args):
     videos = {a: os.path.join(args.out, "videos", f"{args.axis}{a:g}") for a in args.angles}
     rows_by_angle = common_questions(
         {a: [r for s in scenes for r in rotated_rows(s, args.axis, a, args.seed, videos[a])] for a in args.angles})
-    first, by_model, variants = args.angles[0], {}, {}
+    first, scored, variants = args.angles[0], {}, {}
     for name, path in zip(model_names(args.model), args.model):
         mdl, tokenizer = qwen.load(path, device=args.device)
         variants[name] = model_variant(mdl)
-        by_model[name] = {}
+        scored[name] = {}
         for a, rows in rows_by_angle.items():
             completions, _ = ask(mdl, tokenizer, rows, args, f"{name} {args.axis} {a:g} deg")
-            asked = [(c, r) for c, r in zip(completions, rows) if c is not None]
-            scored = [score_completion(c, r) for c, r in asked]
-            by_model[name][a] = {"summary": summarize([r for _, r in asked], scored, args.n_boot, args.seed),
-                                 "rows": len(asked), "visible": float(np.mean([r["visible"] for r in rows])),
-                                 "writes_edges": rewards.VARIANTS[variants[name]][0] == "graph",
-                                 **coordinate_change(rows_by_angle[first], rows)}
+            scored[name][a] = [None if c is None else score_completion(c, r) for c, r in zip(completions, rows)]
         del mdl
-    title = (f"{' vs '.join(f'{n} ({v})' for n, v in variants.items())}: camera {args.axis} on {len(scenes)} "
-             f"scenes, {len(rows_by_angle[first])} questions per angle")
+    pools = {v: [n for n in scored if variants[n] == v] for v in dict.fromkeys(variants.values())}
+    edge_key = lambda v: "edge" if rewards.VARIANTS[v][0] == "graph" else "edge_from_centres"
+
+    def results_of(names):                                        # one model, or a variant's models pooled
+        pool = lambda a: [s for n in names for s in scored[n][a]]
+        return {a: angle_result(pool(a), pool(first), rows * len(names), rows_by_angle[first] * len(names),
+                                edge_key(variants[names[0]]), args.n_boot, args.seed)
+                for a, rows in rows_by_angle.items()}
+    by_model = {n: results_of([n]) for n in scored}
+    pooled = {v: results_of(names) for v, names in pools.items() if len(names) > 1}
+    label = lambda v: f"{v} ({len(pools[v])} models pooled)"
+    shown = {**{n: by_model[n] for n in scored if variants[n] not in pooled},
+             **{label(v): r for v, r in pooled.items()}}
+    title = (f"{' vs '.join(f'{n} ({variants[n]})' if n in variants else n for n in shown)}: camera {args.axis} "
+             f"on {len(scenes)} scenes, {len(rows_by_angle[first])} questions per angle and model")
     for name, results in by_model.items():
         print(f"\n{name} (variant {variants[name]})\n" + rotation_table(results))
+    for v, results in pooled.items():
+        print(f"\n{label(v)}\n" + rotation_table(results))
+    angles = lambda results: {f"{a:g}": r for a, r in results.items()}
     data.write_file(os.path.join(args.out, "rotation.json"), json.dumps(
-        {"axis": args.axis, "data": args.data, "models": {
-            n: {"path": p, "variant": variants[n], "angles": {f"{a:g}": r for a, r in by_model[n].items()}}
-            for n, p in zip(by_model, args.model)}}, indent=1))
-    plot_rotation(by_model, os.path.join(args.out, "rotation.png"), title)
+        {"axis": args.axis, "data": args.data,
+         "models": {n: {"path": p, "variant": variants[n], "angles": angles(by_model[n])}
+                    for n, p in zip(scored, args.model)},
+         "pooled": {v: {"models": pools[v], "angles": angles(r)} for v, r in pooled.items()}}, indent=1))
+    plot_rotation(shown, os.path.join(args.out, "rotation.png"), title)
     print(f"wrote {args.out}/rotation.json, rotation.png")
 
 
@@ -911,11 +939,12 @@ def markdown_table(summaries):
     return "\n".join(out)
 
 
-def cell(stat):
-    """'52.3 [48.1, 56.0]' (x100), or '-' when missing."""
+def cell(stat, signed=False):
+    """'52.3 [48.1, 56.0]' (x100; '+1.2 [-0.4, +2.9]' signed, for a change), or '-' when missing."""
     if not stat or stat.get("n", 0) == 0 or stat["mean"] != stat["mean"]:
         return "-"
-    return f"{100 * stat['mean']:.1f} [{100 * stat['lo']:.1f}, {100 * stat['hi']:.1f}]"
+    f = "{:+.1f}" if signed else "{:.1f}"
+    return f"{f.format(100 * stat['mean'])} [{f.format(100 * stat['lo'])}, {f.format(100 * stat['hi'])}]"
 
 
 def bar_chart(path, groups, series, ylabel, title, ylim, figsize, title_size="large", **tick_kw):
@@ -1073,7 +1102,8 @@ def cli():
                                 "metric, side by side (see the docstring); or run a command.")
     sub = p.add_subparsers(dest="command", title="commands (none: scoring)", parser_class=data.SubcommandParser)
     sub.add_parser("demo", help="score hand-written completions without a model")
-    rot = sub.add_parser("rotation", help="the rotation stress test on the synthetic scenes, models side by side")
+    rot = sub.add_parser("rotation", help="the rotation stress test on the synthetic scenes, models side by side "
+                         "(the models of one variant, e.g. its seeds, also pooled)")
     ab = sub.add_parser("ablation", help="the toy Table 2 from finished train.py runs of several --variant values")
     ab.add_argument("--run", action="append", help="a train.py run folder (runs/NAME); repeat (needed)")
     gen = sub.add_parser("generalization", help="the toy Table 1: SFT and GRPO runs from one base, in and out of "

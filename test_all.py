@@ -1337,6 +1337,13 @@ def test_offset_pose_rotated_scene_and_roll_keep_edges_and_move_coordinates():
         assert change["coord_change_m"] > 0.5                                  # camera-frame centres move
         assert change["edge_d_change_m"] < 0.1 and change["edge_a_change_deg"] < 2.0   # edges: rounding only
         assert r90[0]["visible"] == 1.0 and data.read_frames(r90[0]["video"], 2)[0].shape[0] == 2
+        # a model's results at 90 degrees: question 0 scored 1.0 -> 0.5 (edge 0.8 -> 0.2), the rest not asked there
+        s0, s90 = [{"score": 1.0, "edge": 0.8}] * len(r0), [{"score": 0.5, "edge": 0.2}] + [None] * (len(r0) - 1)
+        res = ev.angle_result(s90, s0, r90, r0, "edge", n_boot=20)
+        assert res["rows"] == res["answer_change"]["n"] == 1 and res["writes_edges"]
+        assert close(res["answer_change"]["mean"], -0.5) and close(res["edge_change"]["mean"], -0.6)
+        assert close(res["summary"]["metrics"]["edge"]["mean"], 0.2)
+        assert res["coord_change_m"] == change["coord_change_m"]
     assert ev.scene_ids([{"id": "synth-000012-01"}, {"id": "synth-000003-00"}, {"id": "synth-000012-02"}]) == [3, 12]
     # a camera rolled about its optical axis sees the same picture turned (square clip): sky, ground, grid,
     # objects, highlights and the bonnet included, pixel for pixel
@@ -1639,15 +1646,23 @@ def test_shipped_base_matches_its_card_answers_and_evaluates_under_rotation_besi
         coords = os.path.join(d, "coords")
         config = os.path.join(shutil.copytree(folder, coords), "config.json")
         _file(config, json.dumps({**json.load(open(config)), "video_str_variant": "coords"}))
+        graph2 = shutil.copytree(folder, os.path.join(d, "graph2"))     # a second graph model: pooled with the first
         with contextlib.redirect_stdout(io.StringIO()) as printed, contextlib.redirect_stderr(io.StringIO()):
-            ev.main(["rotation", "--model", folder, "--model", coords, "--data", test_rows, "--scenes", "1",
-                              "--angles", "0", "90", "--axis", "roll", "--max_new_tokens", "40", "--frames", "4",
-                              "--out", os.path.join(d, "out"), "--n_boot", "50", "--device", "cpu"])
+            ev.main(["rotation", "--model", folder, "--model", coords, "--model", graph2, "--data", test_rows,
+                     "--scenes", "1", "--angles", "0", "90", "--axis", "roll", "--max_new_tokens", "40",
+                     "--frames", "4", "--out", os.path.join(d, "out"), "--n_boot", "50", "--device", "cpu"])
         res = json.load(open(os.path.join(d, "out", "rotation.json")))
-        assert {n: m["variant"] for n, m in res["models"].items()} == {"tiny_base": "graph", "coords": "coords"}
+        assert {n: m["variant"] for n, m in res["models"].items()} == {"tiny_base": "graph", "coords": "coords",
+                                                                      "graph2": "graph"}
         assert all(set(m["angles"]) == {"0", "90"} for m in res["models"].values())
         assert not res["models"]["coords"]["angles"]["0"]["writes_edges"]
-        assert printed.getvalue().count("| angle | answer score |") == 2
+        pooled, one = res["pooled"]["graph"], res["models"]["tiny_base"]["angles"]["90"]
+        assert list(res["pooled"]) == ["graph"] and pooled["models"] == ["tiny_base", "graph2"]
+        assert pooled["angles"]["90"]["rows"] == 2 * one["rows"]
+        assert pooled["angles"]["0"]["answer_change"]["mean"] == 0
+        assert close(pooled["angles"]["90"]["summary"]["overall_q"]["mean"], one["summary"]["overall_q"]["mean"])
+        assert printed.getvalue().count("| angle | answer score |") == 4
+        assert "graph (2 models pooled)" in printed.getvalue()
         assert os.path.isfile(os.path.join(d, "out", "rotation.png"))
 
 
