@@ -321,9 +321,9 @@ def mean_ci(values, n_boot=N_BOOT, seed=0):
     return (float(np.mean(values)), *bootstrap_mean_ci(values, n_boot, seed)) if len(values) else None
 
 
-def fmt_ci(stat, signed=False):
+def fmt_ci(stat, signed=False, digits=3):
     """'0.512 [0.457, 0.559]' of a (mean, lo, hi), signed for a difference; '-' for None."""
-    f = "{:+.3f}" if signed else "{:.3f}"
+    f = f"{{:{'+' * signed}.{digits}f}}"
     return "-" if stat is None else f"{f.format(stat[0])} [{f.format(stat[1])}, {f.format(stat[2])}]"
 
 
@@ -444,11 +444,12 @@ def angle_result(scored, scored0, rows, rows0, edge_key, n_boot=N_BOOT, seed=0):
     """One model (or several of a variant, their questions concatenated) at one angle: scored[k] the
     score_completion dict of rows[k] (None: not asked), scored0 / rows0 the same questions at the first angle. The
     summary (95 % intervals), the share of objects in view, the ground-truth change (coordinate_change) and the
-    paired change of the answer and of the edge reward edge_key against the first angle, question by question."""
+    paired change against the first angle, question by question: mean_q [s_a(q) - s_0(q)] of the answer score and
+    of the edge reward edge_key (R_e, or for a model that writes no edges the R_e of its centres' edges)."""
     kept = [(r, s) for r, s in zip(rows, scored) if s is not None]
     change = lambda key: [s[key] - s0[key] for s, s0 in zip(scored, scored0) if s is not None and s0 is not None]
     return {"summary": summarize([r for r, _ in kept], [s for _, s in kept], n_boot, seed), "rows": len(kept),
-            "visible": float(np.mean([r["visible"] for r in rows])), "writes_edges": edge_key == "edge",
+            "visible": float(np.mean([r["visible"] for r in rows])), "edge_key": edge_key,
             "answer_change": summary_stat(change("score"), n_boot, seed),
             "edge_change": summary_stat(change(edge_key), n_boot, seed), **coordinate_change(rows0, rows)}
 
@@ -476,7 +477,7 @@ def plot_rotation(by_model, path, title):
     fig, axes = plt.subplots(1, 4, figsize=(17, 4.2))
     for k, (name, results) in enumerate(by_model.items()):
         angles = list(results)
-        edge = "edge" if results[angles[0]].get("writes_edges", True) else "edge_from_centres"
+        edge = results[angles[0]]["edge_key"]
         for ax, label, key in zip(axes, ("answer score", "node reward R_n", "edge reward R_e"), (None, "node", edge)):
             st = [(results[a]["summary"]["metrics"].get(key) if key else results[a]["summary"]["overall_q"])
                   or {"mean": np.nan, "lo": np.nan, "hi": np.nan} for a in angles]
@@ -943,8 +944,7 @@ def cell(stat, signed=False):
     """'52.3 [48.1, 56.0]' (x100; '+1.2 [-0.4, +2.9]' signed, for a change), or '-' when missing."""
     if not stat or stat.get("n", 0) == 0 or stat["mean"] != stat["mean"]:
         return "-"
-    f = "{:+.1f}" if signed else "{:.1f}"
-    return f"{f.format(100 * stat['mean'])} [{f.format(100 * stat['lo'])}, {f.format(100 * stat['hi'])}]"
+    return fmt_ci([100 * stat[k] for k in ("mean", "lo", "hi")], signed, digits=1)
 
 
 def bar_chart(path, groups, series, ylabel, title, ylim, figsize, title_size="large", **tick_kw):

@@ -1340,7 +1340,7 @@ def test_offset_pose_rotated_scene_and_roll_keep_edges_and_move_coordinates():
         # a model's results at 90 degrees: question 0 scored 1.0 -> 0.5 (edge 0.8 -> 0.2), the rest not asked there
         s0, s90 = [{"score": 1.0, "edge": 0.8}] * len(r0), [{"score": 0.5, "edge": 0.2}] + [None] * (len(r0) - 1)
         res = ev.angle_result(s90, s0, r90, r0, "edge", n_boot=20)
-        assert res["rows"] == res["answer_change"]["n"] == 1 and res["writes_edges"]
+        assert res["rows"] == res["answer_change"]["n"] == 1 and res["edge_key"] == "edge"
         assert close(res["answer_change"]["mean"], -0.5) and close(res["edge_change"]["mean"], -0.6)
         assert close(res["summary"]["metrics"]["edge"]["mean"], 0.2)
         assert res["coord_change_m"] == change["coord_change_m"]
@@ -1655,7 +1655,7 @@ def test_shipped_base_matches_its_card_answers_and_evaluates_under_rotation_besi
         assert {n: m["variant"] for n, m in res["models"].items()} == {"tiny_base": "graph", "coords": "coords",
                                                                       "graph2": "graph"}
         assert all(set(m["angles"]) == {"0", "90"} for m in res["models"].values())
-        assert not res["models"]["coords"]["angles"]["0"]["writes_edges"]
+        assert res["models"]["coords"]["angles"]["0"]["edge_key"] == "edge_from_centres"
         pooled, one = res["pooled"]["graph"], res["models"]["tiny_base"]["angles"]["90"]
         assert list(res["pooled"]) == ["graph"] and pooled["models"] == ["tiny_base", "graph2"]
         assert pooled["angles"]["90"]["rows"] == 2 * one["rows"]
